@@ -1,0 +1,194 @@
+"""`ragsys <command>`: index, search, eval-retrieval, demo.
+
+Library code logs; only this module prints. A `RagsysError` becomes one line on stderr and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from ragsys.errors import RagsysError
+
+log = logging.getLogger("ragsys")
+
+
+def _progress(args) -> bool | None:
+    return False if args.quiet else None  # None: a bar only when stderr is a terminal
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+
+def cmd_index(args) -> None:
+    from ragsys.data import load_corpus
+    from ragsys.retrieval import BiEncoder, Index
+
+    passages = load_corpus(args.corpus, args.chunk_words, args.chunk_overlap, split=args.split)
+    if args.add:
+        index = Index.load(args.out)
+        added = index.add(passages, batch_size=args.batch_size, progress=_progress(args))
+        print(f"added {added} new passages to {args.out} ({len(index)} in all)")
+        return
+    encoder = BiEncoder.from_pretrained(args.encoder, args.question_encoder)
+    index = Index.build(
+        passages, encoder, args.out, factory=args.index_type, batch_size=args.batch_size,
+        with_bm25=not args.no_bm25, progress=_progress(args),
+        extra={"chunking": {"words": args.chunk_words, "overlap": args.chunk_overlap}},
+    )
+    print(f"indexed {len(index)} passages -> {args.out} ({args.index_type}, dim {index.dim})")
+
+
+def _retriever(args):
+    from ragsys.retrieval import Retriever
+
+    return Retriever.from_index(args.index_dir, encoder=args.encoder, fusion=args.fusion, weight=args.weight)
+
+
+def cmd_search(args) -> None:
+    retriever = _retriever(args)
+    hits = retriever.search([args.question], k=args.k, mode=args.mode)[0]
+    if args.json:
+        print(json.dumps({"question": args.question, "mode": args.mode, "hits": [h.to_dict() for h in hits]}))
+        return
+    for rank, h in enumerate(hits, 1):
+        text = h.passage.text if len(h.passage.text) <= 300 else h.passage.text[:297] + "..."
+        print(f"{rank}. [{h.score:.4f}] {h.passage.title} ({h.passage.id})\n   {text}")
+
+
+def cmd_eval_retrieval(args) -> None:
+    from ragsys.data import load_qa
+    from ragsys.evaluation import evaluate_retrieval
+
+    examples = load_qa(args.data, split=args.split)
+    if args.limit:
+        examples = examples[: args.limit]
+    retriever = _retriever(args)
+    modes = ["dense", "bm25", "hybrid"] if args.mode == "all" else [args.mode]
+    results = [evaluate_retrieval(retriever, examples, tuple(args.k), m, progress=_progress(args)) for m in modes]
+    if args.json:
+        for r in results:
+            print(json.dumps(r))
+        return
+    print(format_table(results))
+
+
+def format_table(results: list[dict]) -> str:
+    keys = [k for k in results[0] if k not in ("mode", "questions")]
+    head = f"| mode | questions | {' | '.join(keys)} |"
+    rule = "|" + "---|" * (len(keys) + 2)
+    rows = [f"| {r['mode']} | {r['questions']} | " + " | ".join(f"{r[k]:.3f}" for k in keys) + " |" for r in results]
+    return "\n".join([head, rule, *rows])
+
+
+def cmd_demo(args) -> None:
+    """Index the bundled SQuAD dev sample with the offline MiniLM encoder, evaluate, search."""
+    from ragsys.data import load_corpus, load_qa
+    from ragsys.data.bundled import SQUAD_DEV, bundled_path
+    from ragsys.evaluation import evaluate_retrieval
+    from ragsys.retrieval import BiEncoder, Index, Retriever
+
+    data = bundled_path(SQUAD_DEV)
+    out = Path(args.out)
+    if not (out / "manifest.json").is_file():
+        print(f"building {out} from {data.name} (all-MiniLM-L6-v2, Flat) ...", flush=True)
+        Index.build(load_corpus([data]), BiEncoder.from_pretrained(), out, progress=_progress(args))
+    retriever = Retriever.from_index(out)
+    examples = load_qa(data)
+    results = [evaluate_retrieval(retriever, examples, (1, 5, 20), m, progress=_progress(args))
+               for m in ("dense", "bm25", "hybrid")]
+    print(f"\nretrieval on {data.name}:")
+    print(format_table(results))
+    for ex in examples[:: max(1, len(examples) // 3)][:3]:
+        hit = retriever.search(ex.question, k=1, mode="hybrid")[0][0]
+        print(f"\nQ: {ex.question}\n   gold: {ex.answers[0]}\n   top passage ({hit.passage.title}): "
+              f"{hit.passage.text[:200]}...")
+
+
+# -- parser -----------------------------------------------------------------------------------
+
+
+def _add_search_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--encoder", help="question encoder to query with (default: the one in the index manifest)")
+    p.add_argument("--fusion", choices=["rrf", "score"], default="rrf", help="hybrid fusion (default rrf)")
+    p.add_argument("--weight", type=float, default=0.5, help="dense weight in hybrid fusion (default 0.5)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ragsys import __version__
+    from ragsys.retrieval.encoders import DEFAULT_ENCODER
+
+    parser = argparse.ArgumentParser(prog="ragsys", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"ragsys {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress bars or info logs")
+    common.add_argument("-v", "--verbose", action="store_true", help="debug logs")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("index", parents=[common], help="chunk, encode and index documents or QA contexts")
+    p.add_argument("corpus", nargs="+", help="files/folders (.txt .md .json .jsonl .csv) or a HF dataset name")
+    p.add_argument("--out", required=True, help="index folder to write (replaced atomically)")
+    p.add_argument("--encoder", default=DEFAULT_ENCODER, help="passage encoder name or path (default: MiniLM)")
+    p.add_argument("--question-encoder", help="question encoder, if not the same model (DPR: inferred)")
+    p.add_argument("--index-type", default="Flat", help="FAISS factory string: Flat, HNSW32, IVF256,PQ32 ...")
+    p.add_argument("--chunk-words", type=int, default=100, help="words per passage (default 100)")
+    p.add_argument("--chunk-overlap", type=int, default=0, help="words shared by neighbouring passages")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--split", help="dataset split, for a HF dataset name (default: all)")
+    p.add_argument("--no-bm25", action="store_true", help="skip the BM25 index")
+    p.add_argument("--add", action="store_true", help="add to the existing index at --out")
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("search", parents=[common], help="search an index")
+    p.add_argument("index_dir")
+    p.add_argument("question")
+    p.add_argument("-k", type=int, default=5)
+    p.add_argument("--mode", choices=["dense", "bm25", "hybrid"], default="dense")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_search_options(p)
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("eval-retrieval", parents=[common], help="hit@k, gold@k, mrr@10 on QA data")
+    p.add_argument("index_dir")
+    p.add_argument("--data", required=True, help="SQuAD-style .json/.jsonl/.csv or a HF dataset name")
+    p.add_argument("--split", help="dataset split, for a HF dataset name (default validation)")
+    p.add_argument("-k", type=int, nargs="+", default=[1, 5, 20])
+    p.add_argument("--mode", choices=["dense", "bm25", "hybrid", "all"], default="dense")
+    p.add_argument("--limit", type=int, help="only the first N questions")
+    p.add_argument("--json", action="store_true", help="print one JSON object per mode")
+    _add_search_options(p)
+    p.set_defaults(func=cmd_eval_retrieval)
+
+    p = sub.add_parser("demo", parents=[common], help="index, evaluate and search the bundled SQuAD sample")
+    p.add_argument("--out", default="runs/demo-index")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()  # "Loading weights" bars: noise for a user
+    logging.getLogger("bm25s").setLevel(logging.WARNING)
+    try:
+        args.func(args)
+    except RagsysError as e:
+        print(f"ragsys: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ragsys: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""Read rows out of local files (SQuAD JSON, JSONL, CSV, text) or a Hugging Face dataset by name.
+
+Every reader yields plain dicts plus a location string ("file.jsonl:12") so that errors can say
+exactly where a bad record is.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+from ragsys.errors import RagsysError
+
+log = logging.getLogger(__name__)
+
+DOC_SUFFIXES = {".txt", ".md"}
+RECORD_SUFFIXES = {".json", ".jsonl", ".csv"}
+
+Row = tuple[dict, str]  # (record, location)
+
+
+def content_id(text: str) -> str:
+    """A stable id for a piece of text: same text, same id, on every machine."""
+    return hashlib.sha1(" ".join(text.split()).encode("utf-8")).hexdigest()[:16]
+
+
+def expand_paths(sources: list[str | Path]) -> list[Path]:
+    """Files named directly, plus the readable files inside named folders (sorted, recursive)."""
+    out: list[Path] = []
+    for src in sources:
+        path = Path(src)
+        if path.is_dir():
+            found = sorted(
+                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in DOC_SUFFIXES | RECORD_SUFFIXES
+            )
+            if not found:
+                raise RagsysError(f"{path}: folder holds no .txt, .md, .json, .jsonl or .csv files")
+            out.extend(found)
+        elif path.is_file():
+            out.append(path)
+        else:
+            raise RagsysError(f"{path}: no such file or folder")
+    return out
+
+
+def is_local(source: str | Path) -> bool:
+    """A local path if it exists or has a file suffix we read; otherwise a Hugging Face dataset name."""
+    path = Path(source)
+    return path.exists() or path.suffix.lower() in DOC_SUFFIXES | RECORD_SUFFIXES
+
+
+def read_rows(path: Path) -> Iterator[Row]:
+    """Rows of a .json (SQuAD nested, or a list of objects), .jsonl or .csv file."""
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        yield from _read_jsonl(path)
+    elif suffix == ".json":
+        yield from _read_json(path)
+    elif suffix == ".csv":
+        yield from _read_csv(path)
+    else:
+        raise RagsysError(f"{path}: unsupported file type {suffix!r} (use .json, .jsonl or .csv)")
+
+
+def _read_jsonl(path: Path) -> Iterator[Row]:
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise RagsysError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise RagsysError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+            yield row, f"{path}:{lineno}"
+
+
+def _read_json(path: Path) -> Iterator[Row]:
+    try:
+        with path.open(encoding="utf-8") as f:
+            obj = json.load(f)
+    except json.JSONDecodeError as e:
+        raise RagsysError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    except UnicodeDecodeError as e:
+        raise RagsysError(f"{path}: not UTF-8 text ({e.reason})") from None
+    if isinstance(obj, dict) and isinstance(obj.get("data"), list):
+        yield from _squad_rows(obj["data"], path)
+    elif isinstance(obj, list):
+        for i, row in enumerate(obj):
+            if not isinstance(row, dict):
+                raise RagsysError(f"{path}: item {i} is a {type(row).__name__}, expected an object")
+            yield row, f"{path}[{i}]"
+    else:
+        raise RagsysError(f"{path}: expected SQuAD JSON ({{'data': [...]}}) or a list of objects")
+
+
+def _squad_rows(articles: list, path: Path) -> Iterator[Row]:
+    """Flatten SQuAD's articles -> paragraphs -> qas into one row per question (or per bare paragraph)."""
+    for a, article in enumerate(articles):
+        where = f"{path}: data[{a}]"
+        if not isinstance(article, dict) or not isinstance(article.get("paragraphs"), list):
+            raise RagsysError(f"{where}: a SQuAD article needs a 'paragraphs' list")
+        title = str(article.get("title", "")).replace("_", " ")
+        for p, para in enumerate(article["paragraphs"]):
+            if not isinstance(para, dict) or not isinstance(para.get("context"), str):
+                raise RagsysError(f"{where}.paragraphs[{p}]: needs a 'context' string")
+            qas = para.get("qas") or []
+            if not qas:
+                yield {"title": title, "context": para["context"]}, f"{where}.paragraphs[{p}]"
+            for q, qa in enumerate(qas):
+                if not isinstance(qa, dict):
+                    raise RagsysError(f"{where}.paragraphs[{p}].qas[{q}]: expected an object")
+                row = {
+                    "id": qa.get("id"),
+                    "title": title,
+                    "context": para["context"],
+                    "question": qa.get("question"),
+                    "answers": qa.get("answers", []),
+                    "is_impossible": qa.get("is_impossible", False),
+                }
+                yield row, f"{where}.paragraphs[{p}].qas[{q}]"
+
+
+def _read_csv(path: Path) -> Iterator[Row]:
+    with path.open(encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames:
+            raise RagsysError(f"{path}: empty CSV (no header row)")
+        for lineno, row in enumerate(reader, 2):
+            if None in row:
+                raise RagsysError(f"{path}:{lineno}: more fields than the header has")
+            yield dict(row), f"{path}:{lineno}"
+
+
+def read_text_document(path: Path) -> dict:
+    """A .txt/.md file as one document; the title is the first Markdown heading or the file name."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise RagsysError(f"{path}: not UTF-8 text ({e.reason})") from None
+    title = path.stem.replace("_", " ")
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if line.strip():
+            if line.lstrip().startswith("#"):
+                title = line.lstrip("# ").strip() or title
+                text = "\n".join(lines[i + 1 :])
+            break
+    return {"title": title, "text": text}
+
+
+def read_hub_dataset(name: str, split: str | None = None) -> Iterator[Row]:
+    """Rows of a Hugging Face dataset by name (`squad`), all splits unless one is named."""
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(name, split=split)
+    except Exception as e:  # the hub raises many types: connection, offline mode, not found
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RagsysError(
+            f"could not load dataset {name!r} from the Hugging Face hub ({first[:160]}); "
+            "point at local files instead, e.g. a SQuAD-format .json, or .jsonl/.csv with "
+            "question/context/answers columns"
+        ) from None
+    splits = [(split, ds)] if split else list(ds.items())
+    for split_name, part in splits:
+        for i, row in enumerate(part):
+            yield dict(row), f"{name}[{split_name}][{i}]"
