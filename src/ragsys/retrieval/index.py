@@ -58,17 +58,24 @@ def _make_faiss(factory: str, dim: int) -> faiss.Index:
 
 
 def _train(index: faiss.Index, factory: str, vectors: np.ndarray) -> None:
+    """Train IVF centroids / PQ codebooks; too few passages for them is the user's error, said plainly."""
     if index.is_trained:
         return
-    m = re.search(r"IVF(\d+)", factory)
-    need = int(m.group(1)) if m else 1
+    need = 1
+    if m := re.search(r"IVF(\d+)", factory):
+        need = max(need, int(m.group(1)))
+    if m := re.search(r"PQ\d+(?:x(\d+))?", factory):
+        need = max(need, 2 ** int(m.group(1) or 8))
     if len(vectors) < need:
         raise RagsysError(
-            f"FAISS index type {factory!r} needs at least {need} passages to train its {need} lists, "
-            f"got {len(vectors)}; use a smaller IVF count or 'Flat'"
+            f"FAISS index type {factory!r} needs at least {need} passages to train, got {len(vectors)}; "
+            "use fewer IVF lists / PQ bits, or 'Flat' / 'HNSW32' for a small corpus"
         )
     log.info("training FAISS %s on %d vectors", factory, len(vectors))
-    index.train(vectors)
+    try:
+        index.train(vectors)
+    except RuntimeError as e:
+        raise RagsysError(f"FAISS could not train {factory!r}: {str(e).strip().splitlines()[-1][:200]}") from None
 
 
 def set_search_params(index: faiss.Index, params: dict) -> None:

@@ -1,0 +1,67 @@
+"""The command line: index, search, eval-retrieval; bad input is one line on stderr and exit 2."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from ragsys.cli import main
+
+
+@pytest.fixture(scope="module")
+def index_dir(tmp_path_factory, squad_small, tiny_bert_dir):
+    out = tmp_path_factory.mktemp("cli") / "idx"
+    assert main(["index", str(squad_small), "--out", str(out), "--encoder", str(tiny_bert_dir), "-q"]) == 0
+    return out
+
+
+def test_index_search_and_eval_json(index_dir, squad_small, capsys):
+    capsys.readouterr()
+    assert main(["search", str(index_dir), "Warsaw Vistula", "-k", "2", "--mode", "bm25", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert len(out["hits"]) == 2 and out["hits"][0]["title"] == "Warsaw"
+    assert set(out["hits"][0]) >= {"id", "title", "text", "score"}
+    assert main(["eval-retrieval", str(index_dir), "--data", str(squad_small), "-k", "1", "5",
+                 "--mode", "hybrid", "--json", "-q"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["mode"] == "hybrid" and res["questions"] == 139
+    assert set(res) == {"mode", "questions", "hit@1", "hit@5", "gold@1", "gold@5", "mrr@10"}
+    assert 0 <= res["gold@1"] <= res["gold@5"] <= 1
+
+
+def test_add_documents_from_the_cli(index_dir, tmp_path, capsys):
+    doc = tmp_path / "new.md"
+    doc.write_text("# Zanzibar\n\nZanzibar is an archipelago off the coast of Tanzania.")
+    copy = tmp_path / "idx"
+    import shutil
+
+    shutil.copytree(index_dir, copy)
+    assert main(["index", str(doc), "--out", str(copy), "--add", "-q"]) == 0
+    assert "added 1 new passages" in capsys.readouterr().out
+    assert main(["search", str(copy), "Zanzibar archipelago", "-k", "1", "--mode", "bm25", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["hits"][0]["title"] == "Zanzibar"
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "-m", "ragsys.cli", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_bad_input_is_one_line_and_nonzero_exit(tmp_path, index_dir, other_bert_dir):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok"}\nnot json\n')
+    cases = [
+        (["index", str(tmp_path / "missing.json"), "--out", str(tmp_path / "o")], "missing.json: no such file"),
+        (["index", str(bad), "--out", str(tmp_path / "o")], "bad.jsonl:2: not valid JSON"),
+        (["search", str(tmp_path), "q"], "not a ragsys index"),
+        (["search", str(index_dir), "q", "--encoder", str(other_bert_dir)], "other weights"),
+        (["search", str(index_dir), "   "], "question 0 is empty"),
+    ]
+    for args, message in cases:
+        proc = _run(*args)
+        assert proc.returncode == 2, (args, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], (args, proc.stderr)
+        assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "o").exists()  # a failed `ragsys index` leaves nothing at --out
+    assert [p.name for p in tmp_path.iterdir()] == ["bad.jsonl"]

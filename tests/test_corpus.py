@@ -1,0 +1,100 @@
+"""Corpus and QA loading: chunking, stable ids, de-duplication, formats, and clear errors."""
+
+import json
+
+import pytest
+
+from ragsys import RagsysError, load_corpus, load_qa
+from ragsys.data import chunk_words
+
+
+def test_chunking_windows_overlap_and_tail():
+    text = " ".join(f"w{i}" for i in range(230))
+    chunks = chunk_words(text, size=100, overlap=0)
+    assert [len(c.split()) for c in chunks] == [100, 100, 30]  # a 30-word tail is a passage of its own
+    chunks = chunk_words(" ".join(f"w{i}" for i in range(220)), size=100)
+    assert [len(c.split()) for c in chunks] == [100, 120]  # a 20-word tail (< 1/4 window) joins the one before
+    over = chunk_words(text, size=100, overlap=20)
+    assert over[1].split()[0] == "w80"  # the second window starts 80 words in
+    assert chunk_words("short text", size=100) == ["short text"]
+    assert chunk_words("   ", size=100) == []
+    with pytest.raises(RagsysError):
+        chunk_words(text, size=10, overlap=10)
+
+
+def test_squad_contexts_become_passages_with_stable_ids(squad_small):
+    a = load_corpus([squad_small])
+    b = load_corpus([squad_small])
+    assert [p.id for p in a] == [p.id for p in b]
+    assert len({p.id for p in a}) == len(a)
+    questions = load_qa(squad_small)
+    docs = {p.doc_id for p in a}
+    assert all(q.doc_id in docs for q in questions)  # every question's own paragraph is in the corpus
+    assert {p.title for p in a} == {"Super Bowl 50", "Warsaw", "Normans"}
+
+
+def test_exact_duplicates_are_dropped(squad_small):
+    once = load_corpus([squad_small])
+    twice = load_corpus([squad_small, squad_small])
+    assert len(once) == len(twice)
+
+
+def test_documents_from_text_markdown_jsonl_and_csv(tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "guide.md").write_text("# Getting started\n\n" + "word " * 150)
+    (tmp_path / "docs" / "notes.txt").write_text("Plain notes about FAISS indexes.")
+    (tmp_path / "more.jsonl").write_text(json.dumps({"id": "d1", "title": "T1", "text": "alpha beta"}) + "\n\n")
+    (tmp_path / "more.csv").write_text('id,title,text\nd2,T2,"gamma, delta"\n')
+    passages = load_corpus([tmp_path / "docs", tmp_path / "more.jsonl", tmp_path / "more.csv"], chunk_size=100)
+    by_title = {}
+    for p in passages:
+        by_title.setdefault(p.title, []).append(p)
+    assert len(by_title["Getting started"]) == 2  # 150 words -> two windows, title from the heading
+    assert by_title["notes"][0].text == "Plain notes about FAISS indexes."
+    assert by_title["T1"][0].id == "d1-0" and by_title["T2"][0].text == "gamma, delta"
+
+
+def test_malformed_jsonl_line_names_file_and_line(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a", "text": "fine"}\n{"id": "b", "text": oops}\n')
+    with pytest.raises(RagsysError, match=r"bad\.jsonl:2: not valid JSON"):
+        load_corpus([bad])
+
+
+def test_missing_file_empty_corpus_and_rows_without_text(tmp_path):
+    with pytest.raises(RagsysError, match="no such file"):
+        load_corpus([tmp_path / "nope.jsonl"])
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(RagsysError, match="no passages"):
+        load_corpus([empty])
+    notext = tmp_path / "notext.jsonl"
+    notext.write_text(json.dumps({"id": 1, "body": "x"}) + "\n")
+    with pytest.raises(RagsysError, match=r"notext\.jsonl:1: a document needs a 'text'"):
+        load_corpus([notext])
+
+
+def test_qa_from_jsonl_and_csv_in_hf_layout(tmp_path):
+    row = {"id": "q1", "title": "T", "context": "Paris is the capital of France.", "question": "Capital of France?",
+           "answers": {"text": ["Paris"], "answer_start": [0]}}
+    (tmp_path / "qa.jsonl").write_text(json.dumps(row) + "\n")
+    (tmp_path / "qa.csv").write_text('id,question,answers,context\nq2,Who?,"[""Ann"", ""Anne""]",Ann did.\n')
+    [a] = load_qa(tmp_path / "qa.jsonl")
+    [b] = load_qa(tmp_path / "qa.csv")
+    assert (a.question, a.answers) == ("Capital of France?", ["Paris"])
+    assert b.answers == ["Ann", "Anne"] and b.doc_id
+
+
+def test_empty_question_is_an_error(tmp_path):
+    (tmp_path / "qa.jsonl").write_text(json.dumps({"question": "  ", "answers": ["x"]}) + "\n")
+    with pytest.raises(RagsysError, match=r"qa\.jsonl:1: missing or empty 'question'"):
+        load_qa(tmp_path / "qa.jsonl")
+
+
+def test_hub_dataset_unreachable_is_one_clear_error(monkeypatch):
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(RagsysError, match="could not load dataset 'squad'.*point at local files"):
+        load_qa("squad")

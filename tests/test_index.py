@@ -1,0 +1,168 @@
+"""The index folder: build, load, search, add, checks against the wrong encoder or corrupt files."""
+
+import json
+import os
+
+import faiss
+import numpy as np
+import pytest
+
+from ragsys import BiEncoder, Index, Passage, RagsysError, Retriever, load_corpus
+from ragsys.retrieval.hybrid import fuse
+
+
+@pytest.fixture(scope="module")
+def passages(squad_small):
+    return load_corpus([squad_small])
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_bert_dir):
+    return BiEncoder.from_pretrained(str(tiny_bert_dir))
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, passages, encoder):
+    return Index.build(passages, encoder, tmp_path_factory.mktemp("idx") / "index")
+
+
+def test_build_writes_manifest_store_and_rows_line_up(built, passages, encoder):
+    m = built.manifest
+    assert m["passages"] == len(passages) == len(built)
+    assert m["encoder"]["passage"]["dim"] == encoder.passage.dim == built.dim
+    assert m["encoder"]["passage"]["pooling"] == "mean" and m["encoder"]["passage"]["normalize"] is True
+    assert {"index.faiss", "passages.sqlite"} <= set(m["files"])
+    # FAISS row i is passage i: each stored vector finds itself first, and the store returns its passage
+    rows = np.arange(len(passages))
+    scores, found = built.search(built.vectors(rows), 1)
+    assert (found[:, 0] == rows).all()
+    assert [p.id for p in built.store.get_rows(rows.tolist())] == [p.id for p in passages]
+
+
+def test_dense_vectors_are_the_encoder_output(built, passages, encoder):
+    titles, texts = [passages[3].title], [passages[3].text]
+    vec = encoder.encode_passages(titles, texts, progress=False)
+    assert np.allclose(vec[0], built.vectors(np.array([3]))[0], atol=1e-5)
+    assert abs(np.linalg.norm(vec[0]) - 1) < 1e-5  # the folder's 2_Normalize module is honoured
+
+
+def test_retriever_modes_return_passages(built):
+    r = Retriever(built)
+    for mode in ("dense", "bm25", "hybrid"):
+        [hits] = r.search(["Which team won Super Bowl 50?"], k=3, mode=mode)
+        assert 1 <= len(hits) <= 3 and all(isinstance(h.passage, Passage) for h in hits)
+        assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    [hits] = r.search(["Warsaw Vistula river"], k=1, mode="bm25")
+    assert hits[0].passage.title == "Warsaw"  # keyword match is deterministic
+    with pytest.raises(RagsysError, match="question 0 is empty"):
+        r.search([" "], k=3)
+    with pytest.raises(RagsysError, match="unknown search mode"):
+        r.search(["x"], mode="sparse")
+
+
+def test_bm25_only_query_matching_nothing_returns_no_hits(built):
+    [hits] = Retriever(built).search(["zzqx qqzzv"], k=5, mode="bm25")
+    assert hits == []
+
+
+@pytest.mark.parametrize("factory", ["HNSW32", "IVF4,PQ8x4"])
+def test_compressed_and_graph_indexes_build_and_search(tmp_path, passages, encoder, factory):
+    index = Index.build(passages, encoder, tmp_path / "i", factory=factory, with_bm25=False)
+    assert index.manifest["index"]["factory"] == factory
+    scores, rows = index.search(encoder.encode_questions(["Super Bowl"]), 5)
+    assert (rows >= 0).all()
+
+
+def test_ivf_with_too_few_passages_is_a_clear_error(tmp_path, passages, encoder):
+    with pytest.raises(RagsysError, match="needs at least 1024 passages"):
+        Index.build(passages, encoder, tmp_path / "i", factory="IVF1024,Flat")
+    assert not (tmp_path / "i").exists()
+    with pytest.raises(RagsysError, match="not valid"):
+        Index.build(passages, encoder, tmp_path / "i", factory="Bogus12")
+
+
+def test_querying_with_another_encoder_is_refused(built, other_bert_dir, tiny_dpr_dirs):
+    with pytest.raises(RagsysError, match="built with question encoder .* other weights"):
+        Retriever.from_index(built.path, encoder=str(other_bert_dir))
+    with pytest.raises(RagsysError, match="dim"):
+        small = BiEncoder.from_pretrained(str(tiny_dpr_dirs[1]))
+        built.check_question_encoder(_resized(small.question))
+
+
+def _resized(enc):
+    enc.spec.dim = enc.dim + 1
+    return enc
+
+
+def test_same_weights_under_another_path_are_accepted(built, tiny_bert_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_bert_dir, copy)
+    r = Retriever.from_index(built.path, encoder=str(copy))
+    assert r.search("Warsaw", k=1)[0]
+
+
+def test_corrupt_or_missing_files_name_the_file(tmp_path, passages, encoder):
+    index = Index.build(passages, encoder, tmp_path / "i", with_bm25=False)
+    with open(index.path / "index.faiss", "r+b") as f:
+        f.seek(100)
+        f.write(b"\0\0\0\0")
+    with pytest.raises(RagsysError, match=r"index\.faiss: checksum does not match"):
+        Index.load(tmp_path / "i")
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "x.txt").write_text("x")
+    with pytest.raises(RagsysError, match="not a ragsys index"):
+        Index.load(tmp_path / "plain")
+    (tmp_path / "i" / "manifest.json").write_text("{trunc")
+    with pytest.raises(RagsysError, match="corrupt manifest"):
+        Index.load(tmp_path / "i")
+
+
+def test_failed_build_keeps_the_previous_index_and_leaves_no_temp(tmp_path, passages, encoder, monkeypatch):
+    target = tmp_path / "i"
+    Index.build(passages[:5], encoder, target, with_bm25=False)
+    before = json.loads((target / "manifest.json").read_text())
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(faiss, "write_index", boom)
+    with pytest.raises(OSError):
+        Index.build(passages, encoder, target, with_bm25=False)
+    assert json.loads((target / "manifest.json").read_text()) == before
+    assert len(Index.load(target)) == 5
+    assert os.listdir(tmp_path) == ["i"]
+
+
+def test_refuses_to_overwrite_a_folder_that_is_not_an_index(tmp_path, passages, encoder):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("precious")
+    with pytest.raises(RagsysError, match="not a ragsys index; refusing"):
+        Index.build(passages, encoder, tmp_path / "mine")
+    assert (tmp_path / "mine" / "thesis.tex").read_text() == "precious"
+
+
+def test_add_new_documents_to_an_existing_index(tmp_path, passages, encoder):
+    index = Index.build(passages[:6], encoder, tmp_path / "i")
+    added = index.add(passages[4:], encoder)
+    assert added == len(passages) - 6  # the two already present are skipped
+    reloaded = Index.load(tmp_path / "i")
+    assert len(reloaded) == len(passages)
+    assert [p.id for p in reloaded.store] == [p.id for p in passages[:6]] + [p.id for p in passages[6:]]
+    [hits] = Retriever(reloaded).search(["Normans Normandy"], k=1, mode="bm25")
+    assert hits[0].passage.title == "Normans"  # the added article is in BM25 too
+
+
+def test_rrf_and_score_fusion():
+    dense = (np.array([[0.9, 0.8, 0.1]]), np.array([[1, 2, 3]]))
+    sparse = (np.array([[12.0, 3.0, 0.0]]), np.array([[3, 2, -1]]))
+    s, r = fuse(dense, sparse, k=3, method="rrf", weight=0.5)
+    # 2 is ranked 2nd by both: 0.5/62 + 0.5/62 beats 1 (0.5/61) and 3 (0.5/63 + 0.5/61)? 3 wins
+    assert r[0].tolist() == [3, 2, 1]
+    assert s[0][0] == pytest.approx(0.5 / 63 + 0.5 / 61)
+    s, r = fuse(dense, sparse, k=2, method="score", weight=0.9)
+    # dense-heavy: 1 -> 0.9*1, 2 -> 0.9*0.875 + 0.1*0, 3 -> 0 + 0.1*1
+    assert r[0].tolist() == [1, 2] and s[0][0] == pytest.approx(0.9)
+    s, r = fuse((np.zeros((1, 1)), np.array([[-1]])), (np.zeros((1, 1)), np.array([[-1]])), k=2)
+    assert r[0].tolist() == [-1, -1]
