@@ -1,0 +1,20 @@
+# Two entry points, each installing first: `make demo` (the main job) and `make test` (the suite).
+PYTHON ?= python3
+# torch: a torch you already have is kept (CUDA or not). Without one, this installs TORCH; on the
+# ragsys dev/CI machines torch==2.13.0 is a local CPU wheel, while a bare `torch` would pull a
+# multi-GB CUDA build. Elsewhere: `make install TORCH=torch` (or install your torch first).
+TORCH ?= torch==2.13.0
+
+.PHONY: install demo test lint
+install:
+	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "$(TORCH)"
+	$(PYTHON) -m pip install -q -e ".[test]"
+
+demo: install
+	$(PYTHON) -m ragsys demo
+
+test: install
+	$(PYTHON) -m pytest -q
+
+lint:
+	$(PYTHON) -m ruff check .

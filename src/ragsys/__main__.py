@@ -1,0 +1,5 @@
+import sys
+
+from ragsys.cli import main
+
+sys.exit(main())
