@@ -99,11 +99,21 @@ def load_corpus(
     split: str | None = None,
 ) -> list[Passage]:
     """Read, chunk and de-duplicate. Same input, same passages, same ids."""
+    sources = list(sources)
+    passages = make_passages((doc for doc, _ in iter_documents(sources, split)), chunk_size, overlap)
+    if not passages:
+        raise RagsysError(f"no passages found in {', '.join(map(str, sources))} (is the corpus empty?)")
+    return passages
+
+
+def make_passages(documents: Iterable[dict], chunk_size: int = 100, overlap: int = 0) -> list[Passage]:
+    """Chunk documents ({doc_id, title, text}) into passages `{doc_id}-{i}`, dropping exact duplicates
+    (a document seen before, or a passage with the same title and text as an earlier one)."""
     passages: list[Passage] = []
     seen_text: set[str] = set()
     seen_docs: set[str] = set()
     duplicates = 0
-    for doc, _where in iter_documents(sources, split):
+    for doc in documents:
         if doc["doc_id"] in seen_docs:  # a QA context repeats once per question
             continue
         seen_docs.add(doc["doc_id"])
@@ -114,8 +124,6 @@ def load_corpus(
                 continue
             seen_text.add(key)
             passages.append(Passage(id=f"{doc['doc_id']}-{i}", title=doc["title"], text=chunk, doc_id=doc["doc_id"]))
-    if not passages:
-        raise RagsysError(f"no passages found in {', '.join(map(str, sources))} (is the corpus empty?)")
     log.info("corpus: %d passages from %d documents (%d exact duplicates dropped)", len(passages),
              len(seen_docs), duplicates)
     return passages
