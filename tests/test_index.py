@@ -108,14 +108,14 @@ def test_corrupt_or_missing_files_name_the_file(tmp_path, passages, encoder):
     with open(index.path / "index.faiss", "r+b") as f:
         f.seek(100)
         f.write(b"\0\0\0\0")
-    with pytest.raises(RagsysError, match=r"index\.faiss: checksum does not match"):
+    with pytest.raises(RagsysError, match=r"index\.faiss: does not match the checksum in manifest\.json"):
         Index.load(tmp_path / "i")
     (tmp_path / "plain").mkdir()
     (tmp_path / "plain" / "x.txt").write_text("x")
     with pytest.raises(RagsysError, match="not a ragsys index"):
         Index.load(tmp_path / "plain")
     (tmp_path / "i" / "manifest.json").write_text("{trunc")
-    with pytest.raises(RagsysError, match="corrupt manifest"):
+    with pytest.raises(RagsysError, match=r"corrupt manifest\.json"):
         Index.load(tmp_path / "i")
 
 

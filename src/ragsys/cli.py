@@ -1,4 +1,4 @@
-"""`ragsys <command>`: index, search, eval-retrieval, demo.
+"""`ragsys <command>`: index, search, eval-retrieval, train, eval, answer, demo.
 
 Library code logs; only this module prints. A `RagsysError` becomes one line on stderr and exit 2.
 """
@@ -109,6 +109,63 @@ def cmd_demo(args) -> None:
               f"{hit.passage.text[:200]}...")
 
 
+def cmd_train(args) -> None:
+    from ragsys.config import config_from_args
+    from ragsys.training import train
+
+    cfg = config_from_args(args)
+    result = train(cfg, progress=_progress(args))
+    best = f"{result.best_f1:.4f}" if result.best_f1 is not None else "n/a (no validation data)"
+    print(f"trained {result.steps} steps; best dev F1 {best}; best model: {result.best_dir}; "
+          f"last checkpoint: {result.last_dir}")
+
+
+def _load_rag(args):
+    from ragsys.model import RAG
+
+    model = RAG.from_pretrained(args.model_dir)
+    if getattr(args, "index", None):
+        from ragsys.retrieval import Index
+
+        index = Index.load(args.index)
+        index.check_question_encoder(model.question_encoder, allow_finetuned=True)
+        model.index = index
+    return model
+
+
+def cmd_eval(args) -> None:
+    from ragsys.data import load_qa
+    from ragsys.evaluation import evaluate_answers
+
+    if args.closed_book and args.oracle:
+        raise RagsysError("choose one of --closed-book and --oracle")
+    examples = load_qa(args.data, split=args.split)
+    if args.limit:
+        examples = examples[: args.limit]
+    context = "closed-book" if args.closed_book else "oracle" if args.oracle else "rag"
+    if context == "oracle" and any(not ex.context for ex in examples):
+        raise RagsysError(f"{args.data}: --oracle needs each question's context paragraph")
+    model = _load_rag(args)
+    result = evaluate_answers(model, examples, context, k=args.k, num_beams=args.num_beams,
+                              progress=_progress(args))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(" ".join(f"{key}={value}" for key, value in result.items()))
+
+
+def cmd_answer(args) -> None:
+    model = _load_rag(args)
+    answers = model.answer(args.question, k=args.k, num_beams=args.num_beams)
+    for ans in answers:
+        if args.json:
+            print(json.dumps(ans.to_dict()))
+            continue
+        print(f"Q: {ans.question}\nA: {ans.answer}")
+        for i, p in enumerate(ans.passages, 1):
+            print(f"  [{i}] {p['title']} ({p['id']}, score {p['score']:.3f}): {p['text'][:160]}...")
+
+
 # -- parser -----------------------------------------------------------------------------------
 
 
@@ -163,24 +220,58 @@ def build_parser() -> argparse.ArgumentParser:
     _add_search_options(p)
     p.set_defaults(func=cmd_eval_retrieval)
 
+    from ragsys.config import add_config_args
+
+    p = sub.add_parser("train", parents=[common], help="train RAG end to end (question encoder + generator)")
+    add_config_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", parents=[common], help="EM/F1 of a trained RAG model on QA data")
+    p.add_argument("model_dir", help="a folder written by training (e.g. runs/rag/best_model)")
+    p.add_argument("--data", required=True, help="SQuAD-style .json/.jsonl/.csv or a HF dataset name")
+    p.add_argument("--split", help="dataset split, for a HF dataset name (default validation)")
+    p.add_argument("--index", help="search this index instead of the model's own (same passage encoder)")
+    p.add_argument("-k", type=int, help="passages per question (default: the model's n_docs)")
+    p.add_argument("--num-beams", "--num_beams", dest="num_beams", type=int, default=1)
+    p.add_argument("--limit", type=int, help="only the first N questions")
+    p.add_argument("--closed-book", action="store_true", help="answer without passages")
+    p.add_argument("--oracle", action="store_true", help="answer from the question's own paragraph")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("answer", parents=[common], help="answer questions with their sources")
+    p.add_argument("model_dir")
+    p.add_argument("question", nargs="+")
+    p.add_argument("--index", help="search this index instead of the model's own")
+    p.add_argument("-k", type=int, help="passages per question (default: the model's n_docs)")
+    p.add_argument("--num-beams", "--num_beams", dest="num_beams", type=int, default=1)
+    p.add_argument("--json", action="store_true", help="one JSON object per question")
+    p.set_defaults(func=cmd_answer)
+
     p = sub.add_parser("demo", parents=[common], help="index, evaluate and search the bundled SQuAD sample")
     p.add_argument("--out", default="runs/demo-index")
     p.set_defaults(func=cmd_demo)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+def quiet_libraries() -> None:
+    """Library chatter a user does not need: weight-loading bars, hub retry warnings."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import huggingface_hub
     import transformers
 
     transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()  # "Loading weights" bars: noise for a user
-    logging.getLogger("bm25s").setLevel(logging.WARNING)
+    transformers.logging.disable_progress_bar()
+    huggingface_hub.utils.logging.set_verbosity_error()
+    for name in ("bm25s", "datasets", "huggingface_hub", "accelerate"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def run_guarded(fn, *args) -> int:
+    """Run a command: a RagsysError is one line on stderr and exit 2, never a traceback."""
+    quiet_libraries()
     try:
-        args.func(args)
+        fn(*args)
     except RagsysError as e:
         print(f"ragsys: error: {e}", file=sys.stderr)
         return 2
@@ -188,6 +279,13 @@ def main(argv: list[str] | None = None) -> int:
         print("ragsys: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    return run_guarded(args.func, args)
 
 
 if __name__ == "__main__":

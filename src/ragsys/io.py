@@ -76,3 +76,56 @@ def _fsync_dir(path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+# -- folders described by a JSON manifest (index, saved RAG model, checkpoint) -------------------
+
+
+def checksum_files(folder: Path, files: list[Path]) -> dict:
+    """{relative path: {"bytes", "sha256"}} for a manifest."""
+    return {str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in files}
+
+
+def verify_files(folder: Path, files: dict, manifest_name: str, checksums: bool = True) -> None:
+    """Every file the manifest lists exists with its size and (with `checksums`) its sha256."""
+    from ragsys.errors import RagsysError
+
+    for name, meta in files.items():
+        f = folder / name
+        if not f.is_file():
+            raise RagsysError(f"{f}: missing (listed in {manifest_name})")
+        if f.stat().st_size != meta["bytes"] or (checksums and sha256_file(f) != meta["sha256"]):
+            raise RagsysError(f"{f}: does not match the checksum in {manifest_name} (truncated, corrupt or changed)")
+
+
+def read_manifest_json(folder: Path, name: str, fmt: str, version: int, what: str, hint: str = "") -> dict:
+    """Read `folder/name`, a JSON object whose "format" is `fmt` and "format_version" at most `version`."""
+    from ragsys.errors import RagsysError
+
+    if not folder.is_dir():
+        raise RagsysError(f"{folder}: no such {what} folder")
+    f = folder / name
+    if not f.is_file():
+        raise RagsysError(f"{folder}: not a {what} (no {name}){hint}")
+    try:
+        meta = json.loads(f.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RagsysError(f"{f}: corrupt {name} ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != fmt:
+        raise RagsysError(f"{f}: not a {what} {name}")
+    if meta.get("format_version", 0) > version:
+        raise RagsysError(f"{f}: format {meta['format_version']} is newer than this ragsys reads")
+    return meta
+
+
+def only_replace(marker: str, what: str):
+    """A `may_replace` check for `atomic_dir`: only an empty folder or one holding `marker` is replaced."""
+
+    def check(target: Path) -> None:
+        from ragsys.errors import RagsysError
+
+        if target.is_dir() and (not any(target.iterdir()) or (target / marker).is_file()):
+            return
+        raise RagsysError(f"{target}: exists and is not a {what}; refusing to overwrite it")
+
+    return check

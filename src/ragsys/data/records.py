@@ -164,8 +164,8 @@ def read_hub_dataset(name: str, split: str | None = None) -> Iterator[Row]:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise RagsysError(
             f"could not load dataset {name!r} from the Hugging Face hub ({first[:160]}); "
-            "point at local files instead, e.g. a SQuAD-format .json, or .jsonl/.csv with "
-            "question/context/answers columns"
+            "use local files instead (--train_file/--validation_file to train, --data to evaluate): "
+            "SQuAD-format .json, or .jsonl/.csv with question/context/answers columns"
         ) from None
     splits = [(split, ds)] if split else list(ds.items())
     for split_name, part in splits:

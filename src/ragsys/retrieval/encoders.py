@@ -93,17 +93,20 @@ class Encoder(torch.nn.Module):
             tokenizer = AutoTokenizer.from_pretrained(source)
         except (OSError, ValueError) as e:
             raise RagsysError(f"could not load encoder {name_or_path!r}: {str(e).splitlines()[0][:200]}") from None
-        st = _sentence_transformers_settings(source)
+        saved = _saved_spec(source)  # a folder written by Encoder.save_pretrained keeps its spec
+        st = {**_sentence_transformers_settings(source), **saved}
         arch = (config.architectures or [config.model_type])[0]
-        if config.model_type == "dpr":
-            from transformers import DPRContextEncoder, DPRQuestionEncoder
+        try:
+            if config.model_type == "dpr":
+                from transformers import DPRContextEncoder, DPRQuestionEncoder
 
-            model_cls = DPRContextEncoder if "Context" in arch else DPRQuestionEncoder
-            model = model_cls.from_pretrained(source)
-            pooling = pooling or "pooler"
-        else:
-            model = AutoModel.from_pretrained(source)
-            pooling = pooling or st.get("pooling", "mean")
+                model = (DPRContextEncoder if "Context" in arch else DPRQuestionEncoder).from_pretrained(source)
+            else:
+                model = AutoModel.from_pretrained(source)
+        except (OSError, ValueError, RuntimeError) as e:  # e.g. a truncated weights file
+            raise RagsysError(f"cannot load encoder weights from {name_or_path!r} "
+                              f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+        pooling = pooling or st.get("pooling") or ("pooler" if config.model_type == "dpr" else "mean")
         if normalize is None:
             normalize = st.get("normalize", False)
         if max_length is None:
@@ -113,13 +116,13 @@ class Encoder(torch.nn.Module):
         if config.model_type == "dpr" and model.config.projection_dim:
             dim = model.config.projection_dim
         spec = EncoderSpec(canonical_name(name_or_path), int(dim), pooling, bool(normalize), int(max_length), arch)
-        return cls(model, tokenizer, spec)
+        return cls(model, tokenizer, spec).eval()
 
     def save_pretrained(self, path: str | Path) -> None:
         path = Path(path)
         self.model.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
-        (path / "ragsys_encoder.json").write_text(json.dumps(self.spec.to_dict(), indent=2))
+        (path / SPEC_FILE).write_text(json.dumps(self.spec.to_dict(), indent=2))
 
     # -- encoding ---------------------------------------------------------------------------
 
@@ -153,6 +156,14 @@ class Encoder(torch.nn.Module):
         as the tokenizer's second segment, the way DPR encodes "title [SEP] text"."""
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
+        was_training = self.training
+        self.eval()  # vectors for an index or a query never see dropout, even mid-training
+        try:
+            return self._encode(texts, pairs, batch_size, progress, desc)
+        finally:
+            self.train(was_training)
+
+    def _encode(self, texts, pairs, batch_size, progress, desc) -> np.ndarray:
         enc = self.tokenize(list(texts), list(pairs) if pairs is not None else None)
         lengths = np.fromiter((len(ids) for ids in enc["input_ids"]), dtype=np.int64, count=len(texts))
         order = np.argsort(-lengths, kind="stable")
@@ -172,6 +183,22 @@ class Encoder(torch.nn.Module):
     def probe(self) -> np.ndarray:
         """The vector of a fixed text: a fingerprint of the weights, kept in the index manifest."""
         return self.encode([PROBE_TEXT], progress=False)[0]
+
+
+SPEC_FILE = "ragsys_encoder.json"
+
+
+def _saved_spec(source: str) -> dict:
+    """Pooling, normalisation and max length from a folder written by `Encoder.save_pretrained`. The
+    name is not restored: a saved (perhaps fine-tuned) encoder is known by its folder."""
+    f = Path(source) / SPEC_FILE
+    if not f.is_file():
+        return {}
+    try:
+        spec = json.loads(f.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RagsysError(f"{f}: corrupt encoder spec ({e})") from None
+    return {k: spec[k] for k in ("pooling", "normalize", "max_length") if k in spec}
 
 
 def _sentence_transformers_settings(source: str) -> dict:

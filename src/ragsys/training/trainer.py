@@ -1,0 +1,255 @@
+"""End-to-end RAG training, readable top to bottom.
+
+    >>> from ragsys.config import TrainConfig
+    >>> from ragsys.training import train
+    >>> result = train(TrainConfig(train_file="train.json", validation_file="dev.json", max_steps=200))
+    >>> result.best_dir          # a folder that RAG.from_pretrained() loads
+
+What happens: load QA data; build (or open) an index of the data's contexts; build the RAG model
+(question encoder, generator); then AdamW with linear warmup and decay over length-grouped batches,
+under autocast (bf16/fp16) with gradient accumulation, through `accelerate` (so DDP under
+`accelerate launch` / `torchrun` is the same loop). Every `eval_steps` it scores dev F1, keeps the
+best model as a loadable folder and saves the last checkpoint for `--resume`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ragsys.config import TrainConfig
+from ragsys.data.qa import QAExample, load_qa
+from ragsys.errors import RagsysError
+from ragsys.evaluation.answers import evaluate_answers
+from ragsys.training.batching import length_grouped_batches
+from ragsys.training.checkpoint import load_checkpoint, read_state, save_checkpoint
+
+log = logging.getLogger(__name__)
+
+LAST, BEST, INDEX, METRICS, CONFIG = "last", "best_model", "index", "metrics.jsonl", "train_config.json"
+# changing these between a run and its --resume would not continue the same run
+RESUME_FREE = {"resume", "max_steps", "num_epochs", "eval_steps", "logging_steps", "output_dir",
+               "max_eval_examples"}
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    losses: list[float]  # training loss at every optimizer step of this invocation
+    best_f1: float | None
+    best_dir: Path
+    last_dir: Path
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def load_data(cfg: TrainConfig) -> tuple[list[QAExample], list[QAExample]]:
+    if cfg.train_file:
+        train = load_qa(cfg.train_file)
+        dev = load_qa(cfg.validation_file) if cfg.validation_file else []
+    else:
+        train = load_qa(cfg.dataset_name, split="train")
+        dev = load_qa(cfg.validation_file) if cfg.validation_file else load_qa(cfg.dataset_name, split="validation")
+    if cfg.max_train_examples:
+        train = train[: cfg.max_train_examples]
+    return train, dev
+
+
+def build_index(cfg: TrainConfig, examples: list[QAExample], out: Path, progress: bool | None):
+    from ragsys.data.corpus import make_passages
+    from ragsys.retrieval import BiEncoder, Index
+
+    if cfg.index:
+        return Index.load(cfg.index)
+    if (out / "manifest.json").is_file():
+        return Index.load(out)
+    passages = make_passages({"doc_id": ex.doc_id, "title": ex.title, "text": ex.context}
+                             for ex in examples if ex.context)
+    if not passages:
+        raise RagsysError("the training data has no contexts to index; pass --index DIR")
+    encoder = BiEncoder.from_pretrained(cfg.passage_encoder or cfg.question_encoder,
+                                        cfg.question_encoder if cfg.passage_encoder else None)
+    return Index.build(passages, encoder, out, factory=cfg.index_type, progress=progress)
+
+
+def build_model(cfg: TrainConfig, index):
+    from ragsys.generation import Generator
+    from ragsys.model import RAG, RAGConfig
+    from ragsys.retrieval import Encoder
+
+    question_encoder = Encoder.from_pretrained(cfg.question_encoder)
+    index.check_question_encoder(question_encoder)
+    generator = Generator.from_pretrained(cfg.generator)
+    rag_cfg = RAGConfig(n_docs=cfg.n_docs, mode=cfg.rag_mode, max_source_length=cfg.max_source_length,
+                        max_target_length=cfg.max_target_length, train_passage_encoder=cfg.train_passage_encoder)
+    return RAG(index, question_encoder, generator, rag_cfg)
+
+
+def mixed_precision(precision: str) -> str:
+    cuda = torch.cuda.is_available()
+    if precision == "auto":
+        return "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"
+    if precision == "fp16" and not cuda:
+        raise RagsysError("--precision fp16 needs a CUDA GPU; use bf16 (or fp32) on the CPU")
+    return {"fp32": "no"}.get(precision, precision)
+
+
+def _spread(examples: list[QAExample], n: int) -> list[QAExample]:
+    """n examples spread evenly over the list (dev files are grouped by article)."""
+    if len(examples) <= n:
+        return examples
+    step = len(examples) / n
+    return [examples[int(i * step)] for i in range(n)]
+
+
+def _check_resume_config(cfg: TrainConfig, out: Path) -> None:
+    saved_file = out / CONFIG
+    if not saved_file.is_file():
+        raise RagsysError(f"{out}: nothing to resume ({CONFIG} missing); start without --resume")
+    saved = json.loads(saved_file.read_text())
+    now = cfg.to_dict()
+    changed = sorted(k for k in now if k not in RESUME_FREE and saved.get(k) != now[k])
+    if changed:
+        raise RagsysError(f"{out}: --resume with settings that differ from the run's ({', '.join(changed)})")
+
+
+def _rewrite_metrics(path: Path, upto_step: int) -> None:
+    """On resume, drop log lines written after the checkpoint, so the log reads as one run."""
+    if path.is_file():
+        keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= upto_step]
+        path.write_text("".join(ln + "\n" for ln in keep))
+
+
+def train(cfg: TrainConfig, progress: bool | None = None) -> TrainResult:
+    from accelerate import Accelerator
+    from transformers import get_linear_schedule_with_warmup
+
+    out = Path(cfg.output_dir)
+    accelerator = Accelerator(mixed_precision=mixed_precision(cfg.precision),
+                              gradient_accumulation_steps=cfg.gradient_accumulation_steps)
+    main = accelerator.is_main_process
+    if cfg.resume:
+        _check_resume_config(cfg, out)
+        read_state(out / LAST)  # fail early on a corrupt checkpoint, before any model loads
+    elif main:
+        out.mkdir(parents=True, exist_ok=True)
+        cfg.save(out / CONFIG)
+    seed_everything(cfg.seed)
+
+    train_set, dev_all = load_data(cfg)
+    with accelerator.main_process_first():  # all dev contexts are indexed, so dev questions can be answered
+        index = build_index(cfg, train_set + dev_all, out / INDEX, progress if main else False)
+    dev_set = _spread(dev_all, cfg.max_eval_examples)
+    seed_everything(cfg.seed)
+    model = build_model(cfg, index)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    lengths = [len(ex.question) + len(ex.answers[0]) for ex in train_set]
+    steps_per_epoch = math.ceil(math.ceil(len(train_set) / cfg.batch_size) / cfg.gradient_accumulation_steps)
+    total = cfg.max_steps or steps_per_epoch * cfg.num_epochs
+    scheduler = get_linear_schedule_with_warmup(optimizer, min(cfg.warmup_steps, total), total)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    raw = accelerator.unwrap_model(model)
+    scaler = getattr(accelerator, "scaler", None)
+
+    step, epoch, batch_pos, best_f1 = 0, 0, 0, None
+    if cfg.resume:
+        state = load_checkpoint(out / LAST, raw, optimizer.optimizer, scheduler, scaler)
+        step, epoch, batch_pos, best_f1 = state["step"], state["epoch"], state["batch_pos"], state["best_f1"]
+        if main:
+            _rewrite_metrics(out / METRICS, step)
+        log.info("resumed from %s at step %d (epoch %d)", out / LAST, step, epoch)
+
+    writer = _tensorboard(out) if main else None
+    losses: list[float] = []
+    bar = tqdm(total=total, initial=step, desc="training", unit="step", disable=not main or (
+        None if progress is None else not progress))
+    model.train()
+    running, t0 = 0.0, time.time()
+    while step < total:
+        batches = length_grouped_batches(lengths, cfg.batch_size, cfg.seed, epoch)
+        while batch_pos < len(batches) and step < total:
+            batch = [train_set[i] for i in batches[batch_pos]]
+            batch_pos += 1
+            with accelerator.accumulate(model), accelerator.autocast():
+                output = model([e.question for e in batch], [e.answers[0] for e in batch])
+                accelerator.backward(output.loss)
+                running += output.loss.detach().float().item() / cfg.gradient_accumulation_steps
+                if accelerator.sync_gradients and cfg.max_grad_norm:
+                    accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad()
+            if not accelerator.sync_gradients:
+                continue
+            scheduler.step()
+            step += 1
+            losses.append(running)
+            lr = scheduler.get_last_lr()[0]
+            bar.update(1)
+            bar.set_postfix(loss=f"{running:.4f}", lr=f"{lr:.2e}")
+            if main and (step % cfg.logging_steps == 0 or step == total):
+                record = {"step": step, "epoch": epoch, "loss": round(running, 6), "lr": lr,
+                          "elapsed_s": round(time.time() - t0, 2)}
+                _log(out, writer, record)
+            running = 0.0
+            if cfg.train_passage_encoder and cfg.reindex_steps and step % cfg.reindex_steps == 0:
+                raw.reindex()
+            if step % cfg.eval_steps == 0 or step == total:
+                best_f1 = _evaluate_and_save(cfg, accelerator, raw, optimizer, scheduler, scaler, dev_set,
+                                             {"step": step, "epoch": epoch, "batch_pos": batch_pos},
+                                             best_f1, writer, progress)
+        if batch_pos >= len(batches):
+            epoch, batch_pos = epoch + 1, 0
+    bar.close()
+    if writer is not None:
+        writer.close()
+    accelerator.wait_for_everyone()
+    return TrainResult(step, losses, best_f1, out / BEST, out / LAST)
+
+
+def _evaluate_and_save(cfg, accelerator, raw, optimizer, scheduler, scaler, dev_set, position, best_f1, writer,
+                       progress) -> float | None:
+    out = Path(cfg.output_dir)
+    if accelerator.is_main_process:
+        metrics = evaluate_answers(raw, dev_set, progress=progress) if dev_set else None
+        is_best = metrics is None or best_f1 is None or metrics["f1"] > best_f1
+        if metrics is not None:
+            best_f1 = max(metrics["f1"], best_f1 or 0.0)
+            _log(out, writer, {"step": position["step"], "dev_em": round(metrics["em"], 4),
+                               "dev_f1": round(metrics["f1"], 4)})
+        if is_best:
+            raw.save_pretrained(out / BEST)
+        save_checkpoint(out / LAST, raw, optimizer.optimizer, scheduler, scaler, {**position, "best_f1": best_f1})
+    accelerator.wait_for_everyone()
+    return best_f1
+
+
+def _tensorboard(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # TensorBoard is optional
+        return None
+    return SummaryWriter(str(out / "tensorboard"))
+
+
+def _log(out: Path, writer, record: dict) -> None:
+    log.info(" ".join(f"{k}={v}" for k, v in record.items()))
+    with open(out / METRICS, "a") as f:
+        f.write(json.dumps(record) + "\n")
+    if writer is not None:
+        for k, v in record.items():
+            if k not in ("step", "epoch") and isinstance(v, float | int):
+                writer.add_scalar(k, v, record["step"])

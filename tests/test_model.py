@@ -1,0 +1,343 @@
+"""The RAG model: losses against brute-force enumeration, gradients, decoding, save/load."""
+
+from __future__ import annotations
+
+import math
+import shutil
+
+import pytest
+import torch
+
+from ragsys import BiEncoder, Encoder, Index, Passage, RagsysError, load_corpus
+from ragsys.generation import Generator
+from ragsys.model import RAG, Answer, RAGConfig, rag_sequence_loss, rag_token_loss
+
+QUESTIONS = ["Which NFL team represented the AFC at Super Bowl 50?", "Where did Super Bowl 50 take place?"]
+ANSWERS = ["Denver Broncos", "Levi's Stadium in Santa Clara"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads, and OpenMP threads crawl when other jobs share the cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def passage_encoder(tiny_bert_dir) -> Encoder:
+    return Encoder.from_pretrained(str(tiny_bert_dir))
+
+
+@pytest.fixture(scope="module")
+def index(tmp_path_factory, squad_small, passage_encoder) -> Index:
+    return Index.build(load_corpus([squad_small]), BiEncoder(passage_encoder), tmp_path_factory.mktemp("rag") / "idx",
+                       progress=False)
+
+
+@pytest.fixture(scope="module")
+def t5(tiny_t5_dir) -> Generator:
+    return Generator.from_pretrained(str(tiny_t5_dir))
+
+
+@pytest.fixture(scope="module")
+def bert2bert(tiny_bert_dir) -> Generator:
+    torch.manual_seed(0)
+    return Generator.from_encoder_decoder(str(tiny_bert_dir), str(tiny_bert_dir))
+
+
+def make_rag(index, tiny_bert_dir, generator, **config) -> RAG:
+    return RAG(index, Encoder.from_pretrained(str(tiny_bert_dir)), generator, RAGConfig(**config))
+
+
+# -- losses ---------------------------------------------------------------------------------------
+
+
+def toy_tensors(b=3, k=4, t=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    doc_logprobs = torch.log_softmax(torch.randn(b, k, generator=g), dim=-1)
+    token_logprobs = torch.log(torch.rand(b, k, t, generator=g) * 0.98 + 0.01)
+    lengths = torch.tensor([t, t - 2, 1])[:b]
+    mask = torch.arange(t).unsqueeze(0) < lengths.unsqueeze(1)
+    garbage = token_logprobs.clone()
+    garbage[~mask.unsqueeze(1).expand_as(garbage)] = float("nan")  # padded positions must not matter
+    return doc_logprobs, token_logprobs, garbage, mask
+
+
+def test_rag_sequence_loss_equals_enumeration():
+    doc_lp, tok_lp, with_nan_pads, mask = toy_tensors()
+    loss = rag_sequence_loss(doc_lp, with_nan_pads, mask)
+    for b in range(doc_lp.shape[0]):
+        total = 0.0
+        for z in range(doc_lp.shape[1]):
+            p_y = 1.0
+            for t in range(mask.shape[1]):
+                if mask[b, t]:
+                    p_y *= math.exp(tok_lp[b, z, t].item())
+            total += math.exp(doc_lp[b, z].item()) * p_y
+        assert loss[b].item() == pytest.approx(-math.log(total), rel=1e-5)
+
+
+def test_rag_token_loss_equals_enumeration():
+    doc_lp, tok_lp, with_nan_pads, mask = toy_tensors(seed=1)
+    loss = rag_token_loss(doc_lp, with_nan_pads, mask)
+    for b in range(doc_lp.shape[0]):
+        nll = 0.0
+        for t in range(mask.shape[1]):
+            if not mask[b, t]:
+                continue
+            marginal = sum(math.exp(doc_lp[b, z].item() + tok_lp[b, z, t].item()) for z in range(doc_lp.shape[1]))
+            nll -= math.log(marginal)
+        assert loss[b].item() == pytest.approx(nll, rel=1e-5)
+
+
+def test_losses_agree_with_one_document_and_give_finite_gradients():
+    doc_lp, tok_lp, _, mask = toy_tensors(k=1)
+    expected = -(tok_lp[:, 0] * mask).sum(-1)
+    for fn in (rag_sequence_loss, rag_token_loss):
+        assert torch.allclose(fn(doc_lp, tok_lp, mask), expected, atol=1e-5)
+    doc_lp, _, with_nan_pads, mask = toy_tensors(seed=2)
+    doc_lp.requires_grad_(True)
+    for fn in (rag_sequence_loss, rag_token_loss):
+        fn(doc_lp, with_nan_pads, mask).sum().backward()
+        assert torch.isfinite(doc_lp.grad).all()
+
+
+# -- generator inputs -----------------------------------------------------------------------------
+
+
+def test_generator_puts_question_first_and_truncates_the_passage(tiny_bert_dir):
+    gen = Generator.from_encoder_decoder(str(tiny_bert_dir), str(tiny_bert_dir))
+    tok = gen.tokenizer
+    gen.max_source_length = 24
+    long = Passage("p-long", "Title", "word " * 200)
+    short = Passage("p-short", "Other", "a short passage")
+    batch = gen.build_inputs(["who is it?"], [[long, short]])
+    assert batch["input_ids"].shape == (2, 24)
+    rows = [ids[mask.bool()].tolist() for ids, mask in zip(batch["input_ids"], batch["attention_mask"])]
+    assert all(r[0] == tok.cls_token_id and r[-1] == tok.sep_token_id for r in rows)
+    assert len(rows[0]) == 24 and len(rows[1]) < 24
+    assert tok.decode(rows[0][1:-1]).startswith("question : who is it? title : title context : word")
+    assert tok.decode(rows[1][1:-1]) == "question : who is it? title : other context : a short passage"
+    assert set(gen._passage_cache) == {"p-long", "p-short"}
+
+
+def test_targets_end_with_eos_and_mask_pads(t5):
+    labels = t5.tokenize_targets(["Denver Broncos", "x"])
+    assert labels.shape[0] == 2
+    assert labels[1, 1].item() == t5.eos_token_id and (labels[1, 2:] == -100).all()
+    assert t5.decoder_inputs(labels)[:, 0].eq(t5.decoder_start_token_id).all()
+
+
+# -- training signal ------------------------------------------------------------------------------
+
+
+def test_gradient_reaches_question_encoder_not_passage_side(index, tiny_bert_dir, t5, passage_encoder):
+    rag = make_rag(index, tiny_bert_dir, t5, n_docs=3, mode="token")
+    out = rag(QUESTIONS, ANSWERS)
+    assert out.loss.dim() == 0 and out.losses.shape == (2,) and out.doc_scores.shape == (2, 3)
+    out.loss.backward()
+    grads = [p.grad for p in rag.question_encoder.parameters() if p.grad is not None]
+    assert grads and any(g.abs().sum() > 0 for g in grads)
+    assert all(p.grad is None for p in passage_encoder.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in rag.generator.parameters())
+    rag.zero_grad()
+
+
+def test_given_passages_use_a_uniform_prior(index, tiny_bert_dir, t5):
+    rag = make_rag(index, tiny_bert_dir, t5, mode="sequence")
+    gold = [[Passage("gold", "Super Bowl 50", "The Denver Broncos defeated the Carolina Panthers.")]] * 2
+    with torch.no_grad():
+        out = rag(QUESTIONS, ANSWERS, passages=gold)
+        batch = t5.build_inputs(QUESTIONS, gold)
+        direct = -t5(batch["input_ids"], batch["attention_mask"], t5.tokenize_targets(ANSWERS)).sum(-1)
+    assert torch.allclose(out.losses, direct, atol=1e-5)
+    with pytest.raises(RagsysError, match="same, non-zero number"):
+        rag(QUESTIONS, ANSWERS, passages=[gold[0], []])
+
+
+def test_train_passage_encoder_gets_gradient_and_reindexes(index, tiny_bert_dir, t5, tmp_path):
+    trained = Encoder.from_pretrained(str(tiny_bert_dir))
+    rag = RAG(index, Encoder.from_pretrained(str(tiny_bert_dir)), t5,
+              RAGConfig(n_docs=2, train_passage_encoder=True), passage_encoder=trained)
+    rag(QUESTIONS, ANSWERS).loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trained.parameters())
+    rag.zero_grad()
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    old = index.faiss
+    try:
+        rag.reindex(progress=False)
+        assert index.faiss is not old and index.faiss.ntotal == old.ntotal
+        rag.save_pretrained(tmp_path / "rag")  # writes an index that matches the new vectors
+        loaded = RAG.from_pretrained(tmp_path / "rag")
+        assert loaded.passage_encoder is not None
+        assert loaded.retrieve(QUESTIONS).rows.tolist() == rag.retrieve(QUESTIONS).rows.tolist()
+    finally:
+        index.faiss = old
+
+
+@pytest.mark.parametrize("search_mode", ["bm25", "hybrid"])
+def test_sparse_and_hybrid_search_fill_k_passages(index, tiny_bert_dir, t5, search_mode):
+    rag = make_rag(index, tiny_bert_dir, t5, n_docs=4, search_mode=search_mode)
+    ctx = rag.retrieve([QUESTIONS[0], "zzqx vvkq"])  # the second matches nothing in BM25: dense fills it
+    assert ctx.rows.shape == (2, 4) and (ctx.rows >= 0).all()
+    assert all(len(set(r)) == 4 for r in ctx.rows.tolist())
+    assert torch.allclose(ctx.doc_logprobs.exp().sum(-1), torch.ones(2))
+
+
+# -- generation -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["sequence", "token"])
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_generate_returns_one_string_per_question(index, tiny_bert_dir, t5, mode, num_beams):
+    rag = make_rag(index, tiny_bert_dir, t5, n_docs=3, mode=mode)
+    out = rag.generate(QUESTIONS, num_beams=num_beams, max_new_tokens=5)
+    assert len(out) == len(QUESTIONS) and all(isinstance(s, str) for s in out)
+
+
+def _hf_ids(gen: Generator, inputs: dict, num_beams: int, max_new_tokens: int) -> list[list[int]]:
+    out = gen.model.generate(**inputs, num_beams=num_beams, max_new_tokens=max_new_tokens, do_sample=False)
+    eos = gen.eos_token_id
+    return [row[: row.index(eos) + 1] if eos in row else row for row in out[:, 1:].tolist()]
+
+
+@pytest.mark.parametrize("which", ["t5", "bert2bert"])
+@pytest.mark.parametrize("mode", ["token", "sequence"])
+def test_one_document_decoding_equals_hf_generate(index, tiny_bert_dir, which, mode, request):
+    """With k=1 both RAG decoders reduce to the generator's own decoding: token for token for greedy
+    and beam search, including when eos ends some hypotheses early."""
+    gen: Generator = request.getfixturevalue(which)
+    rag = make_rag(index, tiny_bert_dir, gen, n_docs=1, mode=mode)
+    ctx = rag.retrieve(QUESTIONS)
+    inputs = gen.build_inputs(QUESTIONS, ctx.passages)
+    config, gen_config = gen.model.config.eos_token_id, gen.model.generation_config.eos_token_id
+    try:
+        for eos_from in (None, 1):  # the real eos, then a token it actually emits (so eos gets exercised)
+            if eos_from is not None:
+                eos = _hf_ids(gen, inputs, 1, 8)[0][eos_from]
+                gen.model.config.eos_token_id = gen.model.generation_config.eos_token_id = eos
+            for num_beams in (1, 3) if mode == "token" else (1,):
+                hf = _hf_ids(gen, inputs, num_beams, 8)
+                assert rag._generate_ids(QUESTIONS, ctx, num_beams, 8) == hf
+            assert rag.generate(QUESTIONS, num_beams=num_beams, max_new_tokens=8) == gen.decode(hf)
+    finally:
+        gen.model.config.eos_token_id, gen.model.generation_config.eos_token_id = config, gen_config
+
+
+def test_rag_token_greedy_marginalises_over_documents(index, tiny_bert_dir, t5):
+    """k=3: each greedy token is the argmax of Σ_z p(z|x) p(y_t|x,z,y<t), recomputed without a cache."""
+    rag = make_rag(index, tiny_bert_dir, t5, n_docs=3, mode="token")
+    with torch.no_grad():
+        ctx = rag.retrieve(QUESTIONS)
+        ctx.doc_logprobs = torch.log_softmax(torch.tensor([[0.5, 0.0, -1.0], [-0.3, 1.0, 0.2]]), dim=-1)
+        inputs = t5.build_inputs(QUESTIONS, ctx.passages)
+        got = rag._generate_ids(QUESTIONS, ctx, 1, 6)
+        for b in range(len(QUESTIONS)):
+            rows = slice(3 * b, 3 * b + 3)
+            prefix: list[int] = []
+            while len(prefix) < 6:
+                dec = torch.tensor([[t5.decoder_start_token_id] + prefix] * 3)
+                logits = t5.model(input_ids=inputs["input_ids"][rows], attention_mask=inputs["attention_mask"][rows],
+                                  decoder_input_ids=dec).logits[:, -1]
+                marginal = torch.logsumexp(torch.log_softmax(logits, -1) + ctx.doc_logprobs[b].unsqueeze(-1), dim=0)
+                prefix.append(int(marginal.argmax()))
+                if prefix[-1] == t5.eos_token_id:
+                    break
+            assert got[b] == prefix
+
+
+def test_rag_sequence_picks_the_best_marginal_candidate(index, tiny_bert_dir, bert2bert):
+    rag = make_rag(index, tiny_bert_dir, bert2bert, n_docs=3, mode="sequence")
+    with torch.no_grad():
+        ctx = rag.retrieve(QUESTIONS)
+        inputs = bert2bert.build_inputs(QUESTIONS, ctx.passages)
+        got = rag._generate_ids(QUESTIONS, ctx, 1, 5)
+        candidates = _hf_ids(bert2bert, inputs, 1, 5)  # one greedy candidate per (question, passage)
+        for b in range(len(QUESTIONS)):
+            rows = slice(3 * b, 3 * b + 3)
+            scores = {}
+            for cand in candidates[rows]:
+                labels = torch.tensor([cand] * 3)
+                seq = bert2bert(inputs["input_ids"][rows], inputs["attention_mask"][rows], labels).sum(-1)
+                scores[tuple(cand)] = torch.logsumexp(ctx.doc_logprobs[b] + seq, dim=0).item()
+            assert tuple(got[b]) == max(scores, key=scores.get)
+
+
+def test_answer_returns_text_and_passages(index, tiny_bert_dir, t5):
+    rag = make_rag(index, tiny_bert_dir, t5, n_docs=2)
+    ans = rag.answer(QUESTIONS[0], k=3)
+    assert isinstance(ans, Answer) and ans.question == QUESTIONS[0] and isinstance(ans.answer, str)
+    assert len(ans.passages) == 3 and set(ans.passages[0]) == {"id", "title", "text", "score"}
+    assert [a.question for a in rag.answer(QUESTIONS)] == QUESTIONS
+
+
+def test_empty_question_raises(index, tiny_bert_dir, t5):
+    rag = make_rag(index, tiny_bert_dir, t5)
+    with pytest.raises(RagsysError, match="empty"):
+        rag.answer("   ")
+    with pytest.raises(RagsysError, match="empty"):
+        rag(["", QUESTIONS[1]], ANSWERS)
+    with pytest.raises(RagsysError, match="unknown RAG mode"):
+        RAGConfig(mode="both")
+
+
+# -- saving and loading ---------------------------------------------------------------------------
+
+
+def test_save_load_round_trip_gives_identical_loss(index, tiny_bert_dir, t5, tmp_path):
+    rag = make_rag(index, tiny_bert_dir, t5, n_docs=3, mode="token")
+    with torch.no_grad():
+        rag.question_encoder.model.embeddings.word_embeddings.weight.mul_(1.5)  # "fine-tuned"
+        before = rag(QUESTIONS, ANSWERS)
+    rag.save_pretrained(tmp_path / "rag")
+    assert (tmp_path / "rag" / "index" / "manifest.json").is_file()
+    loaded = RAG.from_pretrained(tmp_path / "rag")
+    assert loaded.config == rag.config
+    with torch.no_grad():
+        after = loaded(QUESTIONS, ANSWERS)
+    assert torch.equal(before.losses, after.losses) and torch.equal(before.doc_scores, after.doc_scores)
+    loaded.save_pretrained(tmp_path / "rag")  # again, over itself: the index inside is kept
+    with torch.no_grad():
+        assert torch.equal(RAG.from_pretrained(tmp_path / "rag")(QUESTIONS, ANSWERS).losses, before.losses)
+
+
+def test_corrupt_or_missing_pieces_raise(index, tiny_bert_dir, t5, tmp_path):
+    make_rag(index, tiny_bert_dir, t5).save_pretrained(tmp_path / "rag")
+    weights = tmp_path / "rag" / "generator" / "model.safetensors"
+    good = weights.read_bytes()
+    weights.write_bytes(good[:1000])
+    with pytest.raises(RagsysError, match="model.safetensors"):
+        RAG.from_pretrained(tmp_path / "rag")
+    weights.write_bytes(b"\xff" * 16 + good[16:])  # same size, so only loading can tell
+    with pytest.raises(RagsysError, match="generator"):
+        RAG.from_pretrained(tmp_path / "rag", verify=False)
+    weights.write_bytes(good)
+    shutil.rmtree(tmp_path / "rag" / "question_encoder")
+    with pytest.raises(RagsysError, match="question_encoder"):
+        RAG.from_pretrained(tmp_path / "rag")
+    with pytest.raises(RagsysError, match="rag_config.json"):
+        RAG.from_pretrained(tmp_path)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(RagsysError, match="refusing to overwrite"):
+        make_rag(index, tiny_bert_dir, t5).save_pretrained(tmp_path / "other")
+
+
+@pytest.mark.slow
+def test_bundled_bert2bert_saves_and_loads(tmp_path):
+    gen = Generator.from_pretrained("bundled:minilm-bert2bert")
+    tok = gen.tokenizer
+    assert gen.decoder_start_token_id == tok.cls_token_id and gen.eos_token_id == tok.sep_token_id
+    gen.save_pretrained(tmp_path / "gen")
+    again = Generator.from_pretrained(str(tmp_path / "gen"))
+    assert again.name == "bundled:minilm-bert2bert"
+    passages = [[Passage("p", "Super Bowl 50", "The Denver Broncos won Super Bowl 50.")]]
+    batch = gen.build_inputs(QUESTIONS[:1], passages)
+    labels = gen.tokenize_targets(ANSWERS[:1])
+    with torch.no_grad():
+        assert torch.equal(gen(batch["input_ids"], batch["attention_mask"], labels),
+                           again(batch["input_ids"], batch["attention_mask"], labels))

@@ -1,0 +1,77 @@
+"""Training: length-grouped batches, exact resume, checkpoints that fail loudly, train -> answer."""
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from ragsys import RagsysError
+from ragsys.config import TrainConfig
+from ragsys.training import batching, train
+from ragsys.training import trainer as trainer_mod
+
+
+def test_length_grouped_batches_cover_everything_deterministically():
+    lengths = [(i * 37) % 101 for i in range(1000)]
+    a = batching.length_grouped_batches(lengths, 8, seed=1, epoch=0, group_factor=10)
+    assert a == batching.length_grouped_batches(lengths, 8, seed=1, epoch=0, group_factor=10)
+    assert a != batching.length_grouped_batches(lengths, 8, seed=1, epoch=1, group_factor=10)
+    assert sorted(i for b in a for i in b) == list(range(1000))
+    spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in a) / len(a)
+    assert spread < 15  # random batches of 8 would spread ~78 of the 0..100 range
+
+
+@pytest.fixture
+def cfg(tmp_path, squad_small, tiny_bert_dir, tiny_t5_dir):
+    return TrainConfig(train_file=str(squad_small), validation_file=str(squad_small),
+                       question_encoder=str(tiny_bert_dir), generator=str(tiny_t5_dir), n_docs=2, batch_size=4,
+                       max_steps=4, eval_steps=2, logging_steps=1, warmup_steps=1, max_eval_examples=4,
+                       learning_rate=1e-3, output_dir=str(tmp_path / "run"))
+
+
+class Crash(Exception):
+    pass
+
+
+def test_resume_continues_the_same_run_exactly(cfg, tmp_path, monkeypatch):
+    straight = train(replace(cfg, output_dir=str(tmp_path / "straight")), progress=False)
+    assert straight.steps == 4 and len(straight.losses) == 4
+
+    real_save = trainer_mod.save_checkpoint
+
+    def save_then_crash(path, *args, **kwargs):
+        real_save(path, *args, **kwargs)
+        raise Crash("killed after the step-2 checkpoint")
+
+    monkeypatch.setattr(trainer_mod, "save_checkpoint", save_then_crash)
+    with pytest.raises(Crash):
+        train(cfg, progress=False)
+    monkeypatch.setattr(trainer_mod, "save_checkpoint", real_save)
+    resumed = train(replace(cfg, resume=True), progress=False)
+    assert resumed.steps == 4
+    assert resumed.losses == pytest.approx(straight.losses[2:], rel=1e-5)
+    logged = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged if "loss" in r] == [1, 2, 3, 4]  # one run's log, no duplicates
+    assert [r["loss"] for r in logged if "loss" in r] == pytest.approx(straight.losses, rel=1e-4)
+
+
+def test_corrupt_checkpoint_and_changed_settings_are_refused(cfg):
+    train(replace(cfg, max_steps=2), progress=False)
+    with pytest.raises(RagsysError, match="differ from the run's.*n_docs"):
+        train(replace(cfg, resume=True, n_docs=3), progress=False)
+    weights = trainer_mod.Path(cfg.output_dir) / "last" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(RagsysError, match=r"model\.safetensors: does not match the checksum"):
+        train(replace(cfg, resume=True), progress=False)
+
+
+def test_train_save_load_answer(cfg):
+    from ragsys.model import RAG
+
+    result = train(cfg, progress=False)
+    model = RAG.from_pretrained(result.best_dir)
+    ans = model.answer("Which team won Super Bowl 50?", k=2)
+    assert isinstance(ans.answer, str) and len(ans.passages) == 2
+    assert set(ans.passages[0]) >= {"id", "title", "text", "score"}
+    with pytest.raises(RagsysError):
+        model.answer("   ")
