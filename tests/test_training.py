@@ -75,3 +75,9 @@ def test_train_save_load_answer(cfg):
     assert set(ans.passages[0]) >= {"id", "title", "text", "score"}
     with pytest.raises(RagsysError):
         model.answer("   ")
+
+
+def test_time_budget_ends_the_run_with_a_saved_model(cfg):
+    result = train(replace(cfg, max_steps=50, max_train_minutes=1e-6), progress=False)
+    assert result.steps == 1  # the budget is checked after every optimizer step
+    assert (result.best_dir / "rag_config.json").is_file() and (result.last_dir / "trainer_state.json").is_file()

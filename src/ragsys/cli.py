@@ -1,4 +1,4 @@
-"""`ragsys <command>`: index, search, eval-retrieval, train, eval, answer, demo.
+"""`ragsys <command>`: index, search, eval-retrieval, train, train-retriever, eval, answer, demo.
 
 Library code logs; only this module prints. A `RagsysError` becomes one line on stderr and exit 2.
 """
@@ -85,30 +85,6 @@ def format_table(results: list[dict]) -> str:
     return "\n".join([head, rule, *rows])
 
 
-def cmd_demo(args) -> None:
-    """Index the bundled SQuAD dev sample with the offline MiniLM encoder, evaluate, search."""
-    from ragsys.data import load_corpus, load_qa
-    from ragsys.data.bundled import SQUAD_DEV, bundled_path
-    from ragsys.evaluation import evaluate_retrieval
-    from ragsys.retrieval import BiEncoder, Index, Retriever
-
-    data = bundled_path(SQUAD_DEV)
-    out = Path(args.out)
-    if not (out / "manifest.json").is_file():
-        print(f"building {out} from {data.name} (all-MiniLM-L6-v2, Flat) ...", flush=True)
-        Index.build(load_corpus([data]), BiEncoder.from_pretrained(), out, progress=_progress(args))
-    retriever = Retriever.from_index(out)
-    examples = load_qa(data)
-    results = [evaluate_retrieval(retriever, examples, (1, 5, 20), m, progress=_progress(args))
-               for m in ("dense", "bm25", "hybrid")]
-    print(f"\nretrieval on {data.name}:")
-    print(format_table(results))
-    for ex in examples[:: max(1, len(examples) // 3)][:3]:
-        hit = retriever.search(ex.question, k=1, mode="hybrid")[0][0]
-        print(f"\nQ: {ex.question}\n   gold: {ex.answers[0]}\n   top passage ({hit.passage.title}): "
-              f"{hit.passage.text[:200]}...")
-
-
 def cmd_train(args) -> None:
     from ragsys.config import config_from_args
     from ragsys.training import train
@@ -164,6 +140,70 @@ def cmd_answer(args) -> None:
         print(f"Q: {ans.question}\nA: {ans.answer}")
         for i, p in enumerate(ans.passages, 1):
             print(f"  [{i}] {p['title']} ({p['id']}, score {p['score']:.3f}): {p['text'][:160]}...")
+
+
+DEMO_RECIPE = dict(n_docs=2, batch_size=8, learning_rate=1e-4, warmup_steps=50, max_source_length=192,
+                   logging_steps=25)
+
+
+def cmd_demo(args) -> None:
+    """The main job on the bundled data, offline: index SQuAD train + dev contexts with MiniLM, train
+    RAG (MiniLM question encoder + MiniLM-BERT2BERT generator) on the train articles for a fixed
+    time, then score held-out dev questions with retrieval, closed book and oracle, and answer a few
+    with their sources."""
+    from ragsys.config import TrainConfig
+    from ragsys.data import load_qa
+    from ragsys.data.bundled import SQUAD_DEV, SQUAD_TRAIN, bundled_path
+    from ragsys.data.corpus import make_passages
+    from ragsys.data.qa import sample_evenly
+    from ragsys.evaluation import evaluate_answers, evaluate_retrieval
+    from ragsys.model import RAG
+    from ragsys.retrieval import BiEncoder, Index, Retriever
+    from ragsys.training import train
+
+    out = Path(args.out)
+    train_file, dev_file = bundled_path(SQUAD_TRAIN), bundled_path(SQUAD_DEV)
+    train_qa, dev_qa = load_qa(train_file), load_qa(dev_file)
+    index_dir = out / "index"
+    if not (index_dir / "manifest.json").is_file():
+        print(f"[1/4] indexing the contexts of {train_file.name} and {dev_file.name} (all-MiniLM-L6-v2) ...",
+              flush=True)
+        docs = ({"doc_id": e.doc_id, "title": e.title, "text": e.context} for e in train_qa + dev_qa)
+        Index.build(make_passages(docs), BiEncoder.from_pretrained(), index_dir, progress=_progress(args))
+    retriever = Retriever.from_index(index_dir)
+    probe = sample_evenly(dev_qa, 1000)
+    print(f"      {len(retriever.index)} passages; retrieval on {len(probe)} dev questions:")
+    print(format_table([evaluate_retrieval(retriever, probe, (1, 5, 20), m, progress=False)
+                        for m in ("dense", "bm25", "hybrid")]))
+
+    best = out / "rag" / "best_model"
+    if args.retrain or not (best / "rag_config.json").is_file():
+        print(f"\n[2/4] training RAG on {len(train_qa)} questions of {train_file.name} for {args.minutes:g} "
+              "minutes ...", flush=True)
+        cfg = TrainConfig(train_file=str(train_file), index=str(index_dir), output_dir=str(out / "rag"),
+                          max_train_minutes=args.minutes, max_steps=args.steps, eval_steps=10**9,
+                          **DEMO_RECIPE)
+        result = train(cfg, progress=_progress(args))
+        print(f"      {result.steps} steps; model saved to {result.best_dir}")
+    else:
+        print(f"\n[2/4] using the model trained earlier in {best} (--retrain to train again)")
+    model = RAG.from_pretrained(best)
+
+    held_out = sample_evenly(dev_qa, args.questions)
+    print(f"\n[3/4] answering {len(held_out)} dev questions from articles the model never trained on ...",
+          flush=True)
+    print("| passages read | EM | F1 |\n|---|---|---|")
+    for context, label in (("rag", "retrieved (RAG)"), ("closed-book", "none (closed book)"),
+                           ("oracle", "the gold paragraph (oracle)")):
+        res = evaluate_answers(model, held_out, context, progress=_progress(args))
+        print(f"| {label} | {res['em']:.3f} | {res['f1']:.3f} |", flush=True)
+
+    print("\n[4/4] sample answers with their sources:")
+    for ex in sample_evenly(dev_qa, 4)[1:]:
+        ans = model.answer(ex.question)
+        print(f"\nQ: {ex.question}\nA: {ans.answer}    (gold: {ex.answers[0]})")
+        for i, p in enumerate(ans.passages, 1):
+            print(f"   [{i}] {p['title']} (score {p['score']:.2f}): {p['text'][:120]}...")
 
 
 # -- parser -----------------------------------------------------------------------------------
@@ -226,6 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(p)
     p.set_defaults(func=cmd_train)
 
+    from ragsys.training.retriever_trainer import add_cli as add_train_retriever
+
+    add_train_retriever(sub, parents=[common])
+
     p = sub.add_parser("eval", parents=[common], help="EM/F1 of a trained RAG model on QA data")
     p.add_argument("model_dir", help="a folder written by training (e.g. runs/rag/best_model)")
     p.add_argument("--data", required=True, help="SQuAD-style .json/.jsonl/.csv or a HF dataset name")
@@ -248,8 +292,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per question")
     p.set_defaults(func=cmd_answer)
 
-    p = sub.add_parser("demo", parents=[common], help="index, evaluate and search the bundled SQuAD sample")
-    p.add_argument("--out", default="runs/demo-index")
+    p = sub.add_parser("demo", parents=[common], help="index, train, evaluate and answer on the bundled SQuAD data")
+    p.add_argument("--out", default="runs/demo", help="where the index and the model go (default runs/demo)")
+    p.add_argument("--minutes", type=float, default=10.0, help="training budget (default 10)")
+    p.add_argument("--steps", type=int, default=500, help="planned steps: the learning rate decays over them")
+    p.add_argument("--questions", type=int, default=200, help="held-out dev questions to score")
+    p.add_argument("--retrain", action="store_true", help="train again even if runs/demo holds a model")
     p.set_defaults(func=cmd_demo)
     return parser
 

@@ -54,6 +54,8 @@ class TrainConfig:
     max_grad_norm: float = opt(1.0, "gradient clipping (0: off)", "optimisation")
     gradient_accumulation_steps: int = opt(1, "micro-batches per optimizer step", "optimisation")
     max_steps: int | None = opt(None, "stop after N optimizer steps (overrides --num_epochs)", "optimisation")
+    max_train_minutes: float | None = opt(None, "stop after this much training time (a CPU budget), then "
+                                          "evaluate and save", "optimisation")
     precision: str = opt("auto", "autocast dtype; auto: bf16 on a GPU that has it, else fp32", "optimisation",
                          ["auto", "bf16", "fp16", "fp32"])
     # run
@@ -100,8 +102,9 @@ def add_config_args(parser: argparse.ArgumentParser, cls=TrainConfig) -> None:
                                help=meta["help"])
             continue
         kind = {int: int, float: float}.get(type(default), str)
-        if f.name in ("max_train_examples", "max_steps"):
-            kind = int
+        if default is None:  # an optional field: the type comes from the annotation ("int | None")
+            ann = str(f.type)
+            kind = int if ann.startswith("int") else float if ann.startswith("float") else str
         group.add_argument(*names, dest=f.name, type=kind, default=default, choices=meta.get("choices"),
                            help=f"{meta['help']} (default: {default})")
 

@@ -72,3 +72,11 @@ def load_qa(source: str | Path, split: str | None = None, keep_unanswerable: boo
     if not examples:
         raise RagsysError(f"{source}: no answerable questions found")
     return examples
+
+
+def sample_evenly(examples: list[QAExample], n: int) -> list[QAExample]:
+    """n examples spread evenly over the list (QA files are grouped by article), in order."""
+    if len(examples) <= n:
+        return examples
+    step = len(examples) / n
+    return [examples[int(i * step)] for i in range(n)]

@@ -42,8 +42,12 @@ def resolve_source(name_or_path: str) -> str:
 
 
 def canonical_name(name_or_path: str) -> str:
+    """The name an index manifest records: the bundled default by its tag, a local folder by its
+    absolute path (so the index works from any working directory), a hub model by its name."""
     if name_or_path in (DEFAULT_ENCODER, DEFAULT_ENCODER_HUB_NAME, "minilm"):
         return DEFAULT_ENCODER
+    if Path(name_or_path).is_dir():
+        return str(Path(name_or_path).resolve())
     return name_or_path
 
 

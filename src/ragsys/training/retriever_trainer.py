@@ -88,17 +88,6 @@ class RetrieverTrainConfig:
     seed: int = opt(42, "seed for data order and dropout", "run")
     logging_steps: int = opt(10, "log the loss every N steps", "run")
 
-    def __post_init__(self) -> None:
-        # optional numbers arrive from the command line as strings (add_config_args types them by default)
-        for f in fields(self):
-            value = getattr(self, f.name)
-            kind = int if str(f.type).startswith("int") else float if str(f.type).startswith("float") else None
-            if kind is not None and isinstance(value, str):
-                try:
-                    setattr(self, f.name, kind(value))
-                except ValueError:
-                    raise RagsysError(f"--{f.name}: {value!r} is not a number") from None
-
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 

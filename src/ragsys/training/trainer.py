@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ragsys.config import TrainConfig
-from ragsys.data.qa import QAExample, load_qa
+from ragsys.data.qa import QAExample, load_qa, sample_evenly
 from ragsys.errors import RagsysError
 from ragsys.evaluation.answers import evaluate_answers
 from ragsys.training.batching import length_grouped_batches
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 LAST, BEST, INDEX, METRICS, CONFIG = "last", "best_model", "index", "metrics.jsonl", "train_config.json"
 # changing these between a run and its --resume would not continue the same run
-RESUME_FREE = {"resume", "max_steps", "num_epochs", "eval_steps", "logging_steps", "output_dir",
+RESUME_FREE = {"resume", "max_steps", "max_train_minutes", "num_epochs", "eval_steps", "logging_steps", "output_dir",
                "max_eval_examples"}
 
 
@@ -107,14 +107,6 @@ def mixed_precision(precision: str) -> str:
     return {"fp32": "no"}.get(precision, precision)
 
 
-def _spread(examples: list[QAExample], n: int) -> list[QAExample]:
-    """n examples spread evenly over the list (dev files are grouped by article)."""
-    if len(examples) <= n:
-        return examples
-    step = len(examples) / n
-    return [examples[int(i * step)] for i in range(n)]
-
-
 def _check_resume_config(cfg: TrainConfig, out: Path) -> None:
     saved_file = out / CONFIG
     if not saved_file.is_file():
@@ -152,11 +144,12 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> TrainResult:
     train_set, dev_all = load_data(cfg)
     with accelerator.main_process_first():  # all dev contexts are indexed, so dev questions can be answered
         index = build_index(cfg, train_set + dev_all, out / INDEX, progress if main else False)
-    dev_set = _spread(dev_all, cfg.max_eval_examples)
+    dev_set = sample_evenly(dev_all, cfg.max_eval_examples)
     seed_everything(cfg.seed)
     model = build_model(cfg, index)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    # fused: one kernel for all parameters; the per-tensor loop costs seconds per step on a CPU
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=True)
     lengths = [len(ex.question) + len(ex.answers[0]) for ex in train_set]
     steps_per_epoch = math.ceil(math.ceil(len(train_set) / cfg.batch_size) / cfg.gradient_accumulation_steps)
     total = cfg.max_steps or steps_per_epoch * cfg.num_epochs
@@ -207,6 +200,8 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> TrainResult:
             running = 0.0
             if cfg.train_passage_encoder and cfg.reindex_steps and step % cfg.reindex_steps == 0:
                 raw.reindex()
+            if cfg.max_train_minutes is not None and _out_of_time(accelerator, t0, cfg.max_train_minutes):
+                total = step  # the schedule stays as planned; the run just ends here
             if step % cfg.eval_steps == 0 or step == total:
                 best_f1 = _evaluate_and_save(cfg, accelerator, raw, optimizer, scheduler, scaler, dev_set,
                                              {"step": step, "epoch": epoch, "batch_pos": batch_pos},
@@ -218,6 +213,16 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> TrainResult:
         writer.close()
     accelerator.wait_for_everyone()
     return TrainResult(step, losses, best_f1, out / BEST, out / LAST)
+
+
+def _out_of_time(accelerator, t0: float, minutes: float) -> bool:
+    """Whether the time budget is spent; under DDP every process takes rank 0's answer."""
+    late = torch.tensor([float(time.time() - t0 > 60 * minutes)], device=accelerator.device)
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast
+
+        late = broadcast(late, from_process=0)
+    return bool(late.item())
 
 
 def _evaluate_and_save(cfg, accelerator, raw, optimizer, scheduler, scaler, dev_set, position, best_f1, writer,
