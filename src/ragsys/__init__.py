@@ -4,21 +4,27 @@
     >>> passages = load_corpus(["docs/"])
     >>> Index.build(passages, BiEncoder.from_pretrained(), "runs/idx")
     >>> Retriever.from_index("runs/idx").search("what is ragsys?", k=3)
+    >>> RAG.from_pretrained("runs/rag/best_model").answer("what is ragsys?")
 """
 
 __version__ = "0.1.0"
 
 from ragsys.data import Passage, QAExample, load_corpus, load_qa  # noqa: E402
 from ragsys.errors import RagsysError  # noqa: E402
+from ragsys.generation import Generator  # noqa: E402
+from ragsys.model import RAG, RAGConfig  # noqa: E402
 from ragsys.retrieval import BiEncoder, Encoder, Hit, Index, Retriever  # noqa: E402
 
 __all__ = [
     "BiEncoder",
     "Encoder",
+    "Generator",
     "Hit",
     "Index",
     "Passage",
     "QAExample",
+    "RAG",
+    "RAGConfig",
     "RagsysError",
     "Retriever",
     "load_corpus",
