@@ -1,0 +1,64 @@
+"""`ragsys answer` and `ragsys eval` on a tiny trained model, and their errors."""
+
+import json
+import shutil
+
+import pytest
+
+from ragsys.cli import main
+from ragsys.config import TrainConfig
+from ragsys.training import train
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, squad_small, tiny_bert_dir, tiny_t5_dir):
+    out = tmp_path_factory.mktemp("rag")
+    cfg = TrainConfig(train_file=str(squad_small), question_encoder=str(tiny_bert_dir), generator=str(tiny_t5_dir),
+                      n_docs=2, batch_size=4, max_steps=2, output_dir=str(out / "run"))
+    return train(cfg, progress=False).best_dir
+
+
+def _err(capsys) -> str:
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_answer_and_eval_json(model_dir, squad_small, capsys):
+    capsys.readouterr()
+    assert main(["answer", str(model_dir), "Who won Super Bowl 50?", "Where is Warsaw?", "-k", "2", "--json"]) == 0
+    answers = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [a["question"] for a in answers] == ["Who won Super Bowl 50?", "Where is Warsaw?"]
+    assert all(len(a["passages"]) == 2 and isinstance(a["answer"], str) for a in answers)
+    for flags, context in (([], "rag"), (["--closed-book"], "closed-book"), (["--oracle"], "oracle")):
+        assert main(["eval", str(model_dir), "--data", str(squad_small), "--limit", "4", "--json", "-q", *flags]) == 0
+        res = json.loads(capsys.readouterr().out)
+        assert res["context"] == context and res["questions"] == 4 and 0 <= res["f1"] <= 1
+        assert ("hit@2" in res) == (context == "rag")
+
+
+def test_eval_and_answer_errors(model_dir, tmp_path, squad_small, other_bert_dir, capsys):
+    capsys.readouterr()
+    assert main(["answer", str(model_dir), "  "]) == 2
+    assert "question 0 is empty" in _err(capsys)
+    assert main(["eval", str(model_dir), "--data", str(tmp_path / "nope.json")]) == 2
+    assert "nope.json: no such file" in _err(capsys)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "q", "answers": ["a"]}\n{oops\n')
+    assert main(["eval", str(model_dir), "--data", str(bad)]) == 2
+    assert "bad.jsonl:2: not valid JSON" in _err(capsys)
+    assert main(["index", str(squad_small), "--out", str(tmp_path / "other"), "--encoder", str(other_bert_dir),
+                 "-q"]) == 0
+    capsys.readouterr()
+    assert main(["answer", str(model_dir), "Who won?", "--index", str(tmp_path / "other")]) == 2
+    assert "other weights" in _err(capsys)
+
+
+def test_truncated_model_file_is_named(model_dir, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    shutil.copytree(model_dir, broken)
+    weights = next((broken / "generator").glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:2000])
+    capsys.readouterr()
+    assert main(["answer", str(broken), "Who won?"]) == 2
+    assert weights.name in _err(capsys)
