@@ -1,0 +1,649 @@
+#!/usr/bin/env python
+"""Retrieval throughput: ragsys against the bare model / FAISS limit it is built on.
+
+    python bench/bench_retrieval.py            # full: the whole bundled SQuAD dev sample (~2,000 passages)
+    python bench/bench_retrieval.py --quick    # a subset, about two minutes on 2 quiet cores
+
+Workload: the bundled SQuAD v1.1 dev sample chunked with `ragsys.data.load_corpus` (100 words), the
+offline default encoder (all-MiniLM-L6-v2: mean pooling, L2-normalised, max_length 256), a Flat
+inner-product FAISS index, k=5.
+
+1. Indexing, passages/s. ragsys = `Index.build(...)`, what `ragsys index -q` runs once the corpus and
+   the model are loaded: encode, FAISS, SQLite store, BM25, manifest with checksums, reload and
+   verify. The limit = a bare forward pass over the same passages: tokenizer, `model(**batch)`, mean
+   pooling and normalisation under `torch.inference_mode()`, same batch size and max_length, batches
+   of similar length (sorted by token count: the best a bare loop can do).
+2. Search, questions/s and latency per question. ragsys = `Retriever.search_rows` (rows and scores)
+   and `Retriever.search` (plus the passages from the store), dense. The limit = bare encoder + FAISS
+   `search` on the same index file and questions, batched (128 per forward, as ragsys) and one
+   question per call. BM25 and hybrid are measured for information (no bare baseline).
+
+Where the time goes inside ragsys is read off the real calls: the functions they go through are
+wrapped with timers for the duration of one call (`Spans`; a few wrapped calls per question or
+batch, microseconds in all). Variants run alternately (A B, B A, ...) after a warm-up; tables show
+medians over repetitions. Results are also written to bench/results/retrieval.json
+(retrieval-quick.json with --quick).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from unittest import mock
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # as the `ragsys` CLI sets it
+
+import faiss  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from transformers import AutoModel, AutoTokenizer  # noqa: E402
+
+import ragsys  # noqa: E402
+import ragsys.io  # noqa: E402
+import ragsys.retrieval.index as index_module  # noqa: E402
+from ragsys.data import load_corpus, load_qa  # noqa: E402
+from ragsys.data.bundled import SQUAD_DEV, bundled_path  # noqa: E402
+from ragsys.retrieval import BiEncoder, BM25Index, Encoder, Index, PassageStore, Retriever  # noqa: E402
+from ragsys.retrieval.encoders import DEFAULT_ENCODER, resolve_source  # noqa: E402
+
+BENCH_DIR = Path(__file__).resolve().parent
+GOAL = 0.90  # ragsys should reach at least 90% of each bare baseline's throughput
+LIMIT = "bare encoder+FAISS"
+
+
+# -- machine and workload -------------------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict:
+    import bm25s
+    import tokenizers
+
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "faiss_threads": faiss.omp_get_max_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "faiss": faiss.__version__,
+        "transformers": transformers.__version__,
+        "tokenizers": tokenizers.__version__,
+        "bm25s": bm25s.__version__,
+        "numpy": np.__version__,
+        "ragsys": ragsys.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def source_version() -> str:
+    """The git commit measured, with "+dirty" if src/ has uncommitted changes ("unknown" without git)."""
+    def git(*cmd: str) -> str:
+        return subprocess.run(["git", *cmd], cwd=BENCH_DIR, capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        return git("rev-parse", "--short", "HEAD") + ("+dirty" if git("status", "--porcelain", "--", "../src") else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def load_workload(n_passages: int | None, n_questions: int) -> tuple[list, list[str]]:
+    """The first `n_passages` passages of the chunked corpus, and `n_questions` distinct questions
+    spread evenly over the dev sample (so they come from every article)."""
+    data = bundled_path(SQUAD_DEV)
+    passages = load_corpus([data])
+    if n_passages:
+        passages = passages[:n_passages]
+    questions = list(dict.fromkeys(ex.question for ex in load_qa(data)))
+    step = max(1, len(questions) // max(1, n_questions))
+    return passages, questions[::step][:n_questions]
+
+
+# -- timing helpers -------------------------------------------------------------------------------
+
+
+def timed(fn: Callable, *args, **kwargs) -> tuple[float, object]:
+    start = time.perf_counter()
+    result = fn(*args, **kwargs)
+    return time.perf_counter() - start, result
+
+
+def rotated(items: list, shift: int) -> list:
+    """`items` starting at position `shift`: successive rounds run A B, B A, A B ... so that no
+    variant always runs first (after a cold cache) or always after the same other one."""
+    shift %= len(items)
+    return items[shift:] + items[:shift]
+
+
+def median(values: list[float]) -> float:
+    return float(statistics.median(values))
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def load_average() -> float:
+    return os.getloadavg()[0]
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+class Spans:
+    """Wall time spent inside chosen functions while the real code path runs.
+
+        spans = Spans([("encode", BiEncoder, "encode_passages"), ("tokenize", Encoder, "tokenize")])
+        with spans.active():
+            Index.build(...)
+        spans.seconds["encode"], spans.seconds["encode/tokenize"]
+
+    Each target is (label, owner, attribute). For the duration of the `with`, the attribute is
+    replaced by a wrapper that adds its wall time to the label, prefixed by the labels of the
+    targets it runs inside ("encode/tokenize": tokenising while encoding passages, not while
+    computing a probe vector). Times are inclusive and add up over successive `with` blocks. A
+    target the code no longer has is skipped with a note; its time then shows up as "other".
+    """
+
+    def __init__(self, targets: list[tuple[str, object, str]]) -> None:
+        self.targets = targets
+        self.seconds: dict[str, float] = defaultdict(float)
+        self._stack: list[str] = []
+
+    def _wrap(self, label: str, original: Callable) -> Callable:
+        def wrapper(*args, **kwargs):
+            self._stack.append(label)
+            path = "/".join(self._stack)
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.seconds[path] += time.perf_counter() - start
+                self._stack.pop()
+
+        return wrapper
+
+    @contextlib.contextmanager
+    def active(self):
+        with contextlib.ExitStack() as stack:
+            for label, owner, name in self.targets:
+                original = getattr(owner, name, None)
+                if original is None:
+                    say(f"  (note: {getattr(owner, '__name__', owner)!s}.{name} not found; '{label}' not split out)")
+                    continue
+                stack.enter_context(mock.patch.object(owner, name, self._wrap(label, original)))
+            yield self
+
+    def top_level(self) -> float:
+        return sum(v for k, v in self.seconds.items() if "/" not in k)
+
+
+def encoder_targets(encoder: Encoder) -> list[tuple[str, object, str]]:
+    """The parts of `Encoder.encode`: tokenising, padding, the model (+ pooling), train/eval switches."""
+    return [
+        ("tokenize", Encoder, "tokenize"),
+        ("pad", encoder.tokenizer, "pad"),
+        ("model+pool", Encoder, "forward"),
+        ("train/eval switch", Encoder, "train"),
+    ]
+
+
+ENCODE_PARTS = ("tokenize", "pad", "model+pool", "train/eval switch")
+
+
+def split_encode(seconds: dict[str, float], parent: str, n: float = 1.0) -> list[tuple[str, float]]:
+    """(part, seconds / n) rows for an encode span and its parts, with the unwrapped rest."""
+    total = seconds.get(parent, 0.0)
+    parts = [(f"{parent}/{p}", seconds.get(f"{parent}/{p}", 0.0)) for p in ENCODE_PARTS]
+    rest = total - sum(v for _, v in parts)
+    rows = [(parent, total), *parts, (f"{parent}/rest (sort, collate, copy out)", rest)]
+    return [(k, v / n) for k, v in rows]
+
+
+# -- the bare baseline ----------------------------------------------------------------------------
+
+
+class BareEncoder:
+    """The limit: HF tokenizer + model + mean pooling, nothing else.
+
+    Tokenises all texts in one call, orders them by token count, pads each batch to its own
+    longest text and runs `model(**batch)` under inference_mode.
+    """
+
+    def __init__(self, max_length: int, normalize: bool) -> None:
+        source = resolve_source(DEFAULT_ENCODER)
+        self.tokenizer = AutoTokenizer.from_pretrained(source)
+        self.model = AutoModel.from_pretrained(source).eval()
+        self.max_length = max_length
+        self.normalize = normalize
+
+    @torch.inference_mode()
+    def encode(self, texts: list[str], pairs: list[str] | None = None, batch_size: int = 64,
+               sort: bool = True) -> np.ndarray:
+        if not sort:
+            return self._encode_in_order(texts, pairs, batch_size)
+        enc = self.tokenizer(texts, pairs, truncation=True, max_length=self.max_length)
+        keys = [k for k in ("input_ids", "token_type_ids", "attention_mask") if k in enc]
+        lengths = np.array([len(ids) for ids in enc["input_ids"]])
+        order = np.argsort(-lengths, kind="stable")
+        out = np.empty((len(texts), self.model.config.hidden_size), dtype=np.float32)
+        for start in range(0, len(texts), batch_size):
+            idx = order[start : start + batch_size]
+            batch = {k: np.zeros((len(idx), int(lengths[idx].max())), dtype=np.int64) for k in keys}
+            for row, i in enumerate(idx):
+                for k in keys:
+                    batch[k][row, : lengths[i]] = enc[k][i]
+            if self.tokenizer.pad_token_id != 0:
+                batch["input_ids"][batch["attention_mask"] == 0] = self.tokenizer.pad_token_id
+            out[idx] = self._pool({k: torch.from_numpy(v) for k, v in batch.items()}).numpy()
+        return out
+
+    def _encode_in_order(self, texts: list[str], pairs: list[str] | None, batch_size: int) -> np.ndarray:
+        """The loop most people write: tokenise each batch in input order with padding=True."""
+        parts = []
+        for start in range(0, len(texts), batch_size):
+            second = pairs[start : start + batch_size] if pairs is not None else None
+            batch = self.tokenizer(texts[start : start + batch_size], second, padding=True, truncation=True,
+                                   max_length=self.max_length, return_tensors="pt")
+            parts.append(self._pool(batch))
+        return torch.cat(parts).numpy()
+
+    def _pool(self, batch: dict) -> torch.Tensor:
+        hidden = self.model(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        vectors = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return torch.nn.functional.normalize(vectors, dim=-1) if self.normalize else vectors
+
+
+# -- 1. indexing ----------------------------------------------------------------------------------
+
+BUILD_STAGES = ("encoder probes", "faiss", "store", "bm25", "checksums")
+BUILD_OTHER = "other (faiss add, manifest, rename, fsync)"
+
+
+def build_spans(encoder: BiEncoder) -> Spans:
+    """The stages `Index.build` goes through, and inside passage encoding its parts."""
+    return Spans(
+        [
+            ("encode", BiEncoder, "encode_passages"),
+            *encoder_targets(encoder.passage),
+            ("encoder probes", Encoder, "probe"),
+            ("faiss", index_module, "_make_faiss"),
+            ("faiss", index_module, "_train"),
+            ("faiss", faiss, "write_index"),
+            ("faiss", faiss, "read_index"),
+            ("store", PassageStore, "add"),
+            ("bm25", BM25Index, "build"),
+            ("bm25", BM25Index, "save"),
+            ("bm25", BM25Index, "load"),
+            ("checksums", ragsys.io, "sha256_file"),
+        ]
+    )
+
+
+def index_with_ragsys(passages: list, encoder: BiEncoder, out_dir: Path, batch_size: int) -> tuple[float, dict]:
+    """One `Index.build` into a fresh folder (as a first `ragsys index` run), and its stage times."""
+    spans = build_spans(encoder)
+    with spans.active():
+        seconds, _ = timed(Index.build, passages, encoder, out_dir, batch_size=batch_size, progress=False)
+    stages = dict(split_encode(spans.seconds, "encode"))
+    stages.update({s: spans.seconds.get(s, 0.0) for s in BUILD_STAGES})
+    stages[BUILD_OTHER] = seconds - spans.top_level()
+    return seconds, stages
+
+
+def bench_indexing(passages: list, encoder: BiEncoder, bare: BareEncoder, args, workdir: Path) -> dict:
+    titles, texts = [p.title for p in passages], [p.text for p in passages]
+    variants: dict[str, Callable[[int], tuple[float, dict]]] = {
+        "ragsys": lambda rep: index_with_ragsys(passages, encoder, workdir / f"index-{rep}", args.batch_size),
+        "bare": lambda rep: (timed(bare.encode, titles, texts, args.batch_size)[0], {}),
+    }
+    if args.naive:
+        variants["bare_unsorted"] = lambda rep: (timed(bare.encode, titles, texts, args.batch_size, sort=False)[0], {})
+
+    say(f"\nindexing {len(passages)} passages: warm-up ...")
+    warm = passages[: 2 * args.batch_size]
+    Index.build(warm, encoder, workdir / "warmup", batch_size=args.batch_size, progress=False)
+    bare.encode([p.title for p in warm], [p.text for p in warm], args.batch_size)
+
+    seconds: dict[str, list[float]] = defaultdict(list)
+    stages: list[dict] = []
+    for rep in range(args.index_repeats):
+        for name in rotated(list(variants), rep):
+            s, st = variants[name](rep)
+            seconds[name].append(s)
+            if st:
+                stages.append(st)
+            say(f"  rep {rep + 1}/{args.index_repeats} {name:<14} {s:7.2f} s  {len(passages) / s:7.1f} passages/s")
+        if rep < args.index_repeats - 1:
+            shutil.rmtree(workdir / f"index-{rep}", ignore_errors=True)
+
+    last = workdir / f"index-{args.index_repeats - 1}"
+    result = {
+        "passages": len(passages),
+        "batch_size": args.batch_size,
+        "max_length": encoder.passage.spec.max_length,
+        "repeats": args.index_repeats,
+        "seconds": dict(seconds),
+        "median_seconds": {k: median(v) for k, v in seconds.items()},
+        "best_seconds": {k: min(v) for k, v in seconds.items()},
+        "passages_per_s": {k: len(passages) / median(v) for k, v in seconds.items()},
+        "stages_median_seconds": {k: median([st[k] for st in stages]) for k in stages[0]},
+        "vectors_max_abs_diff": vector_agreement(last, bare.encode(titles, texts, args.batch_size)),
+        "index_dir": str(last),
+    }
+    result["ratio_ragsys_to_bare"] = result["passages_per_s"]["ragsys"] / result["passages_per_s"]["bare"]
+    result["ratio_ragsys_to_bare_best"] = result["best_seconds"]["bare"] / result["best_seconds"]["ragsys"]
+    return result
+
+
+def vector_agreement(index_dir: Path, bare_vectors: np.ndarray) -> float:
+    """Largest difference between the vectors ragsys stored and the bare ones (the same work?)."""
+    stored = faiss.read_index(str(index_dir / index_module.FAISS_FILE))
+    return float(np.abs(stored.reconstruct_n(0, stored.ntotal) - bare_vectors).max())
+
+
+# -- 2. search ------------------------------------------------------------------------------------
+
+
+def bench_search(questions: list[str], single: list[str], index_dir: Path, bare: BareEncoder, args) -> dict:
+    retriever = Retriever.from_index(index_dir)
+    load_s, _ = timed(lambda: retriever.question_encoder)  # loads the model named in the manifest
+    flat = faiss.read_index(str(index_dir / index_module.FAISS_FILE))
+    k = args.k
+
+    def bare_search(qs: list[str]):
+        return flat.search(bare.encode(qs, batch_size=128), k)
+
+    batched = {
+        LIMIT: lambda qs: bare_search(qs),
+        "ragsys search_rows dense": lambda qs: retriever.search_rows(qs, k, "dense"),
+        "ragsys search dense": lambda qs: retriever.search(qs, k, "dense"),
+        "ragsys search_rows bm25": lambda qs: retriever.search_rows(qs, k, "bm25"),
+        "ragsys search_rows hybrid": lambda qs: retriever.search_rows(qs, k, "hybrid"),
+    }
+    one = {
+        LIMIT: lambda q: bare_search([q]),
+        "ragsys search_rows dense": lambda q: retriever.search_rows([q], k, "dense"),
+        "ragsys search dense": lambda q: retriever.search(q, k, "dense"),
+        "ragsys search_rows bm25": lambda q: retriever.search_rows([q], k, "bm25"),
+        "ragsys search_rows hybrid": lambda q: retriever.search_rows([q], k, "hybrid"),
+    }
+
+    say(f"\nsearch: {len(questions)} questions batched, {len(single)} one at a time: warm-up ...")
+    for name in batched:
+        batched[name](questions[:32])
+        for q in single[:5]:
+            one[name](q)
+
+    qps: dict[str, dict[str, list[float]]] = {"batched": defaultdict(list), "single": defaultdict(list)}
+    p50: dict[str, list[float]] = defaultdict(list)
+    p95: dict[str, list[float]] = defaultdict(list)
+    names = list(batched)
+    stages: list[dict] = []
+    for rep in range(args.search_repeats):
+        for name in rotated(names, rep):
+            s, _ = timed(batched[name], questions)
+            qps["batched"][name].append(len(questions) / s)
+        # one question at a time: every variant answers question i before any answers question i+1,
+        # so a burst of load from another process hits all of them alike
+        latencies: dict[str, list[float]] = defaultdict(list)
+        for i, q in enumerate(single):
+            for name in rotated(names, rep + i):
+                latencies[name].append(timed(one[name], q)[0])
+        for name in names:
+            qps["single"][name].append(len(single) / sum(latencies[name]))
+            p50[name].append(percentile(latencies[name], 50) * 1e3)
+            p95[name].append(percentile(latencies[name], 95) * 1e3)
+        stages.append(single_question_stages(retriever, bare, flat, single, k))
+        say(f"  rep {rep + 1}/{args.search_repeats}: " + ", ".join(
+            f"{n.replace('ragsys ', '')} {qps['batched'][n][-1]:.0f}/{qps['single'][n][-1]:.0f} q/s" for n in names))
+
+    result = {
+        "questions_batched": len(questions),
+        "questions_single": len(single),
+        "k": k,
+        "repeats": args.search_repeats,
+        "question_encoder_load_s": load_s,
+        "qps": {mode: dict(v) for mode, v in qps.items()},
+        "median_qps": {mode: {n: median(v) for n, v in d.items()} for mode, d in qps.items()},
+        "single_p50_ms": {n: median(v) for n, v in p50.items()},
+        "single_p95_ms": {n: median(v) for n, v in p95.items()},
+        "single_question_ms_by_stage": {
+            name: {key: median([st[name][key] for st in stages]) for key in stages[0][name]} for name in stages[0]
+        },
+        "top_k_agreement": rows_agreement(retriever.search_rows(questions, k, "dense")[1], bare_search(questions)[1]),
+    }
+    result["ratio_to_bare"] = {
+        mode: {n: v / result["median_qps"][mode][LIMIT] for n, v in result["median_qps"][mode].items() if "dense" in n}
+        for mode in ("batched", "single")
+    }
+    retriever.index.store.close()
+    return result
+
+
+def single_question_stages(retriever: Retriever, bare: BareEncoder, flat: faiss.Index, single: list[str],
+                           k: int) -> dict:
+    """Mean ms per question by stage, `Retriever.search(q)` next to the bare path, from one pass over
+    `single` with the stage timers on (a pass apart from the timed ones)."""
+    runs = {
+        "ragsys": (Spans([("encode", Retriever, "encode"), *encoder_targets(retriever.question_encoder),
+                          ("faiss search", Index, "search"), ("store", PassageStore, "get_rows")]),
+                   lambda q: retriever.search(q, k)),
+        "bare": (Spans([("encode", BareEncoder, "encode"), ("model+pool", BareEncoder, "_pool")]),
+                 lambda q: flat.search(bare.encode([q], batch_size=128), k)),
+    }
+    total = {"ragsys": 0.0, "bare": 0.0}
+    for i, q in enumerate(single):
+        for name in rotated(list(runs), i):
+            spans, search = runs[name]
+            with spans.active():
+                total[name] += timed(search, q)[0]
+    ours, theirs = runs["ragsys"][0].seconds, runs["bare"][0].seconds
+    per_question_ms = 1e3 / len(single)
+    outside_model = "encode/all but the model"
+    ragsys_rows = dict(split_encode(ours, "encode"))
+    ragsys_rows[outside_model] = ours["encode"] - ours["encode/model+pool"]
+    ragsys_rows["faiss search"] = ours["faiss search"]
+    ragsys_rows["store"] = ours["store"]
+    ragsys_rows["other"] = total["ragsys"] - runs["ragsys"][0].top_level()
+    ragsys_rows["total"] = total["ragsys"]
+    bare_rows = {
+        "encode": theirs["encode"],
+        "encode/model+pool": theirs["encode/model+pool"],
+        outside_model: theirs["encode"] - theirs["encode/model+pool"],
+        "faiss search": total["bare"] - theirs["encode"],
+        "total": total["bare"],
+    }
+    return {name: {key: v * per_question_ms for key, v in rows.items()}
+            for name, rows in (("ragsys", ragsys_rows), ("bare", bare_rows))}
+
+
+def rows_agreement(a: np.ndarray, b: np.ndarray) -> dict:
+    """Same top-1 row, and same top-k set, as fractions of questions."""
+    return {
+        "top1": float(np.mean(a[:, 0] == b[:, 0])),
+        "topk_set": float(np.mean([set(x) == set(y) for x, y in zip(a.tolist(), b.tolist())])),
+    }
+
+
+# -- reporting ------------------------------------------------------------------------------------
+
+
+def table(head: list[str], rows: list[list]) -> str:
+    rule = "|" + "|".join("---" if i == 0 else "---:" for i in range(len(head))) + "|"
+    lines = ["| " + " | ".join(head) + " |", rule]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def verdict(ratio: float) -> str:
+    return "within 10%" if ratio >= GOAL else f"**{(1 - ratio) * 100:.0f}% behind**"
+
+
+def stage_name(key: str) -> str:
+    return "  ↳ " + key.split("/", 1)[1] if "/" in key else key
+
+
+def report(results: dict) -> str:
+    m, ix, se = results["machine"], results["indexing"], results["search"]
+    load = results["load_average_1min"]
+    out = [
+        f"## Machine\n\n{m['cpu']}, {m['cores']} cores (torch threads {m['torch_threads']}, "
+        f"faiss threads {m['faiss_threads']}); Python {m['python']}, torch {m['torch']}, faiss {m['faiss']}, "
+        f"transformers {m['transformers']}, tokenizers {m['tokenizers']}, bm25s {m['bm25s']}, "
+        f"ragsys {m['ragsys']} (commit {m['ragsys_commit']})",
+        f"\nCommand: `{results['command']}`. Workload: bundled SQuAD dev sample in 100-word passages, "
+        f"all-MiniLM-L6-v2, batch {ix['batch_size']}, max_length {ix['max_length']}, Flat inner-product index. "
+        f"1-min load average {load['start']:.1f} at start, {load['end']:.1f} at end"
+        + (f" (above {m['cores']}: other work shared the CPU, expect noise)" if max(load.values()) > m["cores"]
+           else ""),
+    ]
+
+    pps, med, best = ix["passages_per_s"], ix["median_seconds"], ix["best_seconds"]
+    names = {
+        "bare": "bare forward, length-sorted batches (**the limit**)",
+        "ragsys": "ragsys `Index.build` (encode + FAISS + store + BM25 + manifest)",
+        "bare_unsorted": "bare forward, batches in input order (naive loop)",
+    }
+    rows = [[names[n], f"{med[n]:.2f}", f"{best[n]:.2f}", f"{pps[n]:.1f}", f"{pps[n] / pps['bare']:.3f}",
+             f"{best['bare'] / best[n]:.3f}"] for n in pps]
+    out += [f"\n## Indexing: {ix['passages']} passages, median of {ix['repeats']}\n",
+            table(["path", "median s", "best s", "passages/s", "vs limit", "vs limit (best)"], rows),
+            f"\nragsys / limit = **{ix['ratio_ragsys_to_bare']:.3f}** ({verdict(ix['ratio_ragsys_to_bare'])}); "
+            f"vectors stored by ragsys vs the bare ones: max |diff| {ix['vectors_max_abs_diff']:.1e}"]
+
+    stages, total = ix["stages_median_seconds"], med["ragsys"]
+    rows = [[stage_name(s), f"{v:.3f}", f"{100 * v / total:.1f}%"] for s, v in stages.items()]
+    limit = med["bare"]
+    rows.append(["*bare forward (the limit), for comparison*", f"{limit:.3f}", f"{100 * limit / total:.1f}%"])
+    out += [f"\n### Where `Index.build` spends its time (median seconds; build total {total:.2f} s)\n",
+            table(["stage", "seconds", "share of build"], rows)]
+
+    rows = []
+    for n in se["median_qps"]["batched"]:
+        rb, rs = se["median_qps"]["batched"][n], se["median_qps"]["single"][n]
+        dense = "dense" in n or n == LIMIT
+        rows.append([n + (" (**the limit**)" if n == LIMIT else ""), f"{rb:.1f}",
+                     f"{rb / se['median_qps']['batched'][LIMIT]:.3f}" if dense else "—", f"{rs:.1f}",
+                     f"{rs / se['median_qps']['single'][LIMIT]:.3f}" if dense else "—",
+                     f"{se['single_p50_ms'][n]:.2f}", f"{se['single_p95_ms'][n]:.2f}"])
+    agree = se["top_k_agreement"]
+    out += [f"\n## Search: k={se['k']}, {se['questions_batched']} questions batched, {se['questions_single']} "
+            f"one per call, median of {se['repeats']}\n",
+            table(["path", "batched q/s", "vs limit", "single q/s", "vs limit", "single p50 ms", "single p95 ms"],
+                  rows),
+            f"\nragsys dense vs bare: same top-1 for {agree['top1']:.1%} of questions, same top-{se['k']} set "
+            f"for {agree['topk_set']:.1%}. BM25 and hybrid: for information, no bare baseline."]
+
+    st = se["single_question_ms_by_stage"]
+    keys = list(st["ragsys"])
+    rows = [[stage_name(s), f"{st['ragsys'][s]:.3f}", f"{st['bare'][s]:.3f}" if s in st["bare"] else "—"]
+            for s in keys]
+    out += ["\n### One question, `Retriever.search(q)` vs the bare path (ms per question: median over "
+            f"{se['repeats']} extra passes, stage timers on)\n",
+            table(["stage", "ragsys ms", "bare ms"], rows)]
+    return "\n".join(out)
+
+
+# -- main -----------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="subset sizes (128 passages, 128 + 30 questions)")
+    size = p.add_argument_group("sizes (defaults: full run; --quick shrinks the ones not given)")
+    size.add_argument("--passages", type=int, help="passages to index (full: all, ~2,000)")
+    size.add_argument("--questions", type=int, help="questions searched as one batch (full: 512)")
+    size.add_argument("--single", type=int, help="questions searched one per call (full: 150)")
+    rep = p.add_argument_group("repetitions")
+    rep.add_argument("--index-repeats", type=int, default=3, help="index builds per variant (default 3)")
+    rep.add_argument("--search-repeats", type=int, default=5, help="search rounds per variant (default 5)")
+    run = p.add_argument_group("run")
+    run.add_argument("--batch-size", type=int, default=64, help="passages per forward (default 64, as `ragsys index`)")
+    run.add_argument("-k", type=int, default=5, help="passages per question (default 5)")
+    run.add_argument("--threads", type=int, help="torch and FAISS threads (default: their own default)")
+    run.add_argument("--naive", action="store_true", help="also time a bare loop with batches in input order")
+    run.add_argument("--out", type=Path, help="JSON results (default: bench/results/retrieval.json, "
+                     "retrieval-quick.json with --quick)")
+    args = p.parse_args(argv)
+    full = {"passages": 0, "questions": 512, "single": 150}
+    quick = {"passages": 128, "questions": 128, "single": 30}
+    for name, value in (quick if args.quick else full).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.out is None:
+        args.out = BENCH_DIR / "results" / ("retrieval-quick.json" if args.quick else "retrieval.json")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        faiss.omp_set_num_threads(args.threads)
+    started, load_start, commit = time.perf_counter(), load_average(), source_version()
+    passages, questions = load_workload(args.passages or None, args.questions)
+    single = questions[: args.single]
+
+    load_s, encoder = timed(BiEncoder.from_pretrained)
+    spec = encoder.passage.spec
+    assert spec.pooling == "mean", spec  # the bare baseline implements mean pooling only
+    bare = BareEncoder(spec.max_length, spec.normalize)
+
+    workdir = Path(tempfile.mkdtemp(prefix="ragsys-bench-"))
+    try:
+        indexing = bench_indexing(passages, encoder, bare, args, workdir)
+        # the retriever loads its own question encoder from the manifest, as a user's would
+        search = bench_search(questions, single, Path(indexing.pop("index_dir")), bare, args)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    results = {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(["python bench/bench_retrieval.py", *argv]),
+        "machine": machine_info() | {"ragsys_commit": commit},
+        "load_average_1min": {"start": load_start, "end": load_average()},
+        "encoder_load_s": load_s,
+        "indexing": indexing,
+        "search": search,
+        "wall_s": time.perf_counter() - started,
+    }
+    if source_version() != commit:
+        say(f"warning: the source changed during the run ({commit} -> {source_version()}); "
+            f"the numbers are for {commit}, as imported at the start")
+    print(report(results))
+    print(f"\n(wall time {results['wall_s']:.0f} s)")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    say(f"results -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
