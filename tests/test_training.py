@@ -53,6 +53,8 @@ def test_resume_continues_the_same_run_exactly(cfg, tmp_path, monkeypatch):
     logged = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logged if "loss" in r] == [1, 2, 3, 4]  # one run's log, no duplicates
     assert [r["loss"] for r in logged if "loss" in r] == pytest.approx(straight.losses, rel=1e-4)
+    train(replace(cfg, max_steps=1), progress=False)  # a fresh run in the same folder: a fresh log
+    assert [json.loads(x)["step"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == [1, 1]
 
 
 def test_corrupt_checkpoint_and_changed_settings_are_refused(cfg):

@@ -139,6 +139,7 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> TrainResult:
     elif main:
         out.mkdir(parents=True, exist_ok=True)
         cfg.save(out / CONFIG)
+        (out / METRICS).unlink(missing_ok=True)  # a fresh run starts a fresh log
     seed_everything(cfg.seed)
 
     train_set, dev_all = load_data(cfg)
