@@ -61,6 +61,13 @@ def test_malformed_jsonl_line_names_file_and_line(tmp_path):
         load_corpus([bad])
 
 
+def test_non_utf8_jsonl_names_the_line(tmp_path):
+    bad = tmp_path / "latin.jsonl"
+    bad.write_bytes(b'{"text": "ok"}\n{"text": "caf\xe9"}\n')
+    with pytest.raises(RagsysError, match=r"latin\.jsonl:2: not UTF-8"):
+        load_corpus([bad])
+
+
 def test_missing_file_empty_corpus_and_rows_without_text(tmp_path):
     with pytest.raises(RagsysError, match="no such file"):
         load_corpus([tmp_path / "nope.jsonl"])

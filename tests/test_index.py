@@ -71,6 +71,10 @@ def test_compressed_and_graph_indexes_build_and_search(tmp_path, passages, encod
     assert index.manifest["index"]["factory"] == factory
     scores, rows = index.search(encoder.encode_questions(["Super Bowl"]), 5)
     assert (rows >= 0).all()
+    # RAG recomputes q.d from stored vectors: they must come back (PQ: approximately) from a loaded index
+    stored = Index.load(tmp_path / "i").vectors(rows[0])
+    assert stored.shape == (5, encoder.passage.dim)
+    assert np.allclose(stored @ encoder.encode_questions(["Super Bowl"])[0], scores[0], atol=1e-3)
 
 
 def test_ivf_with_too_few_passages_is_a_clear_error(tmp_path, passages, encoder):

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from rag_system import RAG, RAGRetriever, save_state_dict  # noqa: E402
-from ragsys import BiEncoder, Index, load_corpus  # noqa: E402
+from ragsys import BiEncoder, Index, Passage, load_corpus  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +37,10 @@ def test_original_shapes_answer_and_state_dict_round_trip(parts, tmp_path):
     model = RAG(retriever, parts["generator"], parts["tokenizer"])
     assert isinstance(model.generate_answer("Who won Super Bowl 50?"), str)
     assert isinstance(model.generate_answer("Who won?", context="The Denver Broncos won Super Bowl 50."), str)
+    # a second given context is read as itself, not as the first one's cached tokens
+    first = model.generator.passage_ids(Passage("context", "", "The Denver Broncos won."))
+    second = model.generator.passage_ids(Passage("context", "", "Paris is in France."))
+    assert first != second
 
     path = tmp_path / "best_rag_model.pth"
     with torch.no_grad():

@@ -29,6 +29,12 @@ def cfg(tmp_path, squad_small, tiny_bert_dir, tiny_t5_dir):
                        learning_rate=1e-3, output_dir=str(tmp_path / "run"))
 
 
+def test_nonsense_settings_are_one_clear_error():
+    for bad in ({"batch_size": 0}, {"gradient_accumulation_steps": 0}, {"eval_steps": 0}, {"learning_rate": 0.0}):
+        with pytest.raises(RagsysError, match=next(iter(bad))):
+            TrainConfig(**bad)
+
+
 class Crash(Exception):
     pass
 

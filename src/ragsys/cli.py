@@ -323,6 +323,9 @@ def run_guarded(fn, *args) -> int:
     except RagsysError as e:
         print(f"ragsys: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # permissions, a full disk, a path that is a file: the OS said what and where
+        print(f"ragsys: error: {e.filename or ''}{': ' if e.filename else ''}{e.strerror or e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("ragsys: interrupted", file=sys.stderr)
         return 130

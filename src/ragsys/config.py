@@ -65,6 +65,21 @@ class TrainConfig:
     logging_steps: int = opt(10, "log loss and learning rate every N steps", "run")
     resume: bool = opt(False, "continue the run in --output_dir from its last checkpoint", "run")
 
+    def __post_init__(self) -> None:
+        from ragsys.errors import RagsysError
+
+        positive = ("n_docs", "batch_size", "gradient_accumulation_steps", "eval_steps", "logging_steps",
+                    "max_source_length", "max_target_length", "num_epochs")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise RagsysError(f"--{name} must be at least 1 (got {getattr(self, name)})")
+        for name in ("max_steps", "max_train_examples", "reindex_steps"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise RagsysError(f"--{name} must not be negative (got {value})")
+        if self.learning_rate <= 0 or self.warmup_steps < 0 or self.max_eval_examples < 0:
+            raise RagsysError("--learning_rate must be > 0, --warmup_steps and --max_eval_examples >= 0")
+
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self) if not f.metadata.get("hidden")}
 

@@ -67,8 +67,12 @@ def read_rows(path: Path) -> Iterator[Row]:
 
 
 def _read_jsonl(path: Path) -> Iterator[Row]:
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with path.open("rb") as f:  # bytes, decoded line by line, so a bad byte is reported at its line
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise RagsysError(f"{path}:{lineno}: not UTF-8 text ({e.reason})") from None
             if not line.strip():
                 continue
             try:

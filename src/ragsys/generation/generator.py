@@ -171,8 +171,9 @@ class Generator(torch.nn.Module):
     # -- inputs -------------------------------------------------------------------------------
 
     def passage_ids(self, passage: PassageLike) -> list[int]:
-        """Token ids of " title: … context: …" (no special tokens), cached by passage id."""
-        key = passage.id or f"{passage.title}\x00{passage.text}"
+        """Token ids of " title: … context: …" (no special tokens), cached by passage id and content
+        (a given context or another index may reuse an id for another text)."""
+        key = (passage.id, hash((passage.title, passage.text)))
         ids = self._passage_cache.get(key)
         if ids is None:
             ids = self.tokenizer(format_passage(passage.title, passage.text), add_special_tokens=False)["input_ids"]

@@ -91,6 +91,15 @@ def set_search_params(index: faiss.Index, params: dict) -> None:
             space.set_index_parameter(index, name, value)
 
 
+def enable_reconstruct(index: faiss.Index) -> None:
+    """IVF indexes can only return stored vectors (RAG recomputes q·d from them) with a direct map."""
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return  # not an IVF index: reconstruct works as is
+    ivf.make_direct_map()
+
+
 class Index:
     """A loaded index folder. Build with `Index.build`, open with `Index.load`."""
 
@@ -102,6 +111,7 @@ class Index:
         self.manifest = manifest
         self.bm25 = bm25
         set_search_params(self.faiss, manifest["index"].get("search_params", {}))
+        enable_reconstruct(self.faiss)
 
     def __len__(self) -> int:
         return int(self.faiss.ntotal)

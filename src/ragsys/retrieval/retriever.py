@@ -65,7 +65,9 @@ class Retriever:
     def question_encoder(self) -> Encoder:
         """Loaded on first dense use, so BM25-only search never loads a model."""
         if self._question_encoder is None:
-            self._question_encoder = self.index.load_encoder().question
+            encoder = self.index.load_encoder().question
+            self.index.check_question_encoder(encoder)  # the weights at that name may have changed
+            self._question_encoder = encoder
         return self._question_encoder
 
     def encode(self, questions: list[str], batch_size: int = 128, progress: bool | None = False) -> np.ndarray:

@@ -111,7 +111,10 @@ def _check_resume_config(cfg: TrainConfig, out: Path) -> None:
     saved_file = out / CONFIG
     if not saved_file.is_file():
         raise RagsysError(f"{out}: nothing to resume ({CONFIG} missing); start without --resume")
-    saved = json.loads(saved_file.read_text())
+    try:
+        saved = json.loads(saved_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise RagsysError(f"{saved_file}: corrupt run config") from None
     now = cfg.to_dict()
     changed = sorted(k for k in now if k not in RESUME_FREE and saved.get(k) != now[k])
     if changed:
@@ -150,7 +153,8 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> TrainResult:
     model = build_model(cfg, index)
     params = [p for p in model.parameters() if p.requires_grad]
     # fused: one kernel for all parameters; the per-tensor loop costs seconds per step on a CPU
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=True)
+    fused = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 4)  # CPU fused AdamW: torch 2.4+
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=fused)
     lengths = [len(ex.question) + len(ex.answers[0]) for ex in train_set]
     steps_per_epoch = math.ceil(math.ceil(len(train_set) / cfg.batch_size) / cfg.gradient_accumulation_steps)
     total = cfg.max_steps or steps_per_epoch * cfg.num_epochs
