@@ -142,8 +142,10 @@ def cmd_answer(args) -> None:
             print(f"  [{i}] {p['title']} ({p['id']}, score {p['score']:.3f}): {p['text'][:160]}...")
 
 
-DEMO_RECIPE = dict(n_docs=2, batch_size=8, learning_rate=1e-4, warmup_steps=50, max_source_length=192,
-                   logging_steps=25)
+# the fresh cross-attention needs a high learning rate; the pretrained question encoder a gentle one
+# (at 1e-4 it collapsed: every question retrieved the same passages)
+DEMO_RECIPE = dict(n_docs=2, batch_size=8, learning_rate=1e-4, question_encoder_lr=1e-5, warmup_steps=50,
+                   max_source_length=192, logging_steps=25)
 
 
 def cmd_demo(args) -> None:
@@ -192,11 +194,12 @@ def cmd_demo(args) -> None:
     held_out = sample_evenly(dev_qa, args.questions)
     print(f"\n[3/4] answering {len(held_out)} dev questions from articles the model never trained on ...",
           flush=True)
-    print("| passages read | EM | F1 |\n|---|---|---|")
+    print(f"| passages read | EM | F1 | hit@{model.config.n_docs} |\n|---|---|---|---|")
     for context, label in (("rag", "retrieved (RAG)"), ("closed-book", "none (closed book)"),
                            ("oracle", "the gold paragraph (oracle)")):
         res = evaluate_answers(model, held_out, context, progress=_progress(args))
-        print(f"| {label} | {res['em']:.3f} | {res['f1']:.3f} |", flush=True)
+        hit = res.get(f"hit@{model.config.n_docs}", "")
+        print(f"| {label} | {res['em']:.3f} | {res['f1']:.3f} | {hit} |", flush=True)
 
     print("\n[4/4] sample answers with their sources:")
     for ex in sample_evenly(dev_qa, 4)[1:]:

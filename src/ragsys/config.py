@@ -48,6 +48,8 @@ class TrainConfig:
     # optimisation
     batch_size: int = opt(8, "questions per step (per process)", "optimisation")
     learning_rate: float = opt(5e-5, "peak learning rate (AdamW)", "optimisation")
+    question_encoder_lr: float | None = opt(None, "peak learning rate of the question encoder (default: "
+                                            "--learning_rate; 0 freezes it)", "optimisation")
     num_epochs: int = opt(3, "passes over the training data", "optimisation")
     warmup_steps: int = opt(500, "linear warmup steps, then linear decay to 0", "optimisation")
     weight_decay: float = opt(0.01, "AdamW weight decay", "optimisation")

@@ -152,9 +152,13 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> TrainResult:
     seed_everything(cfg.seed)
     model = build_model(cfg, index)
     params = [p for p in model.parameters() if p.requires_grad]
+    q_ids = {id(p) for p in model.question_encoder.parameters()}
+    q_lr = cfg.learning_rate if cfg.question_encoder_lr is None else cfg.question_encoder_lr
+    groups = [{"params": [p for p in params if id(p) not in q_ids]},
+              {"params": [p for p in params if id(p) in q_ids], "lr": q_lr}]
     # fused: one kernel for all parameters; the per-tensor loop costs seconds per step on a CPU
     fused = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 4)  # CPU fused AdamW: torch 2.4+
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=fused)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=fused)
     lengths = [len(ex.question) + len(ex.answers[0]) for ex in train_set]
     steps_per_epoch = math.ceil(math.ceil(len(train_set) / cfg.batch_size) / cfg.gradient_accumulation_steps)
     total = cfg.max_steps or steps_per_epoch * cfg.num_epochs
