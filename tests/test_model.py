@@ -120,7 +120,7 @@ def test_generator_puts_question_first_and_truncates_the_passage(tiny_bert_dir):
     assert len(rows[0]) == 24 and len(rows[1]) < 24
     assert tok.decode(rows[0][1:-1]).startswith("question : who is it? title : title context : word")
     assert tok.decode(rows[1][1:-1]) == "question : who is it? title : other context : a short passage"
-    assert set(gen._passage_cache) == {"p-long", "p-short"}
+    assert {pid for pid, _ in gen._passage_cache} == {"p-long", "p-short"}  # one entry per passage
 
 
 def test_targets_end_with_eos_and_mask_pads(t5):
