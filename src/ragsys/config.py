@@ -15,9 +15,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ragsys.generation.generator import BUNDLED_GENERATOR
 from ragsys.retrieval.encoders import DEFAULT_ENCODER
 
-DEFAULT_GENERATOR = "bundled:minilm-bert2bert"
+DEFAULT_GENERATOR = BUNDLED_GENERATOR
 
 
 def opt(default: Any, help: str, group: str, choices: list | None = None) -> Any:

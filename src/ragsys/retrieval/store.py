@@ -74,14 +74,6 @@ class PassageStore:
             raise RagsysError(f"{self.path}: no passage with id {missing[0]!r}")
         return [found[i] for i in ids]
 
-    def rows_of(self, ids: list[str]) -> list[int]:
-        out = {}
-        for start in range(0, len(ids), 900):
-            chunk = ids[start : start + 900]
-            sql = f"SELECT id, row FROM passages WHERE id IN ({','.join('?' * len(chunk))})"
-            out.update(self.db.execute(sql, chunk).fetchall())
-        return [out[i] for i in ids]
-
     def existing_ids(self, ids: list[str]) -> set[str]:
         found: set[str] = set()
         for start in range(0, len(ids), 900):

@@ -43,7 +43,7 @@ from ragsys.data.corpus import Passage, make_passages
 from ragsys.data.qa import QAExample, load_qa
 from ragsys.errors import RagsysError
 from ragsys.evaluation.metrics import has_answer
-from ragsys.io import atomic_dir, atomic_write_json
+from ragsys.io import atomic_dir, atomic_write_json, only_replace
 from ragsys.retrieval.bm25 import BM25Index
 from ragsys.retrieval.encoders import DEFAULT_ENCODER, BiEncoder, Encoder, resolve_source
 from ragsys.retrieval.index import bm25_text
@@ -213,11 +213,7 @@ def _save_encoder(encoder: Encoder, source: str, path: Path) -> None:
         raise RuntimeError(f"saved encoder {path} reloads as {again.spec}, trained as {encoder.spec}")
 
 
-def _check_replaceable(target: Path) -> None:
-    if target.is_dir() and (not any(target.iterdir()) or (target / SUMMARY).is_file()):
-        return
-    raise RagsysError(f"{target}: exists and is not a retriever training output ({SUMMARY} missing); "
-                      "refusing to overwrite it")
+_check_replaceable = only_replace(SUMMARY, "retriever training output")
 
 
 # -- training ---------------------------------------------------------------------------------
