@@ -27,7 +27,25 @@ def _progress(args) -> bool | None:
 def cmd_index(args) -> None:
     from ragsys.data import load_corpus
     from ragsys.retrieval import BiEncoder, Index
+    from ragsys.training.distributed import launched_world_size
 
+    sharded = args.num_shards is not None or args.shard_id is not None
+    if args.merge_shards:
+        if args.corpus or args.add or args.shard_id is not None:
+            raise RagsysError("--merge-shards takes only --out (and --num-shards, --keep-shards): the shards "
+                              "record the corpus, encoder and settings")
+        index = Index.merge_shards(args.out, num_shards=args.num_shards, keep_shards=args.keep_shards)
+        print(f"merged shards: {len(index)} passages -> {args.out} ({index.manifest['index']['factory']}, "
+              f"dim {index.dim})")
+        return
+    if not args.corpus:
+        raise RagsysError("name the documents to index: files, folders or a dataset name")
+    if sharded and (args.num_shards is None or args.shard_id is None):
+        raise RagsysError("--num-shards and --shard-id go together (or run under torchrun: one shard per process)")
+    if (sharded or launched_world_size() > 1) and args.add:
+        raise RagsysError("--add extends an index in one process; drop --num-shards/--shard-id or the launcher")
+    if sharded and launched_world_size() > 1:
+        raise RagsysError("under torchrun every process encodes one shard; drop --num-shards/--shard-id")
     passages = load_corpus(args.corpus, args.chunk_words, args.chunk_overlap, split=args.split)
     if args.add:
         index = Index.load(args.out)
@@ -35,12 +53,44 @@ def cmd_index(args) -> None:
         print(f"added {added} new passages to {args.out} ({len(index)} in all)")
         return
     encoder = BiEncoder.from_pretrained(args.encoder, args.question_encoder)
-    index = Index.build(
-        passages, encoder, args.out, factory=args.index_type, batch_size=args.batch_size,
-        with_bm25=not args.no_bm25, progress=_progress(args),
-        extra={"chunking": {"words": args.chunk_words, "overlap": args.chunk_overlap}},
-    )
+    options = dict(factory=args.index_type, batch_size=args.batch_size, with_bm25=not args.no_bm25,
+                   progress=_progress(args), extra={"chunking": {"words": args.chunk_words,
+                                                                 "overlap": args.chunk_overlap}})
+    if sharded:
+        import torch
+
+        if torch.cuda.is_available():
+            encoder.passage.to("cuda")
+        path = Index.build_shard(passages, encoder, args.out, args.num_shards, args.shard_id, **options)
+        print(f"encoded shard {args.shard_id} of {args.num_shards} -> {path}; once all {args.num_shards} are "
+              f"built: ragsys index --out {args.out} --merge-shards")
+        return
+    if launched_world_size() > 1:
+        _index_distributed(args, passages, encoder, options)
+        return
+    index = Index.build(passages, encoder, args.out, **options)
     print(f"indexed {len(index)} passages -> {args.out} ({args.index_type}, dim {index.dim})")
+
+
+def _index_distributed(args, passages, encoder, options) -> None:
+    """Under torchrun / accelerate launch: process r encodes shard r of P on its device, then process 0
+    merges the shards into --out (a folder every process can reach)."""
+    from accelerate import PartialState
+
+    from ragsys.retrieval import Index
+    from ragsys.training.distributed import cpu_distributed, destroy_process_group_at_exit
+
+    state = PartialState(cpu=cpu_distributed())
+    destroy_process_group_at_exit()
+    encoder.passage.to(state.device)
+    if not state.is_main_process:
+        options["progress"] = False
+    Index.build_shard(passages, encoder, args.out, state.num_processes, state.process_index, **options)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        index = Index.merge_shards(args.out, num_shards=state.num_processes, keep_shards=args.keep_shards)
+        print(f"indexed {len(index)} passages in {state.num_processes} shards -> {args.out} "
+              f"({args.index_type}, dim {index.dim})")
 
 
 def _retriever(args):
@@ -91,6 +141,8 @@ def cmd_train(args) -> None:
 
     cfg = config_from_args(args)
     result = train(cfg, progress=_progress(args))
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun / accelerate launch, process 0 reports
+        return
     best = f"{result.best_f1:.4f}" if result.best_f1 is not None else "n/a (no validation data)"
     print(f"trained {result.steps} steps; best dev F1 {best}; best model: {result.best_dir}; "
           f"last checkpoint: {result.last_dir}")
@@ -230,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("index", parents=[common], help="chunk, encode and index documents or QA contexts")
-    p.add_argument("corpus", nargs="+", help="files/folders (.txt .md .json .jsonl .csv) or a HF dataset name")
+    p.add_argument("corpus", nargs="*", help="files/folders (.txt .md .json .jsonl .csv) or a HF dataset name")
     p.add_argument("--out", required=True, help="index folder to write (replaced atomically)")
     p.add_argument("--encoder", default=DEFAULT_ENCODER, help="passage encoder name or path (default: MiniLM)")
     p.add_argument("--question-encoder", help="question encoder, if not the same model (DPR: inferred)")
@@ -241,6 +293,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", help="dataset split, for a HF dataset name (default: all)")
     p.add_argument("--no-bm25", action="store_true", help="skip the BM25 index")
     p.add_argument("--add", action="store_true", help="add to the existing index at --out")
+    g = p.add_argument_group("sharded indexing (under torchrun: one shard per process, merged automatically)")
+    g.add_argument("--num-shards", type=int, help="split the encoding into N shards (with --shard-id)")
+    g.add_argument("--shard-id", type=int, help="encode only shard I (0..N-1) into OUT.shards/shard-I-of-N")
+    g.add_argument("--merge-shards", action="store_true", help="join the shards in OUT.shards/ into the index --out")
+    g.add_argument("--keep-shards", action="store_true", help="keep OUT.shards/ after merging")
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("search", parents=[common], help="search an index")

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ragsys.data.records import content_id, expand_paths, is_local, read_hub_dataset, read_rows
+from ragsys.data.records import check_text, content_id, expand_paths, is_local, read_hub_dataset, read_rows
 from ragsys.errors import RagsysError
 
 
@@ -34,9 +34,11 @@ def _answers(value, where: str) -> list[str]:
     """SQuAD's [{'text':..}], HF's {'text': [...]}, a list of strings, or (CSV) a JSON string."""
     if isinstance(value, str):
         try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            value = [value]  # a CSV cell holding one plain answer
+            parsed = json.loads(value)
+        except (ValueError, RecursionError):  # not JSON, nested too deeply, a number too long
+            parsed = None
+        # a JSON list/object, else a CSV cell holding one plain answer (which may look like 1945 or true)
+        value = parsed if isinstance(parsed, (list, dict)) else [value]
     if isinstance(value, dict):
         value = value.get("text", [])
     if not isinstance(value, list):
@@ -45,8 +47,9 @@ def _answers(value, where: str) -> list[str]:
     for a in value:
         text = a.get("text") if isinstance(a, dict) else a
         if not isinstance(text, str):
-            raise RagsysError(f"{where}: an answer is not a string: {a!r}")
+            raise RagsysError(f"{where}: an answer is not a string: {repr(a)[:80]}")
         out.append(text)
+    check_text(out, where)
     return out
 
 

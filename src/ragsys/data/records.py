@@ -10,6 +10,7 @@ import csv
 import hashlib
 import json
 import logging
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +22,41 @@ DOC_SUFFIXES = {".txt", ".md"}
 RECORD_SUFFIXES = {".json", ".jsonl", ".csv"}
 
 Row = tuple[dict, str]  # (record, location)
+
+# a JSON escape of a UTF-16 surrogate: json decodes an unpaired one into a str that cannot be encoded
+SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def check_text(value, where: str) -> None:
+    """Every string in `value` (nested lists/dicts too) is valid Unicode: no unpaired surrogates."""
+    todo = [value]
+    while todo:  # a loop, not recursion: the JSON may be nested as deep as the parser allows
+        item = todo.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise RagsysError(f"{where}: text is not valid Unicode (an unpaired surrogate such as "
+                                  "\\ud800)") from None
+        elif isinstance(item, dict):
+            todo.extend(item.keys())
+            todo.extend(item.values())
+        elif isinstance(item, list):
+            todo.extend(item)
+
+
+def _json_loads(text: str, where: str, with_line: bool = False):
+    """json.loads with every failure (bad syntax, nesting too deep, a number too long) as a RagsysError."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        line = f":{e.lineno}" if with_line else ""
+        raise RagsysError(f"{where}{line}: not valid JSON ({e.msg})") from None
+    except (ValueError, RecursionError) as e:
+        raise RagsysError(f"{where}: not valid JSON ({str(e)[:120] or 'nested too deeply'})") from None
+    if SURROGATE_ESCAPE.search(text):
+        check_text(obj, where)
+    return obj
 
 
 def content_id(text: str) -> str:
@@ -70,15 +106,12 @@ def _read_jsonl(path: Path) -> Iterator[Row]:
     with path.open("rb") as f:  # bytes, decoded line by line, so a bad byte is reported at its line
         for lineno, raw in enumerate(f, 1):
             try:
-                line = raw.decode("utf-8")
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
             except UnicodeDecodeError as e:
                 raise RagsysError(f"{path}:{lineno}: not UTF-8 text ({e.reason})") from None
             if not line.strip():
                 continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise RagsysError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            row = _json_loads(line, f"{path}:{lineno}")
             if not isinstance(row, dict):
                 raise RagsysError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
             yield row, f"{path}:{lineno}"
@@ -86,12 +119,10 @@ def _read_jsonl(path: Path) -> Iterator[Row]:
 
 def _read_json(path: Path) -> Iterator[Row]:
     try:
-        with path.open(encoding="utf-8") as f:
-            obj = json.load(f)
-    except json.JSONDecodeError as e:
-        raise RagsysError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+        text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise RagsysError(f"{path}: not UTF-8 text ({e.reason})") from None
+    obj = _json_loads(text, str(path), with_line=True)
     if isinstance(obj, dict) and isinstance(obj.get("data"), list):
         yield from _squad_rows(obj["data"], path)
     elif isinstance(obj, list):
@@ -131,11 +162,20 @@ def _squad_rows(articles: list, path: Path) -> Iterator[Row]:
 
 
 def _read_csv(path: Path) -> Iterator[Row]:
-    with path.open(encoding="utf-8", newline="") as f:
+    with path.open(encoding="utf-8-sig", newline="") as f:  # -sig: spreadsheets often start with a BOM
         reader = csv.DictReader(f)
-        if not reader.fieldnames:
-            raise RagsysError(f"{path}: empty CSV (no header row)")
-        for lineno, row in enumerate(reader, 2):
+        rows = enumerate(reader, 2)
+        while True:
+            try:
+                if reader.fieldnames is None or not any(reader.fieldnames):
+                    raise RagsysError(f"{path}: empty CSV (no header row)")
+                lineno, row = next(rows, (0, None))
+            except UnicodeDecodeError as e:
+                raise RagsysError(f"{path}:{reader.line_num + 1}: not UTF-8 text ({e.reason})") from None
+            except csv.Error as e:
+                raise RagsysError(f"{path}:{reader.line_num}: not valid CSV ({e})") from None
+            if row is None:
+                return
             if None in row:
                 raise RagsysError(f"{path}:{lineno}: more fields than the header has")
             yield dict(row), f"{path}:{lineno}"
@@ -144,7 +184,7 @@ def _read_csv(path: Path) -> Iterator[Row]:
 def read_text_document(path: Path) -> dict:
     """A .txt/.md file as one document; the title is the first Markdown heading or the file name."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise RagsysError(f"{path}: not UTF-8 text ({e.reason})") from None
     title = path.stem.replace("_", " ")

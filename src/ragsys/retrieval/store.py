@@ -1,7 +1,11 @@
-"""The passage store: SQLite, random access by FAISS row or passage id, texts stay on disk."""
+"""The passage store: SQLite, random access by FAISS row or passage id, texts stay on disk.
+
+A damaged database file is a `RagsysError` naming the file, whenever SQLite notices it.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -22,31 +26,53 @@ CREATE INDEX IF NOT EXISTS passages_doc ON passages(doc_id);
 
 
 class PassageStore:
-    """    >>> store = PassageStore(dir / "passages.sqlite")
-    >>> store.get_rows([0, 7])      # the passages FAISS returned
-    >>> store.get_ids(["3f2a-0"])
+    """    >>> with PassageStore(dir / "passages.sqlite") as store:
+    ...     store.get_rows([0, 7])      # the passages FAISS returned
+    ...     store.get_ids(["3f2a-0"])
     """
 
     def __init__(self, path: str | Path, readonly: bool = True) -> None:
         self.path = Path(path)
         if readonly and not self.path.is_file():
             raise RagsysError(f"{self.path}: passage store not found")
-        uri = f"file:{self.path}?mode=ro" if readonly else f"file:{self.path}"
+        # a URI, percent-encoded, so a folder named "run#1" or "a?b" opens the right file
+        uri = self.path.absolute().as_uri() + ("?mode=ro" if readonly else "")
+        self.db = None
         try:
             self.db = sqlite3.connect(uri, uri=True, check_same_thread=False)
             if readonly:
                 self.db.execute("SELECT count(*) FROM passages").fetchone()
             else:
                 self.db.executescript(SCHEMA)
-        except sqlite3.DatabaseError as e:
+        except sqlite3.Error as e:
+            self.close()
             raise RagsysError(f"{self.path}: not a readable passage store ({e})") from None
 
+    def __enter__(self) -> PassageStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        """SQLite noticing a damaged file mid-query: one RagsysError naming the file."""
+        try:
+            yield
+        except sqlite3.IntegrityError as e:
+            raise RagsysError(f"{self.path}: passages with the same id or row ({e})") from None
+        except sqlite3.ProgrammingError:  # used after close(): a bug in the caller, not bad input
+            raise
+        except sqlite3.Error as e:
+            raise RagsysError(f"{self.path}: passage store is damaged or unreadable ({e})") from None
+
     def __len__(self) -> int:
-        return self.db.execute("SELECT count(*) FROM passages").fetchone()[0]
+        with self._errors():
+            return self.db.execute("SELECT count(*) FROM passages").fetchone()[0]
 
     def add(self, passages: Iterable[Passage], first_row: int) -> None:
         rows = ((first_row + i, p.id, p.doc_id, p.title, p.text) for i, p in enumerate(passages))
-        with self.db:
+        with self._errors(), self.db:
             self.db.executemany("INSERT INTO passages(row, id, doc_id, title, text) VALUES (?,?,?,?,?)", rows)
 
     def _fetch(self, column: str, keys: list) -> dict:
@@ -55,8 +81,9 @@ class PassageStore:
             chunk = keys[start : start + 900]
             marks = ",".join("?" * len(chunk))
             sql = f"SELECT row, id, doc_id, title, text FROM passages WHERE {column} IN ({marks})"
-            for row, pid, doc_id, title, text in self.db.execute(sql, chunk):
-                found[row if column == "row" else pid] = Passage(pid, title, text, doc_id)
+            with self._errors():
+                for row, pid, doc_id, title, text in self.db.execute(sql, chunk):
+                    found[row if column == "row" else pid] = Passage(pid, title, text, doc_id)
         return found
 
     def get_rows(self, rows: list[int]) -> list[Passage]:
@@ -79,12 +106,17 @@ class PassageStore:
         for start in range(0, len(ids), 900):
             chunk = ids[start : start + 900]
             sql = f"SELECT id FROM passages WHERE id IN ({','.join('?' * len(chunk))})"
-            found.update(r[0] for r in self.db.execute(sql, chunk))
+            with self._errors():
+                found.update(r[0] for r in self.db.execute(sql, chunk))
         return found
 
     def __iter__(self) -> Iterator[Passage]:
-        for pid, doc_id, title, text in self.db.execute("SELECT id, doc_id, title, text FROM passages ORDER BY row"):
-            yield Passage(pid, title, text, doc_id)
+        with self._errors():
+            rows = self.db.execute("SELECT id, doc_id, title, text FROM passages ORDER BY row")
+            for pid, doc_id, title, text in rows:
+                yield Passage(pid, title, text, doc_id)
 
     def close(self) -> None:
-        self.db.close()
+        """Close the connection (again: a no-op)."""
+        if self.db is not None:
+            self.db.close()

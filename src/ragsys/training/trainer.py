@@ -10,6 +10,11 @@ What happens: load QA data; build (or open) an index of the data's contexts; bui
 under autocast (bf16/fp16) with gradient accumulation, through `accelerate` (so DDP under
 `accelerate launch` / `torchrun` is the same loop). Every `eval_steps` it scores dev F1, keeps the
 best model as a loadable folder and saves the last checkpoint for `--resume`.
+
+Under a launcher with P processes (see `ragsys.training.distributed`) each step is one global batch
+of P x batch_size examples, split across the processes; the loss logged is the global batch's mean.
+Process 0 alone evaluates and writes (checkpoints, best model, metrics.jsonl, TensorBoard); the
+checkpoint keeps every process's RNG state, and --resume needs the same number of processes.
 """
 
 from __future__ import annotations
@@ -31,7 +36,13 @@ from ragsys.data.qa import QAExample, load_qa, sample_evenly
 from ragsys.errors import RagsysError
 from ragsys.evaluation.answers import evaluate_answers
 from ragsys.training.batching import length_grouped_batches
-from ragsys.training.checkpoint import load_checkpoint, read_state, save_checkpoint
+from ragsys.training.checkpoint import load_checkpoint, read_state, rng_state, save_checkpoint
+from ragsys.training.distributed import (
+    cpu_distributed,
+    destroy_process_group_at_exit,
+    freeze_unused_parameters,
+    rank_share,
+)
 
 log = logging.getLogger(__name__)
 
@@ -133,12 +144,17 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> TrainResult:
     from transformers import get_linear_schedule_with_warmup
 
     out = Path(cfg.output_dir)
-    accelerator = Accelerator(mixed_precision=mixed_precision(cfg.precision),
+    accelerator = Accelerator(mixed_precision=mixed_precision(cfg.precision), cpu=cpu_distributed(),
                               gradient_accumulation_steps=cfg.gradient_accumulation_steps)
-    main = accelerator.is_main_process
+    main, rank, world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
+    if world > 1:
+        destroy_process_group_at_exit()
     if cfg.resume:
         _check_resume_config(cfg, out)
-        read_state(out / LAST)  # fail early on a corrupt checkpoint, before any model loads
+        saved = read_state(out / LAST)  # fail early on a corrupt checkpoint, before any model loads
+        if saved.get("num_processes", 1) != world:
+            raise RagsysError(f"{out / LAST}: written by a run of {saved.get('num_processes', 1)} process(es); "
+                              f"resume it with as many (this run has {world}), so each step sees the same batch")
     elif main:
         out.mkdir(parents=True, exist_ok=True)
         cfg.save(out / CONFIG)
@@ -150,7 +166,15 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> TrainResult:
         index = build_index(cfg, train_set + dev_all, out / INDEX, progress if main else False)
     dev_set = sample_evenly(dev_all, cfg.max_eval_examples)
     seed_everything(cfg.seed)
-    model = build_model(cfg, index)
+    model = build_model(cfg, index).to(accelerator.device)
+    model.train()
+    if not train_set:
+        raise RagsysError("no training examples (check --train_file / --max_train_examples)")
+    probe = train_set[0]
+    frozen = freeze_unused_parameters(model, lambda: model([probe.question], [probe.answers[0]]).loss)
+    if frozen and main:
+        log.info("frozen %d parameter tensors that get no gradient: %s", len(frozen), ", ".join(frozen))
+    seed_everything(cfg.seed + rank)  # every process draws its own dropout masks
     params = [p for p in model.parameters() if p.requires_grad]
     q_ids = {id(p) for p in model.question_encoder.parameters()}
     q_lr = cfg.learning_rate if cfg.question_encoder_lr is None else cfg.question_encoder_lr
@@ -160,7 +184,8 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> TrainResult:
     fused = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 4)  # CPU fused AdamW: torch 2.4+
     optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=fused)
     lengths = [len(ex.question) + len(ex.answers[0]) for ex in train_set]
-    steps_per_epoch = math.ceil(math.ceil(len(train_set) / cfg.batch_size) / cfg.gradient_accumulation_steps)
+    global_batch = cfg.batch_size * world
+    steps_per_epoch = math.ceil(math.ceil(len(train_set) / global_batch) / cfg.gradient_accumulation_steps)
     total = cfg.max_steps or steps_per_epoch * cfg.num_epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, min(cfg.warmup_steps, total), total)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -169,7 +194,7 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> TrainResult:
 
     step, epoch, batch_pos, best_f1 = 0, 0, 0, None
     if cfg.resume:
-        state = load_checkpoint(out / LAST, raw, optimizer.optimizer, scheduler, scaler)
+        state = load_checkpoint(out / LAST, raw, optimizer.optimizer, scheduler, scaler, rank=rank)
         step, epoch, batch_pos, best_f1 = state["step"], state["epoch"], state["batch_pos"], state["best_f1"]
         if main:
             _rewrite_metrics(out / METRICS, step)
@@ -182,14 +207,17 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> TrainResult:
     model.train()
     running, t0 = 0.0, time.time()
     while step < total:
-        batches = length_grouped_batches(lengths, cfg.batch_size, cfg.seed, epoch)
+        # the same global batches on every process (seed, epoch); each process takes its share
+        batches = length_grouped_batches(lengths, global_batch, cfg.seed, epoch)
         while batch_pos < len(batches) and step < total:
-            batch = [train_set[i] for i in batches[batch_pos]]
+            mine, weight = rank_share(batches[batch_pos], rank, world)
+            batch = [train_set[i] for i in mine]
             batch_pos += 1
             with accelerator.accumulate(model), accelerator.autocast():
                 output = model([e.question for e in batch], [e.answers[0] for e in batch])
-                accelerator.backward(output.loss)
-                running += output.loss.detach().float().item() / cfg.gradient_accumulation_steps
+                loss = output.loss * weight if world > 1 else output.loss
+                accelerator.backward(loss)
+                running += loss.detach().float().item() / cfg.gradient_accumulation_steps
                 if accelerator.sync_gradients and cfg.max_grad_norm:
                     accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
                 optimizer.step()
@@ -198,6 +226,8 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> TrainResult:
                 continue
             scheduler.step()
             step += 1
+            if world > 1:  # the global batch's mean loss: the mean of the processes' weighted losses
+                running = accelerator.reduce(torch.tensor(running, device=accelerator.device), "mean").item()
             losses.append(running)
             lr = scheduler.get_last_lr()[0]
             bar.update(1)
@@ -213,7 +243,8 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> TrainResult:
                 total = step  # the schedule stays as planned; the run just ends here
             if step % cfg.eval_steps == 0 or step == total:
                 best_f1 = _evaluate_and_save(cfg, accelerator, raw, optimizer, scheduler, scaler, dev_set,
-                                             {"step": step, "epoch": epoch, "batch_pos": batch_pos},
+                                             {"step": step, "epoch": epoch, "batch_pos": batch_pos,
+                                              "num_processes": world},
                                              best_f1, writer, progress)
         if batch_pos >= len(batches):
             epoch, batch_pos = epoch + 1, 0
@@ -237,6 +268,11 @@ def _out_of_time(accelerator, t0: float, minutes: float) -> bool:
 def _evaluate_and_save(cfg, accelerator, raw, optimizer, scheduler, scaler, dev_set, position, best_f1, writer,
                        progress) -> float | None:
     out = Path(cfg.output_dir)
+    rank_rng = None
+    if accelerator.num_processes > 1:  # every process's RNG states, for an exact resume
+        from accelerate.utils import gather_object
+
+        rank_rng = gather_object([rng_state()])[1:]
     if accelerator.is_main_process:
         metrics = evaluate_answers(raw, dev_set, progress=progress) if dev_set else None
         is_best = metrics is None or best_f1 is None or metrics["f1"] > best_f1
@@ -246,7 +282,8 @@ def _evaluate_and_save(cfg, accelerator, raw, optimizer, scheduler, scaler, dev_
                                "dev_f1": round(metrics["f1"], 4)})
         if is_best:
             raw.save_pretrained(out / BEST)
-        save_checkpoint(out / LAST, raw, optimizer.optimizer, scheduler, scaler, {**position, "best_f1": best_f1})
+        save_checkpoint(out / LAST, raw, optimizer.optimizer, scheduler, scaler, {**position, "best_f1": best_f1},
+                        rank_rng=rank_rng)
     accelerator.wait_for_everyone()
     return best_f1
 
