@@ -1,4 +1,4 @@
-"""`ragsys <command>`: index, search, eval-retrieval, train, train-retriever, eval, answer, demo.
+"""`ragsys <command>`: index, search, eval-retrieval, train, train-retriever, eval, answer, serve, demo.
 
 Library code logs; only this module prints. A `RagsysError` becomes one line on stderr and exit 2.
 """
@@ -194,6 +194,27 @@ def cmd_answer(args) -> None:
             print(f"  [{i}] {p['title']} ({p['id']}, score {p['score']:.3f}): {p['text'][:160]}...")
 
 
+def cmd_serve(args) -> None:
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as e:
+        raise RagsysError(f"serving needs FastAPI and uvicorn ({e.name} is not installed): "
+                          "pip install 'ragsys[serve]'") from None
+    from ragsys.serving import create_app, serve
+    from ragsys.serving.server import LOCAL_HOSTS, listen
+
+    if args.host not in LOCAL_HOSTS:
+        print(f"ragsys: warning: listening on {args.host}, not 127.0.0.1: other machines can reach this API, "
+              "which has no authentication", file=sys.stderr)
+    app = create_app(args.model_dir, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
+    sock = listen(args.host, args.port)
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"serving {args.model_dir} on http://{host}:{sock.getsockname()[1]}/ (API docs at /docs; Ctrl-C stops)",
+          flush=True)
+    serve(app, log_level="warning" if args.quiet else "info", sock=sock)
+
+
 # the fresh cross-attention needs a high learning rate; the pretrained question encoder a gentle one
 # (at 1e-4 it collapsed: every question retrieved the same passages)
 DEMO_RECIPE = dict(n_docs=2, batch_size=8, learning_rate=1e-4, question_encoder_lr=1e-5, warmup_steps=50,
@@ -351,6 +372,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-beams", "--num_beams", dest="num_beams", type=int, default=1)
     p.add_argument("--json", action="store_true", help="one JSON object per question")
     p.set_defaults(func=cmd_answer)
+
+    p = sub.add_parser("serve", parents=[common], help="serve answers and search over HTTP (FastAPI)")
+    p.add_argument("model_dir", help="a saved RAG model folder (or an index folder: /search only)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--max-batch", type=int, default=16, help="questions per model call at most (default 16)")
+    p.add_argument("--max-wait-ms", type=float, default=10.0,
+                   help="how long a request waits for others to share its model call (default 10)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", parents=[common], help="index, train, evaluate and answer on the bundled SQuAD data")
     p.add_argument("--out", default="runs/demo", help="where the index and the model go (default runs/demo)")

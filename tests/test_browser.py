@@ -1,0 +1,72 @@
+"""The page at `/` in a real browser: headless Chromium opens `/?q=...`, the page posts the question
+to /answer, and the answer and its sources appear in the DOM. Skipped without Chromium."""
+
+from __future__ import annotations
+
+import html
+import re
+import shutil
+import subprocess
+from urllib.parse import urlencode
+
+import pytest
+import torch
+
+from ragsys import BiEncoder, Encoder, Index, load_corpus
+from ragsys.generation import Generator
+from ragsys.model import RAG, RAGConfig
+from ragsys.serving import BackgroundServer, create_app
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = next((shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome")
+                 if shutil.which(name)), None)
+if CHROMIUM is None:
+    pytest.skip("no Chromium on PATH (apt-get install chromium) to drive the page", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory, squad_small, tiny_bert_dir, tiny_t5_dir) -> RAG:
+    torch.set_num_threads(1)
+    encoder = Encoder.from_pretrained(str(tiny_bert_dir))
+    index = Index.build(load_corpus([squad_small]), BiEncoder(encoder), tmp_path_factory.mktemp("browser") / "idx",
+                        progress=False)
+    return RAG(index, encoder, Generator.from_pretrained(str(tiny_t5_dir)), RAGConfig(n_docs=2))
+
+
+@pytest.fixture(scope="module")
+def server(model):
+    with BackgroundServer(create_app(model)) as s:
+        yield s
+
+
+def dump_dom(url: str, profile) -> str:
+    """The DOM after the page's scripts (and the fetch they start) have run."""
+    cmd = [CHROMIUM, "--headless", "--disable-gpu", "--no-sandbox", "--no-first-run", "--disable-extensions",
+           "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--virtual-time-budget=10000", "--dump-dom", url]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=90)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def element_text(dom: str, element_id: str) -> str:
+    match = re.search(rf'<(\w+)[^>]*\bid="{element_id}"[^>]*>(.*?)</\1>', dom, flags=re.S)
+    assert match, f"no #{element_id} in the page"
+    return html.unescape(re.sub(r"<[^>]+>", "", match.group(2)))
+
+
+def test_asking_on_the_page_shows_the_answer_and_its_sources(server, model, tmp_path):
+    question = "Where did Super Bowl 50 take place?"
+    dom = dump_dom(f"{server.url}/?{urlencode({'q': question, 'k': 2})}", tmp_path / "profile")
+    assert 'data-state="done"' in dom, element_text(dom, "status")
+    expected = model.answer(question, k=2)
+    assert element_text(dom, "answer") == expected.answer
+    shown = re.findall(r'<li class="source" data-id="([^"]+)"', dom)
+    assert shown == [html.escape(p["id"]) for p in expected.passages]
+    assert html.escape(expected.passages[0]["title"]) in dom
+
+
+def test_the_page_shows_why_a_question_was_refused(server, tmp_path):
+    dom = dump_dom(f"{server.url}/?{urlencode({'q': '   '})}", tmp_path / "profile")
+    assert 'data-state="error"' in dom
+    assert "question is empty" in element_text(dom, "status")

@@ -1,0 +1,354 @@
+"""The HTTP API (`ragsys serve`): endpoints, validation, micro-batching, the page, and properties
+over arbitrary request bodies. Tiny models; FastAPI's TestClient and httpx's ASGI transport."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import re
+import socket
+import sys
+
+import httpx
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ragsys import BiEncoder, Encoder, Index, RagsysError, load_corpus
+from ragsys.cli import main
+from ragsys.generation import Generator
+from ragsys.model import RAG, RAGConfig
+from ragsys.serving import MicroBatcher, create_app
+from ragsys.serving.app import MAX_QUESTION_CHARS
+from ragsys.serving.server import listen
+
+QUESTIONS = ["Who won Super Bowl 50?", "Where did Super Bowl 50 take place?", "What is the capital of Poland?",
+             "Which team represented the NFC?", "Who was the MVP?", "When was the university founded?",
+             "What river flows through Warsaw?", "How many people live in Warsaw?"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def rag_dir(tmp_path_factory, squad_small, tiny_bert_dir, tiny_t5_dir):
+    """A saved RAG folder: tiny BERT retriever over the small SQuAD sample, tiny T5 generator, k=2."""
+    root = tmp_path_factory.mktemp("serve")
+    encoder = Encoder.from_pretrained(str(tiny_bert_dir))
+    index = Index.build(load_corpus([squad_small]), BiEncoder(encoder), root / "idx", progress=False)
+    rag = RAG(index, Encoder.from_pretrained(str(tiny_bert_dir)), Generator.from_pretrained(str(tiny_t5_dir)),
+              RAGConfig(n_docs=2))
+    rag.save_pretrained(root / "rag")
+    return root / "rag"
+
+
+@pytest.fixture(scope="module")
+def model(rag_dir) -> RAG:
+    return RAG.from_pretrained(rag_dir)
+
+
+@pytest.fixture(scope="module")
+def client(rag_dir):
+    with TestClient(create_app(rag_dir)) as c:
+        yield c
+
+
+def _messages(response) -> str:
+    detail = response.json()["detail"]
+    return detail if isinstance(detail, str) else " | ".join(d["msg"] for d in detail)
+
+
+# -- endpoints ------------------------------------------------------------------------------------
+
+
+def test_health_describes_the_model_the_index_and_batching(client, model):
+    r = client.get("/health")
+    assert r.status_code == 200
+    h = r.json()
+    assert h["status"] == "ok" and h["serving"] == "rag" and h["endpoints"] == ["/answer", "/search"]
+    assert h["model"]["n_docs"] == 2 and h["model"]["rag_mode"] == "sequence"
+    assert h["index"]["passages"] == len(model.index) and h["index"]["bm25"] is True
+    assert h["batching"]["max_batch"] == 16 and h["batching"]["max_wait_ms"] == 10
+    assert "/answer" in client.get("/openapi.json").json()["paths"]
+    assert client.get("/docs").status_code == 200
+
+
+def test_answer_returns_the_models_answer_and_passages(client, model):
+    r = client.post("/answer", json={"question": QUESTIONS[0]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    expected = model.answer(QUESTIONS[0])
+    assert body["question"] == QUESTIONS[0] and body["answer"] == expected.answer
+    assert body["k"] == 2 and [p["id"] for p in body["passages"]] == [p["id"] for p in expected.passages]
+    assert set(body["passages"][0]) == {"id", "title", "text", "score"}
+    assert body["passages"][0]["score"] == pytest.approx(expected.passages[0]["score"], abs=1e-5)
+    assert body["batch_size"] >= 1 and body["seconds"] >= 0
+    assert len(client.post("/answer", json={"question": QUESTIONS[1], "k": 3}).json()["passages"]) == 3
+
+
+@pytest.mark.parametrize("mode", ["dense", "bm25", "hybrid"])
+def test_search_returns_the_retrievers_hits(client, model, mode):
+    r = client.post("/search", json={"question": QUESTIONS[0], "k": 3, "mode": mode})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["mode"] == mode and body["k"] == 3 and len(body["hits"]) == 3
+    assert set(body["hits"][0]) == {"id", "doc_id", "title", "text", "score"}
+    scores = [h["score"] for h in body["hits"]]
+    assert scores == sorted(scores, reverse=True)
+    if mode == "dense":  # the model's own (possibly fine-tuned) question encoder, as /answer retrieves
+        assert [h["id"] for h in body["hits"]] == [p["id"] for p in model.answer(QUESTIONS[0], k=3).passages]
+    assert client.post("/search", json={"question": QUESTIONS[0]}).json()["k"] == 5  # the default
+
+
+@pytest.mark.parametrize(("body", "field", "message"), [
+    ({"question": ""}, "question", "question is empty"),
+    ({"question": " \t\n "}, "question", "question is empty"),
+    ({"question": "x" * (MAX_QUESTION_CHARS + 1)}, "question", f"the limit is {MAX_QUESTION_CHARS}"),
+    ({}, "question", "Field required"),
+    ({"question": 42}, "question", "valid string"),
+    ({"question": "Who?", "k": 0}, "k", "greater than or equal to 1"),
+    ({"question": "Who?", "k": 101}, "k", "less than or equal to 100"),
+    ({"question": "Who?", "k": 90}, "k", "the index holds only"),
+    ({"question": "Who?", "k": "2"}, "k", "valid integer"),
+    ({"question": "Who?", "k": 2.5}, "k", "valid integer"),
+    ({"question": "Who?", "k": True}, "k", "valid integer"),
+    ({"question": "Who?", "model_dir": "/etc"}, "model_dir", "Extra inputs are not permitted"),
+])
+@pytest.mark.parametrize("endpoint", ["/answer", "/search"])
+def test_bad_requests_are_422_saying_what_is_wrong(client, endpoint, body, field, message):
+    r = client.post(endpoint, json=body)
+    assert r.status_code == 422, r.text
+    assert message in _messages(r)
+    assert any(d["loc"][-1] == field for d in r.json()["detail"])
+
+
+def test_more_422s_mode_surrogates_and_bodies_that_are_not_objects(client):
+    r = client.post("/search", json={"question": "Who?", "mode": "sparse"})
+    assert r.status_code == 422 and "'dense', 'bm25' or 'hybrid'" in _messages(r)
+    lone = b'{"question": "Who \\ud800?"}'  # valid JSON, but no valid Unicode string
+    r = client.post("/answer", content=lone, headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "lone surrogate" in _messages(r)
+    r = client.post("/answer", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "JSON decode error" in _messages(r)
+    assert client.post("/answer", json=["Who won?"]).status_code == 422
+
+
+def test_an_index_folder_serves_search_only(rag_dir):
+    with TestClient(create_app(rag_dir / "index")) as c:
+        h = c.get("/health").json()
+        assert h["serving"] == "index" and h["model"] is None and h["endpoints"] == ["/search"]
+        assert len(c.post("/search", json={"question": QUESTIONS[0], "k": 2}).json()["hits"]) == 2
+        r = c.post("/answer", json={"question": QUESTIONS[0]})
+        assert r.status_code == 503 and "serves an index, not a RAG model" in r.json()["detail"]
+
+
+def test_a_folder_that_is_neither_is_a_clear_error(tmp_path):
+    with pytest.raises(RagsysError, match="no such folder"):
+        create_app(tmp_path / "missing")
+    with pytest.raises(RagsysError, match="neither a saved RAG model"):
+        create_app(tmp_path)
+
+
+# -- micro-batching -------------------------------------------------------------------------------
+
+
+def _record_calls(monkeypatch, model) -> list[tuple[int, int | None]]:
+    calls: list[tuple[int, int | None]] = []
+    original = model.answer
+
+    def recording(questions, k=None, **kwargs):
+        calls.append((len(questions), k))
+        return original(questions, k=k, **kwargs)
+
+    monkeypatch.setattr(model, "answer", recording)
+    return calls
+
+
+async def _post_all(app, bodies: list[dict]) -> list[httpx.Response]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+        try:
+            return await asyncio.gather(*(c.post("/answer", json=b) for b in bodies))
+        finally:
+            await app.state.service.batcher.stop()
+
+
+def test_concurrent_requests_share_one_model_call(model, monkeypatch):
+    unbatched = [model.answer(q) for q in QUESTIONS]
+    calls = _record_calls(monkeypatch, model)
+    app = create_app(model, max_batch=8, max_wait_ms=500)
+    responses = asyncio.run(_post_all(app, [{"question": q} for q in QUESTIONS]))
+    assert [r.status_code for r in responses] == [200] * len(QUESTIONS)
+    assert sum(n for n, _ in calls) == len(QUESTIONS) and max(n for n, _ in calls) > 1, calls
+    for r, expected in zip(responses, unbatched):  # batched answers are the unbatched ones
+        body = r.json()
+        assert body["question"] == expected.question and body["answer"] == expected.answer
+        assert [p["id"] for p in body["passages"]] == [p["id"] for p in expected.passages]
+    assert max(r.json()["batch_size"] for r in responses) > 1
+    stats = app.state.service.info()["batching"]
+    assert stats["requests"] == len(QUESTIONS) and stats["mean_batch_size"] > 1
+
+
+def test_batches_group_by_k_and_stay_within_max_batch(model, monkeypatch):
+    calls = _record_calls(monkeypatch, model)
+    app = create_app(model, max_batch=3, max_wait_ms=300)
+    bodies = [{"question": q, "k": 1 + i % 2} for i, q in enumerate(QUESTIONS)]
+    responses = asyncio.run(_post_all(app, bodies))
+    assert [len(r.json()["passages"]) for r in responses] == [b["k"] for b in bodies]
+    assert sum(n for n, _ in calls) == len(QUESTIONS) and all(n <= 3 for n, _ in calls), calls
+    assert {k for _, k in calls} == {1, 2}
+
+
+def test_batcher_retries_a_failed_batch_one_by_one():
+    seen: list[list[str]] = []
+
+    def fn(items, key):
+        seen.append(list(items))
+        if "bad" in items:
+            raise RagsysError("bad item")
+        return [f"{key}:{x}" for x in items]
+
+    async def go():
+        batcher = MicroBatcher(fn, max_batch=4, max_wait_ms=200)
+        try:
+            return await asyncio.gather(*(batcher.submit(x, key="k") for x in ["a", "bad", "c"]),
+                                        return_exceptions=True)
+        finally:
+            await batcher.stop()
+
+    a, bad, c = asyncio.run(go())
+    assert (a, c) == ("k:a", "k:c") and isinstance(bad, RagsysError)
+    assert seen[0] == ["a", "bad", "c"] and ["a"] in seen and ["c"] in seen
+
+
+def test_batcher_rejects_bad_settings():
+    with pytest.raises(RagsysError, match="at least 1"):
+        MicroBatcher(lambda items, key: items, max_batch=0)
+    with pytest.raises(RagsysError, match="max wait"):
+        MicroBatcher(lambda items, key: items, max_wait_ms=-1)
+
+
+# -- the page -------------------------------------------------------------------------------------
+
+
+def test_the_page_is_served_self_contained(client):
+    r = client.get("/")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    html = r.text
+    assert 'id="question"' in html and 'fetch("answer"' in html and 'id="sources"' in html
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html)  # nothing from a CDN
+    csp = r.headers["content-security-policy"]
+    assert "default-src 'none'" in csp and "connect-src 'self'" in csp
+    script = re.search(r"<script>(.*?)</script>", html, flags=re.S).group(1)
+    digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+    assert f"'sha256-{digest}'" in csp  # the inline script is allowed by its hash, nothing else is
+
+
+# -- the command ----------------------------------------------------------------------------------
+
+
+def _err(capsys) -> str:
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_serve_command_errors_are_one_line(tmp_path, monkeypatch, capsys):
+    capsys.readouterr()
+    assert main(["serve", str(tmp_path / "nope")]) == 2
+    assert "nope: no such folder" in _err(capsys)
+    monkeypatch.setitem(sys.modules, "fastapi", None)  # as if FastAPI were not installed
+    assert main(["serve", str(tmp_path)]) == 2
+    assert "pip install 'ragsys[serve]'" in _err(capsys)
+
+
+def test_serve_command_warns_off_localhost_and_serves(rag_dir, monkeypatch, capsys):
+    import ragsys.serving
+    import ragsys.serving.server
+
+    served = {}
+    monkeypatch.setattr(ragsys.serving.server, "listen", lambda host, port: listen("127.0.0.1", 0))
+    monkeypatch.setattr(ragsys.serving, "serve", lambda app, **kw: served.update(app=app, **kw))
+    capsys.readouterr()
+    assert main(["serve", str(rag_dir), "--host", "0.0.0.0", "--max-batch", "4", "-q"]) == 0
+    out = capsys.readouterr()
+    assert "warning: listening on 0.0.0.0" in out.err and "serving" in out.out
+    assert served["app"].state.service.batcher.max_batch == 4
+    served["sock"].close()
+
+
+def test_a_busy_port_is_a_clear_error():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(RagsysError, match=f"cannot listen on 127.0.0.1:{port}"):
+            listen("127.0.0.1", port)
+    with pytest.raises(RagsysError, match="port must be"):
+        listen("127.0.0.1", 70000)
+
+
+# -- properties: whatever a client sends, the answer is 200 or 422, never a 500 -------------------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=8,
+)
+# any code point, lone surrogates and control characters included
+any_text = st.text(st.characters(min_codepoint=0, max_codepoint=0x10FFFF, exclude_categories=()), max_size=60)
+request_bodies = json_values | st.fixed_dictionaries(
+    {"question": any_text | json_values},
+    optional={"k": st.integers(-3, 120) | json_values, "mode": st.sampled_from(["dense", "bm25", "hybrid"]) | any_text},
+)
+PROPERTY = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _post_raw(client, endpoint: str, body) -> httpx.Response:
+    return client.post(endpoint, content=json.dumps(body).encode(), headers={"content-type": "application/json"})
+
+
+@PROPERTY
+@given(body=request_bodies)
+def test_any_json_body_to_answer_gives_200_or_422(client, body):
+    r = _post_raw(client, "/answer", body)
+    assert r.status_code in (200, 422), r.text
+    if r.status_code == 200:
+        out = r.json()
+        assert isinstance(out["answer"], str) and len(out["passages"]) == out["k"] >= 1
+    else:
+        assert _messages(r)
+
+
+@PROPERTY
+@given(body=request_bodies)
+def test_any_json_body_to_search_gives_200_or_422(client, body):
+    r = _post_raw(client, "/search", body)
+    assert r.status_code in (200, 422), r.text
+    if r.status_code == 200:
+        assert len(r.json()["hits"]) <= r.json()["k"]
+
+
+@PROPERTY
+@given(question=any_text, k=st.integers(-2, 200), mode=st.sampled_from(["dense", "bm25", "hybrid"]))
+def test_any_question_text_gives_200_or_422(client, question, k, mode):
+    for endpoint, body in (("/search", {"question": question, "k": k, "mode": mode}),
+                           ("/answer", {"question": question, "k": k})):
+        r = _post_raw(client, endpoint, body)
+        assert r.status_code in (200, 422), r.text
+
+
+@settings(max_examples=30, deadline=None)
+@given(raw=st.binary(max_size=80))
+def test_any_bytes_are_a_client_error(client, raw):
+    r = client.post("/answer", content=raw, headers={"content-type": "application/json"})
+    assert 400 <= r.status_code < 500, r.text
