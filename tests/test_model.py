@@ -341,3 +341,19 @@ def test_bundled_bert2bert_saves_and_loads(tmp_path):
     with torch.no_grad():
         assert torch.equal(gen(batch["input_ids"], batch["attention_mask"], labels),
                            again(batch["input_ids"], batch["attention_mask"], labels))
+
+
+def test_untrained_parameters_are_the_warm_start_s_new_layers(bert2bert, t5, tmp_path):
+    names = {id(p): n for n, p in bert2bert.model.named_parameters()}
+    new = [names[id(p)] for p in bert2bert.untrained_parameters()]
+    assert new and all("crossattention" in n or ".predictions." in n for n in new)
+    assert any("crossattention" in n for n in new) and "decoder.cls.predictions.transform.dense.weight" in new
+    # the output projection is tied to the word embeddings, which the warm start did train
+    embeddings = bert2bert.model.decoder.get_input_embeddings().weight
+    assert all(p is not embeddings for p in bert2bert.untrained_parameters())
+    # chosen by name: a saved and reloaded generator (as --resume loads it) has the same ones
+    bert2bert.save_pretrained(tmp_path / "gen")
+    reloaded = Generator.from_pretrained(str(tmp_path / "gen"))
+    names2 = {id(p): n for n, p in reloaded.model.named_parameters()}
+    assert [names2[id(p)] for p in reloaded.untrained_parameters()] == new
+    assert t5.untrained_parameters() == []

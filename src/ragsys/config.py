@@ -51,6 +51,9 @@ class TrainConfig:
     learning_rate: float = opt(5e-5, "peak learning rate (AdamW)", "optimisation")
     question_encoder_lr: float | None = opt(None, "peak learning rate of the question encoder (default: "
                                             "--learning_rate; 0 freezes it)", "optimisation")
+    new_params_lr: float | None = opt(None, "peak learning rate of generator parameters that a warm start leaves "
+                                      "untrained (a BERT2BERT's cross-attention and LM-head transform; default "
+                                      "10x --learning_rate)", "optimisation")
     num_epochs: int = opt(3, "passes over the training data", "optimisation")
     warmup_steps: int = opt(500, "linear warmup steps, then linear decay to 0", "optimisation")
     weight_decay: float = opt(0.01, "AdamW weight decay", "optimisation")

@@ -127,6 +127,21 @@ class Generator(torch.nn.Module):
         log.info("generator: BERT2BERT from %s (cross-attention and LM head newly initialised)", encoder)
         return cls(model, tokenizer, name or f"bert2bert:{encoder}")
 
+    def untrained_parameters(self) -> list[torch.nn.Parameter]:
+        """The parameters an encoder-decoder warm start (`EncoderDecoderModel` from two encoder
+        checkpoints) initialises at random: the decoder's cross-attention and its LM-head transform and
+        bias (the output projection itself is tied to the word embeddings). Chosen by name, so a run
+        resumed from a saved generator puts the same tensors in the same optimizer group. Empty for
+        other seq2seq models (T5, BART)."""
+        from transformers import EncoderDecoderModel
+
+        if not isinstance(self.model, EncoderDecoderModel):
+            return []
+        embeddings = self.model.decoder.get_input_embeddings().weight
+        return [p for n, p in self.model.named_parameters()
+                if n.startswith("decoder.") and ("crossattention" in n or ".predictions." in n)
+                and p is not embeddings]
+
     def save_pretrained(self, path: str | Path) -> None:
         """Model, tokenizer and `ragsys_generator.json` (name, length limits) into `path`."""
         path = Path(path)

@@ -178,8 +178,13 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> TrainResult:
     params = [p for p in model.parameters() if p.requires_grad]
     q_ids = {id(p) for p in model.question_encoder.parameters()}
     q_lr = cfg.learning_rate if cfg.question_encoder_lr is None else cfg.question_encoder_lr
-    groups = [{"params": [p for p in params if id(p) not in q_ids]},
-              {"params": [p for p in params if id(p) in q_ids], "lr": q_lr}]
+    # parameters a warm start leaves untrained learn faster with a larger step: with 10x, the bundled
+    # BERT2BERT's dev F1 after 320 steps went from 0.02 to 0.045 (bench/bench_generator.py)
+    new_ids = {id(p) for p in model.generator.untrained_parameters()}
+    new_lr = 10 * cfg.learning_rate if cfg.new_params_lr is None else cfg.new_params_lr
+    groups = [{"params": [p for p in params if id(p) not in q_ids | new_ids]},
+              {"params": [p for p in params if id(p) in q_ids], "lr": q_lr},
+              {"params": [p for p in params if id(p) in new_ids], "lr": new_lr}]
     # fused: one kernel for all parameters; the per-tensor loop costs seconds per step on a CPU
     fused = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 4)  # CPU fused AdamW: torch 2.4+
     optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=fused)
