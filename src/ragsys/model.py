@@ -356,7 +356,9 @@ class RAG(torch.nn.Module):
         as log Σ_z p(z|x) p(y|x,z) over all k passages; the best one wins."""
         gen = self.generator
         batch_size, k = doc_logprobs.shape
-        out = gen.model.generate(**inputs, num_beams=num_beams, num_return_sequences=num_beams,
+        encoded = gen.encode(inputs["input_ids"], inputs["attention_mask"])  # once, for generating and re-scoring
+        out = gen.model.generate(encoder_outputs=encoded, attention_mask=inputs["attention_mask"],
+                                 num_beams=num_beams, num_return_sequences=num_beams,
                                  max_new_tokens=max_new_tokens, do_sample=False)
         per_question: list[list[tuple[int, ...]]] = [[] for _ in range(batch_size)]
         for i, row in enumerate(out[:, 1:].tolist()):  # drop the decoder start token
@@ -364,8 +366,8 @@ class RAG(torch.nn.Module):
             bucket = per_question[i // (k * num_beams)]
             if cand not in bucket:
                 bucket.append(cand)
-        pairs = [(b, c) for b in range(batch_size) for c in per_question[b]]
-        encoded = gen.encode(inputs["input_ids"], inputs["attention_mask"])
+        # a question whose passages all gave the same candidate needs no re-scoring
+        pairs = [(b, c) for b in range(batch_size) if len(per_question[b]) > 1 for c in per_question[b]]
         scores = torch.empty(len(pairs), device=gen.device)
         step = max(1, self.config.rescore_batch_size // k)
         for start in range(0, len(pairs), step):
@@ -380,7 +382,7 @@ class RAG(torch.nn.Module):
         best: list[list[int]] = []
         for b in range(batch_size):
             idx = [i for i, (owner, _) in enumerate(pairs) if owner == b]
-            best.append(list(pairs[max(idx, key=lambda i: scores[i].item())][1]))
+            best.append(list(pairs[max(idx, key=lambda i: scores[i].item())][1]) if idx else list(per_question[b][0]))
         return best
 
     def answer(self, question_or_questions: str | Sequence[str], k: int | None = None, num_beams: int = 1,
