@@ -28,84 +28,53 @@ medians over repetitions. Results are also written to bench/results/retrieval.js
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import json
-import os
-import platform
 import shutil
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
-from unittest import mock
 
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # as the `ragsys` CLI sets it
+if __package__ in (None, ""):  # run as a script (python bench/bench_retrieval.py): find the bench package
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
-from transformers import AutoModel, AutoTokenizer  # noqa: E402
 
 import ragsys  # noqa: E402
 import ragsys.io  # noqa: E402
 import ragsys.retrieval.index as index_module  # noqa: E402
+from bench.suite.common import (  # noqa: E402  (measurement helpers shared with the suite)
+    BareEncoder,
+    Spans,
+    encoder_targets,
+    load_average,
+    machine_info,
+    median,
+    paired_ratios,
+    percentile,
+    rotated,
+    say,
+    source_version,
+    split_encode,
+    table,
+    timed,
+)
 from ragsys.data import load_corpus, load_qa  # noqa: E402
 from ragsys.data.bundled import SQUAD_DEV, bundled_path  # noqa: E402
 from ragsys.retrieval import BiEncoder, BM25Index, Encoder, Index, PassageStore, Retriever  # noqa: E402
-from ragsys.retrieval.encoders import DEFAULT_ENCODER, resolve_source  # noqa: E402
 
 BENCH_DIR = Path(__file__).resolve().parent
 GOAL = 0.90  # ragsys should reach at least 90% of each bare baseline's throughput
 LIMIT = "bare encoder+FAISS"
 
 
-# -- machine and workload -------------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def machine_info() -> dict:
-    import bm25s
-    import tokenizers
-
-    return {
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "faiss_threads": faiss.omp_get_max_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "faiss": faiss.__version__,
-        "transformers": transformers.__version__,
-        "tokenizers": tokenizers.__version__,
-        "bm25s": bm25s.__version__,
-        "numpy": np.__version__,
-        "ragsys": ragsys.__version__,
-        "platform": platform.platform(),
-    }
-
-
-def source_version() -> str:
-    """The git commit measured, with "+dirty" if src/ has uncommitted changes ("unknown" without git)."""
-    def git(*cmd: str) -> str:
-        return subprocess.run(["git", *cmd], cwd=BENCH_DIR, capture_output=True, text=True, check=True).stdout.strip()
-
-    try:
-        return git("rev-parse", "--short", "HEAD") + ("+dirty" if git("status", "--porcelain", "--", "../src") else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+# -- workload -----------------------------------------------------------------------------------------
 
 
 def load_workload(n_passages: int | None, n_questions: int) -> tuple[list, list[str]]:
@@ -118,169 +87,6 @@ def load_workload(n_passages: int | None, n_questions: int) -> tuple[list, list[
     questions = list(dict.fromkeys(ex.question for ex in load_qa(data)))
     step = max(1, len(questions) // max(1, n_questions))
     return passages, questions[::step][:n_questions]
-
-
-# -- timing helpers -------------------------------------------------------------------------------
-
-
-def timed(fn: Callable, *args, **kwargs) -> tuple[float, object]:
-    start = time.perf_counter()
-    result = fn(*args, **kwargs)
-    return time.perf_counter() - start, result
-
-
-def rotated(items: list, shift: int) -> list:
-    """`items` starting at position `shift`: successive rounds run A B, B A, A B ... so that no
-    variant always runs first (after a cold cache) or always after the same other one."""
-    shift %= len(items)
-    return items[shift:] + items[:shift]
-
-
-def median(values: list[float]) -> float:
-    return float(statistics.median(values))
-
-
-def paired_ratios(ours: list[float], limit: list[float]) -> list[float]:
-    """ours[i] / limit[i] for each repetition: the two ran back to back, under the same load from
-    other processes, so their ratio is steadier than a ratio of medians taken minutes apart."""
-    return [a / b for a, b in zip(ours, limit)]
-
-
-def percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q))
-
-
-def load_average() -> float:
-    return os.getloadavg()[0]
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-class Spans:
-    """Wall time spent inside chosen functions while the real code path runs.
-
-        spans = Spans([("encode", BiEncoder, "encode_passages"), ("tokenize", Encoder, "tokenize")])
-        with spans.active():
-            Index.build(...)
-        spans.seconds["encode"], spans.seconds["encode/tokenize"]
-
-    Each target is (label, owner, attribute). For the duration of the `with`, the attribute is
-    replaced by a wrapper that adds its wall time to the label, prefixed by the labels of the
-    targets it runs inside ("encode/tokenize": tokenising while encoding passages, not while
-    computing a probe vector). Times are inclusive and add up over successive `with` blocks. A
-    target the code no longer has is skipped with a note; its time then shows up as "other".
-    """
-
-    def __init__(self, targets: list[tuple[str, object, str]]) -> None:
-        self.targets = targets
-        self.seconds: dict[str, float] = defaultdict(float)
-        self._stack: list[str] = []
-
-    def _wrap(self, label: str, original: Callable) -> Callable:
-        def wrapper(*args, **kwargs):
-            self._stack.append(label)
-            path = "/".join(self._stack)
-            start = time.perf_counter()
-            try:
-                return original(*args, **kwargs)
-            finally:
-                self.seconds[path] += time.perf_counter() - start
-                self._stack.pop()
-
-        return wrapper
-
-    @contextlib.contextmanager
-    def active(self):
-        with contextlib.ExitStack() as stack:
-            for label, owner, name in self.targets:
-                original = getattr(owner, name, None)
-                if original is None:
-                    say(f"  (note: {getattr(owner, '__name__', owner)!s}.{name} not found; '{label}' not split out)")
-                    continue
-                stack.enter_context(mock.patch.object(owner, name, self._wrap(label, original)))
-            yield self
-
-    def top_level(self) -> float:
-        return sum(v for k, v in self.seconds.items() if "/" not in k)
-
-
-def encoder_targets(encoder: Encoder) -> list[tuple[str, object, str]]:
-    """The parts of `Encoder.encode`: tokenising, padding, the model (+ pooling), train/eval switches."""
-    return [
-        ("tokenize", Encoder, "tokenize"),
-        ("pad", encoder.tokenizer, "pad"),
-        ("model+pool", Encoder, "forward"),
-        ("train/eval switch", Encoder, "train"),
-    ]
-
-
-ENCODE_PARTS = ("tokenize", "pad", "model+pool", "train/eval switch")
-
-
-def split_encode(seconds: dict[str, float], parent: str, n: float = 1.0) -> list[tuple[str, float]]:
-    """(part, seconds / n) rows for an encode span and its parts, with the unwrapped rest."""
-    total = seconds.get(parent, 0.0)
-    parts = [(f"{parent}/{p}", seconds.get(f"{parent}/{p}", 0.0)) for p in ENCODE_PARTS]
-    rest = total - sum(v for _, v in parts)
-    rows = [(parent, total), *parts, (f"{parent}/rest (sort, collate, copy out)", rest)]
-    return [(k, v / n) for k, v in rows]
-
-
-# -- the bare baseline ----------------------------------------------------------------------------
-
-
-class BareEncoder:
-    """The limit: HF tokenizer + model + mean pooling, nothing else.
-
-    Tokenises all texts in one call, orders them by token count, pads each batch to its own
-    longest text and runs `model(**batch)` under inference_mode.
-    """
-
-    def __init__(self, max_length: int, normalize: bool) -> None:
-        source = resolve_source(DEFAULT_ENCODER)
-        self.tokenizer = AutoTokenizer.from_pretrained(source)
-        self.model = AutoModel.from_pretrained(source).eval()
-        self.max_length = max_length
-        self.normalize = normalize
-
-    @torch.inference_mode()
-    def encode(self, texts: list[str], pairs: list[str] | None = None, batch_size: int = 64,
-               sort: bool = True) -> np.ndarray:
-        if not sort:
-            return self._encode_in_order(texts, pairs, batch_size)
-        enc = self.tokenizer(texts, pairs, truncation=True, max_length=self.max_length)
-        keys = [k for k in ("input_ids", "token_type_ids", "attention_mask") if k in enc]
-        lengths = np.array([len(ids) for ids in enc["input_ids"]])
-        order = np.argsort(-lengths, kind="stable")
-        out = np.empty((len(texts), self.model.config.hidden_size), dtype=np.float32)
-        for start in range(0, len(texts), batch_size):
-            idx = order[start : start + batch_size]
-            batch = {k: np.zeros((len(idx), int(lengths[idx].max())), dtype=np.int64) for k in keys}
-            for row, i in enumerate(idx):
-                for k in keys:
-                    batch[k][row, : lengths[i]] = enc[k][i]
-            if self.tokenizer.pad_token_id != 0:
-                batch["input_ids"][batch["attention_mask"] == 0] = self.tokenizer.pad_token_id
-            out[idx] = self._pool({k: torch.from_numpy(v) for k, v in batch.items()}).numpy()
-        return out
-
-    def _encode_in_order(self, texts: list[str], pairs: list[str] | None, batch_size: int) -> np.ndarray:
-        """The loop most people write: tokenise each batch in input order with padding=True."""
-        parts = []
-        for start in range(0, len(texts), batch_size):
-            second = pairs[start : start + batch_size] if pairs is not None else None
-            batch = self.tokenizer(texts[start : start + batch_size], second, padding=True, truncation=True,
-                                   max_length=self.max_length, return_tensors="pt")
-            parts.append(self._pool(batch))
-        return torch.cat(parts).numpy()
-
-    def _pool(self, batch: dict) -> torch.Tensor:
-        hidden = self.model(**batch).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        vectors = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-        return torch.nn.functional.normalize(vectors, dim=-1) if self.normalize else vectors
 
 
 # -- 1. indexing ----------------------------------------------------------------------------------
@@ -500,13 +306,6 @@ def rows_agreement(a: np.ndarray, b: np.ndarray) -> dict:
 
 
 # -- reporting ------------------------------------------------------------------------------------
-
-
-def table(head: list[str], rows: list[list]) -> str:
-    rule = "|" + "|".join("---" if i == 0 else "---:" for i in range(len(head))) + "|"
-    lines = ["| " + " | ".join(head) + " |", rule]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def verdict(ratio: float) -> str:

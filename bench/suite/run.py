@@ -1,0 +1,149 @@
+"""ragsys side by side with its peers: one command, five sections, markdown tables, JSON and plots.
+
+    python -m bench                    # full run, < 30 min on 2 quiet cores
+    python -m bench --quick            # the same code paths on subsets, about 7 min
+    python -m bench --only search,rag  # some sections (quality, indexing, search, rag, answers)
+
+1. quality   retrieval quality on the bundled SQuAD dev sample: dense vs BM25 vs hybrid, hit@k and
+             gold@k for k = 1..100 (plot)
+2. indexing  passages/s: ragsys `Index.build` vs a bare encoder forward (the limit) vs transformers'
+             datasets knowledge-base path, same encoder weights on every side
+3. search    latency and q/s of dense, BM25, hybrid (and the datasets path); Flat vs HNSW vs IVF-PQ:
+             bytes per passage, recall@10; a scale curve to 1M synthetic vectors (plot)
+4. rag       RAG training examples/s, peak RSS and answer latency: ragsys vs transformers'
+             RagSequenceForGeneration / RagTokenForGeneration with the same models and inputs
+5. answers   EM/F1 on held-out dev questions after the same training budget: ragsys RAG (with
+             retrieval, closed book, oracle) vs the transformers RAG classes
+
+Writes bench/results/<section>.json, bench/results/*.png and bench/results/summary.md (with
+--quick: *-quick.json, *-quick.png, summary-quick.md). Comparisons alternate their sides in one
+process (A B, B A, ...), report medians of >= 5 rounds and medians of the per-round ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import json
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.suite import answers, indexing, quality, rag_speed, search
+from bench.suite.common import RESULTS_DIR, load_average, machine_info, machine_line, say, source_version, table
+from bench.suite.context import FULL, QUICK, Context
+
+SECTIONS = {"quality": quality, "indexing": indexing, "search": search, "rag": rag_speed, "answers": answers}
+# Seconds each section takes on 2 quiet cores (AMD EPYC, torch 2.13 CPU), including the models and
+# indexes it is the first to need; from runs of each section with the shipped sizes.
+ESTIMATE_S = {
+    "quick": {"quality": 15, "indexing": 35, "search": 40, "rag": 215, "answers": 95},
+    "full": {"quality": 150, "indexing": 90, "search": 330, "rag": 240, "answers": 720},
+}
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n".join(__doc__.splitlines()[2:]))
+    p.add_argument("--quick", action="store_true", help="subsets of every workload (about 7 min on 2 cores)")
+    p.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections (default: all)")
+    p.add_argument("--train-minutes", type=float, help="section 5 training budget per model (full 2, quick 0.25)")
+    p.add_argument("--threads", type=int, help="torch and FAISS threads (default: their own default)")
+    p.add_argument("--out-dir", type=Path, default=RESULTS_DIR, help="where results go (default bench/results)")
+    args = p.parse_args(argv)
+    args.sections = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = [s for s in args.sections if s not in SECTIONS]
+    if unknown:
+        p.error(f"unknown section(s) {unknown}; choose from {', '.join(SECTIONS)}")
+    return args
+
+
+def quiet() -> None:
+    import datasets
+
+    from ragsys.cli import quiet_libraries
+
+    quiet_libraries()
+    datasets.disable_progress_bars()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    quiet()
+    import faiss
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        faiss.omp_set_num_threads(args.threads)
+    mode = "quick" if args.quick else "full"
+    sizes = QUICK if args.quick else FULL
+    if args.train_minutes is not None:
+        sizes = dataclasses.replace(sizes, train_minutes=args.train_minutes)
+    suffix = "-quick" if args.quick else ""
+    command = " ".join(["python -m bench", *argv])
+    machine = machine_info() | {"ragsys_commit": source_version()}
+    started, load_start = time.perf_counter(), load_average()
+
+    plan = [[f"{i}. {name}", f"{ESTIMATE_S['quick'][name] / 60:.1f}", f"{ESTIMATE_S['full'][name] / 60:.1f}"]
+            for i, name in enumerate(SECTIONS, 1)]
+    plan.append(["total", f"{sum(ESTIMATE_S['quick'].values()) / 60:.1f}",
+                 f"{sum(ESTIMATE_S['full'].values()) / 60:.1f}"])
+    header = [f"# ragsys side by side ({mode} run)", "",
+              f"Machine: {machine_line(machine)}.", "",
+              f"Command: `{command}`; {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}; "
+              f"1-min load average at start {load_start:.1f} on {machine['cores']} cores.", ""]
+    print("\n".join(header))
+    print("Estimated minutes on 2 quiet cores:\n")
+    print(table(["section", "quick", "full"], plan) + "\n", flush=True)
+
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="ragsys-bench-suite-"))
+    ctx = Context(sizes, work, args.quick)
+    parts, times = [], []
+    try:
+        for i, name in enumerate(SECTIONS, 1):
+            if name not in args.sections:
+                continue
+            module = SECTIONS[name]
+            say(f"\n== {i}. {module.TITLE} ==")
+            t0, load0 = time.perf_counter(), load_average()
+            result = module.run(ctx)
+            elapsed = time.perf_counter() - t0
+            times.append([f"{i}. {name}", f"{ESTIMATE_S[mode][name] / 60:.1f}", f"{elapsed / 60:.1f}",
+                          f"{load0:.1f} / {load_average():.1f}"])
+            record = {"section": name, "title": module.TITLE, "mode": mode, "command": command,
+                      "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "machine": machine,
+                      "load_average_1min": {"start": load0, "end": load_average()}, "elapsed_s": elapsed,
+                      "result": result}
+            (args.out_dir / f"{name}{suffix}.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+            md = [f"## {i}. {module.TITLE}", "", module.report(result)]
+            for stem, plot in module.PLOTS.items():
+                path = args.out_dir / f"{stem}{suffix}.png"
+                plot(result, path)
+                md += ["", f"![{stem}]({path.name})"]
+            md += ["", f"*Section time {elapsed / 60:.1f} min; results: `bench/results/{name}{suffix}.json`.*", ""]
+            parts.append("\n".join(md))
+            print(parts[-1], flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    total = time.perf_counter() - started
+    times.append(["total", "", f"{total / 60:.1f}", ""])
+    busy = max([load_start, load_average()]) > machine["cores"]
+    footer = ["## Run time", "",
+              table(["section", "estimate, quiet 2 cores (min)", "this run (min)", "load avg start / end"], times),
+              "", f"1-min load average {load_start:.1f} at start, {load_average():.1f} at end on "
+              f"{machine['cores']} cores" + (": other work shared the CPU, so times are longer and noisier than on "
+              "a quiet machine (ratios less so: both sides of a round see the same load)." if busy else "."), ""]
+    print("\n".join(footer))
+    (args.out_dir / f"summary{suffix}.md").write_text("\n".join(header + parts + footer))
+    say(f"results -> {args.out_dir}/ (summary{suffix}.md, *{suffix}.json, *{suffix}.png)")
+    return 0
