@@ -89,3 +89,30 @@ def test_time_budget_ends_the_run_with_a_saved_model(cfg):
     result = train(replace(cfg, max_steps=50, max_train_minutes=1e-6), progress=False)
     assert result.steps == 1  # the budget is checked after every optimizer step
     assert (result.best_dir / "rag_config.json").is_file() and (result.last_dir / "trainer_state.json").is_file()
+
+
+def test_gold_passage_steps_read_the_question_s_own_paragraph_first(cfg, monkeypatch):
+    from ragsys.model import RAG
+
+    seen = []
+    forward = RAG.forward
+
+    def spy(self, questions, answers, passages=None, doc_scores=None):
+        seen.append(passages)
+        return forward(self, questions, answers, passages, doc_scores)
+
+    monkeypatch.setattr(RAG, "forward", spy)
+    result = train(replace(cfg, gold_passage_steps=2, max_steps=3, eval_steps=100), progress=False)
+    assert result.steps == 3
+    training_calls = seen[1:]  # the first call is the start-up probe for parameters without gradient
+    assert [p is not None for p in training_calls[:3]] == [True, True, False]  # 2 gold steps, then retrieval
+    assert all(len(ps) == 1 and ps[0].text for ps in training_calls[0])
+
+
+def test_gold_passage_steps_need_paragraphs():
+    from ragsys.data.qa import QAExample
+
+    with pytest.raises(RagsysError, match="paragraph"):
+        trainer_mod.gold_passages([QAExample("q1", "who?", ["me"])])
+    with pytest.raises(RagsysError, match="gold_passage_steps"):
+        TrainConfig(gold_passage_steps=-1)

@@ -43,6 +43,9 @@ class TrainConfig:
     rag_mode: str = opt("sequence", "marginalisation: RAG-Sequence or RAG-Token", "model", ["sequence", "token"])
     max_source_length: int = opt(256, "generator input tokens per (question, passage)", "model")
     max_target_length: int = opt(32, "answer tokens", "model")
+    gold_passage_steps: int = opt(0, "first N steps train the generator on each question's own paragraph (k=1, "
+                                  "no retrieval): teaches a new generator to read before retrieval noise comes in",
+                                  "model")
     train_passage_encoder: bool = opt(False, "also train the passage encoder (re-indexes every --reindex_steps)",
                                       "model")
     reindex_steps: int = opt(500, "with --train_passage_encoder: re-encode the corpus every N steps", "model")
@@ -79,7 +82,7 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise RagsysError(f"--{name} must be at least 1 (got {getattr(self, name)})")
-        for name in ("max_steps", "max_train_examples", "reindex_steps"):
+        for name in ("max_steps", "max_train_examples", "reindex_steps", "gold_passage_steps"):
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise RagsysError(f"--{name} must not be negative (got {value})")

@@ -109,6 +109,16 @@ def build_model(cfg: TrainConfig, index):
     return RAG(index, question_encoder, generator, rag_cfg)
 
 
+def gold_passages(batch: list[QAExample]) -> list[list]:
+    """Each question's own paragraph as its single passage (for --gold_passage_steps)."""
+    from ragsys.data.corpus import Passage
+
+    missing = [e.id for e in batch if not e.context]
+    if missing:
+        raise RagsysError(f"--gold_passage_steps needs each question's paragraph; question {missing[0]!r} has none")
+    return [[Passage(e.doc_id, e.title, e.context, e.doc_id)] for e in batch]
+
+
 def mixed_precision(precision: str) -> str:
     cuda = torch.cuda.is_available()
     if precision == "auto":
@@ -149,6 +159,8 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> TrainResult:
     main, rank, world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
     if world > 1:
         destroy_process_group_at_exit()
+        if cfg.gold_passage_steps:  # those steps leave the question encoder without gradient, which DDP rejects
+            raise RagsysError("--gold_passage_steps is not supported with more than one process yet")
     if cfg.resume:
         _check_resume_config(cfg, out)
         saved = read_state(out / LAST)  # fail early on a corrupt checkpoint, before any model loads
@@ -219,7 +231,8 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> TrainResult:
             batch = [train_set[i] for i in mine]
             batch_pos += 1
             with accelerator.accumulate(model), accelerator.autocast():
-                output = model([e.question for e in batch], [e.answers[0] for e in batch])
+                output = model([e.question for e in batch], [e.answers[0] for e in batch],
+                               passages=gold_passages(batch) if step < cfg.gold_passage_steps else None)
                 loss = output.loss * weight if world > 1 else output.loss
                 accelerator.backward(loss)
                 running += loss.detach().float().item() / cfg.gradient_accumulation_steps
