@@ -39,13 +39,14 @@ class Sizes:
     answer_tokens: int  # section 4: tokens generated per answer
     train_minutes: float  # section 5: wall-clock training budget per model
     heldout: int  # section 5: held-out dev questions scored
+    rag_batch: int = 8  # sections 4-5: questions per training batch
     rounds: int = 5  # sections 2-3: alternating rounds (medians need at least 5)
 
 
 QUICK = Sizes(dev_articles=6, quality_questions=300, index_passages=64, search_single=30, search_batch=64,
               pq_sweep=(48, 96, 192), scale_sizes=(10_000, 30_000, 100_000), hnsw_budget_s=20,
               train_articles=2, speed_rounds=5, speed_steps=1, rss_steps=1, latency_questions=2, answer_tokens=8,
-              train_minutes=0.25, heldout=24)
+              train_minutes=0.15, heldout=24, rag_batch=4)
 FULL = Sizes(dev_articles=None, quality_questions=None, index_passages=256, search_single=100, search_batch=512,
              pq_sweep=(32, 48, 64, 96, 128, 192), scale_sizes=(10_000, 30_000, 100_000, 300_000, 1_000_000),
              hnsw_budget_s=100, train_articles=None, speed_rounds=5, speed_steps=1, rss_steps=2,
@@ -163,4 +164,4 @@ class Context:
         index.store.close()
         ds_path, faiss_path = save_hf_knowledge_base(index_dir, self.work)
         return Setup(str(q_dir), str(c_dir), str(self.t5_dir), str(index_dir), str(ds_path), str(faiss_path),
-                     max_new_tokens=self.sizes.answer_tokens)
+                     max_new_tokens=self.sizes.answer_tokens, batch_size=self.sizes.rag_batch)

@@ -1,7 +1,7 @@
 """ragsys side by side with its peers: one command, five sections, markdown tables, JSON and plots.
 
     python -m bench                    # full run, < 30 min on 2 quiet cores
-    python -m bench --quick            # the same code paths on subsets, about 7 min
+    python -m bench --quick            # the same code paths on subsets, under 5 min
     python -m bench --only search,rag  # some sections (quality, indexing, search, rag, answers)
 
 1. quality   retrieval quality on the bundled SQuAD dev sample: dense vs BM25 vs hybrid, hit@k and
@@ -41,7 +41,7 @@ SECTIONS = {"quality": quality, "indexing": indexing, "search": search, "rag": r
 # Seconds each section takes on 2 quiet cores (AMD EPYC, torch 2.13 CPU), including the models and
 # indexes it is the first to need; from runs of each section with the shipped sizes.
 ESTIMATE_S = {
-    "quick": {"quality": 15, "indexing": 35, "search": 40, "rag": 215, "answers": 95},
+    "quick": {"quality": 15, "indexing": 40, "search": 40, "rag": 135, "answers": 55},
     "full": {"quality": 150, "indexing": 90, "search": 330, "rag": 240, "answers": 720},
 }
 
@@ -50,9 +50,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n".join(__doc__.splitlines()[2:]))
-    p.add_argument("--quick", action="store_true", help="subsets of every workload (about 7 min on 2 cores)")
+    p.add_argument("--quick", action="store_true", help="subsets of every workload (under 5 min on 2 cores)")
     p.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections (default: all)")
-    p.add_argument("--train-minutes", type=float, help="section 5 training budget per model (full 2, quick 0.25)")
+    p.add_argument("--train-minutes", type=float, help="section 5 training budget per model (full 2, quick 0.15)")
     p.add_argument("--threads", type=int, help="torch and FAISS threads (default: their own default)")
     p.add_argument("--out-dir", type=Path, default=RESULTS_DIR, help="where results go (default bench/results)")
     args = p.parse_args(argv)
