@@ -130,6 +130,23 @@ def test_targets_end_with_eos_and_mask_pads(t5):
     assert t5.decoder_inputs(labels)[:, 0].eq(t5.decoder_start_token_id).all()
 
 
+@pytest.mark.parametrize("answer", ["1,000", "post-war", "5.5 million", "10:30 p.m.", "U.S. Army", "O'Hara",
+                                    "1981\u201382", "and/or"])
+def test_wordpiece_decoding_keeps_numbers_and_hyphenated_words_whole(bert2bert, answer):
+    """A BERT tokenizer decodes "1,000" as "1, 000", which SQuAD's F1 would score as two wrong words."""
+    from ragsys.evaluation.metrics import f1_score
+
+    ids = bert2bert.tokenizer(answer, add_special_tokens=False)["input_ids"]
+    assert f1_score(bert2bert.decode([ids])[0], [answer]) == 1.0
+
+
+def test_wordpiece_decoding_leaves_lists_apart():
+    from ragsys.generation.generator import join_wordpiece_punctuation
+
+    assert join_wordpiece_punctuation("1999, 2000 and 2001") == "1999, 2000 and 2001"
+    assert join_wordpiece_punctuation("john f. kennedy") == "john f. kennedy"
+
+
 # -- training signal ------------------------------------------------------------------------------
 
 
@@ -357,3 +374,22 @@ def test_untrained_parameters_are_the_warm_start_s_new_layers(bert2bert, t5, tmp
     names2 = {id(p): n for n, p in reloaded.model.named_parameters()}
     assert [names2[id(p)] for p in reloaded.untrained_parameters()] == new
     assert t5.untrained_parameters() == []
+
+
+def test_warm_start_gives_new_layers_a_useful_start_not_noise(bert2bert, tiny_bert_dir):
+    """Cross-attention starts as a copy of its layer's self-attention and the LM-head transform the
+    encoder checkpoint lacks as the identity; the encoder's own weights are loaded, not re-initialised."""
+    from transformers import AutoModel
+
+    decoder = bert2bert.model.decoder
+    for layer in decoder.bert.encoder.layer:
+        own, cross = layer.attention.state_dict(), layer.crossattention.state_dict()
+        assert own.keys() == cross.keys() and all(torch.equal(own[k], cross[k]) for k in own)
+        assert layer.attention.self.query.weight is not layer.crossattention.self.query.weight  # copies, not tied
+    dense = decoder.cls.predictions.transform.dense
+    assert torch.equal(dense.weight, torch.eye(dense.in_features)) and not dense.bias.any()
+    checkpoint = AutoModel.from_pretrained(str(tiny_bert_dir))
+    assert torch.equal(bert2bert.model.encoder.encoder.layer[0].attention.self.query.weight,
+                       checkpoint.encoder.layer[0].attention.self.query.weight)
+    assert torch.equal(decoder.bert.encoder.layer[0].attention.self.query.weight,
+                       checkpoint.encoder.layer[0].attention.self.query.weight)
