@@ -145,6 +145,7 @@ def test_wordpiece_decoding_leaves_lists_apart():
 
     assert join_wordpiece_punctuation("1999, 2000 and 2001") == "1999, 2000 and 2001"
     assert join_wordpiece_punctuation("john f. kennedy") == "john f. kennedy"
+    assert join_wordpiece_punctuation("j. s. bach") == "j. s. bach"  # initials are separate words in SQuAD too
 
 
 # -- training signal ------------------------------------------------------------------------------
@@ -377,8 +378,9 @@ def test_untrained_parameters_are_the_warm_start_s_new_layers(bert2bert, t5, tmp
 
 
 def test_warm_start_gives_new_layers_a_useful_start_not_noise(bert2bert, tiny_bert_dir):
-    """Cross-attention starts as a copy of its layer's self-attention and the LM-head transform the
-    encoder checkpoint lacks as the identity; the encoder's own weights are loaded, not re-initialised."""
+    """Cross-attention starts as a copy of its layer's self-attention and the dense layer of the
+    LM-head transform the encoder checkpoint lacks as the identity; the encoder's own weights are
+    loaded, not re-initialised."""
     from transformers import AutoModel
 
     decoder = bert2bert.model.decoder
@@ -393,3 +395,22 @@ def test_warm_start_gives_new_layers_a_useful_start_not_noise(bert2bert, tiny_be
                        checkpoint.encoder.layer[0].attention.self.query.weight)
     assert torch.equal(decoder.bert.encoder.layer[0].attention.self.query.weight,
                        checkpoint.encoder.layer[0].attention.self.query.weight)
+
+
+def test_warm_start_keeps_a_head_the_decoder_checkpoint_has(tiny_bert_dir, tmp_path):
+    """Only what the checkpoint lacks is started anew: a decoder checkpoint with a trained MLM head
+    keeps it; with two different checkpoints cross-attention is not copied."""
+    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+
+    torch.manual_seed(1)
+    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=512)
+    mlm = BertForMaskedLM(cfg)
+    mlm.save_pretrained(tmp_path / "mlm")
+    AutoTokenizer.from_pretrained(str(tiny_bert_dir)).save_pretrained(tmp_path / "mlm")
+    gen = Generator.from_encoder_decoder(str(tiny_bert_dir), str(tmp_path / "mlm"))
+    head = gen.model.decoder.cls.predictions.transform.dense.weight
+    assert torch.equal(head, mlm.cls.predictions.transform.dense.weight)
+    assert not torch.equal(head, torch.eye(head.shape[0]))
+    layer = gen.model.decoder.bert.encoder.layer[0]
+    assert not torch.equal(layer.crossattention.self.query.weight, layer.attention.self.query.weight)

@@ -266,7 +266,12 @@ class HFSide(Side):
             pad = self.rag.config.generator.pad_token_id
             self.last_tokens = [len(row) - next((i for i, t in enumerate(reversed(row)) if t != pad), len(row))
                                 for row in body]
-        return [t.strip() for t in self.g_tokenizer.batch_decode(ids, skip_special_tokens=True)]
+        # the same answer clean-up as ragsys's Generator.decode, so section 5 scores both sides alike
+        from ragsys.generation.generator import is_wordpiece, join_wordpiece_punctuation
+
+        wordpiece = is_wordpiece(self.g_tokenizer)
+        texts = self.g_tokenizer.batch_decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=wordpiece)
+        return [join_wordpiece_punctuation(t.strip()) if wordpiece else t.strip() for t in texts]
 
     def answer(self, question, max_new_tokens):
         return self.generate([question], max_new_tokens)[0]

@@ -67,7 +67,7 @@ class Generator(torch.nn.Module):
         self.max_source_length = max_source_length
         self.max_target_length = max_target_length
         self._prefix, self._suffix = _special_affixes(tokenizer)
-        self._wordpiece = _is_wordpiece(tokenizer)
+        self._wordpiece = is_wordpiece(tokenizer)
         self._passage_cache: dict[str, list[int]] = {}
         if self.pad_token_id is None or self.decoder_start_token_id is None or self.eos_token_id is None:
             raise RagsysError(
@@ -110,8 +110,9 @@ class Generator(torch.nn.Module):
         """A BERT2BERT-style `EncoderDecoderModel` warm-started from two encoder checkpoints:
         decoder start = [CLS], eos = [SEP], pad = [PAD]; encoder and decoder not tied. The layers the
         decoder checkpoint lacks start from what it has rather than at random (`warm_start_new_layers`):
-        each cross-attention copies its layer's self-attention, and an LM-head transform the checkpoint
-        lacks starts as the identity. Fine-tune before expecting answers."""
+        when encoder and decoder are one checkpoint, each cross-attention copies its layer's
+        self-attention; an LM-head transform the checkpoint lacks starts with its dense layer as the
+        identity. Fine-tune before expecting answers."""
         from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, EncoderDecoderModel
 
         try:
@@ -121,9 +122,11 @@ class Generator(torch.nn.Module):
                 dec_model, info = AutoModelForCausalLM.from_pretrained(decoder, config=dec_config,
                                                                        output_loading_info=True)
                 model = EncoderDecoderModel(encoder=AutoModel.from_pretrained(encoder), decoder=dec_model)
-            warm_start_new_layers(model.decoder, set(info.get("missing_keys", ())))
-        except (OSError, ValueError) as e:
-            raise RagsysError(f"could not build an encoder-decoder from {encoder!r}: {_first_line(e)}") from None
+            started = warm_start_new_layers(model.decoder, set(info.get("missing_keys", ())),
+                                            copy_cross_attention=encoder == decoder)
+        except Exception as e:  # missing folder, unknown name, corrupt weights, a model with no decoder form
+            raise RagsysError(f"could not build an encoder-decoder from encoder {encoder!r} and decoder "
+                              f"{decoder!r}: {_first_line(e)}") from None
         ids = {"decoder_start_token_id": tokenizer.cls_token_id, "pad_token_id": tokenizer.pad_token_id,
                "eos_token_id": tokenizer.sep_token_id}
         if None in ids.values():
@@ -131,14 +134,15 @@ class Generator(torch.nn.Module):
         for key, value in ids.items():
             setattr(model.config, key, value)
             setattr(model.generation_config, key, value)
-        log.info("generator: BERT2BERT from %s (cross-attention from self-attention, new LM-head transform identity)",
-                 encoder)
+        log.info("generator: BERT2BERT from %s; new layers started from the checkpoint: %s", encoder,
+                 ", ".join(started) or "none (all at random)")
         return cls(model, tokenizer, name or f"bert2bert:{encoder}")
 
     def untrained_parameters(self) -> list[torch.nn.Parameter]:
         """The parameters an encoder-decoder warm start (`EncoderDecoderModel` from two encoder
-        checkpoints) initialises at random: the decoder's cross-attention and its LM-head transform and
-        bias (the output projection itself is tied to the word embeddings). Chosen by name, so a run
+        checkpoints) adds to what the checkpoints trained: the decoder's cross-attention and its
+        LM-head transform and bias (`warm_start_new_layers` starts them from the checkpoint, not
+        trained) (the output projection itself is tied to the word embeddings). Chosen by name, so a run
         resumed from a saved generator puts the same tensors in the same optimizer group. Empty for
         other seq2seq models (T5, BART)."""
         from transformers import EncoderDecoderModel
@@ -252,8 +256,8 @@ class Generator(torch.nn.Module):
         return shifted
 
     def decode(self, sequences: Sequence[Sequence[int]]) -> list[str]:
-        texts = [self.tokenizer.decode(list(s), skip_special_tokens=True, clean_up_tokenization_spaces=True).strip()
-                 for s in sequences]
+        texts = [self.tokenizer.decode(list(s), skip_special_tokens=True,
+                                       clean_up_tokenization_spaces=self._wordpiece).strip() for s in sequences]
         return [join_wordpiece_punctuation(t) for t in texts] if self._wordpiece else texts
 
     # -- scoring ------------------------------------------------------------------------------
@@ -286,7 +290,8 @@ _JOINED = [  # WordPiece decoding puts spaces around every punctuation mark; the
     (re.compile(r"\s*([-\u2010-\u2015/])\s*"), r"\1"),  # post-war, 1981-82, and/or
     (re.compile(r"(?<=\d), (?=\d{3}\b)"), ","),  # 1,000 (not a list such as 1999, 2000)
     (re.compile(r"(?<=\d) ?([.:]) (?=\d)"), r"\1"),  # 5.5, 10:30
-    (re.compile(r"(?<=\b\w)\. (?=\w\.)"), "."),  # u.s., p.m.
+    (re.compile(r"\b(?:u\. [skn]|a\. [md]|p\. m|d\. c|b\. c|e\. u)\.", re.IGNORECASE),
+     lambda m: m.group(0).replace(". ", ".")),  # u.s., p.m., but not initials: j. s. bach stays apart
 ]
 
 
@@ -299,19 +304,24 @@ def join_wordpiece_punctuation(text: str) -> str:
     return text
 
 
-def warm_start_new_layers(decoder: torch.nn.Module, missing: set[str]) -> list[str]:
-    """Give the layers a decoder checkpoint lacks a start that already computes something useful,
-    instead of noise: each cross-attention block a copy of the same layer's self-attention (encoder
-    states and decoder states come from one model, so attending to encoder tokens like oneself is
-    what a copy of the passage needs), and a missing LM-head transform the identity (zero bias), so
-    the tied output embeddings read the decoder state directly. On the bundled MiniLM after 470 steps
-    on gold paragraphs: held-out F1 0.102 against 0.091 from random new layers, and less remembered
-    (bench/bench_warm_start.py). `missing` holds the names the checkpoint did not have (transformers'
-    loading info); returns the modules started so."""
+def warm_start_new_layers(decoder: torch.nn.Module, missing: set[str], copy_cross_attention: bool = True) -> list[str]:
+    """Start the layers a decoder checkpoint lacks from what it has, not from noise. With
+    `copy_cross_attention` (encoder and decoder are one checkpoint, so their states share a space),
+    each cross-attention block copies its own layer's self-attention. A missing LM-head transform
+    (dense, GELU, LayerNorm) gets the identity as its dense layer (zero bias; GELU and the fresh
+    LayerNorm still apply), so the tied output embeddings start close to reading the decoder state.
+    Layers the checkpoint has (a trained MLM head, say) are left alone. On the bundled MiniLM after
+    470 steps on gold paragraphs: held-out F1 0.102 against 0.091 with random new layers, one seed
+    and 200 questions, so within noise (bench/bench_warm_start.py). `missing` holds the names the
+    checkpoint did not have (transformers' loading info, with or without the base-model prefix);
+    returns the modules started so."""
+    prefix = getattr(decoder, "base_model_prefix", "")
+    missing = set(missing) | {f"{prefix}.{k}" for k in missing if prefix and not k.startswith(prefix + ".")}
     started = []
     modules = dict(decoder.named_modules())
     for name, module in modules.items():
-        if not name.endswith("crossattention") or not any(k.startswith(name + ".") for k in missing):
+        if not copy_cross_attention or not name.endswith("crossattention") or \
+                not any(k.startswith(name + ".") for k in missing):
             continue
         own = modules.get(name[: -len("crossattention")] + "attention")
         if own is not None and {k: v.shape for k, v in own.state_dict().items()} == \
@@ -330,7 +340,7 @@ def warm_start_new_layers(decoder: torch.nn.Module, missing: set[str]) -> list[s
     return started
 
 
-def _is_wordpiece(tokenizer) -> bool:
+def is_wordpiece(tokenizer) -> bool:
     """True for BERT-style tokenizers, whose pieces inside a word start with "##" and whose decode
     cannot know where the text had no spaces."""
     ids = tokenizer("ragsys probe", add_special_tokens=False)["input_ids"]
