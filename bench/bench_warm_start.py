@@ -1,22 +1,25 @@
-"""Does the generator learn to read? The bundled BERT2BERT's warm start, measured on gold paragraphs.
+"""Does the generator learn to read? The bundled BERT2BERT's warm start and copy head, on gold paragraphs.
 
 The offline default generator is an encoder-decoder warm-started from all-MiniLM-L6-v2, whose
 checkpoint has no cross-attention and no LM-head transform. This probe trains the generator alone
 (no retrieval: each question with its own paragraph) and scores held-out questions of the same
 articles twice: with their paragraph (gold) and without (closed book). What the paragraph adds over
-closed book is what the model has learned to read; the rest it remembers about the articles.
+closed book is what the model has learned to read; the rest it remembers about the articles. It
+also scores questions of dev articles it never trained on, where there is nothing to remember.
 
 Variants (the same data, steps, batch, learning rates and seed):
 - random: the layers the checkpoint lacks start at random (transformers' default for a warm start);
-- warm start (ragsys's default, `Generator.from_encoder_decoder`): cross-attention copies its layer's
-  self-attention and the missing LM-head transform starts with its dense layer as the identity.
+- warm: cross-attention copies its layer's self-attention and the missing LM-head transform starts
+  with its dense layer as the identity (`Generator.from_encoder_decoder`);
+- copy (ragsys's default, `bundled:minilm-bert2bert`): the warm start plus a copy head
+  (`CopyHead`, a pointer-generator output that can copy source tokens).
 
-    python bench/bench_warm_start.py                 # 470 steps of 8 per variant (~13 min, both at once)
+    python bench/bench_warm_start.py                 # 470 steps of 8 per variant (~25 min, all at once)
     python bench/bench_warm_start.py --steps 40 --questions 20   # a smoke run
 
 Data: five articles of the bundled SQuAD train sample (Spectre, Notre Dame, Twilight Princess,
-Antibiotics, Montana), 200 questions held out evenly (876 train). Both variants run at once, one
-thread each, so they see the same machine load.
+Antibiotics, Montana), 200 questions held out evenly (876 train); 200 questions of the bundled dev
+articles (never trained on). The variants run at once, one thread each, so they see the same load.
 Writes bench/results/warm_start.json.
 """
 
@@ -32,8 +35,9 @@ from pathlib import Path
 
 ARTICLES = ("Spectre (2015 film)", "University of Notre Dame", "The Legend of Zelda: Twilight Princess",
             "Antibiotics", "Montana")
-VARIANTS = {"random": "new layers at random (transformers' warm start)",
-            "warm": "cross-attention from self-attention, head dense identity (ragsys default)"}
+VARIANTS = {"random": "new layers at random (transformers' warm start), no copy head",
+            "warm": "cross-attention from self-attention, head dense identity, no copy head",
+            "copy": "the same warm start + copy head (ragsys default)"}
 
 
 def run_variant(variant: str, args: argparse.Namespace) -> dict:
@@ -42,7 +46,7 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict:
 
     from ragsys.cli import quiet_libraries
     from ragsys.data import load_qa
-    from ragsys.data.bundled import SQUAD_TRAIN, bundled_path
+    from ragsys.data.bundled import SQUAD_DEV, SQUAD_TRAIN, bundled_path
     from ragsys.data.corpus import Passage
     from ragsys.data.qa import sample_evenly
     from ragsys.evaluation.metrics import exact_match, f1_score
@@ -57,8 +61,11 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict:
     held = sample_evenly(qa, args.questions)
     held_ids = {e.id for e in held}
     train = [e for e in qa if e.id not in held_ids]
+    unseen = sample_evenly(load_qa(bundled_path(SQUAD_DEV)), args.questions)
 
     gen = Generator.from_pretrained(BUNDLED_GENERATOR, max_source_length=args.max_source_length)
+    if variant != "copy":
+        gen.copy_head = None
     if variant == "random":  # undo the warm start: the new layers as transformers initialises them
         std = gen.model.decoder.config.initializer_range
         for name, module in gen.model.decoder.named_modules():
@@ -108,18 +115,21 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict:
     gen.model.eval()
     row = {"variant": variant, "steps": step, "train_s": round(train_s), "final_loss": round(sum(losses[-50:]) /
                                                                                           len(losses[-50:]), 3)}
-    for name, gold in (("gold", True), ("closed book", False)):
-        predictions = []
-        for i in range(0, len(held), 25):
-            batch = held[i : i + 25]
-            inputs = gen.build_inputs([e.question for e in batch], [passage(e, gold) for e in batch])
-            with torch.no_grad(), autocast:
-                out = gen.model.generate(**inputs, max_new_tokens=20, num_beams=1, do_sample=False)
-            predictions += gen.decode(out.tolist())
-        row[f"{name} F1"] = round(sum(f1_score(p, e.answers) for p, e in zip(predictions, held)) / len(held), 3)
-        row[f"{name} EM"] = round(sum(exact_match(p, e.answers) for p, e in zip(predictions, held)) / len(held), 3)
-        row[f"{name} distinct answers"] = len(set(predictions))
-    row["gold - closed book F1"] = round(row["gold F1"] - row["closed book F1"], 3)
+    for prefix, questions in (("", held), ("unseen ", unseen)):
+        for name, gold in (("gold", True), ("closed book", False)):
+            predictions = []
+            for i in range(0, len(questions), 25):
+                batch = questions[i : i + 25]
+                inputs = gen.build_inputs([e.question for e in batch], [passage(e, gold) for e in batch])
+                with torch.no_grad(), autocast:
+                    predictions += gen.decode(gen.generate(inputs, max_new_tokens=20))
+            key = prefix + name
+            row[f"{key} F1"] = round(sum(f1_score(p, e.answers) for p, e in zip(predictions, questions))
+                                     / len(questions), 3)
+            row[f"{key} EM"] = round(sum(exact_match(p, e.answers) for p, e in zip(predictions, questions))
+                                     / len(questions), 3)
+            row[f"{key} distinct answers"] = len(set(predictions))
+        row[f"{prefix}gold - closed book F1"] = round(row[f"{prefix}gold F1"] - row[f"{prefix}closed book F1"], 3)
     return row
 
 
@@ -144,10 +154,11 @@ def main() -> None:
     machine = platform.processor() or platform.machine()
     print(f"\nmachine: {machine}, one thread per variant, torch {torch.__version__}; "
           f"{args.steps} steps of {args.batch_size}, lr {args.learning_rate:g} (new layers x{args.new_params_x:g}), "
-          f"{args.questions} held-out questions of the same 5 articles, greedy\n")
-    cols = ["gold F1", "closed book F1", "gold - closed book F1", "gold EM", "closed book EM", "gold distinct answers",
-            "final_loss"]
-    print("| new layers | " + " | ".join(cols) + " |\n|---|" + "---|" * len(cols))
+          f"{args.questions} held-out questions of the same 5 articles and {args.questions} of unseen dev "
+          "articles, greedy\n")
+    cols = ["gold F1", "closed book F1", "gold - closed book F1", "gold EM", "unseen gold F1", "unseen closed book F1",
+            "unseen gold - closed book F1", "unseen gold EM", "gold distinct answers", "final_loss"]
+    print("| generator | " + " | ".join(cols) + " |\n|---|" + "---|" * len(cols))
     for row in rows:
         print(f"| {VARIANTS[row['variant']]} | " + " | ".join(str(row[c]) for c in cols) + " |")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

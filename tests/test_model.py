@@ -352,7 +352,7 @@ def test_bundled_bert2bert_saves_and_loads(tmp_path):
     assert gen.decoder_start_token_id == tok.cls_token_id and gen.eos_token_id == tok.sep_token_id
     gen.save_pretrained(tmp_path / "gen")
     again = Generator.from_pretrained(str(tmp_path / "gen"))
-    assert again.name == "bundled:minilm-bert2bert"
+    assert again.name == "bundled:minilm-bert2bert" and again.copy_head is not None
     passages = [[Passage("p", "Super Bowl 50", "The Denver Broncos won Super Bowl 50.")]]
     batch = gen.build_inputs(QUESTIONS[:1], passages)
     labels = gen.tokenize_targets(ANSWERS[:1])
@@ -414,3 +414,123 @@ def test_warm_start_keeps_a_head_the_decoder_checkpoint_has(tiny_bert_dir, tmp_p
     assert not torch.equal(head, torch.eye(head.shape[0]))
     layer = gen.model.decoder.bert.encoder.layer[0]
     assert not torch.equal(layer.crossattention.self.query.weight, layer.attention.self.query.weight)
+
+
+# -- copy head (pointer-generator) ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def copier(tiny_bert_dir) -> Generator:
+    torch.manual_seed(0)
+    gen = Generator.from_encoder_decoder(str(tiny_bert_dir), str(tiny_bert_dir), copy=True)
+    with torch.no_grad():  # a trained-looking head, not the identity start, so the tests see its weights
+        for p in gen.copy_head.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return gen
+
+
+def _copy_batch(gen: Generator) -> tuple[dict, torch.Tensor]:
+    passages = [[Passage("p1", "Super Bowl 50", "The Denver Broncos won Super Bowl 50.")],
+                [Passage("p2", "Super Bowl 50", "It was played at Levi's Stadium in Santa Clara.")]]
+    return gen.build_inputs(QUESTIONS, passages), gen.tokenize_targets(ANSWERS)
+
+
+def test_copy_head_mixes_a_vocabulary_and_a_copy_distribution(copier):
+    """Each step is a distribution over the vocabulary; with the gate shut it puts all its mass on
+    the source's own tokens (never on padding or special tokens), with the gate open it is the
+    decoder's softmax."""
+    inputs, labels = _copy_batch(copier)
+    encoded = copier.encode(inputs["input_ids"], inputs["attention_mask"])
+    dec = copier.decoder_inputs(labels)
+    gate_bias = copier.copy_head.gate.bias.detach().clone()
+    try:
+        with torch.no_grad():
+            for bias in (-50.0, 50.0):
+                copier.copy_head.gate.bias.fill_(bias)
+                steps = [copier.decoder_step(encoded, inputs["attention_mask"], dec[:, : t + 1],
+                                             input_ids=inputs["input_ids"])[0] for t in range(dec.shape[1])]
+                probs = torch.stack(steps, 1).exp()
+                assert torch.allclose(probs.sum(-1), torch.ones(probs.shape[:2]), atol=1e-4)
+                if bias < 0:
+                    for row, ids in enumerate(inputs["input_ids"]):
+                        mask = inputs["attention_mask"][row].bool()
+                        allowed = set(ids[mask].tolist()) - set(copier.tokenizer.all_special_ids)
+                        outside = [v for v in range(probs.shape[-1]) if v not in allowed]
+                        assert probs[row][:, outside].sum(-1).max() < 1e-6
+                else:
+                    logits = copier.model(encoder_outputs=encoded, attention_mask=inputs["attention_mask"],
+                                          decoder_input_ids=dec).logits
+                    assert torch.allclose(probs, torch.softmax(logits, -1), atol=1e-5)
+    finally:
+        with torch.no_grad():
+            copier.copy_head.gate.bias.copy_(gate_bias)
+
+
+def test_copy_head_cached_decoding_matches_teacher_forcing_and_trains(copier):
+    """decoder_step with its cache gives the log-probs forward gives; gradient reaches the head;
+    its parameters count as new (the larger learning rate)."""
+    inputs, labels = _copy_batch(copier)
+    gold = copier(inputs["input_ids"], inputs["attention_mask"], labels)
+    encoded = copier.encode(inputs["input_ids"], inputs["attention_mask"])
+    with torch.no_grad():
+        assert torch.allclose(copier(inputs["input_ids"], inputs["attention_mask"], labels, encoder_outputs=encoded),
+                              gold, atol=1e-5)
+        dec, past, steps = copier.decoder_inputs(labels), None, []
+        for t in range(dec.shape[1]):
+            logprobs, past = copier.decoder_step(encoded, inputs["attention_mask"],
+                                                 dec[:, : t + 1] if past is None else dec[:, t : t + 1], past,
+                                                 input_ids=inputs["input_ids"])
+            steps.append(logprobs)
+        cached = torch.stack(steps, 1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        assert torch.allclose(cached.masked_fill(labels == -100, 0.0), gold, atol=1e-4)
+    gold.sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in copier.copy_head.parameters())
+    copier.zero_grad()
+    new = {id(p) for p in copier.untrained_parameters()}
+    assert all(id(p) in new for p in copier.copy_head.parameters())
+    with pytest.raises(RagsysError, match="input_ids"):
+        copier(None, inputs["attention_mask"], labels, encoder_outputs=encoded)
+
+
+@pytest.mark.parametrize("mode", ["token", "sequence"])
+def test_copy_head_decoding_is_greedy_on_its_own_distribution(index, tiny_bert_dir, copier, mode):
+    """With k=1 both RAG decoders give the greedy sequence of the copy-mixed distribution,
+    recomputed here from the whole prefix without a cache."""
+    rag = make_rag(index, tiny_bert_dir, copier, n_docs=1, mode=mode)
+    with torch.no_grad():
+        ctx = rag.retrieve(QUESTIONS)
+        inputs = copier.build_inputs(QUESTIONS, ctx.passages)
+        got = rag._generate_ids(QUESTIONS, ctx, 1, 6)
+        for b in range(len(QUESTIONS)):
+            row = {name: t[b : b + 1] for name, t in inputs.items()}
+            prefix: list[int] = []
+            while len(prefix) < 6:
+                labels = torch.tensor([prefix + [copier.pad_token_id]])  # the last label is never looked at
+                encoded = copier.encode(row["input_ids"], row["attention_mask"])
+                step = copier.decoder_step(encoded, row["attention_mask"],
+                                           copier.decoder_inputs(labels), input_ids=row["input_ids"])[0]
+                prefix.append(int(step.argmax()))
+                if prefix[-1] == copier.eos_token_id:
+                    break
+            assert _cut(got[b], copier.eos_token_id) == prefix
+        assert [_cut(ids, copier.eos_token_id) for ids in copier.generate(inputs, max_new_tokens=6)] == \
+            [_cut(ids, copier.eos_token_id) for ids in got]
+        assert rag.generate(QUESTIONS, num_beams=2, max_new_tokens=4) and len(rag.generate(QUESTIONS)) == 2
+
+
+def _cut(ids: list[int], eos: int) -> list[int]:
+    return ids[: ids.index(eos) + 1] if eos in ids else ids
+
+
+def test_copy_head_saves_loads_and_a_truncated_head_fails_clearly(copier, tmp_path):
+    inputs, labels = _copy_batch(copier)
+    copier.save_pretrained(tmp_path / "gen")
+    again = Generator.from_pretrained(str(tmp_path / "gen"))
+    assert again.copy_head is not None
+    with torch.no_grad():
+        assert torch.equal(copier(inputs["input_ids"], inputs["attention_mask"], labels),
+                           again(inputs["input_ids"], inputs["attention_mask"], labels))
+    head = tmp_path / "gen" / "copy_head.safetensors"
+    head.write_bytes(head.read_bytes()[:100])
+    with pytest.raises(RagsysError, match="copy_head.safetensors"):
+        Generator.from_pretrained(str(tmp_path / "gen"))

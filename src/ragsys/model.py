@@ -357,13 +357,20 @@ class RAG(torch.nn.Module):
         gen = self.generator
         batch_size, k = doc_logprobs.shape
         encoded = gen.encode(inputs["input_ids"], inputs["attention_mask"])  # once, for generating and re-scoring
-        out = gen.model.generate(encoder_outputs=encoded, attention_mask=inputs["attention_mask"],
-                                 num_beams=num_beams, num_return_sequences=num_beams,
-                                 max_new_tokens=max_new_tokens, do_sample=False)
+        if gen.copy_head is None:
+            out = gen.model.generate(encoder_outputs=encoded, attention_mask=inputs["attention_mask"],
+                                     num_beams=num_beams, num_return_sequences=num_beams,
+                                     max_new_tokens=max_new_tokens, do_sample=False)
+            candidates, per_row = out[:, 1:].tolist(), k * num_beams  # drop the decoder start token
+        else:  # transformers' generate knows nothing of the copy head: the best beam of each passage
+            rows = batch_size * k
+            candidates = _token_beam_search(gen, inputs, torch.zeros(rows, 1, device=gen.device), num_beams,
+                                            max_new_tokens, encoded=encoded)
+            per_row = k
         per_question: list[list[tuple[int, ...]]] = [[] for _ in range(batch_size)]
-        for i, row in enumerate(out[:, 1:].tolist()):  # drop the decoder start token
+        for i, row in enumerate(candidates):
             cand = tuple(_cut_at_eos(row, gen.eos_token_id))
-            bucket = per_question[i // (k * num_beams)]
+            bucket = per_question[i // per_row]
             if cand not in bucket:
                 bucket.append(cand)
         # a question whose passages all gave the same candidate needs no re-scoring
@@ -375,7 +382,8 @@ class RAG(torch.nn.Module):
             rows = torch.tensor([b * k + z for b, _ in chunk for z in range(k)], device=gen.device)
             labels = gen.pad_labels([c for _, c in chunk for _ in range(k)]).to(gen.device)
             hidden = BaseModelOutput(last_hidden_state=encoded.last_hidden_state.index_select(0, rows))
-            seq = gen(None, inputs["attention_mask"].index_select(0, rows), labels, encoder_outputs=hidden)
+            seq = gen(inputs["input_ids"].index_select(0, rows), inputs["attention_mask"].index_select(0, rows),
+                      labels, encoder_outputs=hidden)
             seq = seq.sum(-1).view(len(chunk), k)
             owners = torch.tensor([b for b, _ in chunk], device=gen.device)
             scores[start : start + len(chunk)] = torch.logsumexp(doc_logprobs[owners] + seq, dim=1)
@@ -451,16 +459,18 @@ class RAG(torch.nn.Module):
 
 
 def _token_beam_search(gen: Generator, inputs: dict, doc_logprobs: torch.Tensor, num_beams: int,
-                       max_new_tokens: int, length_penalty: float = 1.0) -> list[list[int]]:
+                       max_new_tokens: int, length_penalty: float = 1.0, encoded=None) -> list[list[int]]:
     """Beam search (greedy when num_beams=1) on the RAG-Token marginal
-    log Σ_z p(z|x) p(y_t|x,z,y<t): the encoder runs once, the decoder once per step for every
-    (question, beam, passage) row, reusing its key/value cache."""
+    log Σ_z p(z|x) p(y_t|x,z,y<t): the encoder runs once (or not at all, given `encoded`), the
+    decoder once per step for every (question, beam, passage) row, reusing its key/value cache."""
     batch_size, k = doc_logprobs.shape
     nb, eos, pad = num_beams, gen.eos_token_id, gen.pad_token_id
-    encoded = gen.encode(inputs["input_ids"], inputs["attention_mask"])
+    if encoded is None:
+        encoded = gen.encode(inputs["input_ids"], inputs["attention_mask"])
     expand = torch.arange(batch_size * k, device=gen.device).view(batch_size, 1, k).expand(-1, nb, -1).reshape(-1)
     hidden = BaseModelOutput(last_hidden_state=encoded.last_hidden_state.index_select(0, expand))
     attention = inputs["attention_mask"].index_select(0, expand)
+    source_ids = inputs["input_ids"].index_select(0, expand)
     prior = doc_logprobs.view(batch_size, 1, k, 1)
 
     seqs = torch.full((batch_size, nb, 1), gen.decoder_start_token_id, dtype=torch.long, device=gen.device)
@@ -471,7 +481,8 @@ def _token_beam_search(gen: Generator, inputs: dict, doc_logprobs: torch.Tensor,
     past = None
     for step in range(max_new_tokens):
         rows = seqs.unsqueeze(2).expand(-1, -1, k, -1).reshape(batch_size * nb * k, -1)
-        logprobs, past = gen.decoder_step(hidden, attention, rows if past is None else rows[:, -1:], past)
+        logprobs, past = gen.decoder_step(hidden, attention, rows if past is None else rows[:, -1:], past,
+                                          input_ids=source_ids)
         vocab = logprobs.shape[-1]
         marginal = torch.logsumexp(logprobs.view(batch_size, nb, k, vocab) + prior, dim=2)  # [B, nb, V]
         top_scores, top_ids = (beam_scores.unsqueeze(-1) + marginal).view(batch_size, -1).topk(2 * nb, dim=1)

