@@ -466,6 +466,40 @@ def test_copy_head_mixes_a_vocabulary_and_a_copy_distribution(copier):
             copier.copy_head.gate.bias.copy_(gate_bias)
 
 
+def test_copy_head_mixture_by_hand(copier):
+    """At the trained-looking gate, each step is g softmax(logits) + (1 - g) Σ_s attention_s 1[y = x_s],
+    computed here from the head's own layers; a row whose source holds nothing copyable is the
+    decoder's softmax alone."""
+    inputs, labels = _copy_batch(copier)
+    head = copier.copy_head
+    with torch.no_grad():
+        encoded = copier.encode(inputs["input_ids"], inputs["attention_mask"])
+        dec = copier.decoder_inputs(labels)
+        out = copier.model(encoder_outputs=encoded, attention_mask=inputs["attention_mask"], decoder_input_ids=dec,
+                           output_hidden_states=True)
+        states, source = out.decoder_hidden_states[-1], inputs["input_ids"]
+        scores = head.query(states) @ head.key(encoded.last_hidden_state).transpose(1, 2) / head.hidden_size**0.5
+        ok = inputs["attention_mask"].bool() & ~torch.isin(source, torch.tensor(copier.tokenizer.all_special_ids))
+        attention = torch.softmax(scores.masked_fill(~ok[:, None, :], -1e30), -1)
+        gate = torch.sigmoid(head.gate(states))
+        expected = gate * torch.softmax(out.logits, -1)
+        for n in range(source.shape[0]):
+            for pos in range(source.shape[1]):
+                expected[n, :, source[n, pos]] += (1 - gate[n, :, 0]) * attention[n, :, pos]
+        steps = [copier.decoder_step(encoded, inputs["attention_mask"], dec[:, : t + 1], input_ids=source)[0]
+                 for t in range(dec.shape[1])]
+        assert torch.allclose(torch.stack(steps, 1).exp(), expected, atol=1e-5)
+        gold = copier(source, inputs["attention_mask"], labels)
+        want = expected.log().gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1).masked_fill(labels == -100, 0)
+        assert torch.allclose(gold, want, atol=1e-4)
+        # nothing to copy: only special tokens in the source
+        bare = {"input_ids": source[:, :1], "attention_mask": inputs["attention_mask"][:, :1]}
+        enc1 = copier.encode(bare["input_ids"], bare["attention_mask"])
+        step = copier.decoder_step(enc1, bare["attention_mask"], dec[:, :1], input_ids=bare["input_ids"])[0]
+        plain = copier.model(encoder_outputs=enc1, attention_mask=bare["attention_mask"], decoder_input_ids=dec[:, :1])
+        assert torch.allclose(step.exp(), torch.softmax(plain.logits[:, -1], -1), atol=1e-5)
+
+
 def test_copy_head_cached_decoding_matches_teacher_forcing_and_trains(copier):
     """decoder_step with its cache gives the log-probs forward gives; gradient reaches the head;
     its parameters count as new (the larger learning rate)."""
@@ -515,7 +549,6 @@ def test_copy_head_decoding_is_greedy_on_its_own_distribution(index, tiny_bert_d
             assert _cut(got[b], copier.eos_token_id) == prefix
         assert [_cut(ids, copier.eos_token_id) for ids in copier.generate(inputs, max_new_tokens=6)] == \
             [_cut(ids, copier.eos_token_id) for ids in got]
-        assert rag.generate(QUESTIONS, num_beams=2, max_new_tokens=4) and len(rag.generate(QUESTIONS)) == 2
 
 
 def _cut(ids: list[int], eos: int) -> list[int]:
@@ -534,3 +567,35 @@ def test_copy_head_saves_loads_and_a_truncated_head_fails_clearly(copier, tmp_pa
     head.write_bytes(head.read_bytes()[:100])
     with pytest.raises(RagsysError, match="copy_head.safetensors"):
         Generator.from_pretrained(str(tmp_path / "gen"))
+
+
+def test_copy_head_beam_search_with_passages_matches_recomputing_every_step(index, tiny_bert_dir, copier,
+                                                                           monkeypatch):
+    """k=2, 2 beams: the cached search (beams reorder the cache, the copy keys stay per passage)
+    gives what recomputing every step from the whole prefix gives."""
+    rag = make_rag(index, tiny_bert_dir, copier, n_docs=2, mode="token")
+    with torch.no_grad():
+        ctx = rag.retrieve(QUESTIONS)
+        cached = rag._generate_ids(QUESTIONS, ctx, 2, 6)
+        step = copier.decoder_step
+        monkeypatch.setattr(copier, "decoder_step", lambda enc, att, tokens, past=None, **kw:
+                            (step(enc, att, tokens, None, **kw)[0], None))  # no cache: full prefix every step
+        assert rag._generate_ids(QUESTIONS, ctx, 2, 6) == cached
+
+
+def test_copy_head_rag_sequence_picks_the_best_marginal_candidate(index, tiny_bert_dir, copier):
+    rag = make_rag(index, tiny_bert_dir, copier, n_docs=3, mode="sequence")
+    with torch.no_grad():
+        ctx = rag.retrieve(QUESTIONS)
+        inputs = copier.build_inputs(QUESTIONS, ctx.passages)
+        got = rag._generate_ids(QUESTIONS, ctx, 1, 5)
+        candidates = [_cut(ids, copier.eos_token_id) for ids in copier.generate(inputs, max_new_tokens=5)]
+        assert any(len({tuple(c) for c in candidates[3 * b : 3 * b + 3]}) > 1 for b in range(len(QUESTIONS)))
+        for b in range(len(QUESTIONS)):
+            rows = slice(3 * b, 3 * b + 3)
+            scores = {}
+            for cand in candidates[rows]:
+                labels = torch.tensor([cand] * 3)
+                seq = copier(inputs["input_ids"][rows], inputs["attention_mask"][rows], labels).sum(-1)
+                scores[tuple(cand)] = torch.logsumexp(ctx.doc_logprobs[b] + seq, dim=0).item()
+            assert tuple(got[b]) == max(scores, key=scores.get)

@@ -333,7 +333,8 @@ class RAG(torch.nn.Module):
                  doc_scores: torch.Tensor | None = None) -> list[str]:
         """One answer per question, decoded the way `config.mode` models p(y|x): RAG-Token by beam
         search (greedy at num_beams=1) on the per-token marginal; RAG-Sequence by `num_beams` candidates
-        from each passage, each re-scored over all k passages. `passages`/`doc_scores` as in `forward`."""
+        from each passage (a generator with a copy head: the best beam of each passage), each re-scored
+        over all k passages. `passages`/`doc_scores` as in `forward`."""
         if num_beams < 1 or max_new_tokens < 1:
             raise RagsysError(f"num_beams and max_new_tokens must be >= 1 (got {num_beams}, {max_new_tokens})")
         questions = _as_list(questions)
@@ -471,6 +472,8 @@ def _token_beam_search(gen: Generator, inputs: dict, doc_logprobs: torch.Tensor,
     hidden = BaseModelOutput(last_hidden_state=encoded.last_hidden_state.index_select(0, expand))
     attention = inputs["attention_mask"].index_select(0, expand)
     source_ids = inputs["input_ids"].index_select(0, expand)
+    copy_keys = gen.copy_keys(encoded)  # once per passage row, like the encoder
+    copy_keys = None if copy_keys is None else copy_keys.index_select(0, expand)
     prior = doc_logprobs.view(batch_size, 1, k, 1)
 
     seqs = torch.full((batch_size, nb, 1), gen.decoder_start_token_id, dtype=torch.long, device=gen.device)
@@ -482,7 +485,7 @@ def _token_beam_search(gen: Generator, inputs: dict, doc_logprobs: torch.Tensor,
     for step in range(max_new_tokens):
         rows = seqs.unsqueeze(2).expand(-1, -1, k, -1).reshape(batch_size * nb * k, -1)
         logprobs, past = gen.decoder_step(hidden, attention, rows if past is None else rows[:, -1:], past,
-                                          input_ids=source_ids)
+                                          input_ids=source_ids, copy_keys=copy_keys)
         vocab = logprobs.shape[-1]
         marginal = torch.logsumexp(logprobs.view(batch_size, nb, k, vocab) + prior, dim=2)  # [B, nb, V]
         top_scores, top_ids = (beam_scores.unsqueeze(-1) + marginal).view(batch_size, -1).topk(2 * nb, dim=1)

@@ -12,6 +12,11 @@ are tokenised once and cached by passage id; a question is tokenised once per ca
 of its passages' cached ids, with the tokenizer's own special tokens around the pair (`… </s>` for T5,
 `[CLS] … [SEP]` for BERT-style tokenizers).
 
+The offline default, `bundled:minilm-bert2bert`, has a copy head (`CopyHead`): its output mixes the
+vocabulary softmax with a copy distribution over the source tokens, so it can answer with words of
+the passage before its fresh cross-attention has learnt to read. Any generator can have one
+(`Generator(model, tokenizer, copy_head=CopyHead(d_model))`); it is saved as `copy_head.safetensors`.
+
 The generator never knows where passages came from: it takes anything with `id`, `title`, `text`.
 """
 
@@ -56,41 +61,68 @@ class CopyHead(torch.nn.Module):
     """A pointer-generator output (See et al. 2017): p(y_t) = g p_vocab(y_t) + (1 - g) p_copy(y_t),
     where p_copy puts the weight of one attention head, from the decoder's last state over the
     encoder's last states, on the source tokens, and the gate g is learnt from the decoder state.
+    A row with nothing to copy (no source token but padding and special tokens) takes g = 1.
 
     A warm-started BERT2BERT has to learn reading through fresh cross-attention, which a few hundred
-    CPU steps do not teach it: its answers come from the question alone (F1 0.023 with the gold
-    paragraph against 0.018 without, on articles it never saw). With this head, same budget, it
-    copies from the paragraph: F1 0.334 against 0.052. Query and key start as the identity (copy the
-    source token most like the decoder state), the gate at g = sigmoid(-1) (mostly copying)."""
+    CPU steps do not teach it: it answers from the question alone. With this head it learns to copy
+    the answer from the passage in the same budget (`bench/bench_warm_start.py`). Query and key start
+    as the identity when encoder and decoder states have one size (copy the source token most like
+    the decoder state), the gate at g = sigmoid(-1) (mostly copying)."""
 
-    def __init__(self, hidden_size: int) -> None:
+    def __init__(self, hidden_size: int, encoder_hidden_size: int | None = None) -> None:
         super().__init__()
+        encoder_hidden_size = encoder_hidden_size or hidden_size
         self.hidden_size = hidden_size
         self.query = torch.nn.Linear(hidden_size, hidden_size)
-        self.key = torch.nn.Linear(hidden_size, hidden_size)
+        self.key = torch.nn.Linear(encoder_hidden_size, hidden_size)
         self.gate = torch.nn.Linear(hidden_size, 1)
         with torch.no_grad():
             for layer in (self.query, self.key):
-                layer.weight.copy_(torch.eye(hidden_size))
-                layer.bias.zero_()
+                if layer.in_features == layer.out_features:
+                    layer.weight.copy_(torch.eye(hidden_size))
+                    layer.bias.zero_()
             self.gate.weight.zero_()
             self.gate.bias.fill_(-1.0)
 
-    def forward(self, logits: torch.Tensor, decoder_states: torch.Tensor, encoder_states: torch.Tensor,
+    def keys(self, encoder_states: torch.Tensor) -> torch.Tensor:
+        """The attention keys [N, S, H] of the encoder's last states, once per encoding."""
+        with torch.autocast(device_type=encoder_states.device.type, enabled=False):
+            return self.key(encoder_states.to(self.key.weight.dtype)).float()
+
+    def _attention(self, decoder_states: torch.Tensor, keys: torch.Tensor, copyable: torch.Tensor):
+        """(copy attention [N, T, S], gate logit [N, T, 1], whether each row can copy [N, 1, 1])."""
+        dec = decoder_states.to(self.query.weight.dtype)
+        scores = torch.einsum("nth,nsh->nts", self.query(dec).float(), keys) / self.hidden_size**0.5
+        attention = torch.softmax(scores.masked_fill(~copyable[:, None, :], torch.finfo(scores.dtype).min), -1)
+        return attention, self.gate(dec).float(), copyable.any(-1)[:, None, None]
+
+    def forward(self, logits: torch.Tensor, decoder_states: torch.Tensor, keys: torch.Tensor,
                 source_ids: torch.Tensor, copyable: torch.Tensor) -> torch.Tensor:
-        """log p(y_t) [N, T, V] in float32 from the decoder's `logits` [N, T, V] and last states
-        [N, T, H], the encoder's last states [N, S, H], the source token ids [N, S] and which source
-        positions may be copied [N, S] (not padding, not special tokens)."""
+        """log p(y_t) over the vocabulary, [N, T, V] in float32, from the decoder's `logits` [N, T, V]
+        and last states [N, T, H], the `keys` of the encoder states [N, S, H], the source token ids
+        [N, S] and which source positions may be copied [N, S] (not padding, not special tokens)."""
         with torch.autocast(device_type=logits.device.type, enabled=False):
-            dec, enc = decoder_states.float(), encoder_states.float()
-            scores = torch.einsum("nth,nsh->nts", self.query(dec), self.key(enc)) / self.hidden_size**0.5
-            attention = torch.softmax(scores.masked_fill(~copyable[:, None, :], torch.finfo(scores.dtype).min), -1)
-            attention = attention * copyable[:, None, :]  # a row with nothing to copy gives p_copy = 0
+            attention, gate_logit, can_copy = self._attention(decoder_states, keys, copyable)
             p_copy = torch.zeros(logits.shape, dtype=torch.float32, device=logits.device)
             p_copy.scatter_add_(-1, source_ids[:, None, :].expand(-1, logits.shape[1], -1), attention)
-            gate = torch.sigmoid(self.gate(dec))
+            gate = torch.where(can_copy, torch.sigmoid(gate_logit), 1.0)
             p = gate * torch.softmax(logits.float(), dim=-1) + (1 - gate) * p_copy
             return torch.log(p.clamp_min(torch.finfo(p.dtype).tiny))
+
+    def gold(self, logits: torch.Tensor, decoder_states: torch.Tensor, keys: torch.Tensor,
+             source_ids: torch.Tensor, copyable: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """log p(labels_t) [N, T] in float32, as `forward` but for the gold tokens only and in log
+        space: training never holds more than one [N, T, V] tensor (the vocabulary's log-softmax)."""
+        with torch.autocast(device_type=logits.device.type, enabled=False):
+            attention, gate_logit, can_copy = self._attention(decoder_states, keys, copyable)
+            vocab = torch.log_softmax(logits.float(), dim=-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+            p_copy = (attention * (source_ids[:, None, :] == labels[:, :, None])).sum(-1)
+            log_copy = torch.where(p_copy > 0, p_copy.clamp_min(torch.finfo(p_copy.dtype).tiny).log(),
+                                   float("-inf"))
+            can_copy = can_copy.squeeze(-1)
+            log_gate = torch.where(can_copy, torch.nn.functional.logsigmoid(gate_logit.squeeze(-1)), 0.0)
+            log_rest = torch.where(can_copy, torch.nn.functional.logsigmoid(-gate_logit.squeeze(-1)), float("-inf"))
+            return torch.logaddexp(log_gate + vocab, log_rest + log_copy)
 
 
 class Generator(torch.nn.Module):
@@ -112,7 +144,8 @@ class Generator(torch.nn.Module):
         self._prefix, self._suffix = _special_affixes(tokenizer)
         self._wordpiece = is_wordpiece(tokenizer)
         self._passage_cache: dict[str, list[int]] = {}
-        self._special_ids = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
+        self.register_buffer("_special_ids", torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long),
+                             persistent=False)
         if self.pad_token_id is None or self.decoder_start_token_id is None or self.eos_token_id is None:
             raise RagsysError(
                 f"generator {name!r} needs pad, eos and decoder-start token ids in its config "
@@ -140,7 +173,7 @@ class Generator(torch.nn.Module):
                 model = AutoModelForSeq2SeqLM.from_pretrained(name_or_path)
             except Exception as e:  # missing folder, unknown name, truncated or corrupt weights
                 raise RagsysError(f"could not load generator {name_or_path!r}: {_first_line(e)}") from None
-            copy_head = _load_copy_head(Path(name_or_path), model) if saved.get("copy_head") else None
+            copy_head = _load_copy_head(Path(name_or_path)) if saved.get("copy_head") else None
             gen = cls(model, tokenizer, saved.get("name", name_or_path),
                       saved.get("max_source_length", 256), saved.get("max_target_length", 32), copy_head)
         gen.model.eval()
@@ -183,7 +216,7 @@ class Generator(torch.nn.Module):
             setattr(model.generation_config, key, value)
         log.info("generator: BERT2BERT from %s; new layers started from the checkpoint: %s", encoder,
                  ", ".join(started) or "none (all at random)")
-        copy_head = CopyHead(model.config.decoder.hidden_size) if copy else None
+        copy_head = CopyHead(model.config.decoder.hidden_size, model.config.encoder.hidden_size) if copy else None
         return cls(model, tokenizer, name or f"bert2bert:{encoder}", copy_head=copy_head)
 
     def untrained_parameters(self) -> list[torch.nn.Parameter]:
@@ -332,45 +365,57 @@ class Generator(torch.nn.Module):
                          attention_mask=attention_mask, encoder_outputs=encoder_outputs,
                          decoder_input_ids=self.decoder_inputs(labels), use_cache=False, return_dict=True,
                          output_hidden_states=self.copy_head is not None)
-        logprobs = self._logprobs(out, encoder_outputs, input_ids, attention_mask)
         mask = labels != IGNORE_INDEX
-        gold = logprobs.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        gold_ids = labels.clamp(min=0)
+        if self.copy_head is None:
+            gold = torch.log_softmax(out.logits.float(), dim=-1).gather(-1, gold_ids.unsqueeze(-1)).squeeze(-1)
+        else:
+            keys, copyable = self._copy_inputs(encoder_outputs, input_ids, attention_mask)
+            gold = self.copy_head.gold(out.logits, out.decoder_hidden_states[-1], keys, input_ids, copyable, gold_ids)
         return gold.masked_fill(~mask, 0.0)
-
-    def decoder_step(self, encoder_outputs, attention_mask: torch.Tensor, tokens: torch.Tensor, past=None,
-                     input_ids: torch.Tensor | None = None):
-        """One decoding step: (log-probs of the next token [N, V] in float32, the updated cache).
-        `tokens` is [N, 1] (the last token) when `past` is given, else the whole prefix [N, S].
-        A generator with a copy head needs the source `input_ids` [N, S]."""
-        out = self.model(encoder_outputs=encoder_outputs, attention_mask=attention_mask, decoder_input_ids=tokens,
-                         past_key_values=past, use_cache=True, return_dict=True,
-                         output_hidden_states=self.copy_head is not None)
-        return self._logprobs(out, encoder_outputs, input_ids, attention_mask, last=True), out.past_key_values
 
     @torch.no_grad()
     def generate(self, inputs: dict, num_beams: int = 1, max_new_tokens: int = 32) -> list[list[int]]:
         """Token ids of the best beam (greedy at num_beams=1) for each row of `inputs` (from
         `build_inputs`), read on its own and ending in eos unless `max_new_tokens` cut it; the copy
-        head takes part. `decode` turns them into text."""
-        from ragsys.model import _token_beam_search
+        head takes part. `decode` turns them into text. Runs in eval mode (no dropout)."""
+        from ragsys.model import _eval_mode, _token_beam_search
 
         rows = inputs["input_ids"].shape[0]
         inputs = {name: t.to(self.device) for name, t in inputs.items()}
-        return _token_beam_search(self, inputs, torch.zeros(rows, 1, device=self.device), num_beams, max_new_tokens)
+        with _eval_mode(self):
+            return _token_beam_search(self, inputs, torch.zeros(rows, 1, device=self.device), num_beams,
+                                      max_new_tokens)
 
-    def _logprobs(self, out, encoder_outputs, input_ids: torch.Tensor | None, attention_mask: torch.Tensor,
-                  last: bool = False) -> torch.Tensor:
-        logits = out.logits[:, -1:] if last else out.logits
+    def copy_keys(self, encoder_outputs) -> torch.Tensor | None:
+        """The copy head's keys of `encoder_outputs` (None without a copy head): compute them once per
+        encoding and give them to every `decoder_step`."""
+        return None if self.copy_head is None else self.copy_head.keys(encoder_outputs.last_hidden_state)
+
+    def decoder_step(self, encoder_outputs, attention_mask: torch.Tensor, tokens: torch.Tensor, past=None,
+                     input_ids: torch.Tensor | None = None, copy_keys: torch.Tensor | None = None):
+        """One decoding step: (log-probs of the next token [N, V] in float32, the updated cache).
+        `tokens` is [N, 1] (the last token) when `past` is given, else the whole prefix [N, S].
+        A generator with a copy head needs the source `input_ids` [N, S], and takes `copy_keys`
+        (from `copy_keys`, for the same rows) to skip recomputing them."""
+        out = self.model(encoder_outputs=encoder_outputs, attention_mask=attention_mask, decoder_input_ids=tokens,
+                         past_key_values=past, use_cache=True, return_dict=True,
+                         output_hidden_states=self.copy_head is not None)
+        logits = out.logits[:, -1:]
         if self.copy_head is None:
-            logprobs = torch.log_softmax(logits.float(), dim=-1)
-        else:
-            if input_ids is None:
-                raise RagsysError("a generator with a copy head needs the source input_ids")
-            decoder_states = out.decoder_hidden_states[-1]
-            copyable = attention_mask.bool() & ~torch.isin(input_ids, self._special_ids.to(input_ids.device))
-            logprobs = self.copy_head(logits, decoder_states[:, -1:] if last else decoder_states,
-                                      encoder_outputs.last_hidden_state, input_ids, copyable)
-        return logprobs[:, -1] if last else logprobs
+            return torch.log_softmax(logits[:, -1].float(), dim=-1), out.past_key_values
+        keys, copyable = self._copy_inputs(encoder_outputs, input_ids, attention_mask, copy_keys)
+        logprobs = self.copy_head(logits, out.decoder_hidden_states[-1][:, -1:], keys, input_ids, copyable)
+        return logprobs[:, -1], out.past_key_values
+
+    def _copy_inputs(self, encoder_outputs, input_ids: torch.Tensor | None, attention_mask: torch.Tensor,
+                     keys: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if input_ids is None:
+            raise RagsysError("a generator with a copy head needs the source input_ids")
+        if keys is None:
+            keys = self.copy_keys(encoder_outputs)
+        copyable = attention_mask.bool() & ~torch.isin(input_ids, self._special_ids)
+        return keys, copyable
 
 
 _JOINED = [  # WordPiece decoding puts spaces around every punctuation mark; these never had them
@@ -445,15 +490,17 @@ def _special_affixes(tokenizer) -> tuple[list[int], list[int]]:
     raise RagsysError(f"cannot tell where tokenizer {type(tokenizer).__name__} puts its special tokens")
 
 
-def _load_copy_head(path: Path, model: torch.nn.Module) -> CopyHead:
+def _load_copy_head(path: Path) -> CopyHead:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     f = path / COPY_HEAD_FILE
-    head = CopyHead(model.config.get_text_config(decoder=True).hidden_size)
     try:
-        head.load_state_dict(load_file(str(f)))
-    except (OSError, SafetensorError, RuntimeError) as e:  # missing, truncated, or another size
+        state = load_file(str(f))
+        hidden_size, encoder_hidden_size = state["key.weight"].shape
+        head = CopyHead(hidden_size, encoder_hidden_size)
+        head.load_state_dict(state)
+    except (OSError, SafetensorError, RuntimeError, KeyError, ValueError) as e:  # missing, truncated, foreign
         raise RagsysError(f"{f}: cannot load the generator's copy head ({_first_line(e)})") from None
     return head
 
