@@ -268,19 +268,28 @@ def test_rag_token_greedy_marginalises_over_documents(index, tiny_bert_dir, t5):
             assert got[b] == prefix
 
 
-def test_rag_sequence_picks_the_best_marginal_candidate(index, tiny_bert_dir, bert2bert):
-    rag = make_rag(index, tiny_bert_dir, bert2bert, n_docs=3, mode="sequence")
+@pytest.mark.parametrize("which", ["bert2bert", "copier"])
+def test_rag_sequence_picks_the_best_marginal_candidate(index, tiny_bert_dir, which, request):
+    """One greedy candidate per (question, passage) — transformers' generate, or for a copy head the
+    generator's own search — each re-scored over all 3 passages; the best marginal wins."""
+    gen: Generator = request.getfixturevalue(which)
+    rag = make_rag(index, tiny_bert_dir, gen, n_docs=3, mode="sequence")
     with torch.no_grad():
         ctx = rag.retrieve(QUESTIONS)
-        inputs = bert2bert.build_inputs(QUESTIONS, ctx.passages)
+        inputs = gen.build_inputs(QUESTIONS, ctx.passages)
         got = rag._generate_ids(QUESTIONS, ctx, 1, 5)
-        candidates = _hf_ids(bert2bert, inputs, 1, 5)  # one greedy candidate per (question, passage)
+        if gen.copy_head is None:
+            candidates = _hf_ids(gen, inputs, 1, 5)
+        else:
+            candidates = [_cut(ids, gen.eos_token_id) for ids in gen.generate(inputs, max_new_tokens=5)]
+            # passages that disagree, so the re-scoring is what picks the answer
+            assert any(len({tuple(c) for c in candidates[3 * b : 3 * b + 3]}) > 1 for b in range(len(QUESTIONS)))
         for b in range(len(QUESTIONS)):
             rows = slice(3 * b, 3 * b + 3)
             scores = {}
             for cand in candidates[rows]:
                 labels = torch.tensor([cand] * 3)
-                seq = bert2bert(inputs["input_ids"][rows], inputs["attention_mask"][rows], labels).sum(-1)
+                seq = gen(inputs["input_ids"][rows], inputs["attention_mask"][rows], labels).sum(-1)
                 scores[tuple(cand)] = torch.logsumexp(ctx.doc_logprobs[b] + seq, dim=0).item()
             assert tuple(got[b]) == max(scores, key=scores.get)
 
@@ -581,21 +590,3 @@ def test_copy_head_beam_search_with_passages_matches_recomputing_every_step(inde
         monkeypatch.setattr(copier, "decoder_step", lambda enc, att, tokens, past=None, **kw:
                             (step(enc, att, tokens, None, **kw)[0], None))  # no cache: full prefix every step
         assert rag._generate_ids(QUESTIONS, ctx, 2, 6) == cached
-
-
-def test_copy_head_rag_sequence_picks_the_best_marginal_candidate(index, tiny_bert_dir, copier):
-    rag = make_rag(index, tiny_bert_dir, copier, n_docs=3, mode="sequence")
-    with torch.no_grad():
-        ctx = rag.retrieve(QUESTIONS)
-        inputs = copier.build_inputs(QUESTIONS, ctx.passages)
-        got = rag._generate_ids(QUESTIONS, ctx, 1, 5)
-        candidates = [_cut(ids, copier.eos_token_id) for ids in copier.generate(inputs, max_new_tokens=5)]
-        assert any(len({tuple(c) for c in candidates[3 * b : 3 * b + 3]}) > 1 for b in range(len(QUESTIONS)))
-        for b in range(len(QUESTIONS)):
-            rows = slice(3 * b, 3 * b + 3)
-            scores = {}
-            for cand in candidates[rows]:
-                labels = torch.tensor([cand] * 3)
-                seq = copier(inputs["input_ids"][rows], inputs["attention_mask"][rows], labels).sum(-1)
-                scores[tuple(cand)] = torch.logsumexp(ctx.doc_logprobs[b] + seq, dim=0).item()
-            assert tuple(got[b]) == max(scores, key=scores.get)
