@@ -10,7 +10,7 @@ import torch
 
 from ragsys import BiEncoder, Encoder, Index, Passage, RagsysError, load_corpus
 from ragsys.generation import Generator
-from ragsys.model import RAG, Answer, RAGConfig, rag_sequence_loss, rag_token_loss
+from ragsys.model import RAG, Answer, RAGConfig, _cut_at_eos, rag_sequence_loss, rag_token_loss
 
 QUESTIONS = ["Which NFL team represented the AFC at Super Bowl 50?", "Where did Super Bowl 50 take place?"]
 ANSWERS = ["Denver Broncos", "Levi's Stadium in Santa Clara"]
@@ -281,7 +281,7 @@ def test_rag_sequence_picks_the_best_marginal_candidate(index, tiny_bert_dir, wh
         if gen.copy_head is None:
             candidates = _hf_ids(gen, inputs, 1, 5)
         else:
-            candidates = [_cut(ids, gen.eos_token_id) for ids in gen.generate(inputs, max_new_tokens=5)]
+            candidates = [_cut_at_eos(ids, gen.eos_token_id) for ids in gen.generate(inputs, max_new_tokens=5)]
             # passages that disagree, so the re-scoring is what picks the answer
             assert any(len({tuple(c) for c in candidates[3 * b : 3 * b + 3]}) > 1 for b in range(len(QUESTIONS)))
         for b in range(len(QUESTIONS)):
@@ -555,13 +555,9 @@ def test_copy_head_decoding_is_greedy_on_its_own_distribution(index, tiny_bert_d
                 prefix.append(int(step.argmax()))
                 if prefix[-1] == copier.eos_token_id:
                     break
-            assert _cut(got[b], copier.eos_token_id) == prefix
-        assert [_cut(ids, copier.eos_token_id) for ids in copier.generate(inputs, max_new_tokens=6)] == \
-            [_cut(ids, copier.eos_token_id) for ids in got]
-
-
-def _cut(ids: list[int], eos: int) -> list[int]:
-    return ids[: ids.index(eos) + 1] if eos in ids else ids
+            assert _cut_at_eos(got[b], copier.eos_token_id) == prefix
+        assert [_cut_at_eos(ids, copier.eos_token_id) for ids in copier.generate(inputs, max_new_tokens=6)] == \
+            [_cut_at_eos(ids, copier.eos_token_id) for ids in got]
 
 
 def test_copy_head_saves_loads_and_a_truncated_head_fails_clearly(copier, tmp_path):

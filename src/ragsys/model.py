@@ -364,10 +364,7 @@ class RAG(torch.nn.Module):
                                      max_new_tokens=max_new_tokens, do_sample=False)
             candidates, per_row = out[:, 1:].tolist(), k * num_beams  # drop the decoder start token
         else:  # transformers' generate knows nothing of the copy head: the best beam of each passage
-            rows = batch_size * k
-            candidates = _token_beam_search(gen, inputs, torch.zeros(rows, 1, device=gen.device), num_beams,
-                                            max_new_tokens, encoded=encoded)
-            per_row = k
+            candidates, per_row = gen.generate(inputs, num_beams, max_new_tokens, encoded=encoded), k
         per_question: list[list[tuple[int, ...]]] = [[] for _ in range(batch_size)]
         for i, row in enumerate(candidates):
             cand = tuple(_cut_at_eos(row, gen.eos_token_id))
