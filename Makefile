@@ -1,7 +1,7 @@
 # Two entry points, each installing first: `make demo` (the main job) and `make test` (the suite).
 PYTHON ?= python3
 # torch: a torch you already have is kept (CUDA or not). Without one, this installs TORCH; on the
-# ragsys dev/CI machines torch==2.13.0 is a local CPU wheel, while a bare `torch` would pull a
+# ragloop dev/CI machines torch==2.13.0 is a local CPU wheel, while a bare `torch` would pull a
 # multi-GB CUDA build. Elsewhere: `make install TORCH=torch` (or install your torch first).
 TORCH ?= torch==2.13.0
 
@@ -11,7 +11,7 @@ install:
 	$(PYTHON) -m pip install -q -e ".[test]"
 
 demo: install
-	$(PYTHON) -m ragsys demo
+	$(PYTHON) -m ragloop demo
 
 test: install
 	$(PYTHON) -m pytest -q

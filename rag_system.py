@@ -2,7 +2,7 @@
 
     python rag_system.py --dataset_name squad --batch_size 8 --learning_rate 5e-5 --num_epochs 3 --warmup_steps 500
 
-(those are the defaults; every `ragsys train` flag works here too, e.g. `--train_file`), and in Python
+(those are the defaults; every `ragloop train` flag works here too, e.g. `--train_file`), and in Python
 
     from rag_system import RAG, RAGRetriever
     retriever = RAGRetriever(question_encoder, context_encoder, index, tokenizer)
@@ -12,7 +12,7 @@
     model.generate_answer("Who won?", context="The Broncos won Super Bowl 50.")   # a given context
 
 Here `question_encoder` / `context_encoder` are Hugging Face encoders (e.g. `DPRQuestionEncoder`,
-`DPRContextEncoder`, or any `AutoModel`), `index` a ragsys index (folder or `ragsys.Index`) built
+`DPRContextEncoder`, or any `AutoModel`), `index` a ragloop index (folder or `ragloop.Index`) built
 with that context encoder, `generator` a seq2seq model and `tokenizer` its tokenizer (the encoders
 bring their own tokenizers through `encoder_tokenizer=`, or share the generator's vocabulary).
 """
@@ -25,12 +25,12 @@ from pathlib import Path
 
 import torch
 
-from ragsys.data.corpus import Passage
-from ragsys.generation import Generator
-from ragsys.model import RAG as _RAG
-from ragsys.model import RAGConfig
-from ragsys.retrieval import Encoder, Index
-from ragsys.retrieval.encoders import EncoderSpec
+from ragloop.data.corpus import Passage
+from ragloop.generation import Generator
+from ragloop.model import RAG as _RAG
+from ragloop.model import RAGConfig
+from ragloop.retrieval import Encoder, Index
+from ragloop.retrieval.encoders import EncoderSpec
 
 BEST_STATE_DICT = "best_rag_model.pth"
 
@@ -65,7 +65,7 @@ class RAGRetriever:
 
 
 class RAG(_RAG):
-    """The original constructor shape: RAG(retriever, generator, tokenizer); a ragsys RAG model."""
+    """The original constructor shape: RAG(retriever, generator, tokenizer); a ragloop RAG model."""
 
     def __init__(self, retriever: RAGRetriever, generator, tokenizer, n_docs: int = 5, mode: str = "sequence") -> None:
         gen = generator if isinstance(generator, Generator) else Generator(generator, tokenizer)
@@ -84,7 +84,7 @@ def save_state_dict(model: _RAG, path: Path) -> None:
     """`best_rag_model.pth` as in the original: a plain state dict, readable with weights_only=True."""
     import io
 
-    from ragsys.io import atomic_write_bytes
+    from ragloop.io import atomic_write_bytes
 
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
@@ -94,8 +94,8 @@ def save_state_dict(model: _RAG, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     import logging
 
-    from ragsys.cli import run_guarded
-    from ragsys.config import add_config_args, config_from_args
+    from ragloop.cli import run_guarded
+    from ragloop.config import add_config_args, config_from_args
 
     parser = argparse.ArgumentParser(description="Train a RAG model end to end (the original rag_system.py).")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or info logs")
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
 
     def run() -> None:
-        from ragsys.training import train
+        from ragloop.training import train
 
         cfg = config_from_args(args)
         result = train(cfg, progress=False if args.quiet else None)

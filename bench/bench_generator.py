@@ -1,6 +1,6 @@
-"""Which offline generator should ragsys default to? Measured, not guessed.
+"""Which offline generator should ragloop default to? Measured, not guessed.
 
-No pretrained T5 can be downloaded on the ragsys machines, so the candidates are what can be built
+No pretrained T5 can be downloaded on the ragloop machines, so the candidates are what can be built
 offline: a BERT2BERT encoder-decoder warm-started from all-MiniLM-L6-v2 (cross-attention and LM head
 new, trained at 10x the learning rate) and a small T5 trained from scratch on the same WordPiece
 vocabulary, each with and without a copy head (`CopyHead`; the bundled default has one). Each is trained
@@ -26,18 +26,18 @@ from pathlib import Path
 
 import torch
 
-from ragsys.cli import DEMO_RECIPE, _cpu_has_bf16, quiet_libraries, split_heldout
-from ragsys.config import TrainConfig
-from ragsys.data import load_qa
-from ragsys.data.bundled import SQUAD_DEV, SQUAD_TRAIN, bundled_path
-from ragsys.data.corpus import make_passages
-from ragsys.data.qa import sample_evenly
-from ragsys.evaluation import evaluate_answers
-from ragsys.generation import BUNDLED_GENERATOR, Generator
-from ragsys.generation.generator import CopyHead
-from ragsys.model import RAG
-from ragsys.retrieval import BiEncoder, Index
-from ragsys.training import train
+from ragloop.cli import DEMO_RECIPE, _cpu_has_bf16, quiet_libraries, split_heldout
+from ragloop.config import TrainConfig
+from ragloop.data import load_qa
+from ragloop.data.bundled import SQUAD_DEV, SQUAD_TRAIN, bundled_path
+from ragloop.data.corpus import make_passages
+from ragloop.data.qa import sample_evenly
+from ragloop.evaluation import evaluate_answers
+from ragloop.generation import BUNDLED_GENERATOR, Generator
+from ragloop.generation.generator import CopyHead
+from ragloop.model import RAG
+from ragloop.retrieval import BiEncoder, Index
+from ragloop.training import train
 
 
 def t5_from_scratch(path: Path, copy: bool = False) -> str:
@@ -45,7 +45,7 @@ def t5_from_scratch(path: Path, copy: bool = False) -> str:
     head or not."""
     from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
 
-    from ragsys.retrieval.encoders import DEFAULT_ENCODER, resolve_source
+    from ragloop.retrieval.encoders import DEFAULT_ENCODER, resolve_source
 
     tok = AutoTokenizer.from_pretrained(resolve_source(DEFAULT_ENCODER))
     torch.manual_seed(0)
@@ -71,14 +71,14 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=100, help="questions scored in each held-out set")
     parser.add_argument("--quick", action="store_true", help="1 minute each, 20 questions")
     parser.add_argument("--index", help="an index of the bundled train + dev contexts (e.g. runs/demo/index, "
-                        "which `ragsys demo` builds); default: build one")
+                        "which `ragloop demo` builds); default: build one")
     parser.add_argument("--out", default="bench/results/generator.json")
     args = parser.parse_args()
     quiet_libraries()
     if args.quick:
         args.minutes, args.questions = 1.0, 20
 
-    work = Path(tempfile.mkdtemp(prefix="ragsys-bench-gen-"))
+    work = Path(tempfile.mkdtemp(prefix="ragloop-bench-gen-"))
     train_file, dev_file = bundled_path(SQUAD_TRAIN), bundled_path(SQUAD_DEV)
     train_qa, dev_qa = load_qa(train_file), load_qa(dev_file)
     train_part, held_qa = split_heldout(train_qa)

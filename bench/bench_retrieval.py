@@ -1,24 +1,24 @@
 #!/usr/bin/env python
-"""Retrieval throughput: ragsys against the bare model / FAISS limit it is built on.
+"""Retrieval throughput: ragloop against the bare model / FAISS limit it is built on.
 
     python bench/bench_retrieval.py            # full: the whole bundled SQuAD dev sample (~2,000 passages)
     python bench/bench_retrieval.py --quick    # a subset, about two minutes on 2 quiet cores
 
-Workload: the bundled SQuAD v1.1 dev sample chunked with `ragsys.data.load_corpus` (100 words), the
+Workload: the bundled SQuAD v1.1 dev sample chunked with `ragloop.data.load_corpus` (100 words), the
 offline default encoder (all-MiniLM-L6-v2: mean pooling, L2-normalised, max_length 256), a Flat
 inner-product FAISS index, k=5.
 
-1. Indexing, passages/s. ragsys = `Index.build(...)`, what `ragsys index -q` runs once the corpus and
+1. Indexing, passages/s. ragloop = `Index.build(...)`, what `ragloop index -q` runs once the corpus and
    the model are loaded: encode, FAISS, SQLite store, BM25, manifest with checksums, reload and
    verify. The limit = a bare forward pass over the same passages: tokenizer, `model(**batch)`, mean
    pooling and normalisation under `torch.inference_mode()`, same batch size and max_length, batches
    of similar length (sorted by token count: the best a bare loop can do).
-2. Search, questions/s and latency per question. ragsys = `Retriever.search_rows` (rows and scores)
+2. Search, questions/s and latency per question. ragloop = `Retriever.search_rows` (rows and scores)
    and `Retriever.search` (plus the passages from the store), dense. The limit = bare encoder + FAISS
-   `search` on the same index file and questions, batched (128 per forward, as ragsys) and one
+   `search` on the same index file and questions, batched (128 per forward, as ragloop) and one
    question per call. BM25 and hybrid are measured for information (no bare baseline).
 
-Where the time goes inside ragsys is read off the real calls: the functions they go through are
+Where the time goes inside ragloop is read off the real calls: the functions they go through are
 wrapped with timers for the duration of one call (`Spans`; a few wrapped calls per question or
 batch, microseconds in all). Variants run alternately (A B, B A, ...) after a warm-up; tables show
 medians over repetitions. Results are also written to bench/results/retrieval.json
@@ -46,9 +46,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-import ragsys  # noqa: E402
-import ragsys.io  # noqa: E402
-import ragsys.retrieval.index as index_module  # noqa: E402
+import ragloop  # noqa: E402
+import ragloop.io  # noqa: E402
+import ragloop.retrieval.index as index_module  # noqa: E402
 from bench.suite.common import (  # noqa: E402  (measurement helpers shared with the suite)
     BareEncoder,
     Spans,
@@ -65,12 +65,12 @@ from bench.suite.common import (  # noqa: E402  (measurement helpers shared with
     table,
     timed,
 )
-from ragsys.data import load_corpus, load_qa  # noqa: E402
-from ragsys.data.bundled import SQUAD_DEV, bundled_path  # noqa: E402
-from ragsys.retrieval import BiEncoder, BM25Index, Encoder, Index, PassageStore, Retriever  # noqa: E402
+from ragloop.data import load_corpus, load_qa  # noqa: E402
+from ragloop.data.bundled import SQUAD_DEV, bundled_path  # noqa: E402
+from ragloop.retrieval import BiEncoder, BM25Index, Encoder, Index, PassageStore, Retriever  # noqa: E402
 
 BENCH_DIR = Path(__file__).resolve().parent
-GOAL = 0.90  # ragsys should reach at least 90% of each bare baseline's throughput
+GOAL = 0.90  # ragloop should reach at least 90% of each bare baseline's throughput
 LIMIT = "bare encoder+FAISS"
 
 
@@ -110,13 +110,13 @@ def build_spans(encoder: BiEncoder) -> Spans:
             ("bm25", BM25Index, "build"),
             ("bm25", BM25Index, "save"),
             ("bm25", BM25Index, "load"),
-            ("checksums", ragsys.io, "sha256_file"),
+            ("checksums", ragloop.io, "sha256_file"),
         ]
     )
 
 
-def index_with_ragsys(passages: list, encoder: BiEncoder, out_dir: Path, batch_size: int) -> tuple[float, dict]:
-    """One `Index.build` into a fresh folder (as a first `ragsys index` run), and its stage times."""
+def index_with_ragloop(passages: list, encoder: BiEncoder, out_dir: Path, batch_size: int) -> tuple[float, dict]:
+    """One `Index.build` into a fresh folder (as a first `ragloop index` run), and its stage times."""
     spans = build_spans(encoder)
     with spans.active():
         seconds, _ = timed(Index.build, passages, encoder, out_dir, batch_size=batch_size, progress=False)
@@ -129,7 +129,7 @@ def index_with_ragsys(passages: list, encoder: BiEncoder, out_dir: Path, batch_s
 def bench_indexing(passages: list, encoder: BiEncoder, bare: BareEncoder, args, workdir: Path) -> dict:
     titles, texts = [p.title for p in passages], [p.text for p in passages]
     variants: dict[str, Callable[[int], tuple[float, dict]]] = {
-        "ragsys": lambda rep: index_with_ragsys(passages, encoder, workdir / f"index-{rep}", args.batch_size),
+        "ragloop": lambda rep: index_with_ragloop(passages, encoder, workdir / f"index-{rep}", args.batch_size),
         "bare": lambda rep: (timed(bare.encode, titles, texts, args.batch_size)[0], {}),
     }
     if args.naive:
@@ -166,14 +166,14 @@ def bench_indexing(passages: list, encoder: BiEncoder, bare: BareEncoder, args, 
         "vectors_max_abs_diff": vector_agreement(last, bare.encode(titles, texts, args.batch_size)),
         "index_dir": str(last),
     }
-    # throughput ratio = time ratio inverted: limit seconds / ragsys seconds, per repetition
+    # throughput ratio = time ratio inverted: limit seconds / ragloop seconds, per repetition
     result["ratio_per_repeat"] = {n: paired_ratios(seconds["bare"], v) for n, v in seconds.items()}
     result["ratio_to_bare"] = {n: median(v) for n, v in result["ratio_per_repeat"].items()}
     return result
 
 
 def vector_agreement(index_dir: Path, bare_vectors: np.ndarray) -> float:
-    """Largest difference between the vectors ragsys stored and the bare ones (the same work?)."""
+    """Largest difference between the vectors ragloop stored and the bare ones (the same work?)."""
     stored = faiss.read_index(str(index_dir / index_module.FAISS_FILE))
     return float(np.abs(stored.reconstruct_n(0, stored.ntotal) - bare_vectors).max())
 
@@ -192,17 +192,17 @@ def bench_search(questions: list[str], single: list[str], index_dir: Path, bare:
 
     batched = {
         LIMIT: lambda qs: bare_search(qs),
-        "ragsys search_rows dense": lambda qs: retriever.search_rows(qs, k, "dense"),
-        "ragsys search dense": lambda qs: retriever.search(qs, k, "dense"),
-        "ragsys search_rows bm25": lambda qs: retriever.search_rows(qs, k, "bm25"),
-        "ragsys search_rows hybrid": lambda qs: retriever.search_rows(qs, k, "hybrid"),
+        "ragloop search_rows dense": lambda qs: retriever.search_rows(qs, k, "dense"),
+        "ragloop search dense": lambda qs: retriever.search(qs, k, "dense"),
+        "ragloop search_rows bm25": lambda qs: retriever.search_rows(qs, k, "bm25"),
+        "ragloop search_rows hybrid": lambda qs: retriever.search_rows(qs, k, "hybrid"),
     }
     one = {
         LIMIT: lambda q: bare_search([q]),
-        "ragsys search_rows dense": lambda q: retriever.search_rows([q], k, "dense"),
-        "ragsys search dense": lambda q: retriever.search(q, k, "dense"),
-        "ragsys search_rows bm25": lambda q: retriever.search_rows([q], k, "bm25"),
-        "ragsys search_rows hybrid": lambda q: retriever.search_rows([q], k, "hybrid"),
+        "ragloop search_rows dense": lambda q: retriever.search_rows([q], k, "dense"),
+        "ragloop search dense": lambda q: retriever.search(q, k, "dense"),
+        "ragloop search_rows bm25": lambda q: retriever.search_rows([q], k, "bm25"),
+        "ragloop search_rows hybrid": lambda q: retriever.search_rows([q], k, "hybrid"),
     }
 
     say(f"\nsearch: {len(questions)} questions batched, {len(single)} one at a time: warm-up ...")
@@ -232,7 +232,7 @@ def bench_search(questions: list[str], single: list[str], index_dir: Path, bare:
             p95[name].append(percentile(latencies[name], 95) * 1e3)
         stages.append(single_question_stages(retriever, bare, flat, single, k))
         say(f"  rep {rep + 1}/{args.search_repeats}: " + ", ".join(
-            f"{n.replace('ragsys ', '')} {qps['batched'][n][-1]:.0f}/{qps['single'][n][-1]:.0f} q/s" for n in names))
+            f"{n.replace('ragloop ', '')} {qps['batched'][n][-1]:.0f}/{qps['single'][n][-1]:.0f} q/s" for n in names))
 
     result = {
         "questions_batched": len(questions),
@@ -265,27 +265,27 @@ def single_question_stages(retriever: Retriever, bare: BareEncoder, flat: faiss.
     """Mean ms per question by stage, `Retriever.search(q)` next to the bare path, from one pass over
     `single` with the stage timers on (a pass apart from the timed ones)."""
     runs = {
-        "ragsys": (Spans([("encode", Retriever, "encode"), *encoder_targets(retriever.question_encoder),
+        "ragloop": (Spans([("encode", Retriever, "encode"), *encoder_targets(retriever.question_encoder),
                           ("faiss search", Index, "search"), ("store", PassageStore, "get_rows")]),
                    lambda q: retriever.search(q, k)),
         "bare": (Spans([("encode", BareEncoder, "encode"), ("model+pool", BareEncoder, "_pool")]),
                  lambda q: flat.search(bare.encode([q], batch_size=128), k)),
     }
-    total = {"ragsys": 0.0, "bare": 0.0}
+    total = {"ragloop": 0.0, "bare": 0.0}
     for i, q in enumerate(single):
         for name in rotated(list(runs), i):
             spans, search = runs[name]
             with spans.active():
                 total[name] += timed(search, q)[0]
-    ours, theirs = runs["ragsys"][0].seconds, runs["bare"][0].seconds
+    ours, theirs = runs["ragloop"][0].seconds, runs["bare"][0].seconds
     per_question_ms = 1e3 / len(single)
     outside_model = "encode/all but the model"
-    ragsys_rows = dict(split_encode(ours, "encode"))
-    ragsys_rows[outside_model] = ours["encode"] - ours["encode/model+pool"]
-    ragsys_rows["faiss search"] = ours["faiss search"]
-    ragsys_rows["store"] = ours["store"]
-    ragsys_rows["other"] = total["ragsys"] - runs["ragsys"][0].top_level()
-    ragsys_rows["total"] = total["ragsys"]
+    ragloop_rows = dict(split_encode(ours, "encode"))
+    ragloop_rows[outside_model] = ours["encode"] - ours["encode/model+pool"]
+    ragloop_rows["faiss search"] = ours["faiss search"]
+    ragloop_rows["store"] = ours["store"]
+    ragloop_rows["other"] = total["ragloop"] - runs["ragloop"][0].top_level()
+    ragloop_rows["total"] = total["ragloop"]
     bare_rows = {
         "encode": theirs["encode"],
         "encode/model+pool": theirs["encode/model+pool"],
@@ -294,7 +294,7 @@ def single_question_stages(retriever: Retriever, bare: BareEncoder, flat: faiss.
         "total": total["bare"],
     }
     return {name: {key: v * per_question_ms for key, v in rows.items()}
-            for name, rows in (("ragsys", ragsys_rows), ("bare", bare_rows))}
+            for name, rows in (("ragloop", ragloop_rows), ("bare", bare_rows))}
 
 
 def rows_agreement(a: np.ndarray, b: np.ndarray) -> dict:
@@ -323,7 +323,7 @@ def report(results: dict) -> str:
         f"## Machine\n\n{m['cpu']}, {m['cores']} cores (torch threads {m['torch_threads']}, "
         f"faiss threads {m['faiss_threads']}); Python {m['python']}, torch {m['torch']}, faiss {m['faiss']}, "
         f"transformers {m['transformers']}, tokenizers {m['tokenizers']}, bm25s {m['bm25s']}, "
-        f"ragsys {m['ragsys']} (commit {m['ragsys_commit']})",
+        f"ragloop {m['ragloop']} (commit {m['ragloop_commit']})",
         f"\nCommand: `{results['command']}`. Workload: bundled SQuAD dev sample in 100-word passages, "
         f"all-MiniLM-L6-v2, batch {ix['batch_size']}, max_length {ix['max_length']}, Flat inner-product index. "
         f"1-min load average {load['start']:.1f} at start, {load['end']:.1f} at end"
@@ -334,7 +334,7 @@ def report(results: dict) -> str:
     pps, med, best = ix["passages_per_s"], ix["median_seconds"], ix["best_seconds"]
     names = {
         "bare": "bare forward, length-sorted batches (**the limit**)",
-        "ragsys": "ragsys `Index.build` (encode + FAISS + store + BM25 + manifest)",
+        "ragloop": "ragloop `Index.build` (encode + FAISS + store + BM25 + manifest)",
         "bare_unsorted": "bare forward, batches in input order (naive loop)",
     }
     ratio, per_repeat = ix["ratio_to_bare"], ix["ratio_per_repeat"]
@@ -342,11 +342,11 @@ def report(results: dict) -> str:
              " ".join(f"{r:.3f}" for r in per_repeat[n])] for n in pps]
     out += [f"\n## Indexing: {ix['passages']} passages, median of {ix['repeats']}\n",
             table(["path", "median s", "best s", "passages/s", "vs limit", "vs limit, each repetition"], rows),
-            f"\nragsys / limit = **{ratio['ragsys']:.3f}** ({verdict(ratio['ragsys'])}; median of the ratios of "
-            "back-to-back runs); vectors stored by ragsys vs the bare ones: max |diff| "
+            f"\nragloop / limit = **{ratio['ragloop']:.3f}** ({verdict(ratio['ragloop'])}; median of the ratios of "
+            "back-to-back runs); vectors stored by ragloop vs the bare ones: max |diff| "
             f"{ix['vectors_max_abs_diff']:.1e}"]
 
-    stages, total = ix["stages_median_seconds"], med["ragsys"]
+    stages, total = ix["stages_median_seconds"], med["ragloop"]
     rows = [[stage_name(s), f"{v:.3f}", f"{100 * v / total:.1f}%"] for s, v in stages.items()]
     limit = med["bare"]
     rows.append(["*bare forward (the limit), for comparison*", f"{limit:.3f}", f"{100 * limit / total:.1f}%"])
@@ -365,17 +365,17 @@ def report(results: dict) -> str:
             f"one per call, median of {se['repeats']}\n",
             table(["path", "batched q/s", "vs limit", "single q/s", "vs limit", "single p50 ms", "single p95 ms"],
                   rows),
-            f"\nragsys dense vs bare: same top-1 for {agree['top1']:.1%} of questions, same top-{se['k']} set "
-            f"for {agree['topk_set']:.1%}. \"vs limit\": median over rounds of ragsys / bare in the same round. "
+            f"\nragloop dense vs bare: same top-1 for {agree['top1']:.1%} of questions, same top-{se['k']} set "
+            f"for {agree['topk_set']:.1%}. \"vs limit\": median over rounds of ragloop / bare in the same round. "
             "BM25 and hybrid: for information, no bare baseline."]
 
     st = se["single_question_ms_by_stage"]
-    keys = list(st["ragsys"])
-    rows = [[stage_name(s), f"{st['ragsys'][s]:.3f}", f"{st['bare'][s]:.3f}" if s in st["bare"] else "—"]
+    keys = list(st["ragloop"])
+    rows = [[stage_name(s), f"{st['ragloop'][s]:.3f}", f"{st['bare'][s]:.3f}" if s in st["bare"] else "—"]
             for s in keys]
     out += ["\n### One question, `Retriever.search(q)` vs the bare path (ms per question: median over "
             f"{se['repeats']} extra passes, stage timers on)\n",
-            table(["stage", "ragsys ms", "bare ms"], rows)]
+            table(["stage", "ragloop ms", "bare ms"], rows)]
     return "\n".join(out)
 
 
@@ -393,7 +393,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     rep.add_argument("--index-repeats", type=int, default=3, help="index builds per variant (default 3)")
     rep.add_argument("--search-repeats", type=int, default=5, help="search rounds per variant (default 5)")
     run = p.add_argument_group("run")
-    run.add_argument("--batch-size", type=int, default=64, help="passages per forward (default 64, as `ragsys index`)")
+    run.add_argument("--batch-size", type=int, default=64, help="passages per forward (default 64, as `ragloop index`)")
     run.add_argument("-k", type=int, default=5, help="passages per question (default 5)")
     run.add_argument("--threads", type=int, help="torch and FAISS threads (default: their own default)")
     run.add_argument("--naive", action="store_true", help="also time a bare loop with batches in input order")
@@ -427,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     assert spec.pooling == "mean", spec  # the bare baseline implements mean pooling only
     bare = BareEncoder(spec.max_length, spec.normalize)
 
-    workdir = Path(tempfile.mkdtemp(prefix="ragsys-bench-"))
+    workdir = Path(tempfile.mkdtemp(prefix="ragloop-bench-"))
     try:
         indexing = bench_indexing(passages, encoder, bare, args, workdir)
         # the retriever loads its own question encoder from the manifest, as a user's would
@@ -438,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(["python bench/bench_retrieval.py", *argv]),
-        "machine": machine_info() | {"ragsys_commit": commit},
+        "machine": machine_info() | {"ragloop_commit": commit},
         "load_average_1min": {"start": load_start, "end": load_average()},
         "encoder_load_s": load_s,
         "indexing": indexing,

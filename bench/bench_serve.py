@@ -1,11 +1,11 @@
 #!/usr/bin/env python
-"""HTTP serving under load: throughput, latency and micro-batch sizes of `ragsys serve` at 1, 10, 50 clients.
+"""HTTP serving under load: throughput, latency and micro-batch sizes of `ragloop serve` at 1, 10, 50 clients.
 
     python bench/bench_serve.py                          # a tiny model built on the fly; <= 60 s per level
     python bench/bench_serve.py --quick                  # <= 10 s and 300 requests per level
     python bench/bench_serve.py --model runs/demo/rag/best_model --compare-unbatched
 
-Workload: `ragsys serve MODEL` runs in a subprocess on 127.0.0.1 (its own process, so the clients do
+Workload: `ragloop serve MODEL` runs in a subprocess on 127.0.0.1 (its own process, so the clients do
 not share its interpreter); N asyncio clients (httpx, one connection each) post bundled SQuAD v1.1
 dev questions to POST /answer back to back, each sending its next request when the last one is
 answered. A level stops after --requests requests or --seconds seconds, whichever comes first
@@ -52,9 +52,9 @@ def build_tiny_model(out: Path, passages: int) -> Path:
     import transformers
     from transformers import AutoTokenizer, BertConfig, BertModel, T5Config, T5ForConditionalGeneration
 
-    from ragsys import BiEncoder, Encoder, Generator, Index, load_corpus
-    from ragsys.data.bundled import SQUAD_DEV, bundled_path
-    from ragsys.model import RAG, RAGConfig
+    from ragloop import BiEncoder, Encoder, Generator, Index, load_corpus
+    from ragloop.data.bundled import SQUAD_DEV, bundled_path
+    from ragloop.model import RAG, RAGConfig
 
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
@@ -85,8 +85,8 @@ def build_tiny_model(out: Path, passages: int) -> Path:
 
 
 def load_questions(limit: int = 2000) -> list[str]:
-    from ragsys.data import load_qa
-    from ragsys.data.bundled import SQUAD_DEV, bundled_path
+    from ragloop.data import load_qa
+    from ragloop.data.bundled import SQUAD_DEV, bundled_path
 
     return [ex.question for ex in load_qa(bundled_path(SQUAD_DEV))[:limit]]
 
@@ -98,12 +98,12 @@ def free_port() -> int:
 
 
 class Server:
-    """`ragsys serve` in a subprocess; a context manager that waits for /health and stops it after."""
+    """`ragloop serve` in a subprocess; a context manager that waits for /health and stops it after."""
 
     def __init__(self, model: Path, max_batch: int, max_wait_ms: float, threads: int | None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.cmd = [sys.executable, "-m", "ragsys", "serve", str(model), "--host", "127.0.0.1", "--port",
+        self.cmd = [sys.executable, "-m", "ragloop", "serve", str(model), "--host", "127.0.0.1", "--port",
                     str(self.port), "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms), "-q"]
         self.env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
         if threads:
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     started, load_start = time.perf_counter(), os.getloadavg()[0]
-    workdir = Path(tempfile.mkdtemp(prefix="ragsys-bench-serve-"))
+    workdir = Path(tempfile.mkdtemp(prefix="ragloop-bench-serve-"))
     try:
         if args.model is None:
             say(f"building a tiny RAG model over {args.passages} bundled passages ...")

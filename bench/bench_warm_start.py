@@ -11,7 +11,7 @@ Variants (the same data, steps, batch, learning rates and seed):
 - random: the layers the checkpoint lacks start at random (transformers' default for a warm start);
 - warm: cross-attention copies its layer's self-attention and the missing LM-head transform starts
   with its dense layer as the identity (`Generator.from_encoder_decoder`);
-- copy (ragsys's default, `bundled:minilm-bert2bert`): the warm start plus a copy head
+- copy (ragloop's default, `bundled:minilm-bert2bert`): the warm start plus a copy head
   (`CopyHead`, a pointer-generator output that can copy source tokens).
 
     python bench/bench_warm_start.py                 # 470 steps of 8 per variant (~25 min, all at once)
@@ -37,21 +37,21 @@ ARTICLES = ("Spectre (2015 film)", "University of Notre Dame", "The Legend of Ze
             "Antibiotics", "Montana")
 VARIANTS = {"random": "new layers at random (transformers' warm start), no copy head",
             "warm": "cross-attention from self-attention, head dense identity, no copy head",
-            "copy": "the same warm start + copy head (ragsys default)"}
+            "copy": "the same warm start + copy head (ragloop default)"}
 
 
 def run_variant(variant: str, args: argparse.Namespace) -> dict:
     import torch
     from transformers import get_linear_schedule_with_warmup
 
-    from ragsys.cli import quiet_libraries
-    from ragsys.data import load_qa
-    from ragsys.data.bundled import SQUAD_DEV, SQUAD_TRAIN, bundled_path
-    from ragsys.data.corpus import Passage
-    from ragsys.data.qa import sample_evenly
-    from ragsys.evaluation.metrics import exact_match, f1_score
-    from ragsys.generation import Generator
-    from ragsys.generation.generator import BUNDLED_GENERATOR
+    from ragloop.cli import quiet_libraries
+    from ragloop.data import load_qa
+    from ragloop.data.bundled import SQUAD_DEV, SQUAD_TRAIN, bundled_path
+    from ragloop.data.corpus import Passage
+    from ragloop.data.qa import sample_evenly
+    from ragloop.evaluation.metrics import exact_match, f1_score
+    from ragloop.generation import Generator
+    from ragloop.generation.generator import BUNDLED_GENERATOR
 
     quiet_libraries()
     torch.set_num_threads(1)
@@ -85,7 +85,7 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict:
     scheduler = get_linear_schedule_with_warmup(optimizer, 50, args.steps)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16)
 
-    def passage(e, gold: bool) -> list[Passage]:  # closed book reads what `ragsys eval --closed-book` gives
+    def passage(e, gold: bool) -> list[Passage]:  # closed book reads what `ragloop eval --closed-book` gives
         return [Passage(e.doc_id or "oracle", e.title, e.context) if gold else Passage("closed-book", "", "")]
 
     gen.model.train()

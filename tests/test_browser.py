@@ -12,10 +12,10 @@ from urllib.parse import urlencode
 import pytest
 import torch
 
-from ragsys import BiEncoder, Encoder, Index, load_corpus
-from ragsys.generation import Generator
-from ragsys.model import RAG, RAGConfig
-from ragsys.serving import BackgroundServer, create_app
+from ragloop import BiEncoder, Encoder, Index, load_corpus
+from ragloop.generation import Generator
+from ragloop.model import RAG, RAGConfig
+from ragloop.serving import BackgroundServer, create_app
 
 pytestmark = pytest.mark.browser
 

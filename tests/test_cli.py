@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from ragsys.cli import main
+from ragloop.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def test_add_documents_from_the_cli(index_dir, tmp_path, capsys):
 
 
 def _run(*args):
-    return subprocess.run([sys.executable, "-m", "ragsys.cli", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "ragloop.cli", *args], capture_output=True, text=True, timeout=120)
 
 
 def test_bad_input_is_one_line_and_nonzero_exit(tmp_path, index_dir, other_bert_dir):
@@ -53,7 +53,7 @@ def test_bad_input_is_one_line_and_nonzero_exit(tmp_path, index_dir, other_bert_
     cases = [
         (["index", str(tmp_path / "missing.json"), "--out", str(tmp_path / "o")], "missing.json: no such file"),
         (["index", str(bad), "--out", str(tmp_path / "o")], "bad.jsonl:2: not valid JSON"),
-        (["search", str(tmp_path), "q"], "not a ragsys index"),
+        (["search", str(tmp_path), "q"], "not a ragloop index"),
         (["search", str(index_dir), "q", "--encoder", str(other_bert_dir)], "other weights"),
         (["search", str(index_dir), "   "], "question 0 is empty"),
     ]
@@ -63,5 +63,5 @@ def test_bad_input_is_one_line_and_nonzero_exit(tmp_path, index_dir, other_bert_
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and message in lines[0], (args, proc.stderr)
         assert "Traceback" not in proc.stderr
-    assert not (tmp_path / "o").exists()  # a failed `ragsys index` leaves nothing at --out
+    assert not (tmp_path / "o").exists()  # a failed `ragloop index` leaves nothing at --out
     assert [p.name for p in tmp_path.iterdir()] == ["bad.jsonl"]

@@ -1,13 +1,13 @@
-"""`ragsys answer` and `ragsys eval` on a tiny trained model, and their errors."""
+"""`ragloop answer` and `ragloop eval` on a tiny trained model, and their errors."""
 
 import json
 import shutil
 
 import pytest
 
-from ragsys.cli import main
-from ragsys.config import TrainConfig
-from ragsys.training import train
+from ragloop.cli import main
+from ragloop.config import TrainConfig
+from ragloop.training import train
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from ragsys import RagsysError, load_corpus, load_qa
-from ragsys.data import chunk_words
+from ragloop import RagloopError, load_corpus, load_qa
+from ragloop.data import chunk_words
 
 
 def test_chunking_windows_overlap_and_tail():
@@ -18,7 +18,7 @@ def test_chunking_windows_overlap_and_tail():
     assert over[1].split()[0] == "w80"  # the second window starts 80 words in
     assert chunk_words("short text", size=100) == ["short text"]
     assert chunk_words("   ", size=100) == []
-    with pytest.raises(RagsysError):
+    with pytest.raises(RagloopError):
         chunk_words(text, size=10, overlap=10)
 
 
@@ -57,27 +57,27 @@ def test_documents_from_text_markdown_jsonl_and_csv(tmp_path):
 def test_malformed_jsonl_line_names_file_and_line(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "a", "text": "fine"}\n{"id": "b", "text": oops}\n')
-    with pytest.raises(RagsysError, match=r"bad\.jsonl:2: not valid JSON"):
+    with pytest.raises(RagloopError, match=r"bad\.jsonl:2: not valid JSON"):
         load_corpus([bad])
 
 
 def test_non_utf8_jsonl_names_the_line(tmp_path):
     bad = tmp_path / "latin.jsonl"
     bad.write_bytes(b'{"text": "ok"}\n{"text": "caf\xe9"}\n')
-    with pytest.raises(RagsysError, match=r"latin\.jsonl:2: not UTF-8"):
+    with pytest.raises(RagloopError, match=r"latin\.jsonl:2: not UTF-8"):
         load_corpus([bad])
 
 
 def test_missing_file_empty_corpus_and_rows_without_text(tmp_path):
-    with pytest.raises(RagsysError, match="no such file"):
+    with pytest.raises(RagloopError, match="no such file"):
         load_corpus([tmp_path / "nope.jsonl"])
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
-    with pytest.raises(RagsysError, match="no passages"):
+    with pytest.raises(RagloopError, match="no passages"):
         load_corpus([empty])
     notext = tmp_path / "notext.jsonl"
     notext.write_text(json.dumps({"id": 1, "body": "x"}) + "\n")
-    with pytest.raises(RagsysError, match=r"notext\.jsonl:1: a document needs a 'text'"):
+    with pytest.raises(RagloopError, match=r"notext\.jsonl:1: a document needs a 'text'"):
         load_corpus([notext])
 
 
@@ -94,7 +94,7 @@ def test_qa_from_jsonl_and_csv_in_hf_layout(tmp_path):
 
 def test_empty_question_is_an_error(tmp_path):
     (tmp_path / "qa.jsonl").write_text(json.dumps({"question": "  ", "answers": ["x"]}) + "\n")
-    with pytest.raises(RagsysError, match=r"qa\.jsonl:1: missing or empty 'question'"):
+    with pytest.raises(RagloopError, match=r"qa\.jsonl:1: missing or empty 'question'"):
         load_qa(tmp_path / "qa.jsonl")
 
 
@@ -103,5 +103,5 @@ def test_hub_dataset_unreachable_is_one_clear_error(monkeypatch):
 
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(RagsysError, match="could not load dataset .squad.*use local files"):
+    with pytest.raises(RagloopError, match="could not load dataset .squad.*use local files"):
         load_qa("squad")

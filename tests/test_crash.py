@@ -3,7 +3,7 @@ leaves the previous one loadable, and the next write (or `--resume`) carries on.
 
 Each test starts a real child process, lets it block at a chosen point of the write (a function
 patched inside the child: it writes part of a file, or performs the first of the two renames, then
-signals through a file and sleeps), and kills it with SIGKILL. No test hook lives in ragsys itself.
+signals through a file and sleeps), and kills it with SIGKILL. No test hook lives in ragloop itself.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from ragsys import BiEncoder, Index, RagsysError, load_corpus
-from ragsys.cli import main
-from ragsys.training.checkpoint import load_checkpoint, read_state, save_checkpoint
+from ragloop import BiEncoder, Index, RagloopError, load_corpus
+from ragloop.cli import main
+from ragloop.training.checkpoint import load_checkpoint, read_state, save_checkpoint
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL (POSIX)")
 
@@ -57,7 +57,7 @@ if WHERE == "write":  # killed with half of index.faiss written into the tempora
         block()
     faiss.write_index = half_write
 
-from ragsys import BiEncoder, Index, RagsysError, load_corpus
+from ragloop import BiEncoder, Index, RagloopError, load_corpus
 out, corpus, encoder = sys.argv[3:6]
 Index.build(load_corpus([corpus]), BiEncoder.from_pretrained(encoder), out)
 raise SystemExit("the child was not killed")
@@ -75,7 +75,7 @@ if WHERE == "write":  # killed with optimizer.pt half written into the temporary
             block()
     torch.save = half_save
 
-from ragsys.training.checkpoint import save_checkpoint
+from ragloop.training.checkpoint import save_checkpoint
 torch.manual_seed(1)
 model = torch.nn.Linear(4, 2)
 optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
@@ -87,7 +87,7 @@ raise SystemExit("the child was not killed")
 """
 
 TRAIN_CHILD = PRELUDE + r"""
-from ragsys.cli import main
+from ragloop.cli import main
 main(sys.argv[4:])
 raise SystemExit("the child was not killed")
 """
@@ -190,7 +190,7 @@ def test_checkpoint_killed_mid_save_keeps_the_previous_checkpoint(where, tmp_pat
 
 @pytest.mark.slow
 def test_train_killed_mid_checkpoint_resumes(squad_small, tiny_bert_dir, tiny_t5_dir, tmp_path, capsys):
-    """`ragsys train` killed while saving its step-4 checkpoint; `--resume` continues from step 2."""
+    """`ragloop train` killed while saving its step-4 checkpoint; `--resume` continues from step 2."""
     out = tmp_path / "run"
     args = ["train", "--train_file", str(squad_small), "--question_encoder", str(tiny_bert_dir),
             "--generator", str(tiny_t5_dir), "--n_docs", "2", "--batch_size", "4", "--max_steps", "6",
@@ -210,7 +210,7 @@ def test_train_killed_mid_checkpoint_resumes(squad_small, tiny_bert_dir, tiny_t5
     assert [r["step"] for r in logged if "loss" in r] == [1, 2, 3, 4, 5, 6]
 
 
-# -- corrupt files: one RagsysError naming the file, from the API and the CLI ------------------------
+# -- corrupt files: one RagloopError naming the file, from the API and the CLI ------------------------
 
 
 def truncate(f: Path) -> None:
@@ -226,7 +226,7 @@ def flip(f: Path) -> None:
 
 def one_error_line(capsys) -> str:
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("ragsys: error: "), err
+    assert len(err) == 1 and err[0].startswith("ragloop: error: "), err
     return err[0]
 
 
@@ -243,7 +243,7 @@ def test_corrupt_index_file_is_one_error_naming_it(built_index, tmp_path, name, 
     idx = tmp_path / "idx"
     shutil.copytree(built_index, idx)
     damage(idx / name)
-    with pytest.raises(RagsysError) as err:
+    with pytest.raises(RagloopError) as err:
         Index.load(idx)
     assert str(idx / name) in str(err.value)
     assert main(["search", str(idx), "Warsaw", "--mode", "bm25", "-q"]) == 2
@@ -257,7 +257,7 @@ def test_damaged_store_without_checksums_is_one_error(built_index, tmp_path):
     shutil.copytree(built_index, idx)
     store = idx / "passages.sqlite"
     store.write_bytes(b"not a database!!" + store.read_bytes()[16:])  # the 16-byte SQLite header
-    with pytest.raises(RagsysError, match=r"passages\.sqlite: not a readable passage store"):
+    with pytest.raises(RagloopError, match=r"passages\.sqlite: not a readable passage store"):
         Index.load(idx, verify=False)
     assert open_files_under(idx) == []
 
@@ -288,13 +288,13 @@ def test_index_closes_its_store_on_every_way_out(built_index, tmp_path):
     manifest = json.loads((idx / "manifest.json").read_text())
     manifest["passages"] += 1  # loads FAISS and opens the store, then finds the counts disagree
     (idx / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(RagsysError, match="passages"):
+    with pytest.raises(RagloopError, match="passages"):
         Index.load(idx)
     assert open_files_under(idx) == []
     manifest["passages"] -= 1
-    del manifest["index"]  # valid JSON, not the structure ragsys writes
+    del manifest["index"]  # valid JSON, not the structure ragloop writes
     (idx / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(RagsysError, match=r"manifest\.json: corrupt"):
+    with pytest.raises(RagloopError, match=r"manifest\.json: corrupt"):
         Index.load(idx)
     assert open_files_under(idx) == []
 
@@ -318,8 +318,8 @@ def load_small(path: Path) -> dict:
 @pytest.mark.parametrize("name", ["model.safetensors", "optimizer.pt", "rng.pt", "trainer_state.json"])
 def test_corrupt_checkpoint_file_is_one_error_naming_it(name, damage, tmp_path, squad_small, tiny_bert_dir,
                                                         tiny_t5_dir, capsys):
-    from ragsys.cli import build_parser
-    from ragsys.config import config_from_args
+    from ragloop.cli import build_parser
+    from ragloop.config import config_from_args
 
     out = tmp_path / "run"
     args = ["train", "--train_file", str(squad_small), "--question_encoder", str(tiny_bert_dir),
@@ -329,7 +329,7 @@ def test_corrupt_checkpoint_file_is_one_error_naming_it(name, damage, tmp_path, 
     small_checkpoint(out / "last")
     assert load_small(out / "last")["step"] == 1
     damage(out / "last" / name)
-    with pytest.raises(RagsysError) as err:
+    with pytest.raises(RagloopError) as err:
         load_small(out / "last")
     assert str(out / "last" / name) in str(err.value)
     capsys.readouterr()
@@ -341,11 +341,11 @@ def test_corrupt_files_from_the_command_line_are_one_line_without_traceback(buil
     idx = tmp_path / "idx"
     shutil.copytree(built_index, idx)
     truncate(idx / "index.faiss")
-    proc = subprocess.run([sys.executable, "-m", "ragsys.cli", "search", str(idx), "q"], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "ragloop.cli", "search", str(idx), "q"], capture_output=True,
                           text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [
-        f"ragsys: error: {idx / 'index.faiss'}: does not match the checksum in manifest.json (truncated, corrupt "
+        f"ragloop: error: {idx / 'index.faiss'}: does not match the checksum in manifest.json (truncated, corrupt "
         "or changed)"]
 
 
@@ -363,7 +363,7 @@ class Payload:
 
 
 def test_checkpoint_with_a_pickled_object_is_refused(tmp_path):
-    from ragsys.io import checksum_files
+    from ragloop.io import checksum_files
 
     path = tmp_path / "last"
     small_checkpoint(path)
@@ -373,7 +373,7 @@ def test_checkpoint_with_a_pickled_object_is_refused(tmp_path):
     state = json.loads((path / "trainer_state.json").read_text())  # checksums updated, as an attacker would
     state["files"] = checksum_files(path, sorted(p for p in path.iterdir() if p.name != "trainer_state.json"))
     (path / "trainer_state.json").write_text(json.dumps(state))
-    with pytest.raises(RagsysError, match=r"optimizer\.pt: refused: it holds pickled Python objects"):
+    with pytest.raises(RagloopError, match=r"optimizer\.pt: refused: it holds pickled Python objects"):
         load_small(path)
     assert not marker.exists()
 
@@ -382,7 +382,7 @@ def test_nothing_in_src_unpickles():
     """Every torch.load is weights_only=True; no pickle.load, no np.load(allow_pickle=True)."""
     import re
 
-    src = Path(__file__).parent.parent / "src" / "ragsys"
+    src = Path(__file__).parent.parent / "src" / "ragloop"
     for f in src.rglob("*.py"):
         text = f.read_text()
         for call in re.finditer(r"torch\.load\(([^()]*(?:\([^()]*\))?[^()]*)\)", text):
@@ -407,7 +407,7 @@ def leftover(folder: Path, name: str, content: str) -> Path:
 
 
 def test_recovery_judges_only_this_machines_writers(tmp_path, monkeypatch):
-    from ragsys.io import HOST, atomic_dir, recover
+    from ragloop.io import HOST, atomic_dir, recover
 
     dead, live = dead_pid(), os.getppid()
     # killed between its renames, on this machine: the previous version is restored, the rest removed
@@ -425,9 +425,9 @@ def test_recovery_judges_only_this_machines_writers(tmp_path, monkeypatch):
             leftover(tmp_path, f".c.tmp-{dead}-elsewhere-cd", "remote")]
     recover(tmp_path / "c")
     assert all(p.exists() for p in keep) and not (tmp_path / "c").exists()
-    with pytest.raises(RagsysError, match=r"an interrupted write left the previous version in .*\.c\.old-"):
+    with pytest.raises(RagloopError, match=r"an interrupted write left the previous version in .*\.c\.old-"):
         Index.load(tmp_path / "c")
-    # a leftover of an older ragsys (.NAME.old-PID) is restored; a temporary without a PID is left alone
+    # a leftover of an older ragloop (.NAME.old-PID) is restored; a temporary without a PID is left alone
     leftover(tmp_path, f".d.old-{dead}", "previous")
     legacy = leftover(tmp_path, ".d.tmp-k3j4h5g6", "unknown")
     recover(tmp_path / "d")

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from ragsys import RagsysError
-from ragsys.config import TrainConfig
-from ragsys.training import train
-from ragsys.training.checkpoint import load_checkpoint, rng_state, save_checkpoint
-from ragsys.training.distributed import freeze_unused_parameters, rank_share
+from ragloop import RagloopError
+from ragloop.config import TrainConfig
+from ragloop.training import train
+from ragloop.training.checkpoint import load_checkpoint, rng_state, save_checkpoint
+from ragloop.training.distributed import freeze_unused_parameters, rank_share
 
 
 def test_rank_share_splits_a_global_batch_exactly():
@@ -43,7 +43,7 @@ def cfg(tmp_path, squad_small, tiny_bert_dir, tiny_t5_dir):
 def test_parameters_without_gradient_are_frozen(cfg):
     """The tiny BERT question encoder has a pooler that mean pooling never reads: DDP (which by default
     insists every trainable parameter gets a gradient) would fail on it, so training freezes it."""
-    from ragsys.training.trainer import build_index, build_model, load_data
+    from ragloop.training.trainer import build_index, build_model, load_data
 
     examples, _ = load_data(cfg)
     model = build_model(cfg, build_index(cfg, examples, Path(cfg.output_dir) / "index", progress=False))
@@ -69,7 +69,7 @@ def test_checkpoint_keeps_every_process_rng_state(tmp_path):
     assert (tmp_path / "ck" / "rng-rank1.pt").is_file()
     load_checkpoint(tmp_path / "ck", model, opt, sched, None, rank=1)
     assert torch.equal(torch.rand(3), expected)  # process 1 continues its own random stream
-    with pytest.raises(RagsysError, match="no RNG state for process 2 .*run of 2 processes"):
+    with pytest.raises(RagloopError, match="no RNG state for process 2 .*run of 2 processes"):
         load_checkpoint(tmp_path / "ck", model, opt, sched, None, rank=2)
 
 
@@ -79,7 +79,7 @@ def test_resume_needs_the_same_number_of_processes(cfg):
     state = json.loads(state_file.read_text())
     assert state["num_processes"] == 1
     state_file.write_text(json.dumps({**state, "num_processes": 2}))  # as if a 2-process run wrote it
-    with pytest.raises(RagsysError, match="written by a run of 2 process.*this run has 1"):
+    with pytest.raises(RagloopError, match="written by a run of 2 process.*this run has 1"):
         train(replace(cfg, resume=True), progress=False)
 
 
@@ -97,10 +97,10 @@ SCRIPT = textwrap.dedent("""
     import json, os, sys
     from dataclasses import replace
 
-    from ragsys.cli import main
-    from ragsys.config import TrainConfig
-    from ragsys.training import train
-    from ragsys.training import trainer as trainer_mod
+    from ragloop.cli import main
+    from ragloop.config import TrainConfig
+    from ragloop.training import train
+    from ragloop.training import trainer as trainer_mod
 
     job = json.loads(sys.argv[1])
     assert main(["train", *job["cli"]]) == 0

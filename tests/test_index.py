@@ -7,8 +7,8 @@ import faiss
 import numpy as np
 import pytest
 
-from ragsys import BiEncoder, Index, Passage, RagsysError, Retriever, load_corpus
-from ragsys.retrieval.hybrid import fuse
+from ragloop import BiEncoder, Index, Passage, RagloopError, Retriever, load_corpus
+from ragloop.retrieval.hybrid import fuse
 
 
 @pytest.fixture(scope="module")
@@ -54,9 +54,9 @@ def test_retriever_modes_return_passages(built):
         assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
     [hits] = r.search(["Warsaw Vistula river"], k=1, mode="bm25")
     assert hits[0].passage.title == "Warsaw"  # keyword match is deterministic
-    with pytest.raises(RagsysError, match="question 0 is empty"):
+    with pytest.raises(RagloopError, match="question 0 is empty"):
         r.search([" "], k=3)
-    with pytest.raises(RagsysError, match="unknown search mode"):
+    with pytest.raises(RagloopError, match="unknown search mode"):
         r.search(["x"], mode="sparse")
 
 
@@ -78,17 +78,17 @@ def test_compressed_and_graph_indexes_build_and_search(tmp_path, passages, encod
 
 
 def test_ivf_with_too_few_passages_is_a_clear_error(tmp_path, passages, encoder):
-    with pytest.raises(RagsysError, match="needs at least 1024 passages"):
+    with pytest.raises(RagloopError, match="needs at least 1024 passages"):
         Index.build(passages, encoder, tmp_path / "i", factory="IVF1024,Flat")
     assert not (tmp_path / "i").exists()
-    with pytest.raises(RagsysError, match="not valid"):
+    with pytest.raises(RagloopError, match="not valid"):
         Index.build(passages, encoder, tmp_path / "i", factory="Bogus12")
 
 
 def test_querying_with_another_encoder_is_refused(built, other_bert_dir, tiny_dpr_dirs):
-    with pytest.raises(RagsysError, match="built with question encoder .* other weights"):
+    with pytest.raises(RagloopError, match="built with question encoder .* other weights"):
         Retriever.from_index(built.path, encoder=str(other_bert_dir))
-    with pytest.raises(RagsysError, match="dim"):
+    with pytest.raises(RagloopError, match="dim"):
         small = BiEncoder.from_pretrained(str(tiny_dpr_dirs[1]))
         built.check_question_encoder(_resized(small.question))
 
@@ -112,14 +112,14 @@ def test_corrupt_or_missing_files_name_the_file(tmp_path, passages, encoder):
     with open(index.path / "index.faiss", "r+b") as f:
         f.seek(100)
         f.write(b"\0\0\0\0")
-    with pytest.raises(RagsysError, match=r"index\.faiss: does not match the checksum in manifest\.json"):
+    with pytest.raises(RagloopError, match=r"index\.faiss: does not match the checksum in manifest\.json"):
         Index.load(tmp_path / "i")
     (tmp_path / "plain").mkdir()
     (tmp_path / "plain" / "x.txt").write_text("x")
-    with pytest.raises(RagsysError, match="not a ragsys index"):
+    with pytest.raises(RagloopError, match="not a ragloop index"):
         Index.load(tmp_path / "plain")
     (tmp_path / "i" / "manifest.json").write_text("{trunc")
-    with pytest.raises(RagsysError, match=r"corrupt manifest\.json"):
+    with pytest.raises(RagloopError, match=r"corrupt manifest\.json"):
         Index.load(tmp_path / "i")
 
 
@@ -142,7 +142,7 @@ def test_failed_build_keeps_the_previous_index_and_leaves_no_temp(tmp_path, pass
 def test_refuses_to_overwrite_a_folder_that_is_not_an_index(tmp_path, passages, encoder):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "thesis.tex").write_text("precious")
-    with pytest.raises(RagsysError, match="not a ragsys index; refusing"):
+    with pytest.raises(RagloopError, match="not a ragloop index; refusing"):
         Index.build(passages, encoder, tmp_path / "mine")
     assert (tmp_path / "mine" / "thesis.tex").read_text() == "precious"
 
@@ -170,3 +170,19 @@ def test_rrf_and_score_fusion():
     assert r[0].tolist() == [1, 2] and s[0][0] == pytest.approx(0.9)
     s, r = fuse((np.zeros((1, 1)), np.array([[-1]])), (np.zeros((1, 1)), np.array([[-1]])), k=2)
     assert r[0].tolist() == [-1, -1]
+
+
+def test_index_written_under_the_old_name_still_loads(tmp_path, passages, encoder):
+    """Folders from before the rename (format "ragsys-index", ragsys_encoder.json) keep loading."""
+    import shutil
+
+    old = tmp_path / "old-index"
+    shutil.copytree(Index.build(passages[:5], encoder, tmp_path / "new").path, old)
+    meta = json.loads((old / "manifest.json").read_text())
+    meta["format"] = "ragsys-index"
+    (old / "manifest.json").write_text(json.dumps(meta))
+    assert len(Index.load(old)) == 5
+    meta["format"] = "someone-else-index"
+    (old / "manifest.json").write_text(json.dumps(meta))
+    with pytest.raises(RagloopError, match="not a"):
+        Index.load(old)

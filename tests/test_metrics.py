@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from ragsys import Passage, QAExample
-from ragsys.evaluation import evaluate_retrieval, exact_match, f1_score, has_answer, normalize_answer
+from ragloop import Passage, QAExample
+from ragloop.evaluation import evaluate_retrieval, exact_match, f1_score, has_answer, normalize_answer
 
 
 def test_squad_normalisation_em_and_f1():

@@ -2,8 +2,8 @@
 
 import pytest
 
-from ragsys import BiEncoder, Index, Retriever, load_corpus, load_qa
-from ragsys.evaluation import evaluate_retrieval
+from ragloop import BiEncoder, Index, Retriever, load_corpus, load_qa
+from ragloop.evaluation import evaluate_retrieval
 
 
 @pytest.mark.slow

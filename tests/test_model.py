@@ -8,9 +8,9 @@ import shutil
 import pytest
 import torch
 
-from ragsys import BiEncoder, Encoder, Index, Passage, RagsysError, load_corpus
-from ragsys.generation import Generator
-from ragsys.model import RAG, Answer, RAGConfig, _cut_at_eos, rag_sequence_loss, rag_token_loss
+from ragloop import BiEncoder, Encoder, Index, Passage, RagloopError, load_corpus
+from ragloop.generation import Generator
+from ragloop.model import RAG, Answer, RAGConfig, _cut_at_eos, rag_sequence_loss, rag_token_loss
 
 QUESTIONS = ["Which NFL team represented the AFC at Super Bowl 50?", "Where did Super Bowl 50 take place?"]
 ANSWERS = ["Denver Broncos", "Levi's Stadium in Santa Clara"]
@@ -134,14 +134,14 @@ def test_targets_end_with_eos_and_mask_pads(t5):
                                     "1981\u201382", "and/or"])
 def test_wordpiece_decoding_keeps_numbers_and_hyphenated_words_whole(bert2bert, answer):
     """A BERT tokenizer decodes "1,000" as "1, 000", which SQuAD's F1 would score as two wrong words."""
-    from ragsys.evaluation.metrics import f1_score
+    from ragloop.evaluation.metrics import f1_score
 
     ids = bert2bert.tokenizer(answer, add_special_tokens=False)["input_ids"]
     assert f1_score(bert2bert.decode([ids])[0], [answer]) == 1.0
 
 
 def test_wordpiece_decoding_leaves_lists_apart():
-    from ragsys.generation.generator import join_wordpiece_punctuation
+    from ragloop.generation.generator import join_wordpiece_punctuation
 
     assert join_wordpiece_punctuation("1999, 2000 and 2001") == "1999, 2000 and 2001"
     assert join_wordpiece_punctuation("john f. kennedy") == "john f. kennedy"
@@ -171,7 +171,7 @@ def test_given_passages_use_a_uniform_prior(index, tiny_bert_dir, t5):
         batch = t5.build_inputs(QUESTIONS, gold)
         direct = -t5(batch["input_ids"], batch["attention_mask"], t5.tokenize_targets(ANSWERS)).sum(-1)
     assert torch.allclose(out.losses, direct, atol=1e-5)
-    with pytest.raises(RagsysError, match="same, non-zero number"):
+    with pytest.raises(RagloopError, match="same, non-zero number"):
         rag(QUESTIONS, ANSWERS, passages=[gold[0], []])
 
 
@@ -304,11 +304,11 @@ def test_answer_returns_text_and_passages(index, tiny_bert_dir, t5):
 
 def test_empty_question_raises(index, tiny_bert_dir, t5):
     rag = make_rag(index, tiny_bert_dir, t5)
-    with pytest.raises(RagsysError, match="empty"):
+    with pytest.raises(RagloopError, match="empty"):
         rag.answer("   ")
-    with pytest.raises(RagsysError, match="empty"):
+    with pytest.raises(RagloopError, match="empty"):
         rag(["", QUESTIONS[1]], ANSWERS)
-    with pytest.raises(RagsysError, match="unknown RAG mode"):
+    with pytest.raises(RagloopError, match="unknown RAG mode"):
         RAGConfig(mode="both")
 
 
@@ -337,20 +337,20 @@ def test_corrupt_or_missing_pieces_raise(index, tiny_bert_dir, t5, tmp_path):
     weights = tmp_path / "rag" / "generator" / "model.safetensors"
     good = weights.read_bytes()
     weights.write_bytes(good[:1000])
-    with pytest.raises(RagsysError, match="model.safetensors"):
+    with pytest.raises(RagloopError, match="model.safetensors"):
         RAG.from_pretrained(tmp_path / "rag")
     weights.write_bytes(b"\xff" * 16 + good[16:])  # same size, so only loading can tell
-    with pytest.raises(RagsysError, match="generator"):
+    with pytest.raises(RagloopError, match="generator"):
         RAG.from_pretrained(tmp_path / "rag", verify=False)
     weights.write_bytes(good)
     shutil.rmtree(tmp_path / "rag" / "question_encoder")
-    with pytest.raises(RagsysError, match="question_encoder"):
+    with pytest.raises(RagloopError, match="question_encoder"):
         RAG.from_pretrained(tmp_path / "rag")
-    with pytest.raises(RagsysError, match="rag_config.json"):
+    with pytest.raises(RagloopError, match="rag_config.json"):
         RAG.from_pretrained(tmp_path)
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
-    with pytest.raises(RagsysError, match="refusing to overwrite"):
+    with pytest.raises(RagloopError, match="refusing to overwrite"):
         make_rag(index, tiny_bert_dir, t5).save_pretrained(tmp_path / "other")
 
 
@@ -531,7 +531,7 @@ def test_copy_head_cached_decoding_matches_teacher_forcing_and_trains(copier):
     copier.zero_grad()
     new = {id(p) for p in copier.untrained_parameters()}
     assert all(id(p) in new for p in copier.copy_head.parameters())
-    with pytest.raises(RagsysError, match="input_ids"):
+    with pytest.raises(RagloopError, match="input_ids"):
         copier(None, inputs["attention_mask"], labels, encoder_outputs=encoded)
 
 
@@ -570,7 +570,7 @@ def test_copy_head_saves_loads_and_a_truncated_head_fails_clearly(copier, tmp_pa
                            again(inputs["input_ids"], inputs["attention_mask"], labels))
     head = tmp_path / "gen" / "copy_head.safetensors"
     head.write_bytes(head.read_bytes()[:100])
-    with pytest.raises(RagsysError, match="copy_head.safetensors"):
+    with pytest.raises(RagloopError, match="copy_head.safetensors"):
         Generator.from_pretrained(str(tmp_path / "gen"))
 
 

@@ -1,5 +1,5 @@
 """Property-based tests (hypothesis): on arbitrary input the loaders return a valid result or raise
-one `RagsysError`, and the command line exits 0 or 2 with no traceback and nothing half-written.
+one `RagloopError`, and the command line exits 0 or 2 with no traceback and nothing half-written.
 
 Deterministic (derandomized, no example database) and small, so the file runs in well under a minute.
 """
@@ -19,8 +19,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from ragsys import Index, Passage, QAExample, RagsysError, load_corpus, load_qa
-from ragsys.cli import main
+from ragloop import Index, Passage, QAExample, RagloopError, load_corpus, load_qa
+from ragloop.cli import main
 
 FAST = settings(max_examples=100, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
@@ -141,7 +141,7 @@ def check_examples(examples) -> None:
             value.encode("utf-8")
 
 
-def one_line(error: RagsysError) -> None:
+def one_line(error: RagloopError) -> None:
     assert str(error) and "\n" not in str(error)
 
 
@@ -159,7 +159,7 @@ def test_loaders_return_valid_data_or_one_error(file):
         for load, check in ((load_corpus_one, check_passages), (load_qa, check_examples)):
             try:
                 result = load(path)
-            except RagsysError as e:
+            except RagloopError as e:
                 one_line(e)
                 assert str(path) in str(e) or "no passages" in str(e)
             else:
@@ -178,13 +178,13 @@ def test_malformed_squad_structures_are_loaded_or_refused(doc):
         path.write_text(json.dumps(doc))
         try:
             examples = load_qa(path, keep_unanswerable=True)
-        except RagsysError as e:
+        except RagloopError as e:
             one_line(e)
         else:
             assert all(isinstance(ex.answers, list) and ex.question.strip() for ex in examples)
         try:
             check_passages(load_corpus([path]))
-        except RagsysError as e:
+        except RagloopError as e:
             one_line(e)
 
 
@@ -202,7 +202,7 @@ def test_csv_plain_answers_and_bom_are_read():
 
 
 def run_cli(args: list[str]) -> tuple[int, str]:
-    """`ragsys ARGS` in this process: (exit code, stderr). Any exception but SystemExit fails the test."""
+    """`ragloop ARGS` in this process: (exit code, stderr). Any exception but SystemExit fails the test."""
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         try:
@@ -214,7 +214,7 @@ def run_cli(args: list[str]) -> tuple[int, str]:
     assert "Traceback" not in stderr, (args, stderr)
     if code == 2 and not stderr.startswith("usage:"):
         lines = stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("ragsys: error: "), (args, stderr)
+        assert len(lines) == 1 and lines[0].startswith("ragloop: error: "), (args, stderr)
     return code, stderr
 
 
@@ -227,7 +227,7 @@ def previous_index(tmp_path_factory, squad_small, tiny_bert_dir) -> Path:
 
 @pytest.fixture(scope="module")
 def rag_dir(tmp_path_factory, previous_index, tiny_bert_dir, tiny_t5_dir) -> Path:
-    from ragsys import RAG, Encoder, Generator, RAGConfig
+    from ragloop import RAG, Encoder, Generator, RAGConfig
 
     path = tmp_path_factory.mktemp("rag") / "model"
     with Index.load(previous_index) as index:
@@ -353,7 +353,7 @@ def test_cli_index_bad_numbers_are_one_error(extra, tiny_bert_dir):
 
 def test_passage_store_under_a_folder_named_like_a_uri():
     """Found while reading the store: the SQLite URI was not escaped, so "#" or "?" in a path opened another file."""
-    from ragsys.retrieval.store import PassageStore
+    from ragloop.retrieval.store import PassageStore
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "run#1?mode=rw%20"

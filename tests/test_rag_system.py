@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from rag_system import RAG, RAGRetriever, save_state_dict  # noqa: E402
-from ragsys import BiEncoder, Index, Passage, load_corpus  # noqa: E402
+from ragloop import BiEncoder, Index, Passage, load_corpus  # noqa: E402
 
 
 @pytest.fixture(scope="module")

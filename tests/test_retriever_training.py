@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from ragsys import BiEncoder, Encoder, Index, RagsysError, Retriever, load_corpus, load_qa
-from ragsys.evaluation import has_answer
-from ragsys.retrieval.index import bm25_text
-from ragsys.training.retriever_trainer import (
+from ragloop import BiEncoder, Encoder, Index, RagloopError, Retriever, load_corpus, load_qa
+from ragloop.evaluation import has_answer
+from ragloop.retrieval.index import bm25_text
+from ragloop.training.retriever_trainer import (
     RetrieverTrainConfig,
     add_cli,
     batch_targets,
@@ -132,15 +132,15 @@ def test_dpr_towers(eight_paragraphs, tiny_dpr_dirs, tmp_path):
 def test_user_errors(eight_paragraphs, squad_small, tiny_bert_dir, tmp_path):
     cfg = RetrieverTrainConfig(train_file=str(eight_paragraphs), encoder=str(tiny_bert_dir), max_steps=1,
                                output_dir=str(tmp_path / "out"))
-    with pytest.raises(RagsysError, match="--train_file is required"):
+    with pytest.raises(RagloopError, match="--train_file is required"):
         train_retriever(replace(cfg, train_file=None))
-    with pytest.raises(RagsysError, match="nope.json"):
+    with pytest.raises(RagloopError, match="nope.json"):
         train_retriever(replace(cfg, train_file=str(tmp_path / "nope.json")))
-    with pytest.raises(RagsysError, match="at least two paragraphs"):
+    with pytest.raises(RagloopError, match="at least two paragraphs"):
         train_retriever(replace(cfg, train_file=str(squad_small), max_train_examples=5))
     (tmp_path / "precious").mkdir()
     (tmp_path / "precious" / "notes.txt").write_text("keep me")
-    with pytest.raises(RagsysError, match="refusing to overwrite"):
+    with pytest.raises(RagloopError, match="refusing to overwrite"):
         train_retriever(replace(cfg, output_dir=str(tmp_path / "precious")))
     assert (tmp_path / "precious" / "notes.txt").read_text() == "keep me"
 

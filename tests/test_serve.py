@@ -1,4 +1,4 @@
-"""The HTTP API (`ragsys serve`): endpoints, validation, micro-batching, the page, and properties
+"""The HTTP API (`ragloop serve`): endpoints, validation, micro-batching, the page, and properties
 over arbitrary request bodies. Tiny models; FastAPI's TestClient and httpx's ASGI transport."""
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ragsys import BiEncoder, Encoder, Index, RagsysError, load_corpus
-from ragsys.cli import main
-from ragsys.generation import Generator
-from ragsys.model import RAG, RAGConfig
-from ragsys.serving import MicroBatcher, create_app
-from ragsys.serving.app import MAX_QUESTION_CHARS
-from ragsys.serving.server import listen
+from ragloop import BiEncoder, Encoder, Index, RagloopError, load_corpus
+from ragloop.cli import main
+from ragloop.generation import Generator
+from ragloop.model import RAG, RAGConfig
+from ragloop.serving import MicroBatcher, create_app
+from ragloop.serving.app import MAX_QUESTION_CHARS
+from ragloop.serving.server import listen
 
 QUESTIONS = ["Who won Super Bowl 50?", "Where did Super Bowl 50 take place?", "What is the capital of Poland?",
              "Which team represented the NFC?", "Who was the MVP?", "When was the university founded?",
@@ -152,9 +152,9 @@ def test_an_index_folder_serves_search_only(rag_dir):
 
 
 def test_a_folder_that_is_neither_is_a_clear_error(tmp_path):
-    with pytest.raises(RagsysError, match="no such folder"):
+    with pytest.raises(RagloopError, match="no such folder"):
         create_app(tmp_path / "missing")
-    with pytest.raises(RagsysError, match="neither a saved RAG model"):
+    with pytest.raises(RagloopError, match="neither a saved RAG model"):
         create_app(tmp_path)
 
 
@@ -214,7 +214,7 @@ def test_batcher_retries_a_failed_batch_one_by_one():
     def fn(items, key):
         seen.append(list(items))
         if "bad" in items:
-            raise RagsysError("bad item")
+            raise RagloopError("bad item")
         return [f"{key}:{x}" for x in items]
 
     async def go():
@@ -226,14 +226,14 @@ def test_batcher_retries_a_failed_batch_one_by_one():
             await batcher.stop()
 
     a, bad, c = asyncio.run(go())
-    assert (a, c) == ("k:a", "k:c") and isinstance(bad, RagsysError)
+    assert (a, c) == ("k:a", "k:c") and isinstance(bad, RagloopError)
     assert seen[0] == ["a", "bad", "c"] and ["a"] in seen and ["c"] in seen
 
 
 def test_batcher_rejects_bad_settings():
-    with pytest.raises(RagsysError, match="at least 1"):
+    with pytest.raises(RagloopError, match="at least 1"):
         MicroBatcher(lambda items, key: items, max_batch=0)
-    with pytest.raises(RagsysError, match="max wait"):
+    with pytest.raises(RagloopError, match="max wait"):
         MicroBatcher(lambda items, key: items, max_wait_ms=-1)
 
 
@@ -268,16 +268,16 @@ def test_serve_command_errors_are_one_line(tmp_path, monkeypatch, capsys):
     assert "nope: no such folder" in _err(capsys)
     monkeypatch.setitem(sys.modules, "fastapi", None)  # as if FastAPI were not installed
     assert main(["serve", str(tmp_path)]) == 2
-    assert "pip install 'ragsys[serve]'" in _err(capsys)
+    assert "pip install 'ragloop[serve]'" in _err(capsys)
 
 
 def test_serve_command_warns_off_localhost_and_serves(rag_dir, monkeypatch, capsys):
-    import ragsys.serving
-    import ragsys.serving.server
+    import ragloop.serving
+    import ragloop.serving.server
 
     served = {}
-    monkeypatch.setattr(ragsys.serving.server, "listen", lambda host, port: listen("127.0.0.1", 0))
-    monkeypatch.setattr(ragsys.serving, "serve", lambda app, **kw: served.update(app=app, **kw))
+    monkeypatch.setattr(ragloop.serving.server, "listen", lambda host, port: listen("127.0.0.1", 0))
+    monkeypatch.setattr(ragloop.serving, "serve", lambda app, **kw: served.update(app=app, **kw))
     capsys.readouterr()
     assert main(["serve", str(rag_dir), "--host", "0.0.0.0", "--max-batch", "4", "-q"]) == 0
     out = capsys.readouterr()
@@ -291,9 +291,9 @@ def test_a_busy_port_is_a_clear_error():
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        with pytest.raises(RagsysError, match=f"cannot listen on 127.0.0.1:{port}"):
+        with pytest.raises(RagloopError, match=f"cannot listen on 127.0.0.1:{port}"):
             listen("127.0.0.1", port)
-    with pytest.raises(RagsysError, match="port must be"):
+    with pytest.raises(RagloopError, match="port must be"):
         listen("127.0.0.1", 70000)
 
 

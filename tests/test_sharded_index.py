@@ -10,9 +10,9 @@ import sys
 import numpy as np
 import pytest
 
-from ragsys import BiEncoder, Index, RagsysError, load_corpus
-from ragsys.cli import main
-from ragsys.retrieval.index import shard_bounds, shard_path, shards_root
+from ragloop import BiEncoder, Index, RagloopError, load_corpus
+from ragloop.cli import main
+from ragloop.retrieval.index import shard_bounds, shard_path, shards_root
 
 
 @pytest.fixture(scope="module")
@@ -80,37 +80,37 @@ def test_more_shards_than_passages_and_keep_shards(tmp_path, passages, encoder):
 
 def test_bad_shards_are_one_clear_error(tmp_path, passages, encoder, other_bert_dir):
     out = tmp_path / "index"
-    with pytest.raises(RagsysError, match=r"index\.shards: no index shards to merge"):
+    with pytest.raises(RagloopError, match=r"index\.shards: no index shards to merge"):
         Index.merge_shards(out)
-    with pytest.raises(RagsysError, match="--shard-id must be in 0..1"):
+    with pytest.raises(RagloopError, match="--shard-id must be in 0..1"):
         Index.build_shard(passages, encoder, out, num_shards=2, shard_id=2)
     Index.build_shard(passages, encoder, out, num_shards=2, shard_id=0, progress=False)
-    with pytest.raises(RagsysError, match=r"shard-1-of-2: missing; shard 1 of 2 was not built"):
+    with pytest.raises(RagloopError, match=r"shard-1-of-2: missing; shard 1 of 2 was not built"):
         Index.merge_shards(out)
 
     other = BiEncoder.from_pretrained(str(other_bert_dir))
     Index.build_shard(passages, other, out, num_shards=2, shard_id=1, progress=False)
-    with pytest.raises(RagsysError, match=r"shard-1-of-2: encoded with passage encoder .*shard-0-of-2 with"):
+    with pytest.raises(RagloopError, match=r"shard-1-of-2: encoded with passage encoder .*shard-0-of-2 with"):
         Index.merge_shards(out)
 
     Index.build_shard(passages[:-1], encoder, out, num_shards=2, shard_id=1, progress=False)
-    with pytest.raises(RagsysError, match=r"shard-1-of-2: built from another corpus than shard-0-of-2"):
+    with pytest.raises(RagloopError, match=r"shard-1-of-2: built from another corpus than shard-0-of-2"):
         Index.merge_shards(out)
 
     Index.build_shard(passages, encoder, out, num_shards=2, shard_id=1, factory="HNSW32", progress=False)
-    with pytest.raises(RagsysError, match=r"shard-1-of-2: built with other settings"):
+    with pytest.raises(RagloopError, match=r"shard-1-of-2: built with other settings"):
         Index.merge_shards(out)
 
     Index.build_shard(passages, encoder, out, num_shards=2, shard_id=1, progress=False)
     Index.build_shard(passages, encoder, out, num_shards=3, shard_id=2, progress=False)  # a stray from another run
-    with pytest.raises(RagsysError, match=r"shard-2-of-3: built with --num-shards 3, other shards .* with 2"):
+    with pytest.raises(RagloopError, match=r"shard-2-of-3: built with --num-shards 3, other shards .* with 2"):
         Index.merge_shards(out)
-    with pytest.raises(RagsysError, match=r"shard-0-of-3: missing"):
+    with pytest.raises(RagloopError, match=r"shard-0-of-3: missing"):
         Index.merge_shards(out, num_shards=3)
 
     vectors = shard_path(out, 1, 2) / "vectors.npy"
     vectors.write_bytes(vectors.read_bytes()[:-8])
-    with pytest.raises(RagsysError, match=r"shard-1-of-2/vectors\.npy: does not match the checksum"):
+    with pytest.raises(RagloopError, match=r"shard-1-of-2/vectors\.npy: does not match the checksum"):
         Index.merge_shards(out, num_shards=2)
     assert not out.exists()  # every failed merge left --out alone
 
@@ -127,7 +127,7 @@ def test_cli_two_shards_then_merge(tmp_path, squad_small, tiny_bert_dir, encoder
 
     assert main(["index", "--out", str(tmp_path / "none"), "--merge-shards", "-q"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("ragsys: error:") and "no index shards to merge" in err and "\n" not in err
+    assert err.startswith("ragloop: error:") and "no index shards to merge" in err and "\n" not in err
     assert main([*base, "--num-shards", "2"]) == 2
     assert "--num-shards and --shard-id go together" in capsys.readouterr().err
     assert main(["index", str(squad_small), "--out", str(out), "--merge-shards", "-q"]) == 2
@@ -139,7 +139,7 @@ def test_torchrun_two_processes_encode_and_merge(tmp_path, squad_small, tiny_ber
     """Under torchrun every process encodes its shard, then process 0 merges (2 CPU processes, gloo)."""
     out = tmp_path / "index"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", "-m", "ragsys",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", "-m", "ragloop",
            "index", str(squad_small), "--out", str(out), "--encoder", str(tiny_bert_dir), "-q"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -154,12 +154,12 @@ def test_merge_does_not_touch_a_folder_that_is_not_an_index(tmp_path, passages, 
     out = tmp_path / "index"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    with pytest.raises(RagsysError, match="exists and is not a ragsys index"):
+    with pytest.raises(RagloopError, match="exists and is not a ragloop index"):
         Index.build_shard(passages, encoder, out, num_shards=1, shard_id=0)
     shutil.rmtree(out)
     Index.build_shard(passages, encoder, out, num_shards=1, shard_id=0, progress=False)
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    with pytest.raises(RagsysError, match="exists and is not a ragsys index"):
+    with pytest.raises(RagloopError, match="exists and is not a ragloop index"):
         Index.merge_shards(out)
     assert (out / "notes.txt").read_text() == "mine" and shard_path(out, 0, 1).is_dir()

@@ -5,10 +5,10 @@ from dataclasses import replace
 
 import pytest
 
-from ragsys import RagsysError
-from ragsys.config import TrainConfig
-from ragsys.training import batching, train
-from ragsys.training import trainer as trainer_mod
+from ragloop import RagloopError
+from ragloop.config import TrainConfig
+from ragloop.training import batching, train
+from ragloop.training import trainer as trainer_mod
 
 
 def test_length_grouped_batches_cover_everything_deterministically():
@@ -31,7 +31,7 @@ def cfg(tmp_path, squad_small, tiny_bert_dir, tiny_t5_dir):
 
 def test_nonsense_settings_are_one_clear_error():
     for bad in ({"batch_size": 0}, {"gradient_accumulation_steps": 0}, {"eval_steps": 0}, {"learning_rate": 0.0}):
-        with pytest.raises(RagsysError, match=next(iter(bad))):
+        with pytest.raises(RagloopError, match=next(iter(bad))):
             TrainConfig(**bad)
 
 
@@ -65,23 +65,23 @@ def test_resume_continues_the_same_run_exactly(cfg, tmp_path, monkeypatch):
 
 def test_corrupt_checkpoint_and_changed_settings_are_refused(cfg):
     train(replace(cfg, max_steps=2), progress=False)
-    with pytest.raises(RagsysError, match="differ from the run's.*n_docs"):
+    with pytest.raises(RagloopError, match="differ from the run's.*n_docs"):
         train(replace(cfg, resume=True, n_docs=3), progress=False)
     weights = trainer_mod.Path(cfg.output_dir) / "last" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
-    with pytest.raises(RagsysError, match=r"model\.safetensors: does not match the checksum"):
+    with pytest.raises(RagloopError, match=r"model\.safetensors: does not match the checksum"):
         train(replace(cfg, resume=True), progress=False)
 
 
 def test_train_save_load_answer(cfg):
-    from ragsys.model import RAG
+    from ragloop.model import RAG
 
     result = train(cfg, progress=False)
     model = RAG.from_pretrained(result.best_dir)
     ans = model.answer("Which team won Super Bowl 50?", k=2)
     assert isinstance(ans.answer, str) and len(ans.passages) == 2
     assert set(ans.passages[0]) >= {"id", "title", "text", "score"}
-    with pytest.raises(RagsysError):
+    with pytest.raises(RagloopError):
         model.answer("   ")
 
 
@@ -92,7 +92,7 @@ def test_time_budget_ends_the_run_with_a_saved_model(cfg):
 
 
 def test_gold_passage_steps_read_the_question_s_own_paragraph_first(cfg, monkeypatch):
-    from ragsys.model import RAG
+    from ragloop.model import RAG
 
     seen = []
     forward = RAG.forward
@@ -110,9 +110,9 @@ def test_gold_passage_steps_read_the_question_s_own_paragraph_first(cfg, monkeyp
 
 
 def test_gold_passage_steps_need_paragraphs():
-    from ragsys.data.qa import QAExample
+    from ragloop.data.qa import QAExample
 
-    with pytest.raises(RagsysError, match="paragraph"):
+    with pytest.raises(RagloopError, match="paragraph"):
         trainer_mod.gold_passages([QAExample("q1", "who?", ["me"])])
-    with pytest.raises(RagsysError, match="gold_passage_steps"):
+    with pytest.raises(RagloopError, match="gold_passage_steps"):
         TrainConfig(gold_passage_steps=-1)

@@ -1,14 +1,14 @@
 """Section 5: answer quality (SQuAD EM/F1) on held-out dev questions, after training with the same
 wall-clock budget on the same data.
 
-- ragsys: `ragsys.training.train` (the product's trainer: AdamW, linear warmup and decay,
+- ragloop: `ragloop.training.train` (the product's trainer: AdamW, linear warmup and decay,
   length-grouped batches, gradient clipping) with `max_train_minutes`, RAG-Sequence and RAG-Token;
-  scored by `ragsys.evaluation.evaluate_answers` with retrieval (rag), without passages
+  scored by `ragloop.evaluation.evaluate_answers` with retrieval (rag), without passages
   (closed-book) and with the question's own paragraph (oracle).
 - transformers: RagSequenceForGeneration and RagTokenForGeneration (the same models, passages and
   vectors as section 4) trained by a loop that copies the trainer's recipe: the same optimizer,
   schedule, batches (`length_grouped_batches`, same seed), clipping and time budget; scored with the
-  same EM/F1 functions on the answers of their `generate` (greedy, 32 new tokens, as ragsys).
+  same EM/F1 functions on the answers of their `generate` (greedy, 32 new tokens, as ragloop).
 
 Models start from the same weights (a T5 built from a config, no pretraining is possible offline), so
 with a few minutes of CPU training the absolute scores are low; the comparison is what the same
@@ -22,18 +22,18 @@ import time
 
 from bench.suite.common import num, say, table, timed
 from bench.suite.models import LABELS, HFSide, optimizer_for
-from ragsys.evaluation.metrics import exact_match, f1_score
+from ragloop.evaluation.metrics import exact_match, f1_score
 
 TITLE = "Answer quality after the same training budget"
 WARMUP = 20
 EVAL_BATCH = 16
 
 
-def train_ragsys(ctx, mode: str, minutes: float) -> tuple[object, dict]:
-    from ragsys.config import TrainConfig
-    from ragsys.data.bundled import SQUAD_TRAIN, bundled_path
-    from ragsys.model import RAG
-    from ragsys.training import train
+def train_ragloop(ctx, mode: str, minutes: float) -> tuple[object, dict]:
+    from ragloop.config import TrainConfig
+    from ragloop.data.bundled import SQUAD_TRAIN, bundled_path
+    from ragloop.model import RAG
+    from ragloop.training import train
 
     s = ctx.rag_setup
     cfg = TrainConfig(train_file=str(bundled_path(SQUAD_TRAIN)), max_train_examples=len(ctx.train_examples),
@@ -42,7 +42,7 @@ def train_ragsys(ctx, mode: str, minutes: float) -> tuple[object, dict]:
                       warmup_steps=WARMUP, num_epochs=1, max_train_minutes=minutes, eval_steps=10**9,
                       logging_steps=10**9, max_source_length=s.max_source_length,
                       max_target_length=s.max_target_length, precision="fp32", seed=0,
-                      output_dir=str(ctx.work / f"train-ragsys-{mode}"))
+                      output_dir=str(ctx.work / f"train-ragloop-{mode}"))
     start = time.perf_counter()
     result = train(cfg, progress=False)
     seconds = time.perf_counter() - start
@@ -57,19 +57,19 @@ def tail_mean(losses: list[float], n: int = 10) -> float:
 
 
 def train_hf(ctx, mode: str, minutes: float) -> tuple[HFSide, dict]:
-    """The ragsys trainer's recipe, step for step, around transformers' model."""
+    """The ragloop trainer's recipe, step for step, around transformers' model."""
     import torch
     from transformers import get_linear_schedule_with_warmup
 
-    from ragsys.training.batching import length_grouped_batches
-    from ragsys.training.trainer import seed_everything
+    from ragloop.training.batching import length_grouped_batches
+    from ragloop.training.trainer import seed_everything
 
     s = ctx.rag_setup
     seed_everything(0)
     side = HFSide(s, mode)
     optimizer = optimizer_for(side, s.learning_rate)
     examples = ctx.train_examples
-    total = math.ceil(len(examples) / s.batch_size)  # one epoch, as the ragsys run plans
+    total = math.ceil(len(examples) / s.batch_size)  # one epoch, as the ragloop run plans
     scheduler = get_linear_schedule_with_warmup(optimizer, min(WARMUP, total), total)
     lengths = [len(e.question) + len(e.answers[0]) for e in examples]
     batches = length_grouped_batches(lengths, s.batch_size, 0, 0)
@@ -106,20 +106,20 @@ def score_hf(side: HFSide, examples) -> dict:
 
 
 def run(ctx) -> dict:
-    from ragsys.evaluation import evaluate_answers
+    from ragloop.evaluation import evaluate_answers
 
     minutes = ctx.sizes.train_minutes
     heldout = ctx.heldout
     scores = {}
-    for name in ("ragsys-sequence", "hf-sequence", "ragsys-token", "hf-token"):
+    for name in ("ragloop-sequence", "hf-sequence", "ragloop-token", "hf-token"):
         impl, mode = name.split("-")
         say(f"training {name} for {minutes:g} min ...")
-        model, info = (train_ragsys if impl == "ragsys" else train_hf)(ctx, mode, minutes)
-        contexts = ("rag", "closed-book", "oracle") if name == "ragsys-sequence" else ("rag",)
+        model, info = (train_ragloop if impl == "ragloop" else train_hf)(ctx, mode, minutes)
+        contexts = ("rag", "closed-book", "oracle") if name == "ragloop-sequence" else ("rag",)
         info["scores"] = {}
         eval_s = 0.0
         for context in contexts:
-            if impl == "ragsys":
+            if impl == "ragloop":
                 seconds, res = timed(evaluate_answers, model, heldout, context, progress=False)
             else:
                 seconds, res = timed(score_hf, model, heldout)
@@ -146,7 +146,7 @@ def report(res: dict) -> str:
     return (f"Each model trained for {res['minutes']:g} min of wall clock on {res['train_questions']:,} SQuAD "
             f"training questions (batch {res['batch_size']}, lr {res['learning_rate']}, n_docs {res['n_docs']}), "
             f"then scored on {res['heldout']} held-out dev questions (articles not trained on), greedy decoding. "
-            "closed-book: the ragsys model without passages; oracle: with the question's own paragraph.\n\n"
+            "closed-book: the ragloop model without passages; oracle: with the question's own paragraph.\n\n"
             + table(["model", "steps", "examples seen", "loss, last 10 steps", "EM", "F1", f"hit@{res['n_docs']}"],
                     rows))
 

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from unittest import mock
 
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # as the `ragsys` CLI sets it
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # as the `ragloop` CLI sets it
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is built from configs or the bundled MiniLM
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
@@ -54,7 +54,7 @@ def machine_info() -> dict:
     import datasets
     import tokenizers
 
-    import ragsys
+    import ragloop
 
     return {
         "cpu": cpu_model(),
@@ -69,7 +69,7 @@ def machine_info() -> dict:
         "tokenizers": tokenizers.__version__,
         "bm25s": bm25s.__version__,
         "numpy": np.__version__,
-        "ragsys": ragsys.__version__,
+        "ragloop": ragloop.__version__,
         "platform": platform.platform(),
     }
 
@@ -77,8 +77,8 @@ def machine_info() -> dict:
 def machine_line(m: dict) -> str:
     return (f"{m['cpu']}, {m['cores']} cores (torch threads {m['torch_threads']}, faiss threads "
             f"{m['faiss_threads']}); Python {m['python']}, torch {m['torch']}, transformers {m['transformers']}, "
-            f"faiss {m['faiss']}, datasets {m.get('datasets', '?')}, ragsys {m['ragsys']}"
-            + (f" (commit {m['ragsys_commit']})" if m.get("ragsys_commit") else ""))
+            f"faiss {m['faiss']}, datasets {m.get('datasets', '?')}, ragloop {m['ragloop']}"
+            + (f" (commit {m['ragloop_commit']})" if m.get("ragloop_commit") else ""))
 
 
 def source_version() -> str:
@@ -223,8 +223,8 @@ class Spans:
 
 
 def encoder_targets(encoder) -> list[tuple[str, object, str]]:
-    """The parts of ragsys's `Encoder.encode`: tokenising, padding, the model (+ pooling), mode switches."""
-    from ragsys.retrieval import Encoder
+    """The parts of ragloop's `Encoder.encode`: tokenising, padding, the model (+ pooling), mode switches."""
+    from ragloop.retrieval import Encoder
 
     return [
         ("tokenize", Encoder, "tokenize"),
@@ -260,7 +260,7 @@ class BareEncoder:
     def __init__(self, max_length: int, normalize: bool, source: str | None = None, pooling: str = "mean") -> None:
         from transformers import AutoModel, AutoTokenizer
 
-        from ragsys.retrieval.encoders import DEFAULT_ENCODER, resolve_source
+        from ragloop.retrieval.encoders import DEFAULT_ENCODER, resolve_source
 
         source = resolve_source(source or DEFAULT_ENCODER)
         self.tokenizer = AutoTokenizer.from_pretrained(source)

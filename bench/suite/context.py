@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 
 from bench.suite.common import say, timed
-from ragsys.data import load_corpus, load_qa
-from ragsys.data.bundled import SQUAD_DEV, SQUAD_TRAIN, bundled_path
-from ragsys.data.corpus import Passage, make_passages
-from ragsys.data.qa import QAExample, sample_evenly
+from ragloop.data import load_corpus, load_qa
+from ragloop.data.bundled import SQUAD_DEV, SQUAD_TRAIN, bundled_path
+from ragloop.data.corpus import Passage, make_passages
+from ragloop.data.qa import QAExample, sample_evenly
 
 log = logging.getLogger(__name__)
 
@@ -97,14 +97,14 @@ class Context:
 
     @cached_property
     def minilm(self):
-        from ragsys.retrieval import BiEncoder
+        from ragloop.retrieval import BiEncoder
 
         return BiEncoder.from_pretrained()
 
     @cached_property
     def dev_index(self):
-        """ragsys index (Flat, all-MiniLM-L6-v2, BM25) of the dev passages."""
-        from ragsys.retrieval import Index
+        """ragloop index (Flat, all-MiniLM-L6-v2, BM25) of the dev passages."""
+        from ragloop.retrieval import Index
 
         say(f"building the retrieval index: {len(self.dev_passages)} passages, all-MiniLM-L6-v2 ...")
         seconds, index = timed(Index.build, self.dev_passages, self.minilm, self.work / "dev-index", progress=False)
@@ -113,7 +113,7 @@ class Context:
 
     @cached_property
     def dev_retriever(self):
-        from ragsys.retrieval import Retriever
+        from ragloop.retrieval import Retriever
 
         return Retriever(self.dev_index, self.minilm.question)
 
@@ -143,17 +143,17 @@ class Context:
     @cached_property
     def rag_passages(self) -> list[Passage]:
         """Passages of the training articles' and the dev articles' paragraphs (held-out questions
-        are answerable, training questions too), as ragsys's trainer indexes a QA dataset."""
+        are answerable, training questions too), as ragloop's trainer indexes a QA dataset."""
         docs = ({"doc_id": e.doc_id, "title": e.title, "text": e.context}
                 for e in self.train_examples + self.dev_examples)
         return make_passages(docs)
 
     @cached_property
     def rag_setup(self):
-        """The shared setup of sections 4-5: DPR-MiniLM encoders, the small T5, a ragsys index of
+        """The shared setup of sections 4-5: DPR-MiniLM encoders, the small T5, a ragloop index of
         `rag_passages` (Flat) and the same passages and vectors as a transformers knowledge base."""
         from bench.suite.models import Setup, save_hf_knowledge_base
-        from ragsys.retrieval import BiEncoder, Index
+        from ragloop.retrieval import BiEncoder, Index
 
         q_dir, c_dir = self.dpr_dirs
         index_dir = self.work / "rag-index"

@@ -1,6 +1,6 @@
 """Section 2: indexing throughput (passages/s) with the same encoder weights on every side.
 
-- ragsys: `Index.build(passages, BiEncoder.from_pretrained(ctx_dir, q_dir), out, "Flat")`: encode,
+- ragloop: `Index.build(passages, BiEncoder.from_pretrained(ctx_dir, q_dir), out, "Flat")`: encode,
   FAISS, SQLite store, BM25, manifest with checksums, reload and verify; a fresh folder every round.
 - the limit: a bare forward pass of the same `DPRContextEncoder` (tokenizer, length-sorted batches,
   `pooler_output` under inference_mode): vectors only, nothing stored.
@@ -8,7 +8,7 @@
   `datasets.Dataset.from_dict({"title", "text"})`, `.map(partial(embed, ...), batched=True)` with a
   `DPRContextEncoder` and its tokenizer, then `add_faiss_index("embeddings")` (Flat, inner product).
   Two changes from the example, both in its favour or needed for the same vectors: the same batch size
-  as ragsys (64, the example uses 16), `torch.inference_mode()` (the example keeps autograd on), and
+  as ragloop (64, the example uses 16), `torch.inference_mode()` (the example keeps autograd on), and
   the attention mask passed to the encoder (the example passes input_ids only, so pads are attended
   and vectors depend on the batch).
 
@@ -26,8 +26,8 @@ import torch
 
 from bench.suite.common import BareEncoder, alternate, num, speed_summary, table, timed
 
-TITLE = "Indexing throughput: ragsys vs bare forward vs transformers/datasets"
-RAGSYS, BARE, HF = "ragsys Index.build", "bare DPRContextEncoder forward (the limit)", \
+TITLE = "Indexing throughput: ragloop vs bare forward vs transformers/datasets"
+RAGLOOP, BARE, HF = "ragloop Index.build", "bare DPRContextEncoder forward (the limit)", \
     "datasets .map(embed) + add_faiss_index"
 BATCH = 64
 
@@ -45,7 +45,7 @@ def run(ctx) -> dict:
     from datasets import Dataset, Features, Sequence, Value
     from transformers import DPRContextEncoder, DPRContextEncoderTokenizerFast
 
-    from ragsys.retrieval import BiEncoder, Index
+    from ragloop.retrieval import BiEncoder, Index
 
     passages = ctx.dev_passages[: ctx.sizes.index_passages]
     titles, texts = [p.title for p in passages], [p.text for p in passages]
@@ -57,11 +57,11 @@ def run(ctx) -> dict:
     features = Features({"title": Value("string"), "text": Value("string"), "embeddings": Sequence(Value("float32"))})
     last: dict[str, np.ndarray] = {}
 
-    def ragsys_build(r: int) -> float:
+    def ragloop_build(r: int) -> float:
         out = ctx.work / f"indexing-{r}"
         seconds, _ = timed(Index.build, passages, encoder, out, factory="Flat", batch_size=BATCH, progress=False)
         index = Index.load(out, verify=False)
-        last[RAGSYS] = index.faiss.reconstruct_n(0, len(index))
+        last[RAGLOOP] = index.faiss.reconstruct_n(0, len(index))
         index.store.close()
         shutil.rmtree(out, ignore_errors=True)
         return seconds
@@ -76,7 +76,7 @@ def run(ctx) -> dict:
         ds.add_faiss_index("embeddings", metric_type=faiss.METRIC_INNER_PRODUCT)
         last[HF] = np.asarray(ds["embeddings"], dtype=np.float32)
 
-    seconds = alternate({RAGSYS: ragsys_build, BARE: bare_forward, HF: hf_build}, ctx.sizes.rounds,
+    seconds = alternate({RAGLOOP: ragloop_build, BARE: bare_forward, HF: hf_build}, ctx.sizes.rounds,
                         progress="indexing")
     return {
         "passages": len(passages),
@@ -85,22 +85,22 @@ def run(ctx) -> dict:
         "rounds": ctx.sizes.rounds,
         "vs_limit": speed_summary(seconds, len(passages), BARE),
         "vs_hf": speed_summary(seconds, len(passages), HF),
-        "max_abs_diff": {"ragsys vs bare": float(np.abs(last[RAGSYS] - last[BARE]).max()),
-                         "ragsys vs datasets": float(np.abs(last[RAGSYS] - last[HF]).max())},
+        "max_abs_diff": {"ragloop vs bare": float(np.abs(last[RAGLOOP] - last[BARE]).max()),
+                         "ragloop vs datasets": float(np.abs(last[RAGLOOP] - last[HF]).max())},
     }
 
 
 def report(res: dict) -> str:
     lim, hf = res["vs_limit"], res["vs_hf"]
     rows = [[name, num(lim[name]["median_s"], 2), num(lim[name]["per_s"]), f"{lim[name]['ratio']:.3f}",
-             f"{hf[name]['ratio']:.3f}"] for name in (RAGSYS, HF, BARE)]
+             f"{hf[name]['ratio']:.3f}"] for name in (RAGLOOP, HF, BARE)]
     diff = res["max_abs_diff"]
     return (f"{res['passages']} passages of the dev sample, {res['encoder']}, batch {res['batch_size']}, "
             f"median of {res['rounds']} alternating rounds; ratios are medians of per-round throughput ratios "
             "(>1: faster).\n\n"
             + table(["path", "median s", "passages/s", "vs limit", "vs datasets path"], rows)
-            + f"\n\nSame vectors on every side: max |ragsys - bare| = {diff['ragsys vs bare']:.1e}, "
-            f"max |ragsys - datasets| = {diff['ragsys vs datasets']:.1e}. ragsys also writes the SQLite "
+            + f"\n\nSame vectors on every side: max |ragloop - bare| = {diff['ragloop vs bare']:.1e}, "
+            f"max |ragloop - datasets| = {diff['ragloop vs datasets']:.1e}. ragloop also writes the SQLite "
             "store, BM25 and a checksummed manifest and reloads the folder; the datasets path keeps "
             "everything in memory.")
 

@@ -3,13 +3,13 @@ sides.
 
 - Retriever encoders: DPR towers (`DPRQuestionEncoder`, `DPRContextEncoder`) whose BERT weights are
   those of the bundled all-MiniLM-L6-v2 (6 layers, hidden 384; both towers the same weights), CLS
-  pooling (DPR's `pooler_output`, no projection), max_length 256. ragsys loads the same folders
+  pooling (DPR's `pooler_output`, no projection), max_length 256. ragloop loads the same folders
   (`Encoder.from_pretrained` reads a DPR folder as pooling "pooler"), so both sides compute the
   same vectors.
 - Generator: a small T5 (d_model 256, 4+4 layers, 15M parameters with the embeddings) built from a
   config on the MiniLM WordPiece vocabulary (pad [PAD], eos [SEP], decoder start [CLS]); one folder
   loaded by both sides. No pretrained T5 can be downloaded here.
-- Knowledge base: a ragsys index folder, and for transformers a `datasets.Dataset` with title, text
+- Knowledge base: a ragloop index folder, and for transformers a `datasets.Dataset` with title, text
   and embeddings (the same vectors) plus a Flat inner-product FAISS index, saved to disk and loaded
   back through `CustomHFIndex.load_from_disk`, the way transformers' RAG examples do.
 
@@ -27,8 +27,8 @@ import faiss
 import numpy as np
 import torch
 
-from ragsys.data.qa import QAExample
-from ragsys.retrieval.encoders import DEFAULT_ENCODER, resolve_source
+from ragloop.data.qa import QAExample
+from ragloop.retrieval.encoders import DEFAULT_ENCODER, resolve_source
 
 MAX_ENCODER_LENGTH = 256
 
@@ -42,7 +42,7 @@ def minilm_dir() -> str:
 
 def dpr_from_minilm(root: Path) -> tuple[Path, Path]:
     """(question encoder, context encoder) folders; built once, reused if present. The names contain
-    `question_encoder` / `ctx_encoder`, so ragsys pairs them by itself (`BiEncoder.from_pretrained`)."""
+    `question_encoder` / `ctx_encoder`, so ragloop pairs them by itself (`BiEncoder.from_pretrained`)."""
     from transformers import AutoTokenizer, BertModel, DPRConfig, DPRContextEncoder, DPRQuestionEncoder
 
     q_dir, c_dir = root / "dpr-minilm-question_encoder", root / "dpr-minilm-ctx_encoder"
@@ -100,9 +100,9 @@ def hf_dataset(titles: list[str], texts: list[str], vectors: np.ndarray):
 
 
 def save_hf_knowledge_base(index_dir: Path, out: Path) -> tuple[Path, Path]:
-    """The passages and vectors of a ragsys index folder as a saved dataset + FAISS file, the two
+    """The passages and vectors of a ragloop index folder as a saved dataset + FAISS file, the two
     paths `CustomHFIndex.load_from_disk` takes (transformers' own "custom index" format)."""
-    from ragsys.retrieval import Index
+    from ragloop.retrieval import Index
 
     index = Index.load(index_dir, verify=False)
     passages = list(index.store)
@@ -126,12 +126,12 @@ class Setup:
     question_encoder: str
     ctx_encoder: str
     generator: str
-    index_dir: str  # ragsys index folder
+    index_dir: str  # ragloop index folder
     hf_dataset: str  # saved datasets.Dataset
     hf_index: str  # its FAISS index file
     n_docs: int = 5
     batch_size: int = 8
-    max_source_length: int = 256  # ragsys max_source_length = transformers max_combined_length
+    max_source_length: int = 256  # ragloop max_source_length = transformers max_combined_length
     max_target_length: int = 32
     max_new_tokens: int = 32
     learning_rate: float = 3e-4
@@ -144,9 +144,9 @@ class Setup:
         return cls(**json.loads(Path(path).read_text()))
 
 
-SIDES = ("ragsys-sequence", "hf-sequence", "ragsys-token", "hf-token")
-LABELS = {"ragsys-sequence": "ragsys RAG (mode sequence)", "hf-sequence": "transformers RagSequenceForGeneration",
-          "ragsys-token": "ragsys RAG (mode token)", "hf-token": "transformers RagTokenForGeneration"}
+SIDES = ("ragloop-sequence", "hf-sequence", "ragloop-token", "hf-token")
+LABELS = {"ragloop-sequence": "ragloop RAG (mode sequence)", "hf-sequence": "transformers RagSequenceForGeneration",
+          "ragloop-token": "ragloop RAG (mode token)", "hf-token": "transformers RagTokenForGeneration"}
 
 
 class Side:
@@ -170,13 +170,13 @@ class Side:
         raise NotImplementedError
 
 
-class RagsysSide(Side):
+class RagloopSide(Side):
     def __init__(self, setup: Setup, mode: str, index=None, model=None) -> None:
-        from ragsys.generation import Generator
-        from ragsys.model import RAG, RAGConfig
-        from ragsys.retrieval import Encoder, Index
+        from ragloop.generation import Generator
+        from ragloop.model import RAG, RAGConfig
+        from ragloop.retrieval import Encoder, Index
 
-        self.name = f"ragsys-{mode}"
+        self.name = f"ragloop-{mode}"
         if model is None:
             index = index if index is not None else Index.load(setup.index_dir, verify=False)
             config = RAGConfig(n_docs=setup.n_docs, mode=mode, max_source_length=setup.max_source_length,
@@ -266,8 +266,8 @@ class HFSide(Side):
             pad = self.rag.config.generator.pad_token_id
             self.last_tokens = [len(row) - next((i for i, t in enumerate(reversed(row)) if t != pad), len(row))
                                 for row in body]
-        # the same answer clean-up as ragsys's Generator.decode, so section 5 scores both sides alike
-        from ragsys.generation.generator import is_wordpiece, join_wordpiece_punctuation
+        # the same answer clean-up as ragloop's Generator.decode, so section 5 scores both sides alike
+        from ragloop.generation.generator import is_wordpiece, join_wordpiece_punctuation
 
         wordpiece = is_wordpiece(self.g_tokenizer)
         texts = self.g_tokenizer.batch_decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=wordpiece)
@@ -282,14 +282,14 @@ class HFSide(Side):
 
 def make_side(setup: Setup, name: str, index=None) -> Side:
     impl, mode = name.split("-")
-    return RagsysSide(setup, mode, index) if impl == "ragsys" else HFSide(setup, mode)
+    return RagloopSide(setup, mode, index) if impl == "ragloop" else HFSide(setup, mode)
 
 
 # -- training -------------------------------------------------------------------------------------
 
 
 def optimizer_for(side: Side, lr: float) -> torch.optim.Optimizer:
-    """AdamW over every trainable parameter, as ragsys's trainer makes it (fused where torch has it)."""
+    """AdamW over every trainable parameter, as ragloop's trainer makes it (fused where torch has it)."""
     fused = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 4)
     params = [p for p in side.module.parameters() if p.requires_grad]
     return torch.optim.AdamW(params, lr=lr, weight_decay=0.01, fused=fused)

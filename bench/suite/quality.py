@@ -1,15 +1,15 @@
 """Section 1: retrieval quality on the bundled SQuAD dev sample: dense vs BM25 vs hybrid.
 
 hit@k: an answer string occurs (normalised, whole tokens) in one of the top k passages;
-gold@k: the question's own paragraph is among the top k (`ragsys.evaluation.evaluate_retrieval`,
-k = 1..100). Dense = all-MiniLM-L6-v2, Flat; hybrid = reciprocal-rank fusion of the two (ragsys's
+gold@k: the question's own paragraph is among the top k (`ragloop.evaluation.evaluate_retrieval`,
+k = 1..100). Dense = all-MiniLM-L6-v2, Flat; hybrid = reciprocal-rank fusion of the two (ragloop's
 default). One plot, k on a log axis.
 """
 
 from __future__ import annotations
 
 from bench.suite.common import num, pyplot, table, timed
-from ragsys.evaluation import evaluate_retrieval
+from ragloop.evaluation import evaluate_retrieval
 
 TITLE = "Retrieval quality: dense vs BM25 vs hybrid"
 MODES = ("dense", "bm25", "hybrid")

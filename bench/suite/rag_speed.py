@@ -1,4 +1,4 @@
-"""Section 4: RAG training and answering, ragsys vs transformers' RagSequenceForGeneration and
+"""Section 4: RAG training and answering, ragloop vs transformers' RagSequenceForGeneration and
 RagTokenForGeneration, with the same models (DPR-MiniLM question encoder, small T5 generator, see
 `models.py`), the same passages and vectors, n_docs, batch and inputs.
 
@@ -7,7 +7,7 @@ RagTokenForGeneration, with the same models (DPR-MiniLM question encoder, small 
   runs the same batches; median over rounds, ratios from the per-round pairs.
 - Peak memory: each side alone in a fresh subprocess (`python -m bench.suite.worker`), which builds
   the side and trains a few steps; peak RSS from getrusage (ru_maxrss).
-- Answer latency: one question end to end (encode, retrieve, generate greedily, decode): ragsys
+- Answer latency: one question end to end (encode, retrieve, generate greedily, decode): ragloop
   `RAG.answer(q)` vs `generate(input_ids)` + decode. Both generators' eos is set to an unused token
   for this measurement, so every answer is exactly the same number of tokens (the models are untrained;
   otherwise each side would stop at a different random point).
@@ -39,10 +39,10 @@ from bench.suite.common import (
 )
 from bench.suite.models import LABELS, SIDES, HFSide, Side, fixed_batches, make_side, optimizer_for, train_step
 
-TITLE = "RAG training and answering: ragsys vs transformers RAG"
+TITLE = "RAG training and answering: ragloop vs transformers RAG"
 GOAL_TRAIN, GOAL_LATENCY = 1.5, 0.5
 UNUSED_TOKEN = "[unused0]"
-PAIRS = (("ragsys-sequence", "hf-sequence"), ("ragsys-token", "hf-token"))
+PAIRS = (("ragloop-sequence", "hf-sequence"), ("ragloop-token", "hf-token"))
 
 
 @contextlib.contextmanager
@@ -70,9 +70,9 @@ def stage_targets(side: Side) -> list[tuple[str, object, str]]:
     from transformers import DPRQuestionEncoder, RagRetriever, T5ForConditionalGeneration
     from transformers.models.rag.modeling_rag import RagSequenceForGeneration, RagTokenForGeneration
 
-    from ragsys import model as rag_module
-    from ragsys.generation import Generator
-    from ragsys.retrieval import Index, PassageStore
+    from ragloop import model as rag_module
+    from ragloop.generation import Generator
+    from ragloop.retrieval import Index, PassageStore
 
     t5 = side.generator_model()
     common = [("question encoder", DPRQuestionEncoder, "forward"),
@@ -104,7 +104,7 @@ CALLS = ("question encoder", "T5 encoder", "T5 decoder")
 
 
 def flatten(spans: Spans) -> dict[str, float]:
-    """Seconds per stage, each counted once: a stage nested in another (T5 forward inside ragsys's
+    """Seconds per stage, each counted once: a stage nested in another (T5 forward inside ragloop's
     Generator.forward, labelled "loss") is taken out of its parent."""
     out = defaultdict(float)
     for path, s in spans.seconds.items():
@@ -197,7 +197,7 @@ def peak_memory(ctx, setup_file, train_file) -> dict:
 def run(ctx) -> dict:
     setup = ctx.rag_setup
     sizes = ctx.sizes
-    from ragsys.retrieval import Index
+    from ragloop.retrieval import Index
 
     shared_index = Index.load(setup.index_dir, verify=False)
     sides = {name: make_side(setup, name, shared_index) for name in SIDES}
@@ -301,7 +301,7 @@ def report(res: dict) -> str:
            f"max source length {s['max_source_length']}, AdamW lr {s['learning_rate']}. Training: "
            f"{res['steps_per_round']} step(s) per side per round, {res['rounds']} alternating rounds; answers: "
            f"{res['latency_questions_per_round']} question(s) per side per round, greedy, exactly "
-           f"{res['answer_tokens']} tokens. Ratios: ragsys over transformers in the same round (training: "
+           f"{res['answer_tokens']} tokens. Ratios: ragloop over transformers in the same round (training: "
            "throughput, higher is better; answer: latency, lower is better), median over rounds. Peak RSS: each "
            "side alone in a subprocess; \"above imports\" = peak minus the RSS once torch, transformers, "
            "datasets and faiss are imported.\n",

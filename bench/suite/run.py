@@ -1,4 +1,4 @@
-"""ragsys side by side with its peers: one command, five sections, markdown tables, JSON and plots.
+"""ragloop side by side with its peers: one command, five sections, markdown tables, JSON and plots.
 
     python -m bench                    # full run, < 30 min on 2 quiet cores
     python -m bench --quick            # the same code paths on subsets, under 5 min
@@ -6,13 +6,13 @@
 
 1. quality   retrieval quality on the bundled SQuAD dev sample: dense vs BM25 vs hybrid, hit@k and
              gold@k for k = 1..100 (plot)
-2. indexing  passages/s: ragsys `Index.build` vs a bare encoder forward (the limit) vs transformers'
+2. indexing  passages/s: ragloop `Index.build` vs a bare encoder forward (the limit) vs transformers'
              datasets knowledge-base path, same encoder weights on every side
 3. search    latency and q/s of dense, BM25, hybrid (and the datasets path); Flat vs HNSW vs IVF-PQ:
              bytes per passage, recall@10; a scale curve to 1M synthetic vectors (plot)
-4. rag       RAG training examples/s, peak RSS and answer latency: ragsys vs transformers'
+4. rag       RAG training examples/s, peak RSS and answer latency: ragloop vs transformers'
              RagSequenceForGeneration / RagTokenForGeneration with the same models and inputs
-5. answers   EM/F1 on held-out dev questions after the same training budget: ragsys RAG (with
+5. answers   EM/F1 on held-out dev questions after the same training budget: ragloop RAG (with
              retrieval, closed book, oracle) vs the transformers RAG classes
 
 Writes bench/results/<section>.json, bench/results/*.png and bench/results/summary.md (with
@@ -66,7 +66,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def quiet() -> None:
     import datasets
 
-    from ragsys.cli import quiet_libraries
+    from ragloop.cli import quiet_libraries
 
     quiet_libraries()
     datasets.disable_progress_bars()
@@ -89,14 +89,14 @@ def main(argv: list[str] | None = None) -> int:
         sizes = dataclasses.replace(sizes, train_minutes=args.train_minutes)
     suffix = "-quick" if args.quick else ""
     command = " ".join(["python -m bench", *argv])
-    machine = machine_info() | {"ragsys_commit": source_version()}
+    machine = machine_info() | {"ragloop_commit": source_version()}
     started, load_start = time.perf_counter(), load_average()
 
     plan = [[f"{i}. {name}", f"{ESTIMATE_S['quick'][name] / 60:.1f}", f"{ESTIMATE_S['full'][name] / 60:.1f}"]
             for i, name in enumerate(SECTIONS, 1)]
     plan.append(["total", f"{sum(ESTIMATE_S['quick'].values()) / 60:.1f}",
                  f"{sum(ESTIMATE_S['full'].values()) / 60:.1f}"])
-    header = [f"# ragsys side by side ({mode} run)", "",
+    header = [f"# ragloop side by side ({mode} run)", "",
               f"Machine: {machine_line(machine)}.", "",
               f"Command: `{command}`; {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}; "
               f"1-min load average at start {load_start:.1f} on {machine['cores']} cores.", ""]
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table(["section", "quick", "full"], plan) + "\n", flush=True)
 
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="ragsys-bench-suite-"))
+    work = Path(tempfile.mkdtemp(prefix="ragloop-bench-suite-"))
     ctx = Context(sizes, work, args.quick)
     parts, times = [], []
     try:

@@ -1,10 +1,10 @@
 """Section 3: search latency and index types.
 
-a. Latency and questions/s of ragsys dense, BM25 and hybrid search on the dev index (all-MiniLM-L6-v2,
+a. Latency and questions/s of ragloop dense, BM25 and hybrid search on the dev index (all-MiniLM-L6-v2,
    Flat, k=10), next to the transformers/datasets way of searching the same vectors: the same encoder
    (AutoModel + mean pooling) and `Dataset.get_nearest_examples_batch` on a Flat inner-product
    `add_faiss_index`. One question per call (p50/p95) and batched.
-b. Index types on the real corpus: Flat, HNSW32 and IVF-PQ for several PQ sizes, built by ragsys's own
+b. Index types on the real corpus: Flat, HNSW32 and IVF-PQ for several PQ sizes, built by ragloop's own
    FAISS code path (`_make_faiss`, `_train`, add, `set_search_params` with `Index.build`'s defaults,
    `enable_reconstruct`, as `Index.build` + `Index.load` do): bytes per passage, build time, latency,
    and quality against Flat: recall@10 (share of Flat's top 10 found), 1-recall@10 (Flat's top 1 is
@@ -23,7 +23,7 @@ from collections import defaultdict
 import faiss
 import numpy as np
 
-import ragsys.retrieval.index as index_module
+import ragloop.retrieval.index as index_module
 from bench.suite.common import (
     BareEncoder,
     alternate,
@@ -37,7 +37,7 @@ from bench.suite.common import (
     say,
     table,
 )
-from ragsys.evaluation.metrics import has_answer
+from ragloop.evaluation.metrics import has_answer
 
 TITLE = "Search: latency, index types, scale"
 K = 10
@@ -56,8 +56,8 @@ def ivfpq(n: int, m: int) -> str:
     return f"IVF{nlist_for(n)},PQ{m}"
 
 
-def build_like_ragsys(factory: str, vectors: np.ndarray) -> tuple[faiss.Index, float, int]:
-    """(index, build seconds, bytes of the trained but empty index) through ragsys's FAISS code path."""
+def build_like_ragloop(factory: str, vectors: np.ndarray) -> tuple[faiss.Index, float, int]:
+    """(index, build seconds, bytes of the trained but empty index) through ragloop's FAISS code path."""
     start = time.perf_counter()
     index = index_module._make_faiss(factory, vectors.shape[1])
     with quiet_stderr():  # FAISS warns about few training points per centroid on small corpora
@@ -89,11 +89,11 @@ def latency(ctx) -> dict:
         return ds.get_nearest_examples_batch("embeddings", bare.encode(qs, batch_size=128), k=K)
 
     calls = {
-        "ragsys dense (search_rows)": lambda qs: retriever.search_rows(qs, K, "dense"),
-        "ragsys dense (search, with passages)": lambda qs: retriever.search(qs, K, "dense"),
+        "ragloop dense (search_rows)": lambda qs: retriever.search_rows(qs, K, "dense"),
+        "ragloop dense (search, with passages)": lambda qs: retriever.search(qs, K, "dense"),
         DENSE_PEER: peer,
-        "ragsys BM25": lambda qs: retriever.search_rows(qs, K, "bm25"),
-        "ragsys hybrid": lambda qs: retriever.search_rows(qs, K, "hybrid"),
+        "ragloop BM25": lambda qs: retriever.search_rows(qs, K, "bm25"),
+        "ragloop hybrid": lambda qs: retriever.search_rows(qs, K, "hybrid"),
     }
     names = list(calls)
     for name in names:  # warm-up
@@ -138,7 +138,7 @@ def index_types(ctx) -> dict:
     factories = ["Flat", "HNSW32", *(ivfpq(n, m) for m in ctx.sizes.pq_sweep)]
     rows, truth = {}, None
     for factory in factories:
-        index, build_s, empty = build_like_ragsys(factory, vectors)
+        index, build_s, empty = build_like_ragloop(factory, vectors)
         total = faiss_bytes(index)
         _, found = index.search(queries, K)
         lat = []
@@ -207,7 +207,7 @@ def scale(ctx, pq: int) -> dict:
             if kind == "HNSW32" and prev and prev["build_s"] * (n / prev["n"]) * 1.15 > ctx.sizes.hnsw_budget_s:
                 skipped[kind].append(n)
                 continue
-            index, build_s, _ = build_like_ragsys(factory(n), x)
+            index, build_s, _ = build_like_ragloop(factory(n), x)
             built[kind] = (index, {"n": n, "factory": factory(n), "build_s": build_s, "bytes": faiss_bytes(index)})
         lat = defaultdict(list)
         for i, q in enumerate(queries):
@@ -258,7 +258,7 @@ def report(res: dict) -> str:
                      num(v["batched_qps"]), f"{v['batched_vs_peer']:.2f}" if "batched_vs_peer" in v else ""])
     out = [f"**a. Latency**, k={lat['k']}, {lat['passages']:,} passages (all-MiniLM-L6-v2, Flat): "
            f"{lat['single_questions']} questions one per call and {lat['batch']} in one call, median of "
-           f"{lat['rounds']} alternating rounds. \"vs datasets\": ragsys q/s over the datasets path's, per round.\n",
+           f"{lat['rounds']} alternating rounds. \"vs datasets\": ragloop q/s over the datasets path's, per round.\n",
            table(["search", "p50 ms", "p95 ms", "q/s (1 per call)", "vs datasets", "q/s (batched)", "vs datasets"],
                  rows)]
     t = types["types"]
@@ -268,8 +268,8 @@ def report(res: dict) -> str:
     goal = types["goal_met_by"]
     verdicts = "; ".join(f"{m}: {'met by ' + f if f else '**not met by any PQ tried**'}" for m, f in goal.items())
     out += [f"\n**b. Index types**, {types['passages']:,} real passage vectors, {types['queries']} questions, "
-            "built through ragsys's FAISS code path (nprobe 16, efSearch 128). Bytes per passage: codes + ids (+ "
-            "the direct map ragsys adds for IVF), i.e. what each extra passage costs; \"total\" includes "
+            "built through ragloop's FAISS code path (nprobe 16, efSearch 128). Bytes per passage: codes + ids (+ "
+            "the direct map ragloop adds for IVF), i.e. what each extra passage costs; \"total\" includes "
             "codebooks and centroids, which dominate at this size.\n",
             table(["index", "bytes/passage", "total bytes/passage", "smaller than Flat", "recall@10",
                    "1-recall@10", "hit@10", "p50 ms", "build s"], rows),
@@ -306,7 +306,7 @@ def plot(res: dict, path) -> None:
         ax.set_title(label)
         ax.grid(True, which="both", alpha=0.3)
     axes[0, 0].legend()
-    fig.suptitle("ragsys FAISS indexes vs corpus size (synthetic vectors, dim 384)")
+    fig.suptitle("ragloop FAISS indexes vs corpus size (synthetic vectors, dim 384)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

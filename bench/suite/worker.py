@@ -37,8 +37,8 @@ def main() -> None:
     import torch  # noqa: F401
 
     from bench.suite.models import Setup, fixed_batches, make_side, optimizer_for, train_step
-    from ragsys.cli import quiet_libraries
-    from ragsys.data.qa import QAExample
+    from ragloop.cli import quiet_libraries
+    from ragloop.data.qa import QAExample
 
     quiet_libraries()
     datasets.disable_progress_bars()

@@ -1,0 +1,5 @@
+import sys
+
+from ragloop.cli import main
+
+sys.exit(main())

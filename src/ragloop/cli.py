@@ -1,0 +1,470 @@
+"""`ragloop <command>`: index, search, eval-retrieval, train, train-retriever, eval, answer, serve, demo.
+
+Library code logs; only this module prints. A `RagloopError` becomes one line on stderr and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from ragloop.errors import RagloopError
+
+log = logging.getLogger("ragloop")
+
+
+def _progress(args) -> bool | None:
+    return False if args.quiet else None  # None: a bar only when stderr is a terminal
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+
+def cmd_index(args) -> None:
+    from ragloop.data import load_corpus
+    from ragloop.retrieval import BiEncoder, Index
+    from ragloop.training.distributed import launched_world_size
+
+    sharded = args.num_shards is not None or args.shard_id is not None
+    if args.merge_shards:
+        if args.corpus or args.add or args.shard_id is not None:
+            raise RagloopError("--merge-shards takes only --out (and --num-shards, --keep-shards): the shards "
+                              "record the corpus, encoder and settings")
+        index = Index.merge_shards(args.out, num_shards=args.num_shards, keep_shards=args.keep_shards)
+        print(f"merged shards: {len(index)} passages -> {args.out} ({index.manifest['index']['factory']}, "
+              f"dim {index.dim})")
+        return
+    if not args.corpus:
+        raise RagloopError("name the documents to index: files, folders or a dataset name")
+    if sharded and (args.num_shards is None or args.shard_id is None):
+        raise RagloopError("--num-shards and --shard-id go together (or run under torchrun: one shard per process)")
+    if (sharded or launched_world_size() > 1) and args.add:
+        raise RagloopError("--add extends an index in one process; drop --num-shards/--shard-id or the launcher")
+    if sharded and launched_world_size() > 1:
+        raise RagloopError("under torchrun every process encodes one shard; drop --num-shards/--shard-id")
+    passages = load_corpus(args.corpus, args.chunk_words, args.chunk_overlap, split=args.split)
+    if args.add:
+        index = Index.load(args.out)
+        added = index.add(passages, batch_size=args.batch_size, progress=_progress(args))
+        print(f"added {added} new passages to {args.out} ({len(index)} in all)")
+        return
+    encoder = BiEncoder.from_pretrained(args.encoder, args.question_encoder)
+    options = dict(factory=args.index_type, batch_size=args.batch_size, with_bm25=not args.no_bm25,
+                   progress=_progress(args), extra={"chunking": {"words": args.chunk_words,
+                                                                 "overlap": args.chunk_overlap}})
+    if sharded:
+        import torch
+
+        if torch.cuda.is_available():
+            encoder.passage.to("cuda")
+        path = Index.build_shard(passages, encoder, args.out, args.num_shards, args.shard_id, **options)
+        print(f"encoded shard {args.shard_id} of {args.num_shards} -> {path}; once all {args.num_shards} are "
+              f"built: ragloop index --out {args.out} --merge-shards")
+        return
+    if launched_world_size() > 1:
+        _index_distributed(args, passages, encoder, options)
+        return
+    index = Index.build(passages, encoder, args.out, **options)
+    print(f"indexed {len(index)} passages -> {args.out} ({args.index_type}, dim {index.dim})")
+
+
+def _index_distributed(args, passages, encoder, options) -> None:
+    """Under torchrun / accelerate launch: process r encodes shard r of P on its device, then process 0
+    merges the shards into --out (a folder every process can reach)."""
+    from accelerate import PartialState
+
+    from ragloop.retrieval import Index
+    from ragloop.training.distributed import cpu_distributed, destroy_process_group_at_exit
+
+    state = PartialState(cpu=cpu_distributed())
+    destroy_process_group_at_exit()
+    encoder.passage.to(state.device)
+    if not state.is_main_process:
+        options["progress"] = False
+    Index.build_shard(passages, encoder, args.out, state.num_processes, state.process_index, **options)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        index = Index.merge_shards(args.out, num_shards=state.num_processes, keep_shards=args.keep_shards)
+        print(f"indexed {len(index)} passages in {state.num_processes} shards -> {args.out} "
+              f"({args.index_type}, dim {index.dim})")
+
+
+def _retriever(args):
+    from ragloop.retrieval import Retriever
+
+    return Retriever.from_index(args.index_dir, encoder=args.encoder, fusion=args.fusion, weight=args.weight)
+
+
+def cmd_search(args) -> None:
+    retriever = _retriever(args)
+    hits = retriever.search([args.question], k=args.k, mode=args.mode)[0]
+    if args.json:
+        print(json.dumps({"question": args.question, "mode": args.mode, "hits": [h.to_dict() for h in hits]}))
+        return
+    for rank, h in enumerate(hits, 1):
+        text = h.passage.text if len(h.passage.text) <= 300 else h.passage.text[:297] + "..."
+        print(f"{rank}. [{h.score:.4f}] {h.passage.title} ({h.passage.id})\n   {text}")
+
+
+def cmd_eval_retrieval(args) -> None:
+    from ragloop.data import load_qa
+    from ragloop.evaluation import evaluate_retrieval
+
+    examples = load_qa(args.data, split=args.split)
+    if args.limit:
+        examples = examples[: args.limit]
+    retriever = _retriever(args)
+    modes = ["dense", "bm25", "hybrid"] if args.mode == "all" else [args.mode]
+    results = [evaluate_retrieval(retriever, examples, tuple(args.k), m, progress=_progress(args)) for m in modes]
+    if args.json:
+        for r in results:
+            print(json.dumps(r))
+        return
+    print(format_table(results))
+
+
+def format_table(results: list[dict]) -> str:
+    keys = [k for k in results[0] if k not in ("mode", "questions")]
+    head = f"| mode | questions | {' | '.join(keys)} |"
+    rule = "|" + "---|" * (len(keys) + 2)
+    rows = [f"| {r['mode']} | {r['questions']} | " + " | ".join(f"{r[k]:.3f}" for k in keys) + " |" for r in results]
+    return "\n".join([head, rule, *rows])
+
+
+def cmd_train(args) -> None:
+    from ragloop.config import config_from_args
+    from ragloop.training import train
+
+    cfg = config_from_args(args)
+    result = train(cfg, progress=_progress(args))
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun / accelerate launch, process 0 reports
+        return
+    best = f"{result.best_f1:.4f}" if result.best_f1 is not None else "n/a (no validation data)"
+    print(f"trained {result.steps} steps; best dev F1 {best}; best model: {result.best_dir}; "
+          f"last checkpoint: {result.last_dir}")
+
+
+def _load_rag(args):
+    from ragloop.model import RAG
+
+    model = RAG.from_pretrained(args.model_dir)
+    if getattr(args, "index", None):
+        from ragloop.retrieval import Index
+
+        index = Index.load(args.index)
+        index.check_question_encoder(model.question_encoder, allow_finetuned=True)
+        model.index = index
+    return model
+
+
+def cmd_eval(args) -> None:
+    from ragloop.data import load_qa
+    from ragloop.evaluation import evaluate_answers
+
+    if args.closed_book and args.oracle:
+        raise RagloopError("choose one of --closed-book and --oracle")
+    examples = load_qa(args.data, split=args.split)
+    if args.limit:
+        examples = examples[: args.limit]
+    context = "closed-book" if args.closed_book else "oracle" if args.oracle else "rag"
+    if context == "oracle" and any(not ex.context for ex in examples):
+        raise RagloopError(f"{args.data}: --oracle needs each question's context paragraph")
+    model = _load_rag(args)
+    result = evaluate_answers(model, examples, context, k=args.k, num_beams=args.num_beams,
+                              progress=_progress(args))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(" ".join(f"{key}={value}" for key, value in result.items()))
+
+
+def cmd_answer(args) -> None:
+    model = _load_rag(args)
+    answers = model.answer(args.question, k=args.k, num_beams=args.num_beams)
+    for ans in answers:
+        if args.json:
+            print(json.dumps(ans.to_dict()))
+            continue
+        print(f"Q: {ans.question}\nA: {ans.answer}")
+        for i, p in enumerate(ans.passages, 1):
+            print(f"  [{i}] {p['title']} ({p['id']}, score {p['score']:.3f}): {p['text'][:160]}...")
+
+
+def cmd_serve(args) -> None:
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as e:
+        raise RagloopError(f"serving needs FastAPI and uvicorn ({e.name} is not installed): "
+                          "pip install 'ragloop[serve]'") from None
+    from ragloop.serving import create_app, serve
+    from ragloop.serving.server import LOCAL_HOSTS, listen
+
+    if args.host not in LOCAL_HOSTS:
+        print(f"ragloop: warning: listening on {args.host}, not 127.0.0.1: other machines can reach this API, "
+              "which has no authentication", file=sys.stderr)
+    app = create_app(args.model_dir, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
+    sock = listen(args.host, args.port)
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"serving {args.model_dir} on http://{host}:{sock.getsockname()[1]}/ (API docs at /docs; Ctrl-C stops)",
+          flush=True)
+    serve(app, log_level="warning" if args.quiet else "info", sock=sock)
+
+
+# the fresh cross-attention needs a high learning rate; the pretrained question encoder a gentle one
+# (at 1e-4 it collapsed: every question retrieved the same passages)
+DEMO_RECIPE = dict(n_docs=2, batch_size=8, learning_rate=1e-4, question_encoder_lr=1e-5, warmup_steps=50,
+                   max_source_length=192, logging_steps=25)
+HOLDOUT_EVERY = 5  # the demo holds out every 5th question of each training article
+
+
+def split_heldout(examples: list, every: int = HOLDOUT_EVERY) -> tuple[list, list]:
+    """(train, held out): every `every`-th question of each article is held out, so held-out
+    questions ask about articles the model trained on, with answers it never saw."""
+    seen: dict[str, int] = {}
+    train, held = [], []
+    for ex in examples:
+        i = seen[ex.title] = seen.get(ex.title, -1) + 1
+        (held if i % every == every - 1 else train).append(ex)
+    return train, held
+
+
+def write_qa_jsonl(path: Path, examples: list) -> None:
+    from ragloop.io import atomic_write_bytes
+
+    rows = [{"id": e.id, "title": e.title, "context": e.context, "question": e.question, "answers": e.answers}
+            for e in examples]
+    atomic_write_bytes(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
+
+
+def _cpu_has_bf16() -> bool:
+    """A CPU with native bf16 matrix instructions (AVX512-BF16 or AMX), where bf16 autocast trains
+    faster than fp32 (about 1.25x on the ragloop dev machines)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def cmd_demo(args) -> None:
+    """The main job on the bundled data, offline: index SQuAD train + dev contexts with MiniLM, train
+    RAG (MiniLM question encoder + MiniLM-BERT2BERT generator) on the train articles for a fixed
+    time, then score held-out dev questions with retrieval, closed book and oracle, and answer a few
+    with their sources."""
+    from ragloop.config import TrainConfig
+    from ragloop.data import load_qa
+    from ragloop.data.bundled import SQUAD_DEV, SQUAD_TRAIN, bundled_path
+    from ragloop.data.corpus import make_passages
+    from ragloop.data.qa import sample_evenly
+    from ragloop.evaluation import evaluate_answers, evaluate_retrieval
+    from ragloop.model import RAG
+    from ragloop.retrieval import BiEncoder, Index, Retriever
+    from ragloop.training import train
+
+    out = Path(args.out)
+    train_file, dev_file = bundled_path(SQUAD_TRAIN), bundled_path(SQUAD_DEV)
+    train_qa, dev_qa = load_qa(train_file), load_qa(dev_file)
+    train_part, held_qa = split_heldout(train_qa)
+    (out / "data").mkdir(parents=True, exist_ok=True)
+    write_qa_jsonl(out / "data" / "train.jsonl", train_part)
+    write_qa_jsonl(out / "data" / "heldout.jsonl", held_qa)
+    index_dir = out / "index"
+    if not (index_dir / "manifest.json").is_file():
+        print(f"[1/4] indexing the contexts of {train_file.name} and {dev_file.name} (all-MiniLM-L6-v2) ...",
+              flush=True)
+        docs = ({"doc_id": e.doc_id, "title": e.title, "text": e.context} for e in train_qa + dev_qa)
+        Index.build(make_passages(docs), BiEncoder.from_pretrained(), index_dir, progress=_progress(args))
+    retriever = Retriever.from_index(index_dir)
+    probe = sample_evenly(dev_qa, 1000)
+    print(f"      {len(retriever.index)} passages; retrieval on {len(probe)} dev questions:")
+    print(format_table([evaluate_retrieval(retriever, probe, (1, 5, 20), m, progress=False)
+                        for m in ("dense", "bm25", "hybrid")]))
+
+    best = out / "rag" / "best_model"
+    if args.retrain or not (best / "rag_config.json").is_file():
+        print(f"\n[2/4] training RAG on {len(train_part)} questions of {train_file.name} (every "
+              f"{HOLDOUT_EVERY}th held out: {out / 'data' / 'heldout.jsonl'}) for {args.minutes:g} minutes ...",
+              flush=True)
+        cfg = TrainConfig(train_file=str(out / "data" / "train.jsonl"), index=str(index_dir),
+                          output_dir=str(out / "rag"), max_train_minutes=args.minutes, max_steps=args.steps,
+                          eval_steps=10**9, precision="bf16" if _cpu_has_bf16() else "auto", **DEMO_RECIPE)
+        result = train(cfg, progress=_progress(args))
+        print(f"      {result.steps} steps; model saved to {result.best_dir}")
+    else:
+        print(f"\n[2/4] using the model trained earlier in {best} (--retrain to train again)")
+    model = RAG.from_pretrained(best)
+
+    sets = (("held-out questions, trained articles", sample_evenly(held_qa, args.questions)),
+            ("dev articles never trained on", sample_evenly(dev_qa, args.questions)))
+    print(f"\n[3/4] answering {args.questions} held-out questions of the training articles and {args.questions} "
+          "questions of dev articles the model never trained on ...", flush=True)
+    print(f"| questions | passages read | EM | F1 | hit@{model.config.n_docs} |\n|---|---|---|---|---|")
+    for name, questions in sets:
+        for context, label in (("rag", "retrieved (RAG)"), ("closed-book", "none (closed book)"),
+                               ("oracle", "the gold paragraph (oracle)")):
+            res = evaluate_answers(model, questions, context, progress=_progress(args))
+            hit = res.get(f"hit@{model.config.n_docs}", "")
+            print(f"| {name} ({len(questions)}) | {label} | {res['em']:.3f} | {res['f1']:.3f} | {hit} |", flush=True)
+
+    print("\n[4/4] sample answers with their sources:")
+    for ex in sample_evenly(dev_qa, 4)[1:]:
+        ans = model.answer(ex.question)
+        print(f"\nQ: {ex.question}\nA: {ans.answer}    (gold: {ex.answers[0]})")
+        for i, p in enumerate(ans.passages, 1):
+            print(f"   [{i}] {p['title']} (score {p['score']:.2f}): {p['text'][:120]}...")
+
+
+# -- parser -----------------------------------------------------------------------------------
+
+
+def _add_search_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--encoder", help="question encoder to query with (default: the one in the index manifest)")
+    p.add_argument("--fusion", choices=["rrf", "score"], default="rrf", help="hybrid fusion (default rrf)")
+    p.add_argument("--weight", type=float, default=0.5, help="dense weight in hybrid fusion (default 0.5)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ragloop import __version__
+    from ragloop.retrieval.encoders import DEFAULT_ENCODER
+
+    parser = argparse.ArgumentParser(prog="ragloop", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"ragloop {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress bars or info logs")
+    common.add_argument("-v", "--verbose", action="store_true", help="debug logs")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("index", parents=[common], help="chunk, encode and index documents or QA contexts")
+    p.add_argument("corpus", nargs="*", help="files/folders (.txt .md .json .jsonl .csv) or a HF dataset name")
+    p.add_argument("--out", required=True, help="index folder to write (replaced atomically)")
+    p.add_argument("--encoder", default=DEFAULT_ENCODER, help="passage encoder name or path (default: MiniLM)")
+    p.add_argument("--question-encoder", help="question encoder, if not the same model (DPR: inferred)")
+    p.add_argument("--index-type", default="Flat", help="FAISS factory string: Flat, HNSW32, IVF256,PQ32 ...")
+    p.add_argument("--chunk-words", type=int, default=100, help="words per passage (default 100)")
+    p.add_argument("--chunk-overlap", type=int, default=0, help="words shared by neighbouring passages")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--split", help="dataset split, for a HF dataset name (default: all)")
+    p.add_argument("--no-bm25", action="store_true", help="skip the BM25 index")
+    p.add_argument("--add", action="store_true", help="add to the existing index at --out")
+    g = p.add_argument_group("sharded indexing (under torchrun: one shard per process, merged automatically)")
+    g.add_argument("--num-shards", type=int, help="split the encoding into N shards (with --shard-id)")
+    g.add_argument("--shard-id", type=int, help="encode only shard I (0..N-1) into OUT.shards/shard-I-of-N")
+    g.add_argument("--merge-shards", action="store_true", help="join the shards in OUT.shards/ into the index --out")
+    g.add_argument("--keep-shards", action="store_true", help="keep OUT.shards/ after merging")
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("search", parents=[common], help="search an index")
+    p.add_argument("index_dir")
+    p.add_argument("question")
+    p.add_argument("-k", type=int, default=5)
+    p.add_argument("--mode", choices=["dense", "bm25", "hybrid"], default="dense")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_search_options(p)
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("eval-retrieval", parents=[common], help="hit@k, gold@k, mrr@10 on QA data")
+    p.add_argument("index_dir")
+    p.add_argument("--data", required=True, help="SQuAD-style .json/.jsonl/.csv or a HF dataset name")
+    p.add_argument("--split", help="dataset split, for a HF dataset name (default validation)")
+    p.add_argument("-k", type=int, nargs="+", default=[1, 5, 20])
+    p.add_argument("--mode", choices=["dense", "bm25", "hybrid", "all"], default="dense")
+    p.add_argument("--limit", type=int, help="only the first N questions")
+    p.add_argument("--json", action="store_true", help="print one JSON object per mode")
+    _add_search_options(p)
+    p.set_defaults(func=cmd_eval_retrieval)
+
+    from ragloop.config import add_config_args
+
+    p = sub.add_parser("train", parents=[common], help="train RAG end to end (question encoder + generator)")
+    add_config_args(p)
+    p.set_defaults(func=cmd_train)
+
+    from ragloop.training.retriever_trainer import add_cli as add_train_retriever
+
+    add_train_retriever(sub, parents=[common])
+
+    p = sub.add_parser("eval", parents=[common], help="EM/F1 of a trained RAG model on QA data")
+    p.add_argument("model_dir", help="a folder written by training (e.g. runs/rag/best_model)")
+    p.add_argument("--data", required=True, help="SQuAD-style .json/.jsonl/.csv or a HF dataset name")
+    p.add_argument("--split", help="dataset split, for a HF dataset name (default validation)")
+    p.add_argument("--index", help="search this index instead of the model's own (same passage encoder)")
+    p.add_argument("-k", type=int, help="passages per question (default: the model's n_docs)")
+    p.add_argument("--num-beams", "--num_beams", dest="num_beams", type=int, default=1)
+    p.add_argument("--limit", type=int, help="only the first N questions")
+    p.add_argument("--closed-book", action="store_true", help="answer without passages")
+    p.add_argument("--oracle", action="store_true", help="answer from the question's own paragraph")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("answer", parents=[common], help="answer questions with their sources")
+    p.add_argument("model_dir")
+    p.add_argument("question", nargs="+")
+    p.add_argument("--index", help="search this index instead of the model's own")
+    p.add_argument("-k", type=int, help="passages per question (default: the model's n_docs)")
+    p.add_argument("--num-beams", "--num_beams", dest="num_beams", type=int, default=1)
+    p.add_argument("--json", action="store_true", help="one JSON object per question")
+    p.set_defaults(func=cmd_answer)
+
+    p = sub.add_parser("serve", parents=[common], help="serve answers and search over HTTP (FastAPI)")
+    p.add_argument("model_dir", help="a saved RAG model folder (or an index folder: /search only)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--max-batch", type=int, default=16, help="questions per model call at most (default 16)")
+    p.add_argument("--max-wait-ms", type=float, default=10.0,
+                   help="how long a request waits for others to share its model call (default 10)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("demo", parents=[common], help="index, train, evaluate and answer on the bundled SQuAD data")
+    p.add_argument("--out", default="runs/demo", help="where the index and the model go (default runs/demo)")
+    p.add_argument("--minutes", type=float, default=15.0, help="training budget (default 15)")
+    p.add_argument("--steps", type=int, default=700, help="planned steps: the learning rate decays over them")
+    p.add_argument("--questions", type=int, default=200, help="questions to score in each held-out set")
+    p.add_argument("--retrain", action="store_true", help="train again even if runs/demo holds a model")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def quiet_libraries() -> None:
+    """Library chatter a user does not need: weight-loading bars, hub retry warnings."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import huggingface_hub
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    huggingface_hub.utils.logging.set_verbosity_error()
+    for name in ("bm25s", "datasets", "huggingface_hub", "accelerate"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def run_guarded(fn, *args) -> int:
+    """Run a command: a RagloopError is one line on stderr and exit 2, never a traceback."""
+    quiet_libraries()
+    try:
+        fn(*args)
+    except RagloopError as e:
+        print(f"ragloop: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # permissions, a full disk, a path that is a file: the OS said what and where
+        print(f"ragloop: error: {e.filename or ''}{': ' if e.filename else ''}{e.strerror or e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ragloop: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    return run_guarded(args.func, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""Training configuration: one dataclass is the source of truth for defaults, CLI flags and the saved
+config. Flags are spelled as in the original `rag_system.py` (`--batch_size`); the dashed spelling
+(`--batch-size`) is accepted too.
+
+    >>> cfg = TrainConfig(train_file="train.json", max_steps=100)
+    >>> parser = argparse.ArgumentParser(); add_config_args(parser, TrainConfig)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ragloop.generation.generator import BUNDLED_GENERATOR
+from ragloop.retrieval.encoders import DEFAULT_ENCODER
+
+DEFAULT_GENERATOR = BUNDLED_GENERATOR
+
+
+def opt(default: Any, help: str, group: str, choices: list | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "group": group, "choices": choices})
+
+
+@dataclass
+class TrainConfig:
+    # data
+    dataset_name: str = opt("squad", "Hugging Face dataset name (needs the hub); ignored with --train_file", "data")
+    train_file: str | None = opt(None, "local SQuAD-style .json/.jsonl/.csv for training", "data")
+    validation_file: str | None = opt(None, "local SQuAD-style file for dev F1 (best-model selection)", "data")
+    max_train_examples: int | None = opt(None, "use only the first N training questions", "data")
+    max_eval_examples: int = opt(200, "dev questions scored at each evaluation", "data")
+    # models and retrieval
+    question_encoder: str = opt(DEFAULT_ENCODER, "question encoder: name or path (DPR or any HF encoder)", "model")
+    passage_encoder: str | None = opt(None, "passage encoder (default: the question encoder's model)", "model")
+    generator: str = opt(DEFAULT_GENERATOR, "seq2seq generator: name or path (e.g. t5-base)", "model")
+    index: str | None = opt(None, "existing index folder (default: build one from the data's contexts)", "model")
+    index_type: str = opt("Flat", "FAISS factory string when building the index", "model")
+    n_docs: int = opt(5, "passages retrieved per question (k)", "model")
+    rag_mode: str = opt("sequence", "marginalisation: RAG-Sequence or RAG-Token", "model", ["sequence", "token"])
+    max_source_length: int = opt(256, "generator input tokens per (question, passage)", "model")
+    max_target_length: int = opt(32, "answer tokens", "model")
+    gold_passage_steps: int = opt(0, "first N steps train the generator on each question's own paragraph (k=1, "
+                                  "no retrieval): teaches a new generator to read before retrieval noise comes in",
+                                  "model")
+    train_passage_encoder: bool = opt(False, "also train the passage encoder (re-indexes every --reindex_steps)",
+                                      "model")
+    reindex_steps: int = opt(500, "with --train_passage_encoder: re-encode the corpus every N steps", "model")
+    # optimisation
+    batch_size: int = opt(8, "questions per step (per process)", "optimisation")
+    learning_rate: float = opt(5e-5, "peak learning rate (AdamW)", "optimisation")
+    question_encoder_lr: float | None = opt(None, "peak learning rate of the question encoder (default: "
+                                            "--learning_rate; 0 freezes it)", "optimisation")
+    new_params_lr: float | None = opt(None, "peak learning rate of generator parameters that a warm start leaves "
+                                      "untrained (a BERT2BERT's cross-attention and LM-head transform; default "
+                                      "10x --learning_rate)", "optimisation")
+    num_epochs: int = opt(3, "passes over the training data", "optimisation")
+    warmup_steps: int = opt(500, "linear warmup steps, then linear decay to 0", "optimisation")
+    weight_decay: float = opt(0.01, "AdamW weight decay", "optimisation")
+    max_grad_norm: float = opt(1.0, "gradient clipping (0: off)", "optimisation")
+    gradient_accumulation_steps: int = opt(1, "micro-batches per optimizer step", "optimisation")
+    max_steps: int | None = opt(None, "stop after N optimizer steps (overrides --num_epochs)", "optimisation")
+    max_train_minutes: float | None = opt(None, "stop after this much training time (a CPU budget), then "
+                                          "evaluate and save", "optimisation")
+    precision: str = opt("auto", "autocast dtype; auto: bf16 on a GPU that has it, else fp32", "optimisation",
+                         ["auto", "bf16", "fp16", "fp32"])
+    # run
+    output_dir: str = opt("runs/rag", "where checkpoints, the best model and logs go", "run")
+    seed: int = opt(42, "seed for data order, dropout and initialisation", "run")
+    eval_steps: int = opt(500, "evaluate dev F1 and save a checkpoint every N steps", "run")
+    logging_steps: int = opt(10, "log loss and learning rate every N steps", "run")
+    resume: bool = opt(False, "continue the run in --output_dir from its last checkpoint", "run")
+
+    def __post_init__(self) -> None:
+        from ragloop.errors import RagloopError
+
+        positive = ("n_docs", "batch_size", "gradient_accumulation_steps", "eval_steps", "logging_steps",
+                    "max_source_length", "max_target_length", "num_epochs")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise RagloopError(f"--{name} must be at least 1 (got {getattr(self, name)})")
+        for name in ("max_steps", "max_train_examples", "reindex_steps", "gold_passage_steps"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise RagloopError(f"--{name} must not be negative (got {value})")
+        if self.learning_rate <= 0 or self.warmup_steps < 0 or self.max_eval_examples < 0:
+            raise RagloopError("--learning_rate must be > 0, --warmup_steps and --max_eval_examples >= 0")
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self) if not f.metadata.get("hidden")}
+
+    def save(self, path: str | Path) -> None:
+        from ragloop.io import atomic_write_json
+
+        atomic_write_json(path, self.to_dict())
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainConfig:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def _parse_bool(text: str) -> bool:
+    return text.lower() in ("1", "true", "yes", "y", "on")
+
+
+def add_config_args(parser: argparse.ArgumentParser, cls=TrainConfig) -> None:
+    """One argparse group per `group`, one flag per field, defaults from the dataclass."""
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for f in fields(cls):
+        meta = f.metadata
+        if meta.get("hidden"):
+            continue
+        group = groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
+        names = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if isinstance(default, bool):
+            group.add_argument(*names, dest=f.name, nargs="?", const=True, default=default, type=_parse_bool,
+                               help=meta["help"])
+            continue
+        kind = {int: int, float: float}.get(type(default), str)
+        if default is None:  # an optional field: the type comes from the annotation ("int | None")
+            ann = str(f.type)
+            kind = int if ann.startswith("int") else float if ann.startswith("float") else str
+        group.add_argument(*names, dest=f.name, type=kind, default=default, choices=meta.get("choices"),
+                           help=f"{meta['help']} (default: {default})")
+
+
+def config_from_args(args: argparse.Namespace, cls=TrainConfig) -> TrainConfig:
+    return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})

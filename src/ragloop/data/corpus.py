@@ -1,0 +1,129 @@
+"""Turn documents or a QA dataset's contexts into ~100-word passages with stable ids.
+
+    >>> from ragloop.data import load_corpus
+    >>> passages = load_corpus(["docs/", "faq.jsonl"], chunk_words=100, overlap=20)
+    >>> passages[0]
+    Passage(id='3f2a...-0', title='Getting started', text='...', doc_id='3f2a...')
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from ragloop.data.records import (
+    DOC_SUFFIXES,
+    content_id,
+    expand_paths,
+    is_local,
+    read_hub_dataset,
+    read_rows,
+    read_text_document,
+)
+from ragloop.errors import RagloopError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Passage:
+    """One retrievable unit. `doc_id` names the document (or QA context) the passage was cut from."""
+
+    id: str
+    title: str
+    text: str
+    doc_id: str = ""
+
+
+def chunk_words(text: str, size: int = 100, overlap: int = 0) -> list[str]:
+    """Split text into windows of `size` words that overlap by `overlap` words.
+
+    A tail shorter than a quarter window is folded into the window before it, so no passage is a
+    scrap of a few words.
+    """
+    if size < 1 or not 0 <= overlap < size:
+        raise RagloopError(f"chunking needs size >= 1 and 0 <= overlap < size (got size={size}, overlap={overlap})")
+    words = text.split()
+    if len(words) <= size:
+        return [" ".join(words)] if words else []
+    stride = size - overlap
+    starts = list(range(0, len(words) - overlap, stride))
+    if len(starts) > 1 and len(words) - starts[-1] < max(1, size // 4):
+        starts.pop()
+    chunks = []
+    for i, start in enumerate(starts):
+        end = len(words) if i == len(starts) - 1 else start + size
+        chunks.append(" ".join(words[start:end]))
+    return chunks
+
+
+def iter_documents(sources: Iterable[str | Path], split: str | None = None) -> Iterator[tuple[dict, str]]:
+    """(document, location) pairs: each document has doc_id, title and text.
+
+    A row with `text` is a document (its `id`, if any, becomes the doc id); a row with `context` is a
+    QA example whose context is the document (its doc id is the context's content hash, so questions
+    can be matched to their own paragraph).
+    """
+    local: list[str | Path] = []
+    for src in sources:
+        if is_local(src):
+            local.append(src)
+        else:
+            for row, where in read_hub_dataset(str(src), split):
+                yield _document(row, where), where
+    for path in expand_paths(local):
+        if path.suffix.lower() in DOC_SUFFIXES:
+            doc = read_text_document(path)
+            yield {"doc_id": content_id(doc["text"]), **doc}, str(path)
+        else:
+            for row, where in read_rows(path):
+                yield _document(row, where), where
+
+
+def _document(row: dict, where: str) -> dict:
+    title = str(row.get("title") or "")
+    if isinstance(row.get("text"), str):
+        doc_id = str(row["id"]) if row.get("id") not in (None, "") else content_id(row["text"])
+        return {"doc_id": doc_id, "title": title, "text": row["text"]}
+    if isinstance(row.get("context"), str):
+        return {"doc_id": content_id(row["context"]), "title": title, "text": row["context"]}
+    raise RagloopError(f"{where}: a document needs a 'text' field (or a QA row a 'context'); found {sorted(row)}")
+
+
+def load_corpus(
+    sources: Iterable[str | Path],
+    chunk_size: int = 100,
+    overlap: int = 0,
+    split: str | None = None,
+) -> list[Passage]:
+    """Read, chunk and de-duplicate. Same input, same passages, same ids."""
+    sources = list(sources)
+    passages = make_passages((doc for doc, _ in iter_documents(sources, split)), chunk_size, overlap)
+    if not passages:
+        raise RagloopError(f"no passages found in {', '.join(map(str, sources))} (is the corpus empty?)")
+    return passages
+
+
+def make_passages(documents: Iterable[dict], chunk_size: int = 100, overlap: int = 0) -> list[Passage]:
+    """Chunk documents ({doc_id, title, text}) into passages `{doc_id}-{i}`, dropping exact duplicates
+    (a document seen before, or a passage with the same title and text as an earlier one)."""
+    passages: list[Passage] = []
+    seen_text: set[str] = set()
+    seen_docs: set[str] = set()
+    duplicates = 0
+    for doc in documents:
+        if doc["doc_id"] in seen_docs:  # a QA context repeats once per question
+            continue
+        seen_docs.add(doc["doc_id"])
+        for i, chunk in enumerate(chunk_words(doc["text"], chunk_size, overlap)):
+            key = content_id(doc["title"] + "\n" + chunk)
+            if key in seen_text:
+                duplicates += 1
+                continue
+            seen_text.add(key)
+            passages.append(Passage(id=f"{doc['doc_id']}-{i}", title=doc["title"], text=chunk, doc_id=doc["doc_id"]))
+    log.info("corpus: %d passages from %d documents (%d exact duplicates dropped)", len(passages),
+             len(seen_docs), duplicates)
+    return passages

@@ -1,0 +1,85 @@
+"""Question-answer examples from SQuAD-style files or a Hugging Face dataset by name.
+
+    >>> from ragloop.data import load_qa
+    >>> examples = load_qa("squad-dev.json")
+    >>> examples[0].question, examples[0].answers
+    ('Which NFL team represented the AFC at Super Bowl 50?', ['Denver Broncos', ...])
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ragloop.data.records import check_text, content_id, expand_paths, is_local, read_hub_dataset, read_rows
+from ragloop.errors import RagloopError
+
+
+@dataclass
+class QAExample:
+    id: str
+    question: str
+    answers: list[str]
+    title: str = ""
+    context: str = ""
+    doc_id: str = field(default="")
+
+    def __post_init__(self) -> None:
+        if self.context and not self.doc_id:
+            self.doc_id = content_id(self.context)
+
+
+def _answers(value, where: str) -> list[str]:
+    """SQuAD's [{'text':..}], HF's {'text': [...]}, a list of strings, or (CSV) a JSON string."""
+    if isinstance(value, str):
+        try:
+            parsed = json.loads(value)
+        except (ValueError, RecursionError):  # not JSON, nested too deeply, a number too long
+            parsed = None
+        # a JSON list/object, else a CSV cell holding one plain answer (which may look like 1945 or true)
+        value = parsed if isinstance(parsed, (list, dict)) else [value]
+    if isinstance(value, dict):
+        value = value.get("text", [])
+    if not isinstance(value, list):
+        raise RagloopError(f"{where}: 'answers' must be a list, a {{'text': [...]}} object or a string")
+    out = []
+    for a in value:
+        text = a.get("text") if isinstance(a, dict) else a
+        if not isinstance(text, str):
+            raise RagloopError(f"{where}: an answer is not a string: {repr(a)[:80]}")
+        out.append(text)
+    check_text(out, where)
+    return out
+
+
+def load_qa(source: str | Path, split: str | None = None, keep_unanswerable: bool = False) -> list[QAExample]:
+    """Load QA examples. `source` is a file, a folder of files, or a dataset name (`squad`)."""
+    if is_local(source):
+        rows = (r for path in expand_paths([source]) for r in read_rows(path))
+    else:
+        rows = read_hub_dataset(str(source), split or "validation")
+    examples: list[QAExample] = []
+    for n, (row, where) in enumerate(rows):
+        question = row.get("question")
+        if not isinstance(question, str) or not question.strip():
+            raise RagloopError(f"{where}: missing or empty 'question'")
+        answers = _answers(row.get("answers", []), where)
+        if not answers and not keep_unanswerable:
+            continue  # SQuAD v2 unanswerable questions
+        context = row.get("context") or ""
+        if not isinstance(context, str):
+            raise RagloopError(f"{where}: 'context' must be a string")
+        qid = str(row["id"]) if row.get("id") not in (None, "") else f"q{n}"
+        examples.append(QAExample(qid, question.strip(), answers, str(row.get("title") or ""), context))
+    if not examples:
+        raise RagloopError(f"{source}: no answerable questions found")
+    return examples
+
+
+def sample_evenly(examples: list[QAExample], n: int) -> list[QAExample]:
+    """n examples spread evenly over the list (QA files are grouped by article), in order."""
+    if len(examples) <= n:
+        return examples
+    step = len(examples) / n
+    return [examples[int(i * step)] for i in range(n)]

@@ -1,0 +1,217 @@
+"""Read rows out of local files (SQuAD JSON, JSONL, CSV, text) or a Hugging Face dataset by name.
+
+Every reader yields plain dicts plus a location string ("file.jsonl:12") so that errors can say
+exactly where a bad record is.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+from ragloop.errors import RagloopError
+
+log = logging.getLogger(__name__)
+
+DOC_SUFFIXES = {".txt", ".md"}
+RECORD_SUFFIXES = {".json", ".jsonl", ".csv"}
+
+Row = tuple[dict, str]  # (record, location)
+
+# a JSON escape of a UTF-16 surrogate: json decodes an unpaired one into a str that cannot be encoded
+SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def check_text(value, where: str) -> None:
+    """Every string in `value` (nested lists/dicts too) is valid Unicode: no unpaired surrogates."""
+    todo = [value]
+    while todo:  # a loop, not recursion: the JSON may be nested as deep as the parser allows
+        item = todo.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise RagloopError(f"{where}: text is not valid Unicode (an unpaired surrogate such as "
+                                  "\\ud800)") from None
+        elif isinstance(item, dict):
+            todo.extend(item.keys())
+            todo.extend(item.values())
+        elif isinstance(item, list):
+            todo.extend(item)
+
+
+def _json_loads(text: str, where: str, with_line: bool = False):
+    """json.loads with every failure (bad syntax, nesting too deep, a number too long) as a RagloopError."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        line = f":{e.lineno}" if with_line else ""
+        raise RagloopError(f"{where}{line}: not valid JSON ({e.msg})") from None
+    except (ValueError, RecursionError) as e:
+        raise RagloopError(f"{where}: not valid JSON ({str(e)[:120] or 'nested too deeply'})") from None
+    if SURROGATE_ESCAPE.search(text):
+        check_text(obj, where)
+    return obj
+
+
+def content_id(text: str) -> str:
+    """A stable id for a piece of text: same text, same id, on every machine."""
+    return hashlib.sha1(" ".join(text.split()).encode("utf-8")).hexdigest()[:16]
+
+
+def expand_paths(sources: list[str | Path]) -> list[Path]:
+    """Files named directly, plus the readable files inside named folders (sorted, recursive)."""
+    out: list[Path] = []
+    for src in sources:
+        path = Path(src)
+        if path.is_dir():
+            found = sorted(
+                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in DOC_SUFFIXES | RECORD_SUFFIXES
+            )
+            if not found:
+                raise RagloopError(f"{path}: folder holds no .txt, .md, .json, .jsonl or .csv files")
+            out.extend(found)
+        elif path.is_file():
+            out.append(path)
+        else:
+            raise RagloopError(f"{path}: no such file or folder")
+    return out
+
+
+def is_local(source: str | Path) -> bool:
+    """A local path if it exists or has a file suffix we read; otherwise a Hugging Face dataset name."""
+    path = Path(source)
+    return path.exists() or path.suffix.lower() in DOC_SUFFIXES | RECORD_SUFFIXES
+
+
+def read_rows(path: Path) -> Iterator[Row]:
+    """Rows of a .json (SQuAD nested, or a list of objects), .jsonl or .csv file."""
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        yield from _read_jsonl(path)
+    elif suffix == ".json":
+        yield from _read_json(path)
+    elif suffix == ".csv":
+        yield from _read_csv(path)
+    else:
+        raise RagloopError(f"{path}: unsupported file type {suffix!r} (use .json, .jsonl or .csv)")
+
+
+def _read_jsonl(path: Path) -> Iterator[Row]:
+    with path.open("rb") as f:  # bytes, decoded line by line, so a bad byte is reported at its line
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise RagloopError(f"{path}:{lineno}: not UTF-8 text ({e.reason})") from None
+            if not line.strip():
+                continue
+            row = _json_loads(line, f"{path}:{lineno}")
+            if not isinstance(row, dict):
+                raise RagloopError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+            yield row, f"{path}:{lineno}"
+
+
+def _read_json(path: Path) -> Iterator[Row]:
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise RagloopError(f"{path}: not UTF-8 text ({e.reason})") from None
+    obj = _json_loads(text, str(path), with_line=True)
+    if isinstance(obj, dict) and isinstance(obj.get("data"), list):
+        yield from _squad_rows(obj["data"], path)
+    elif isinstance(obj, list):
+        for i, row in enumerate(obj):
+            if not isinstance(row, dict):
+                raise RagloopError(f"{path}: item {i} is a {type(row).__name__}, expected an object")
+            yield row, f"{path}[{i}]"
+    else:
+        raise RagloopError(f"{path}: expected SQuAD JSON ({{'data': [...]}}) or a list of objects")
+
+
+def _squad_rows(articles: list, path: Path) -> Iterator[Row]:
+    """Flatten SQuAD's articles -> paragraphs -> qas into one row per question (or per bare paragraph)."""
+    for a, article in enumerate(articles):
+        where = f"{path}: data[{a}]"
+        if not isinstance(article, dict) or not isinstance(article.get("paragraphs"), list):
+            raise RagloopError(f"{where}: a SQuAD article needs a 'paragraphs' list")
+        title = str(article.get("title", "")).replace("_", " ")
+        for p, para in enumerate(article["paragraphs"]):
+            if not isinstance(para, dict) or not isinstance(para.get("context"), str):
+                raise RagloopError(f"{where}.paragraphs[{p}]: needs a 'context' string")
+            qas = para.get("qas") or []
+            if not qas:
+                yield {"title": title, "context": para["context"]}, f"{where}.paragraphs[{p}]"
+            for q, qa in enumerate(qas):
+                if not isinstance(qa, dict):
+                    raise RagloopError(f"{where}.paragraphs[{p}].qas[{q}]: expected an object")
+                row = {
+                    "id": qa.get("id"),
+                    "title": title,
+                    "context": para["context"],
+                    "question": qa.get("question"),
+                    "answers": qa.get("answers", []),
+                    "is_impossible": qa.get("is_impossible", False),
+                }
+                yield row, f"{where}.paragraphs[{p}].qas[{q}]"
+
+
+def _read_csv(path: Path) -> Iterator[Row]:
+    with path.open(encoding="utf-8-sig", newline="") as f:  # -sig: spreadsheets often start with a BOM
+        reader = csv.DictReader(f)
+        rows = enumerate(reader, 2)
+        while True:
+            try:
+                if reader.fieldnames is None or not any(reader.fieldnames):
+                    raise RagloopError(f"{path}: empty CSV (no header row)")
+                lineno, row = next(rows, (0, None))
+            except UnicodeDecodeError as e:
+                raise RagloopError(f"{path}:{reader.line_num + 1}: not UTF-8 text ({e.reason})") from None
+            except csv.Error as e:
+                raise RagloopError(f"{path}:{reader.line_num}: not valid CSV ({e})") from None
+            if row is None:
+                return
+            if None in row:
+                raise RagloopError(f"{path}:{lineno}: more fields than the header has")
+            yield dict(row), f"{path}:{lineno}"
+
+
+def read_text_document(path: Path) -> dict:
+    """A .txt/.md file as one document; the title is the first Markdown heading or the file name."""
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise RagloopError(f"{path}: not UTF-8 text ({e.reason})") from None
+    title = path.stem.replace("_", " ")
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if line.strip():
+            if line.lstrip().startswith("#"):
+                title = line.lstrip("# ").strip() or title
+                text = "\n".join(lines[i + 1 :])
+            break
+    return {"title": title, "text": text}
+
+
+def read_hub_dataset(name: str, split: str | None = None) -> Iterator[Row]:
+    """Rows of a Hugging Face dataset by name (`squad`), all splits unless one is named."""
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(name, split=split)
+    except Exception as e:  # the hub raises many types: connection, offline mode, not found
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RagloopError(
+            f"could not load dataset {name!r} from the Hugging Face hub ({first[:160]}); "
+            "use local files instead (--train_file/--validation_file to train, --data to evaluate): "
+            "SQuAD-format .json, or .jsonl/.csv with question/context/answers columns"
+        ) from None
+    splits = [(split, ds)] if split else list(ds.items())
+    for split_name, part in splits:
+        for i, row in enumerate(part):
+            yield dict(row), f"{name}[{split_name}][{i}]"

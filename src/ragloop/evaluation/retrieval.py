@@ -1,0 +1,54 @@
+"""Retrieval quality on QA data: hit@k (an answer string is in the top k), gold@k (the question's own
+paragraph is in the top k) and mrr@10 (reciprocal rank of the first gold passage within 10)."""
+
+from __future__ import annotations
+
+import logging
+
+from ragloop.data.qa import QAExample
+from ragloop.evaluation.metrics import has_answer
+from ragloop.retrieval.retriever import Retriever
+
+log = logging.getLogger(__name__)
+
+
+def evaluate_retrieval(
+    retriever: Retriever,
+    examples: list[QAExample],
+    ks: tuple[int, ...] = (1, 5, 20),
+    mode: str = "dense",
+    progress: bool | None = None,
+) -> dict:
+    """Returns {"mode", "questions", "hit@k"..., "gold@k"..., "mrr@10"}."""
+    depth = max(max(ks), 10)
+    _, rows = retriever.search_rows([e.question for e in examples], depth, mode, progress=progress)
+    unique = sorted({int(r) for r in rows.reshape(-1) if r >= 0})
+    passages = dict(zip(unique, retriever.index.store.get_rows(unique)))
+    hit = {k: 0 for k in ks}
+    gold = {k: 0 for k in ks}
+    rr = 0.0
+    for ex, ranked in zip(examples, rows):
+        first_answer = first_gold = None
+        for rank, r in enumerate(ranked.tolist(), 1):
+            if r < 0:
+                break
+            p = passages[r]
+            if first_gold is None and p.doc_id == ex.doc_id:
+                first_gold = rank
+            if first_answer is None and has_answer(ex.answers, p.text):
+                first_answer = rank
+            if first_gold is not None and first_answer is not None:
+                break
+        for k in ks:
+            hit[k] += first_answer is not None and first_answer <= k
+            gold[k] += first_gold is not None and first_gold <= k
+        if first_gold is not None and first_gold <= 10:
+            rr += 1.0 / first_gold
+    n = len(examples)
+    result: dict = {"mode": mode, "questions": n}
+    for k in ks:
+        result[f"hit@{k}"] = round(hit[k] / n, 4)
+    for k in ks:
+        result[f"gold@{k}"] = round(gold[k] / n, 4)
+    result["mrr@10"] = round(rr / n, 4)
+    return result

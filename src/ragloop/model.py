@@ -1,0 +1,616 @@
+"""The RAG model (Lewis et al. 2020): a retriever and a seq2seq generator trained end to end.
+
+    p(y|x) = Σ_z p(z|x) p(y|x,z)          RAG-Sequence: one passage z for the whole answer
+    p(y|x) = Π_t Σ_z p(z|x) p(y_t|x,z,y<t) RAG-Token: the passage may change at every token
+
+    >>> from ragloop.model import RAG, RAGConfig
+    >>> rag = RAG.from_index("runs/squad-index", generator="t5-base", config=RAGConfig(n_docs=5, mode="token"))
+    >>> out = rag(["who wrote hamlet?"], ["Shakespeare"])         # out.loss: mean NLL, differentiable
+    >>> out.loss.backward()                                        # reaches the question encoder and the generator
+    >>> rag.generate(["who wrote hamlet?"], num_beams=4)           # ['shakespeare']
+    >>> rag.answer("who wrote hamlet?").passages[0]["title"]
+    >>> rag.save_pretrained("runs/rag"); rag = RAG.from_pretrained("runs/rag")
+
+FAISS picks the top-k passages (no gradient); their scores are then recomputed as question_vec ·
+passage_vec from the index's stored vectors, so the generator's loss trains the question encoder.
+The passage side stays frozen unless `train_passage_encoder` is set (then the retrieved passages are
+re-encoded with gradient, and `reindex` refreshes the FAISS vectors every so often).
+
+Saved folder:
+    rag_config.json      RAGConfig, encoder specs, generator name, sha256 of every model file
+    question_encoder/    the (fine-tuned) question encoder
+    generator/           the seq2seq model and tokenizer
+    passage_encoder/     only when the passage encoder is trained
+    index/               a ragloop index folder (its own manifest and checksums)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import faiss
+import numpy as np
+import torch
+from transformers.modeling_outputs import BaseModelOutput
+
+from ragloop import __version__
+from ragloop.data.corpus import Passage
+from ragloop.errors import RagloopError
+from ragloop.generation.generator import BUNDLED_GENERATOR, IGNORE_INDEX, Generator
+from ragloop.io import (
+    atomic_dir,
+    atomic_write_json,
+    checksum_files,
+    legacy_name,
+    only_replace,
+    read_manifest_json,
+    verify_files,
+)
+from ragloop.retrieval.encoders import BiEncoder, Encoder
+from ragloop.retrieval.hybrid import fuse
+from ragloop.retrieval.index import Index, set_search_params
+from ragloop.retrieval.retriever import FUSION_DEPTH, check_questions
+from ragloop.retrieval.retriever import MODES as SEARCH_MODES
+
+log = logging.getLogger(__name__)
+
+MODES = ("sequence", "token")
+CONFIG_FILE = "rag_config.json"
+QUESTION_DIR, PASSAGE_DIR, GENERATOR_DIR, INDEX_DIR = "question_encoder", "passage_encoder", "generator", "index"
+ENCODER_FILE = "ragloop_encoder.json"
+FORMAT, FORMAT_VERSION = "ragloop-rag", 1
+NORMALIZED_SCORE_SCALE = 20.0
+
+
+@dataclass
+class RAGConfig:
+    """Plain values; saved as `rag_config.json` next to the models."""
+
+    n_docs: int = 5  # passages per question (k)
+    mode: str = "sequence"  # "sequence" | "token"
+    max_source_length: int = 256  # generator input tokens (question + one passage)
+    max_target_length: int = 32  # answer tokens, eos included
+    train_passage_encoder: bool = False
+    search_mode: str = "dense"  # which rows FAISS/BM25 return; p(z|x) is always from dense scores
+    # Multiplier on q·d before the softmax over the k passages. None: 1 for raw inner products (DPR),
+    # 20 for L2-normalised encoders, whose cosines in [-1, 1] would otherwise give a near-uniform p(z|x).
+    doc_score_scale: float | None = None
+    rescore_batch_size: int = 64  # generator rows per forward when RAG-Sequence re-scores candidates
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise RagloopError(f"unknown RAG mode {self.mode!r}; choose one of {', '.join(MODES)}")
+        if self.search_mode not in SEARCH_MODES:
+            raise RagloopError(f"unknown search mode {self.search_mode!r}; choose one of {', '.join(SEARCH_MODES)}")
+        if self.n_docs < 1:
+            raise RagloopError(f"n_docs must be at least 1 (got {self.n_docs})")
+        if self.max_target_length < 1 or self.max_source_length < 8:
+            raise RagloopError("max_target_length must be >= 1 and max_source_length >= 8")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict, where: str = "config") -> RAGConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise RagloopError(f"{where}: unknown RAG config keys {unknown}")
+        return cls(**values)
+
+
+# -- losses ---------------------------------------------------------------------------------------
+
+
+def rag_sequence_loss(doc_logprobs: torch.Tensor, token_logprobs: torch.Tensor,
+                      target_mask: torch.Tensor) -> torch.Tensor:
+    """−log Σ_z p(z|x) Π_t p(y_t|x,z,y<t), per example [B].
+
+    doc_logprobs [B, K] = log p(z|x); token_logprobs [B, K, T] = log p(gold y_t|x,z,y<t);
+    target_mask [B, T] is true at real target positions. Computed in float32.
+    """
+    mask = target_mask.bool().unsqueeze(1)
+    seq = token_logprobs.float().masked_fill(~mask, 0.0).sum(-1)  # [B, K]
+    return -torch.logsumexp(doc_logprobs.float() + seq, dim=1)
+
+
+def rag_token_loss(doc_logprobs: torch.Tensor, token_logprobs: torch.Tensor,
+                   target_mask: torch.Tensor) -> torch.Tensor:
+    """−Σ_t log Σ_z p(z|x) p(y_t|x,z,y<t), per example [B]. Same shapes as `rag_sequence_loss`."""
+    mask = target_mask.bool()
+    tokens = token_logprobs.float().masked_fill(~mask.unsqueeze(1), 0.0)
+    per_position = torch.logsumexp(doc_logprobs.float().unsqueeze(-1) + tokens, dim=1)  # [B, T]
+    return -per_position.masked_fill(~mask, 0.0).sum(-1)
+
+
+# -- results --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Retrieval:
+    """The passages for a batch of questions and how much the model trusts each one."""
+
+    passages: list[list[Passage]]  # [B][K]
+    doc_scores: torch.Tensor  # [B, K] raw q·d scores (differentiable w.r.t. the question encoder)
+    doc_logprobs: torch.Tensor  # [B, K] log p(z|x)
+    rows: np.ndarray | None = None  # [B, K] index rows; None for passages given by the caller
+
+
+@dataclass
+class RAGOutput:
+    loss: torch.Tensor  # scalar: mean of `losses`
+    losses: torch.Tensor  # [B] negative log-likelihood of each answer
+    doc_scores: torch.Tensor  # [B, K]
+    doc_logprobs: torch.Tensor  # [B, K]
+    passages: list[list[Passage]] = field(default_factory=list)
+
+
+@dataclass
+class Answer:
+    question: str
+    answer: str
+    passages: list[dict]  # id, title, text, score (q·d), best first
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# -- the model ------------------------------------------------------------------------------------
+
+
+class RAG(torch.nn.Module):
+    """Question encoder + index + generator. See the module docstring for usage."""
+
+    def __init__(self, index: Index, question_encoder: Encoder, generator: Generator,
+                 config: RAGConfig | None = None, passage_encoder: Encoder | None = None) -> None:
+        super().__init__()
+        self.config = config or RAGConfig()
+        if question_encoder.dim != index.dim:
+            raise RagloopError(f"{index.path}: index vectors have dim {index.dim}, question encoder "
+                              f"{question_encoder.spec.name!r} has dim {question_encoder.dim}")
+        self.index = index
+        self.question_encoder = question_encoder
+        self.generator = generator
+        generator.max_source_length = self.config.max_source_length  # the config is the one source of truth
+        generator.max_target_length = self.config.max_target_length
+        self.passage_encoder: Encoder | None = None
+        if self.config.train_passage_encoder:
+            self.passage_encoder = passage_encoder if passage_encoder is not None else index.load_encoder().passage
+        elif passage_encoder is not None:
+            log.warning("passage encoder ignored: config.train_passage_encoder is false (the index stays frozen)")
+        self._reindexed = False
+
+    @classmethod
+    def from_index(cls, index: str | Path | Index, generator: str | Generator = BUNDLED_GENERATOR,
+                   config: RAGConfig | None = None, question_encoder: str | Encoder | None = None) -> RAG:
+        """A new RAG model over an index folder: its own question encoder (or the one given, checked
+        against it) and a generator by name or path."""
+        index = index if isinstance(index, Index) else Index.load(index)
+        if question_encoder is None:
+            question_encoder = index.load_encoder().question
+        elif isinstance(question_encoder, str):
+            question_encoder = BiEncoder.from_pretrained(question_encoder).question
+        index.check_question_encoder(question_encoder, allow_finetuned=True)
+        if isinstance(generator, str):
+            generator = Generator.from_pretrained(generator)
+        return cls(index, question_encoder, generator, config)
+
+    @property
+    def score_scale(self) -> float:
+        if self.config.doc_score_scale is not None:
+            return float(self.config.doc_score_scale)
+        return NORMALIZED_SCORE_SCALE if self.question_encoder.spec.normalize else 1.0
+
+    # -- retrieval ------------------------------------------------------------------------------
+
+    def embed_questions(self, questions: Sequence[str]) -> torch.Tensor:
+        """Question vectors [B, D], differentiable (unlike `Encoder.encode`)."""
+        return _embed(self.question_encoder, list(questions))
+
+    def doc_logprobs(self, doc_scores: torch.Tensor) -> torch.Tensor:
+        """log p(z|x) over the k passages of each question, float32."""
+        return torch.log_softmax(doc_scores.float() * self.score_scale, dim=-1)
+
+    def retrieve(self, questions: Sequence[str], k: int | None = None) -> Retrieval:
+        """Top-k passages per question (FAISS or BM25, no gradient) with scores recomputed as q·d."""
+        questions = list(questions)
+        check_questions(questions)
+        k = self.config.n_docs if k is None else k
+        if k < 1:
+            raise RagloopError(f"k must be at least 1 (got {k})")
+        k = min(k, len(self.index))
+        q = self.embed_questions(questions)
+        rows = self._search_rows(questions, q.detach().float().cpu().numpy(), k)
+        flat = self.index.store.get_rows(rows.reshape(-1).tolist())
+        passages = [flat[b * k : (b + 1) * k] for b in range(len(questions))]
+        if self.config.train_passage_encoder and self.passage_encoder is not None:
+            titles, texts = [p.title for p in flat], [p.text for p in flat]
+            d = _embed(self.passage_encoder, titles, texts).view(len(questions), k, -1)
+        else:
+            d = torch.from_numpy(self.index.vectors(rows)).to(q.device)
+        scores = torch.einsum("bd,bkd->bk", q, d.to(q.dtype))
+        return Retrieval(passages, scores, self.doc_logprobs(scores), rows)
+
+    def _search_rows(self, questions: list[str], vectors: np.ndarray, k: int) -> np.ndarray:
+        mode = self.config.search_mode
+        depth = max(k, FUSION_DEPTH) if mode == "hybrid" else k
+        dense = self.index.search(vectors, min(depth, len(self.index)))
+        if mode == "dense":
+            rows = dense[1]
+        else:
+            if self.index.bm25 is None:
+                raise RagloopError(f"{self.index.path}: built without BM25; rebuild it to use search mode {mode!r}")
+            sparse = self.index.bm25.search(questions, depth)
+            rows = sparse[1][:, :k] if mode == "bm25" else fuse(dense, sparse, k)[1]
+        return _fill_missing(rows, dense[1], self.index.path)
+
+    def _contexts(self, questions: Sequence[str], passages: Sequence[Sequence[Passage]] | None,
+                  doc_scores: torch.Tensor | None, k: int | None = None) -> Retrieval:
+        """Retrieve, or wrap passages the caller gives (oracle / given context) into a `Retrieval`.
+        Given passages get a uniform p(z|x) unless `doc_scores` [B, K] (raw scores) come with them."""
+        if passages is None:
+            if doc_scores is not None:
+                raise RagloopError("doc_scores are only meaningful together with passages")
+            return self.retrieve(questions, k)
+        questions = list(questions)
+        check_questions(questions)
+        passages = [list(ps) for ps in passages]
+        if len(passages) != len(questions):
+            raise RagloopError(f"{len(questions)} questions but {len(passages)} lists of passages")
+        sizes = {len(ps) for ps in passages}
+        if len(sizes) != 1 or 0 in sizes:
+            raise RagloopError(f"every question needs the same, non-zero number of passages (got {sorted(sizes)})")
+        shape = (len(questions), sizes.pop())
+        if doc_scores is None:
+            doc_scores = torch.zeros(shape, device=self.generator.device)
+        doc_scores = torch.as_tensor(doc_scores, device=self.generator.device)
+        if tuple(doc_scores.shape) != shape:
+            raise RagloopError(f"doc_scores has shape {tuple(doc_scores.shape)}, passages give {shape}")
+        return Retrieval(passages, doc_scores, self.doc_logprobs(doc_scores))
+
+    # -- training -------------------------------------------------------------------------------
+
+    def forward(self, questions: Sequence[str], answers: Sequence[str],
+                passages: Sequence[Sequence[Passage]] | None = None,
+                doc_scores: torch.Tensor | None = None) -> RAGOutput:
+        """Negative marginal log-likelihood of `answers` under `config.mode`.
+
+        Passages are retrieved unless given: `passages` is one equally long list of passages per
+        question (oracle or given context), with p(z|x) uniform unless `doc_scores` [B, K] (raw
+        relevance scores, like `RAGOutput.doc_scores`) come with them."""
+        questions, answers = _as_list(questions), _as_list(answers)
+        if len(answers) != len(questions):
+            raise RagloopError(f"{len(questions)} questions but {len(answers)} answers")
+        ctx = self._contexts(questions, passages, doc_scores)
+        gen = self.generator
+        batch_size, k = ctx.doc_logprobs.shape
+        inputs = {name: t.to(gen.device) for name, t in gen.build_inputs(questions, ctx.passages).items()}
+        labels = gen.tokenize_targets(answers).to(gen.device)
+        token_logprobs = gen(inputs["input_ids"], inputs["attention_mask"], labels.repeat_interleave(k, dim=0))
+        token_logprobs = token_logprobs.view(batch_size, k, -1)
+        loss_fn = rag_sequence_loss if self.config.mode == "sequence" else rag_token_loss
+        doc_logprobs = ctx.doc_logprobs.to(gen.device)
+        losses = loss_fn(doc_logprobs, token_logprobs, labels != IGNORE_INDEX)
+        return RAGOutput(losses.mean(), losses, ctx.doc_scores, doc_logprobs, ctx.passages)
+
+    def reindex(self, passage_encoder: Encoder | None = None, batch_size: int = 64,
+                progress: bool | None = None) -> None:
+        """Re-encode every stored passage with the (trained) passage encoder into a fresh FAISS index
+        of the same type, in memory. The trainer calls this every N steps; `save_pretrained` writes it."""
+        if not self.config.train_passage_encoder:
+            raise RagloopError("reindex needs config.train_passage_encoder = True (the passage side is frozen)")
+        encoder = passage_encoder if passage_encoder is not None else self.passage_encoder
+        if encoder is None:
+            raise RagloopError("reindex needs a passage encoder")
+        if encoder.dim != self.index.dim:
+            raise RagloopError(f"passage encoder has dim {encoder.dim}, the index {self.index.dim}")
+        passages = list(self.index.store)
+        with _eval_mode(encoder):
+            vectors = encoder.encode([p.title for p in passages], [p.text for p in passages],
+                                     batch_size=batch_size, progress=progress, desc="re-indexing passages")
+        settings = self.index.manifest["index"]
+        fresh = faiss.index_factory(self.index.dim, settings["factory"], faiss.METRIC_INNER_PRODUCT)
+        if not fresh.is_trained:
+            fresh.train(vectors)
+        fresh.add(vectors)
+        set_search_params(fresh, settings.get("search_params", {}))
+        self.index.faiss = fresh
+        self.passage_encoder = encoder
+        self._reindexed = True
+        log.info("re-indexed %d passages with the trained passage encoder", len(passages))
+
+    # -- generation -----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(self, questions: Sequence[str], num_beams: int = 1, max_new_tokens: int = 32,
+                 passages: Sequence[Sequence[Passage]] | None = None,
+                 doc_scores: torch.Tensor | None = None) -> list[str]:
+        """One answer per question, decoded the way `config.mode` models p(y|x): RAG-Token by beam
+        search (greedy at num_beams=1) on the per-token marginal; RAG-Sequence by `num_beams` candidates
+        from each passage (a generator with a copy head: the best beam of each passage), each re-scored
+        over all k passages. `passages`/`doc_scores` as in `forward`."""
+        if num_beams < 1 or max_new_tokens < 1:
+            raise RagloopError(f"num_beams and max_new_tokens must be >= 1 (got {num_beams}, {max_new_tokens})")
+        questions = _as_list(questions)
+        with _eval_mode(self):
+            ctx = self._contexts(questions, passages, doc_scores)
+            return self.generator.decode(self._generate_ids(questions, ctx, num_beams, max_new_tokens))
+
+    def _generate_ids(self, questions: list[str], ctx: Retrieval, num_beams: int,
+                      max_new_tokens: int) -> list[list[int]]:
+        gen = self.generator
+        inputs = {name: t.to(gen.device) for name, t in gen.build_inputs(questions, ctx.passages).items()}
+        doc_logprobs = ctx.doc_logprobs.to(gen.device)
+        if self.config.mode == "token":
+            return _token_beam_search(gen, inputs, doc_logprobs, num_beams, max_new_tokens)
+        return self._sequence_decode(inputs, doc_logprobs, num_beams, max_new_tokens)
+
+    def _sequence_decode(self, inputs: dict, doc_logprobs: torch.Tensor, num_beams: int,
+                         max_new_tokens: int) -> list[list[int]]:
+        """Thorough decoding: beam (or greedy) candidates from each passage, each candidate re-scored
+        as log Σ_z p(z|x) p(y|x,z) over all k passages; the best one wins."""
+        gen = self.generator
+        batch_size, k = doc_logprobs.shape
+        encoded = gen.encode(inputs["input_ids"], inputs["attention_mask"])  # once, for generating and re-scoring
+        if gen.copy_head is None:
+            out = gen.model.generate(encoder_outputs=encoded, attention_mask=inputs["attention_mask"],
+                                     num_beams=num_beams, num_return_sequences=num_beams,
+                                     max_new_tokens=max_new_tokens, do_sample=False)
+            candidates, per_row = out[:, 1:].tolist(), k * num_beams  # drop the decoder start token
+        else:  # transformers' generate knows nothing of the copy head: the best beam of each passage
+            candidates, per_row = gen.generate(inputs, num_beams, max_new_tokens, encoded=encoded), k
+        per_question: list[list[tuple[int, ...]]] = [[] for _ in range(batch_size)]
+        for i, row in enumerate(candidates):
+            cand = tuple(_cut_at_eos(row, gen.eos_token_id))
+            bucket = per_question[i // per_row]
+            if cand not in bucket:
+                bucket.append(cand)
+        # a question whose passages all gave the same candidate needs no re-scoring
+        pairs = [(b, c) for b in range(batch_size) if len(per_question[b]) > 1 for c in per_question[b]]
+        scores = torch.empty(len(pairs), device=gen.device)
+        step = max(1, self.config.rescore_batch_size // k)
+        for start in range(0, len(pairs), step):
+            chunk = pairs[start : start + step]
+            rows = torch.tensor([b * k + z for b, _ in chunk for z in range(k)], device=gen.device)
+            labels = gen.pad_labels([c for _, c in chunk for _ in range(k)]).to(gen.device)
+            hidden = BaseModelOutput(last_hidden_state=encoded.last_hidden_state.index_select(0, rows))
+            seq = gen(inputs["input_ids"].index_select(0, rows), inputs["attention_mask"].index_select(0, rows),
+                      labels, encoder_outputs=hidden)
+            seq = seq.sum(-1).view(len(chunk), k)
+            owners = torch.tensor([b for b, _ in chunk], device=gen.device)
+            scores[start : start + len(chunk)] = torch.logsumexp(doc_logprobs[owners] + seq, dim=1)
+        best: list[list[int]] = []
+        for b in range(batch_size):
+            idx = [i for i, (owner, _) in enumerate(pairs) if owner == b]
+            best.append(list(pairs[max(idx, key=lambda i: scores[i].item())][1]) if idx else list(per_question[b][0]))
+        return best
+
+    def answer(self, question_or_questions: str | Sequence[str], k: int | None = None, num_beams: int = 1,
+               max_new_tokens: int = 32) -> Answer | list[Answer]:
+        """Retrieve, generate, and return the answer with the passages it was drawn from."""
+        single = isinstance(question_or_questions, str)
+        questions = _as_list(question_or_questions)
+        with torch.no_grad(), _eval_mode(self):
+            ctx = self.retrieve(questions, k)
+            texts = self.generator.decode(self._generate_ids(questions, ctx, num_beams, max_new_tokens))
+        scores = ctx.doc_scores.float().cpu().tolist()
+        answers = [
+            Answer(q, text, [{"id": p.id, "title": p.title, "text": p.text, "score": s} for p, s in zip(ps, ss)])
+            for q, text, ps, ss in zip(questions, texts, ctx.passages, scores)
+        ]
+        return answers[0] if single else answers
+
+    # -- saving and loading ---------------------------------------------------------------------
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """Write a self-contained folder atomically (see the module docstring for its layout)."""
+        path = Path(path)
+        index_inside = _is_within(self.index.path, path)
+        with atomic_dir(path, may_replace=_check_replaceable) as tmp, _eval_mode(self):
+            self.question_encoder.save_pretrained(tmp / QUESTION_DIR)
+            self.generator.save_pretrained(tmp / GENERATOR_DIR)
+            if self.passage_encoder is not None:
+                self.passage_encoder.save_pretrained(tmp / PASSAGE_DIR)
+            if self._reindexed:  # the FAISS vectors changed in memory: write an index that matches them
+                built = Index.build(list(self.index.store), BiEncoder(self.question_encoder, self.passage_encoder),
+                                    tmp / INDEX_DIR, factory=self.index.manifest["index"]["factory"],
+                                    search_params=self.index.manifest["index"].get("search_params"),
+                                    with_bm25=self.index.bm25 is not None, progress=False)
+                built.store.close()
+            else:
+                _copy_tree(self.index.path, tmp / INDEX_DIR, link=index_inside)
+            files = sorted(p for p in tmp.rglob("*") if p.is_file() and p.relative_to(tmp).parts[0] != INDEX_DIR)
+            atomic_write_json(tmp / CONFIG_FILE, {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "ragloop_version": __version__,
+                "config": self.config.to_dict(),
+                "question_encoder": self.question_encoder.spec.to_dict(),
+                "passage_encoder": self.passage_encoder.spec.to_dict() if self.passage_encoder is not None else None,
+                "generator": self.generator.name,
+                "files": checksum_files(tmp, files),
+            })
+        log.info("saved RAG model to %s", path)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, verify: bool = True) -> RAG:
+        """Load a folder written by `save_pretrained`; with `verify`, every file's sha256 is checked."""
+        path = Path(path)
+        meta = _read_meta(path)
+        config = RAGConfig.from_dict(meta.get("config", {}), where=str(path / CONFIG_FILE))
+        verify_files(path, meta.get("files", {}), CONFIG_FILE, checksums=verify)
+        index = Index.load(path / INDEX_DIR, verify=verify)
+        question_encoder = _load_encoder(path / QUESTION_DIR)
+        passage_encoder = _load_encoder(path / PASSAGE_DIR) if (path / PASSAGE_DIR).is_dir() else None
+        generator = Generator.from_pretrained(str(path / GENERATOR_DIR))
+        index.check_question_encoder(question_encoder, allow_finetuned=True)
+        return cls(index, question_encoder, generator, config, passage_encoder=passage_encoder)
+
+
+# -- RAG-Token decoding ---------------------------------------------------------------------------
+
+
+def _token_beam_search(gen: Generator, inputs: dict, doc_logprobs: torch.Tensor, num_beams: int,
+                       max_new_tokens: int, length_penalty: float = 1.0, encoded=None) -> list[list[int]]:
+    """Beam search (greedy when num_beams=1) on the RAG-Token marginal
+    log Σ_z p(z|x) p(y_t|x,z,y<t): the encoder runs once (or not at all, given `encoded`), the
+    decoder once per step for every (question, beam, passage) row, reusing its key/value cache."""
+    batch_size, k = doc_logprobs.shape
+    nb, eos, pad = num_beams, gen.eos_token_id, gen.pad_token_id
+    if encoded is None:
+        encoded = gen.encode(inputs["input_ids"], inputs["attention_mask"])
+    expand = torch.arange(batch_size * k, device=gen.device).view(batch_size, 1, k).expand(-1, nb, -1).reshape(-1)
+    hidden = BaseModelOutput(last_hidden_state=encoded.last_hidden_state.index_select(0, expand))
+    attention = inputs["attention_mask"].index_select(0, expand)
+    source_ids = inputs["input_ids"].index_select(0, expand)
+    copy_keys = gen.copy_keys(encoded)  # once per passage row, like the encoder
+    copy_keys = None if copy_keys is None else copy_keys.index_select(0, expand)
+    prior = doc_logprobs.view(batch_size, 1, k, 1)
+
+    seqs = torch.full((batch_size, nb, 1), gen.decoder_start_token_id, dtype=torch.long, device=gen.device)
+    beam_scores = torch.zeros(batch_size, nb, device=gen.device)
+    beam_scores[:, 1:] = float("-inf")  # all beams start identical: expand only the first
+    finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(batch_size)]
+    done = [False] * batch_size
+    past = None
+    for step in range(max_new_tokens):
+        rows = seqs.unsqueeze(2).expand(-1, -1, k, -1).reshape(batch_size * nb * k, -1)
+        logprobs, past = gen.decoder_step(hidden, attention, rows if past is None else rows[:, -1:], past,
+                                          input_ids=source_ids, copy_keys=copy_keys)
+        vocab = logprobs.shape[-1]
+        marginal = torch.logsumexp(logprobs.view(batch_size, nb, k, vocab) + prior, dim=2)  # [B, nb, V]
+        top_scores, top_ids = (beam_scores.unsqueeze(-1) + marginal).view(batch_size, -1).topk(2 * nb, dim=1)
+        source = torch.arange(nb, device=gen.device).repeat(batch_size, 1)
+        tokens = torch.full((batch_size, nb), pad, dtype=torch.long, device=gen.device)
+        new_scores = torch.full((batch_size, nb), float("-inf"), device=gen.device)
+        length = step + 1
+        for b in range(batch_size):
+            if done[b]:
+                continue
+            j = 0
+            for rank, (score, flat) in enumerate(zip(top_scores[b].tolist(), top_ids[b].tolist())):
+                beam, token = divmod(flat, vocab)
+                if token == eos:
+                    if rank < nb:
+                        finished[b].append((score / length**length_penalty, seqs[b, beam, 1:].tolist() + [eos]))
+                    continue
+                source[b, j], tokens[b, j], new_scores[b, j] = beam, token, score
+                j += 1
+                if j == nb:
+                    break
+            if len(finished[b]) >= nb:
+                best_live = new_scores[b].max().item() / length**length_penalty
+                done[b] = best_live <= min(s for s, _ in finished[b])
+        seqs = torch.cat([seqs.gather(1, source.unsqueeze(-1).expand_as(seqs)), tokens.unsqueeze(-1)], dim=-1)
+        beam_scores = new_scores
+        if all(done):
+            break
+        if past is not None:
+            if hasattr(past, "reorder_cache"):
+                order = (torch.arange(batch_size, device=gen.device).view(-1, 1) * nb + source)  # [B, nb]
+                order = (order.unsqueeze(-1) * k + torch.arange(k, device=gen.device)).reshape(-1)
+                past.reorder_cache(order)
+            else:  # a legacy tuple cache: recompute from the full prefix instead
+                past = None
+    results = []
+    for b in range(batch_size):
+        if not done[b]:
+            length = seqs.shape[-1] - 1
+            finished[b].extend((s / length**length_penalty, seqs[b, i, 1:].tolist())
+                               for i, s in enumerate(beam_scores[b].tolist()) if s > float("-inf"))
+        results.append(max(finished[b], key=lambda item: item[0])[1] if finished[b] else [])
+    return results
+
+
+# -- helpers --------------------------------------------------------------------------------------
+
+
+def _embed(encoder: Encoder, texts: list[str], pairs: list[str] | None = None) -> torch.Tensor:
+    batch = encoder.tokenizer.pad(encoder.tokenize(texts, pairs), return_tensors="pt")
+    device = next(encoder.parameters()).device
+    return encoder(**{name: t.to(device) for name, t in batch.items()})
+
+
+def _as_list(texts: str | Sequence[str]) -> list[str]:
+    return [texts] if isinstance(texts, str) else list(texts)
+
+
+def _fill_missing(rows: np.ndarray, dense_rows: np.ndarray, where: Path) -> np.ndarray:
+    """Fill -1 slots (BM25 found fewer than k) with the best dense rows not already taken."""
+    rows = rows.copy()
+    for b in np.nonzero((rows < 0).any(axis=1))[0]:
+        taken = {int(r) for r in rows[b] if r >= 0}
+        spare = iter(int(r) for r in dense_rows[b] if r >= 0 and int(r) not in taken)
+        for j in np.nonzero(rows[b] < 0)[0]:
+            nxt = next(spare, None)
+            if nxt is None:
+                raise RagloopError(f"{where}: search returned fewer than {rows.shape[1]} passages")
+            rows[b, j] = nxt
+    return rows
+
+
+def _cut_at_eos(tokens: list[int], eos: int) -> list[int]:
+    return tokens[: tokens.index(eos) + 1] if eos in tokens else tokens
+
+
+@contextlib.contextmanager
+def _eval_mode(*modules: torch.nn.Module) -> Iterator[None]:
+    """Switch modules to eval (no dropout) for a block, then restore each submodule's own mode."""
+    before = [(m, m.training) for module in modules for m in module.modules()]
+    for module in modules:
+        module.eval()
+    try:
+        yield
+    finally:
+        for m, mode in before:
+            m.training = mode
+
+
+def _is_within(inner: Path, outer: Path) -> bool:
+    try:
+        Path(inner).resolve().relative_to(Path(outer).resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def _copy_tree(src: Path, dst: Path, link: bool) -> None:
+    """Copy a folder; with `link`, hard-link files where possible (the source is about to be replaced)."""
+
+    def link_or_copy(a: str, b: str) -> None:
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
+    shutil.copytree(src, dst, copy_function=link_or_copy if link else shutil.copy2)
+
+
+_check_replaceable = only_replace(CONFIG_FILE, "saved RAG model")
+
+
+def _read_meta(path: Path) -> dict:
+    return read_manifest_json(path, CONFIG_FILE, FORMAT, FORMAT_VERSION, "saved RAG model")
+
+
+def _load_encoder(folder: Path) -> Encoder:
+    """An encoder saved inside a RAG folder keeps the name it had when the index was built, so the
+    index accepts it as a fine-tuned version of its own question encoder."""
+    spec_file = folder / ENCODER_FILE
+    if not spec_file.is_file():
+        spec_file = folder / legacy_name(ENCODER_FILE)
+    if not spec_file.is_file():
+        raise RagloopError(f"{spec_file}: missing")
+    encoder = Encoder.from_pretrained(str(folder))
+    try:
+        encoder.spec.name = json.loads(spec_file.read_text())["name"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError) as e:
+        raise RagloopError(f"{spec_file}: corrupt encoder spec ({e})") from None
+    return encoder

@@ -1,0 +1,376 @@
+"""DPR-style retriever training: in-batch negatives plus BM25 hard negatives.
+
+    >>> from ragloop.training.retriever_trainer import RetrieverTrainConfig, train_retriever
+    >>> out = train_retriever(RetrieverTrainConfig(train_file="train.json", output_dir="runs/minilm-squad"))
+    >>> Encoder.from_pretrained(out["passage_encoder"])    # same pooling / normalisation as the base model
+
+    $ ragloop train-retriever --train_file train.json --output_dir runs/minilm-squad
+    $ ragloop index corpus/ --out runs/idx --encoder runs/minilm-squad
+
+Each question's positive is its own paragraph, chunked as `ragloop index` chunks it (the chunk that
+holds the answer). Its hard negative is the top BM25 passage from another paragraph that does not
+contain the answer. A step scores B questions against the batch's passages (all positives and all
+hard negatives) and takes cross-entropy on the own positive over `scale * similarity`, as DPR and
+sentence-transformers' MultipleNegativesRankingLoss do. SQuAD has ~6 questions per paragraph, so a
+batch often holds two questions of one paragraph: a passage of the question's own paragraph other
+than its positive is masked out rather than counted as a negative.
+
+A symmetric model (MiniLM) is trained as one encoder for both sides and saved as one folder; two
+towers (DPR, or `--shared_encoder false`) are saved as `question_encoder/` and `passage_encoder/`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import logging
+import math
+import shutil
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ragloop.config import add_config_args, config_from_args, opt
+from ragloop.data.corpus import Passage, make_passages
+from ragloop.data.qa import QAExample, load_qa
+from ragloop.errors import RagloopError
+from ragloop.evaluation.metrics import has_answer
+from ragloop.io import atomic_dir, atomic_write_json, only_replace
+from ragloop.retrieval.bm25 import BM25Index
+from ragloop.retrieval.encoders import DEFAULT_ENCODER, BiEncoder, Encoder, resolve_source
+from ragloop.retrieval.index import bm25_text
+
+log = logging.getLogger(__name__)
+
+SUMMARY = "retriever_training.json"  # marks a folder this trainer wrote (and may replace)
+QUESTION_DIR, PASSAGE_DIR = "question_encoder", "passage_encoder"
+BM25_DEPTH = 20  # BM25 passages looked at per question when choosing hard negatives
+ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
+
+
+@dataclass
+class RetrieverTrainConfig:
+    # data
+    train_file: str | None = opt(None, "SQuAD-style .json/.jsonl/.csv with questions, answers and their "
+                                       "context paragraphs (required)", "data")
+    validation_file: str | None = opt(None, "SQuAD-style file: dense gold@k over its paragraphs after training",
+                                      "data")
+    max_train_examples: int | None = opt(None, "use only the first N training questions", "data")
+    chunk_words: int = opt(100, "words per passage, as `ragloop index --chunk-words`", "data")
+    hard_negatives: int = opt(1, "BM25 hard negatives per question (0: in-batch negatives only)", "data")
+    # model
+    encoder: str = opt(DEFAULT_ENCODER, "encoder to fine-tune, name or path (a DPR ctx encoder: two towers)",
+                       "model")
+    question_encoder: str | None = opt(None, "question encoder, if not the same model (DPR: inferred)", "model")
+    shared_encoder: bool = opt(True, "one set of weights for questions and passages when --encoder names one "
+                                     "model (false: two towers, both starting from it)", "model")
+    max_length: int | None = opt(None, "tokens per question or passage (default: the model's own)", "model")
+    scale: float | None = opt(None, "similarity scale, 1/temperature (default: 20 for normalised embeddings, "
+                                    "1 for dot products)", "model")
+    # optimisation
+    batch_size: int = opt(32, "questions per step (each brings its positive and hard negatives)", "optimisation")
+    learning_rate: float = opt(2e-5, "peak learning rate (AdamW)", "optimisation")
+    num_epochs: int = opt(1, "passes over the training questions", "optimisation")
+    max_steps: int | None = opt(None, "stop after N steps (overrides --num_epochs)", "optimisation")
+    warmup_steps: int = opt(10, "linear warmup steps, then linear decay to 0", "optimisation")
+    weight_decay: float = opt(0.01, "AdamW weight decay (matrices only)", "optimisation")
+    max_grad_norm: float = opt(1.0, "gradient clipping (0: off)", "optimisation")
+    # run
+    output_dir: str = opt("runs/retriever", "folder for the trained encoder(s), replaced atomically", "run")
+    seed: int = opt(42, "seed for data order and dropout", "run")
+    logging_steps: int = opt(10, "log the loss every N steps", "run")
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass
+class TrainItem:
+    """One training question: rows into the passage list for its positive and hard negatives."""
+
+    question: str
+    doc_id: str
+    positive: int
+    negatives: list[int]
+
+
+# -- data -------------------------------------------------------------------------------------
+
+
+def build_items(examples: list[QAExample], chunk_words: int = 100, hard_negatives: int = 1,
+                where: str = "training data") -> tuple[list[Passage], list[TrainItem]]:
+    """Passages of the examples' paragraphs, and per question its positive and BM25 hard negatives."""
+    with_context = [ex for ex in examples if ex.context]
+    if not with_context:
+        raise RagloopError(f"{where}: no question has a context paragraph; retriever training needs each "
+                          "question's own paragraph as its positive")
+    passages = make_passages(({"doc_id": ex.doc_id, "title": ex.title, "text": ex.context} for ex in with_context),
+                             chunk_words)
+    if len(passages) < 2:
+        raise RagloopError(f"{where}: all {len(with_context)} questions share one paragraph; retriever training "
+                          "needs questions from at least two paragraphs (other paragraphs are the negatives)")
+    rows_of: dict[str, list[int]] = defaultdict(list)
+    for row, p in enumerate(passages):
+        rows_of[p.doc_id].append(row)
+    items, answers = [], []
+    for ex in with_context:
+        rows = rows_of.get(ex.doc_id)
+        if not rows:  # its every chunk duplicated another paragraph's: no passage of its own
+            continue
+        positive = next((r for r in rows if has_answer(ex.answers, passages[r].text)), rows[0])
+        items.append(TrainItem(ex.question, ex.doc_id, positive, []))
+        answers.append(ex.answers)
+    if hard_negatives > 0:
+        texts = [bm25_text(p) for p in passages]
+        depth = min(len(passages), BM25_DEPTH + hard_negatives)
+        _, ranked = BM25Index.build(texts).search([it.question for it in items], depth)
+        missing = 0
+        for it, golds, rows in zip(items, answers, ranked.tolist()):
+            for r in rows:
+                if r < 0 or len(it.negatives) == hard_negatives:
+                    break
+                if passages[r].doc_id != it.doc_id and not has_answer(golds, texts[r]):
+                    it.negatives.append(r)
+            missing += len(it.negatives) < hard_negatives
+        if missing:
+            log.info("%d of %d questions have fewer than %d BM25 hard negatives", missing, len(items),
+                     hard_negatives)
+    log.info("retriever training data: %d questions, %d passages (%d questions without a passage of their own)",
+             len(items), len(passages), len(with_context) - len(items))
+    return passages, items
+
+
+def batch_targets(items: list[TrainItem], passages: list[Passage]) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+    """The batch's distinct passage rows, each question's positive column, and the mask of columns that
+    are another passage of the question's own paragraph (neither positive nor negative)."""
+    column: dict[int, int] = {}
+    for it in items:
+        for r in (it.positive, *it.negatives):
+            column.setdefault(r, len(column))
+    rows = list(column)
+    labels = torch.tensor([column[it.positive] for it in items])
+    mask = torch.tensor([[passages[r].doc_id == it.doc_id and r != it.positive for r in rows] for it in items])
+    return rows, labels, mask
+
+
+def contrastive_loss(questions: torch.Tensor, passages: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
+                     scale: float) -> torch.Tensor:
+    """Cross-entropy of each question's positive among all the batch's passages."""
+    scores = scale * questions @ passages.T
+    return torch.nn.functional.cross_entropy(scores.masked_fill(mask, float("-inf")), labels)
+
+
+# -- encoders ---------------------------------------------------------------------------------
+
+
+def load_towers(cfg: RetrieverTrainConfig) -> tuple[Encoder, Encoder]:
+    """(question, passage) encoders; the same object when one set of weights serves both."""
+    bi = BiEncoder.from_pretrained(cfg.encoder, cfg.question_encoder)
+    question, passage = bi.question, bi.passage
+    if cfg.max_length:  # training truncation; saved with the model so it encodes as it was trained
+        for enc in {id(question): question, id(passage): passage}.values():
+            enc.spec = dataclasses.replace(enc.spec, max_length=cfg.max_length)
+    if question is passage and not cfg.shared_encoder:
+        question = copy.deepcopy(passage)
+    elif question is not passage and cfg.shared_encoder:
+        log.info("%s: question and passage towers are two models; training both", cfg.encoder)
+    return question, passage
+
+
+def _save_encoder(encoder: Encoder, source: str, path: Path) -> None:
+    """`save_pretrained` plus the base folder's sentence-transformers files, so `Encoder.from_pretrained`
+    finds the same pooling, normalisation and max length."""
+    src = Path(resolve_source(source))
+    st = src.is_dir() and (src / "modules.json").is_file()
+    if not st:  # plain HF folder: from_pretrained takes max length from the tokenizer
+        encoder.tokenizer.model_max_length = encoder.spec.max_length
+    encoder.save_pretrained(path)
+    if st:
+        for name in ST_FILES:
+            if (src / name).is_file():
+                shutil.copyfile(src / name, path / name)
+        for module in json.loads((src / "modules.json").read_text()):
+            sub = module.get("path", "")
+            if sub and (src / sub).is_dir():
+                shutil.copytree(src / sub, path / sub, dirs_exist_ok=True)
+            elif sub:
+                (path / sub).mkdir(parents=True, exist_ok=True)  # e.g. Normalize, which has no files
+        sbert = path / "sentence_bert_config.json"
+        settings = json.loads(sbert.read_text()) if sbert.is_file() else {}
+        settings["max_seq_length"] = encoder.spec.max_length
+        sbert.write_text(json.dumps(settings, indent=2))
+    again = Encoder.from_pretrained(str(path))
+    same = ("dim", "pooling", "normalize", "max_length")
+    if any(getattr(again.spec, k) != getattr(encoder.spec, k) for k in same):
+        raise RuntimeError(f"saved encoder {path} reloads as {again.spec}, trained as {encoder.spec}")
+
+
+_check_replaceable = only_replace(SUMMARY, "retriever training output")
+
+
+# -- training ---------------------------------------------------------------------------------
+
+
+def _check_config(cfg: RetrieverTrainConfig) -> None:
+    if not cfg.train_file:
+        raise RagloopError("--train_file is required (a SQuAD-style file with context paragraphs)")
+    for name in ("batch_size", "num_epochs", "chunk_words", "logging_steps"):
+        if getattr(cfg, name) < 1:
+            raise RagloopError(f"--{name} must be at least 1 (got {getattr(cfg, name)})")
+    if cfg.hard_negatives < 0 or cfg.warmup_steps < 0:
+        raise RagloopError("--hard_negatives and --warmup_steps cannot be negative")
+    if cfg.max_steps is not None and cfg.max_steps < 1:
+        raise RagloopError(f"--max_steps must be at least 1 (got {cfg.max_steps})")
+
+
+def _pad(encoder: Encoder, tokens: dict, idx: list[int]) -> dict:
+    keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in tokens]
+    return encoder.tokenizer.pad({k: [tokens[k][i] for i in idx] for k in keys}, return_tensors="pt")
+
+
+def train_retriever(cfg: RetrieverTrainConfig, progress: bool | None = None) -> dict:
+    """Fine-tune, save to `cfg.output_dir` (atomically) and return {"output_dir", "question_encoder",
+    "passage_encoder", "shared", "steps", "final_loss" (mean of the last 10 steps), "losses", "seconds",
+    "validation" (dense retrieval metrics, or None)}."""
+    from transformers import get_linear_schedule_with_warmup
+
+    _check_config(cfg)
+    out = Path(cfg.output_dir)
+    if out.exists():
+        _check_replaceable(out)  # fail before the work, not after
+    torch.manual_seed(cfg.seed)
+    examples = load_qa(cfg.train_file)
+    if cfg.max_train_examples:
+        examples = examples[: cfg.max_train_examples]
+    passages, items = build_items(examples, cfg.chunk_words, cfg.hard_negatives, where=cfg.train_file)
+    q_enc, p_enc = load_towers(cfg)
+    shared = q_enc is p_enc
+    scale = cfg.scale if cfg.scale is not None else (20.0 if p_enc.spec.normalize else 1.0)
+    q_tokens = q_enc.tokenize([it.question for it in items])
+    p_tokens = p_enc.tokenize([p.title for p in passages], [p.text for p in passages])
+
+    params = list({id(p): p for enc in (q_enc, p_enc) for p in enc.parameters()}.values())
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate)
+    steps_per_epoch = math.ceil(len(items) / cfg.batch_size)
+    total = cfg.max_steps or steps_per_epoch * cfg.num_epochs
+    scheduler = get_linear_schedule_with_warmup(optimizer, min(cfg.warmup_steps, total), total)
+    log.info("training %s (%s) on %d questions: %d steps of %d, scale %g, %d hard negative(s) each",
+             cfg.encoder, "shared" if shared else "two towers", len(items), total, cfg.batch_size, scale,
+             cfg.hard_negatives)
+
+    q_enc.train()
+    p_enc.train()
+    losses: list[float] = []
+    step, t0 = 0, time.time()
+    bar = tqdm(total=total, desc="training retriever", unit="step", disable=None if progress is None else not progress)
+    while step < total:
+        order = np.random.default_rng([cfg.seed, step // steps_per_epoch]).permutation(len(items)).tolist()
+        for start in range(0, len(order), cfg.batch_size):
+            if step >= total:
+                break
+            batch = [items[i] for i in order[start : start + cfg.batch_size]]
+            rows, labels, mask = batch_targets(batch, passages)
+            q_vec = q_enc(**_pad(q_enc, q_tokens, order[start : start + cfg.batch_size]))
+            p_vec = p_enc(**_pad(p_enc, p_tokens, rows))
+            loss = contrastive_loss(q_vec, p_vec, labels, mask, scale)
+            loss.backward()
+            if cfg.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            losses.append(loss.item())
+            bar.update(1)
+            lr = scheduler.get_last_lr()[0]
+            bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}")
+            if step % cfg.logging_steps == 0 or step == total:
+                log.info("step %d/%d loss %.4f (mean of last %d: %.4f) lr %.2e, %.1fs", step, total, losses[-1],
+                         min(cfg.logging_steps, step), np.mean(losses[-cfg.logging_steps:]), lr, time.time() - t0)
+    bar.close()
+    seconds = round(time.time() - t0, 1)
+    q_enc.eval()
+    p_enc.eval()
+    final_loss = float(np.mean(losses[-10:]))
+    log.info("trained %d steps in %.0fs; loss %.4f -> %.4f", step, seconds, losses[0], final_loss)
+
+    validation = evaluate_dense(q_enc, p_enc, cfg.validation_file, cfg.chunk_words, progress) \
+        if cfg.validation_file else None
+    summary = {"config": cfg.to_dict(), "scale": scale, "shared": shared, "steps": step, "final_loss": final_loss,
+               "losses": [round(x, 6) for x in losses], "seconds": seconds, "train_questions": len(items),
+               "train_passages": len(passages), "validation": validation}
+    with atomic_dir(out, may_replace=_check_replaceable) as tmp:
+        if shared:
+            _save_encoder(p_enc, cfg.encoder, tmp)
+        else:
+            _save_encoder(q_enc, cfg.question_encoder or cfg.encoder, tmp / QUESTION_DIR)
+            _save_encoder(p_enc, cfg.encoder, tmp / PASSAGE_DIR)
+        atomic_write_json(tmp / SUMMARY, summary)
+    log.info("saved -> %s", out)
+    return {"output_dir": str(out),
+            "question_encoder": str(out if shared else out / QUESTION_DIR),
+            "passage_encoder": str(out if shared else out / PASSAGE_DIR),
+            "shared": shared, "steps": step, "final_loss": final_loss, "losses": losses, "seconds": seconds,
+            "validation": validation}
+
+
+def evaluate_dense(question: Encoder, passage: Encoder, qa_file: str, chunk_words: int = 100,
+                   progress: bool | None = None) -> dict:
+    """Dense hit/gold@k and mrr@10 of `qa_file`'s questions over its own paragraphs (a throwaway index)."""
+    from ragloop.evaluation.retrieval import evaluate_retrieval
+    from ragloop.retrieval.index import Index
+    from ragloop.retrieval.retriever import Retriever
+
+    examples = [ex for ex in load_qa(qa_file) if ex.context]
+    if not examples:
+        raise RagloopError(f"{qa_file}: no question has a context paragraph to retrieve")
+    passages = make_passages(({"doc_id": ex.doc_id, "title": ex.title, "text": ex.context} for ex in examples),
+                             chunk_words)
+    with tempfile.TemporaryDirectory(prefix="ragloop-retriever-eval-") as tmp:
+        index = Index.build(passages, BiEncoder(question, passage), Path(tmp) / "index", with_bm25=False,
+                            progress=progress)
+        try:
+            return evaluate_retrieval(Retriever(index, question), examples, mode="dense", progress=progress)
+        finally:
+            index.store.close()
+
+
+# -- command line -----------------------------------------------------------------------------
+
+
+def cmd_train_retriever(args: argparse.Namespace) -> None:
+    cfg = config_from_args(args, RetrieverTrainConfig)
+    result = train_retriever(cfg, progress=False if getattr(args, "quiet", False) else None)
+    print(f"trained {result['steps']} steps in {result['seconds']:.0f}s, final loss {result['final_loss']:.4f}")
+    if result["validation"]:
+        v = result["validation"]
+        print("dev (dense): " + " ".join(f"{k}={v[k]}" for k in v if "@" in k))
+    if result["shared"]:
+        print(f"encoder: {result['output_dir']}\n"
+              f"index with: ragloop index CORPUS --out INDEX --encoder {result['output_dir']}")
+    else:
+        print(f"encoders: {result['question_encoder']}, {result['passage_encoder']}\n"
+              f"index with: ragloop index CORPUS --out INDEX --encoder {result['passage_encoder']} "
+              f"--question-encoder {result['question_encoder']}")
+
+
+def add_cli(subparsers, parents: list[argparse.ArgumentParser] | tuple = ()) -> argparse.ArgumentParser:
+    """Register `ragloop train-retriever` (pass the CLI's common -q/-v parser as `parents`)."""
+    p = subparsers.add_parser("train-retriever", parents=list(parents),
+                              help="fine-tune the retrieval encoder(s) on QA data (in-batch + BM25 hard negatives)")
+    if not parents:
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or info logs")
+        p.add_argument("-v", "--verbose", action="store_true", help="debug logs")
+    add_config_args(p, RetrieverTrainConfig)
+    p.set_defaults(func=cmd_train_retriever)
+    return p

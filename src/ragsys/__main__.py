@@ -1,5 +1,0 @@
-import sys
-
-from ragsys.cli import main
-
-sys.exit(main())

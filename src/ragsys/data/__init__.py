@@ -1,6 +1,0 @@
-"""Data: QA datasets and document corpora, read from Hugging Face `datasets` or local files."""
-
-from ragsys.data.corpus import Passage, chunk_words, load_corpus
-from ragsys.data.qa import QAExample, load_qa
-
-__all__ = ["Passage", "QAExample", "chunk_words", "load_corpus", "load_qa"]

@@ -1,9 +1,0 @@
-"""The one exception type for errors a user can cause and fix."""
-
-
-class RagsysError(Exception):
-    """Bad input, a missing file, an index that does not match the encoder, a corrupt checkpoint.
-
-    The message says what is wrong and where. The command line prints it as one line on stderr and
-    exits non-zero, without a traceback.
-    """
