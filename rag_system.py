@@ -29,7 +29,7 @@ from ragloop.data.corpus import Passage
 from ragloop.generation import Generator
 from ragloop.model import RAG as _RAG
 from ragloop.model import RAGConfig
-from ragloop.retrieval import Encoder, Index
+from ragloop.retrieval import Encoder, Index, Retriever
 from ragloop.retrieval.encoders import EncoderSpec
 
 BEST_STATE_DICT = "best_rag_model.pth"
@@ -49,19 +49,24 @@ def _as_encoder(model, tokenizer) -> Encoder:
 
 
 class RAGRetriever:
-    """The original constructor shape: (question_encoder, context_encoder, index, tokenizer)."""
+    """The original constructor shape: (question_encoder, context_encoder, index, tokenizer), over
+    ragloop's one retrieval path (`self.retriever`, a `ragloop.Retriever`)."""
 
     def __init__(self, question_encoder, context_encoder, index, tokenizer, encoder_tokenizer=None) -> None:
-        self.index = index if isinstance(index, Index) else Index.load(index)
+        index = index if isinstance(index, Index) else Index.load(index)
         enc_tok = encoder_tokenizer or tokenizer
         self.question_encoder = _as_encoder(question_encoder, enc_tok)
         self.context_encoder = _as_encoder(context_encoder, enc_tok) if context_encoder is not None else None
         self.tokenizer = tokenizer
-        self.index.check_question_encoder(self.question_encoder, allow_finetuned=True)
+        index.check_question_encoder(self.question_encoder, allow_finetuned=True)
+        self.retriever = Retriever(index, self.question_encoder)
+
+    @property
+    def index(self) -> Index:
+        return self.retriever.index
 
     def retrieve(self, questions: list[str], k: int = 5) -> list[list[Passage]]:
-        scores, rows = self.index.search(self.question_encoder.encode(questions, progress=False), k)
-        return [self.index.store.get_rows([int(r) for r in row if r >= 0]) for row in rows]
+        return self.retriever.retrieve(questions, k).passages
 
 
 class RAG(_RAG):
@@ -70,7 +75,7 @@ class RAG(_RAG):
     def __init__(self, retriever: RAGRetriever, generator, tokenizer, n_docs: int = 5, mode: str = "sequence") -> None:
         gen = generator if isinstance(generator, Generator) else Generator(generator, tokenizer)
         super().__init__(retriever.index, retriever.question_encoder, gen, RAGConfig(n_docs=n_docs, mode=mode))
-        self.retriever = retriever
+        self.rag_retriever = retriever  # the original object; `self.retriever` is the model's Retriever
 
     def generate_answer(self, question: str, context: str | None = None, num_beams: int = 1) -> str:
         """Answer from retrieved passages, or from `context` when one is given."""

@@ -13,7 +13,7 @@ inner-product FAISS index, k=5.
    verify. The limit = a bare forward pass over the same passages: tokenizer, `model(**batch)`, mean
    pooling and normalisation under `torch.inference_mode()`, same batch size and max_length, batches
    of similar length (sorted by token count: the best a bare loop can do).
-2. Search, questions/s and latency per question. ragloop = `Retriever.search_rows` (rows and scores)
+2. Search, questions/s and latency per question. ragloop = `Retriever.retrieve` (rows, scores and passages)
    and `Retriever.search` (plus the passages from the store), dense. The limit = bare encoder + FAISS
    `search` on the same index file and questions, batched (128 per forward, as ragloop) and one
    question per call. BM25 and hybrid are measured for information (no bare baseline).
@@ -48,7 +48,6 @@ import transformers  # noqa: E402
 
 import ragloop  # noqa: E402
 import ragloop.io  # noqa: E402
-import ragloop.retrieval.index as index_module  # noqa: E402
 from bench.suite.common import (  # noqa: E402  (measurement helpers shared with the suite)
     BareEncoder,
     Spans,
@@ -68,6 +67,7 @@ from bench.suite.common import (  # noqa: E402  (measurement helpers shared with
 from ragloop.data import load_corpus, load_qa  # noqa: E402
 from ragloop.data.bundled import SQUAD_DEV, bundled_path  # noqa: E402
 from ragloop.retrieval import BiEncoder, BM25Index, Encoder, Index, PassageStore, Retriever  # noqa: E402
+from ragloop.retrieval.backend import FaissBackend  # noqa: E402
 
 BENCH_DIR = Path(__file__).resolve().parent
 GOAL = 0.90  # ragloop should reach at least 90% of each bare baseline's throughput
@@ -102,8 +102,8 @@ def build_spans(encoder: BiEncoder) -> Spans:
             ("encode", BiEncoder, "encode_passages"),
             *encoder_targets(encoder.passage),
             ("encoder probes", Encoder, "probe"),
-            ("faiss", index_module, "_make_faiss"),
-            ("faiss", index_module, "_train"),
+            ("faiss", FaissBackend, "create"),
+            ("faiss", FaissBackend, "train"),
             ("faiss", faiss, "write_index"),
             ("faiss", faiss, "read_index"),
             ("store", PassageStore, "add"),
@@ -174,7 +174,7 @@ def bench_indexing(passages: list, encoder: BiEncoder, bare: BareEncoder, args, 
 
 def vector_agreement(index_dir: Path, bare_vectors: np.ndarray) -> float:
     """Largest difference between the vectors ragloop stored and the bare ones (the same work?)."""
-    stored = faiss.read_index(str(index_dir / index_module.FAISS_FILE))
+    stored = faiss.read_index(str(index_dir / FaissBackend.FILE))
     return float(np.abs(stored.reconstruct_n(0, stored.ntotal) - bare_vectors).max())
 
 
@@ -184,7 +184,7 @@ def vector_agreement(index_dir: Path, bare_vectors: np.ndarray) -> float:
 def bench_search(questions: list[str], single: list[str], index_dir: Path, bare: BareEncoder, args) -> dict:
     retriever = Retriever.from_index(index_dir)
     load_s, _ = timed(lambda: retriever.question_encoder)  # loads the model named in the manifest
-    flat = faiss.read_index(str(index_dir / index_module.FAISS_FILE))
+    flat = faiss.read_index(str(index_dir / FaissBackend.FILE))
     k = args.k
 
     def bare_search(qs: list[str]):
@@ -192,17 +192,17 @@ def bench_search(questions: list[str], single: list[str], index_dir: Path, bare:
 
     batched = {
         LIMIT: lambda qs: bare_search(qs),
-        "ragloop search_rows dense": lambda qs: retriever.search_rows(qs, k, "dense"),
+        "ragloop retrieve dense": lambda qs: retriever.retrieve(qs, k, "dense"),
         "ragloop search dense": lambda qs: retriever.search(qs, k, "dense"),
-        "ragloop search_rows bm25": lambda qs: retriever.search_rows(qs, k, "bm25"),
-        "ragloop search_rows hybrid": lambda qs: retriever.search_rows(qs, k, "hybrid"),
+        "ragloop retrieve bm25": lambda qs: retriever.retrieve(qs, k, "bm25"),
+        "ragloop retrieve hybrid": lambda qs: retriever.retrieve(qs, k, "hybrid"),
     }
     one = {
         LIMIT: lambda q: bare_search([q]),
-        "ragloop search_rows dense": lambda q: retriever.search_rows([q], k, "dense"),
+        "ragloop retrieve dense": lambda q: retriever.retrieve([q], k, "dense"),
         "ragloop search dense": lambda q: retriever.search(q, k, "dense"),
-        "ragloop search_rows bm25": lambda q: retriever.search_rows([q], k, "bm25"),
-        "ragloop search_rows hybrid": lambda q: retriever.search_rows([q], k, "hybrid"),
+        "ragloop retrieve bm25": lambda q: retriever.retrieve([q], k, "bm25"),
+        "ragloop retrieve hybrid": lambda q: retriever.retrieve([q], k, "hybrid"),
     }
 
     say(f"\nsearch: {len(questions)} questions batched, {len(single)} one at a time: warm-up ...")
@@ -247,7 +247,7 @@ def bench_search(questions: list[str], single: list[str], index_dir: Path, bare:
         "single_question_ms_by_stage": {
             name: {key: median([st[name][key] for st in stages]) for key in stages[0][name]} for name in stages[0]
         },
-        "top_k_agreement": rows_agreement(retriever.search_rows(questions, k, "dense")[1], bare_search(questions)[1]),
+        "top_k_agreement": rows_agreement(retriever.retrieve(questions, k, "dense").rows, bare_search(questions)[1]),
     }
     result["ratio_per_repeat"] = {
         mode: {n: paired_ratios(v, qps[mode][LIMIT]) for n, v in qps[mode].items() if "dense" in n or n == LIMIT}

@@ -5,6 +5,7 @@ import pytest
 
 from ragloop import Passage, QAExample
 from ragloop.evaluation import evaluate_retrieval, exact_match, f1_score, has_answer, normalize_answer
+from ragloop.retrieval.retriever import Retrieved
 
 
 def test_squad_normalisation_em_and_f1():
@@ -22,26 +23,22 @@ def test_has_answer_matches_whole_tokens_only():
     assert not has_answer(["the"], "the end")  # normalises to nothing: never a hit
 
 
-class _Store:
-    def __init__(self, passages):
-        self.passages = passages
-
-    def get_rows(self, rows):
-        return [self.passages[r] for r in rows]
-
-
 class _Retriever:
     """Returns fixed rankings, so the metrics can be checked by hand."""
 
+    reranker = None
+
     def __init__(self, passages, ranking):
-        self.index = type("I", (), {"store": _Store(passages)})()
+        self.passages = passages
+        self.index = passages  # only its size is asked
         self.ranking = ranking
 
-    def search_rows(self, questions, k, mode, progress=None):
+    def retrieve(self, questions, k, mode, progress=None):
         rows = np.full((len(questions), k), -1)
         for i, r in enumerate(self.ranking):
             rows[i, : len(r)] = r[:k]
-        return np.zeros_like(rows, dtype=np.float32), rows
+        found = [[self.passages[j] for j in row if j >= 0] for row in rows]
+        return Retrieved(rows, np.zeros_like(rows, dtype=np.float32), found)
 
 
 def test_hit_gold_and_mrr_by_hand():

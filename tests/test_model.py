@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -185,16 +186,21 @@ def test_train_passage_encoder_gets_gradient_and_reindexes(index, tiny_bert_dir,
     with torch.no_grad():
         for p in trained.parameters():
             p.add_(0.01 * torch.randn_like(p))
-    old = index.faiss
+    old = index.backend
     try:
         rag.reindex(progress=False)
-        assert index.faiss is not old and index.faiss.ntotal == old.ntotal
+        assert index.backend is not old and len(index.backend) == len(old)
+        rows = np.arange(len(index))  # the new vectors are the trained encoder's
+        with torch.no_grad():
+            fresh = trained.encode([p.title for p in index.store], [p.text for p in index.store], progress=False)
+        assert np.allclose(index.vectors(rows), fresh, atol=1e-5)
+        assert not np.allclose(old.vectors(rows), fresh, atol=1e-3)
         rag.save_pretrained(tmp_path / "rag")  # writes an index that matches the new vectors
         loaded = RAG.from_pretrained(tmp_path / "rag")
         assert loaded.passage_encoder is not None
         assert loaded.retrieve(QUESTIONS).rows.tolist() == rag.retrieve(QUESTIONS).rows.tolist()
     finally:
-        index.faiss = old
+        index.backend = old
 
 
 @pytest.mark.parametrize("search_mode", ["bm25", "hybrid"])

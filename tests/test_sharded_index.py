@@ -12,7 +12,7 @@ import pytest
 
 from ragloop import BiEncoder, Index, RagloopError, load_corpus
 from ragloop.cli import main
-from ragloop.retrieval.index import shard_bounds, shard_path, shards_root
+from ragloop.retrieval.shards import build_shard, merge_shards, shard_bounds, shard_path, shards_root
 
 
 @pytest.fixture(scope="module")
@@ -59,10 +59,10 @@ def test_shard_bounds_are_contiguous_and_balanced():
 def test_merged_shards_equal_a_single_process_index(tmp_path, passages, encoder, single):
     out = tmp_path / "index"
     for shard_id in (1, 0, 2):  # any order, as separate jobs would finish
-        path = Index.build_shard(passages, encoder, out, num_shards=3, shard_id=shard_id, progress=False)
+        path = build_shard(passages, encoder, out, num_shards=3, shard_id=shard_id, progress=False)
         assert path == shard_path(out, shard_id, 3) and (path / "shard.json").is_file()
     assert not out.exists()  # nothing at --out until the merge
-    merged = Index.merge_shards(out)
+    merged = merge_shards(out)
     assert_same_index(merged, single, encoder)
     assert not shards_root(out).exists()  # merged shards are removed
     assert_same_index(Index.load(out), single, encoder)  # the folder verifies and loads on its own
@@ -72,8 +72,8 @@ def test_more_shards_than_passages_and_keep_shards(tmp_path, passages, encoder):
     few = passages[:3]
     out = tmp_path / "index"
     for shard_id in range(5):  # two shards are empty
-        Index.build_shard(few, encoder, out, num_shards=5, shard_id=shard_id, progress=False)
-    merged = Index.merge_shards(out, num_shards=5, keep_shards=True)
+        build_shard(few, encoder, out, num_shards=5, shard_id=shard_id, progress=False)
+    merged = merge_shards(out, num_shards=5, keep_shards=True)
     assert [p.id for p in merged.store] == [p.id for p in few]
     assert len(list(shards_root(out).iterdir())) == 5
 
@@ -81,37 +81,37 @@ def test_more_shards_than_passages_and_keep_shards(tmp_path, passages, encoder):
 def test_bad_shards_are_one_clear_error(tmp_path, passages, encoder, other_bert_dir):
     out = tmp_path / "index"
     with pytest.raises(RagloopError, match=r"index\.shards: no index shards to merge"):
-        Index.merge_shards(out)
+        merge_shards(out)
     with pytest.raises(RagloopError, match="--shard-id must be in 0..1"):
-        Index.build_shard(passages, encoder, out, num_shards=2, shard_id=2)
-    Index.build_shard(passages, encoder, out, num_shards=2, shard_id=0, progress=False)
+        build_shard(passages, encoder, out, num_shards=2, shard_id=2)
+    build_shard(passages, encoder, out, num_shards=2, shard_id=0, progress=False)
     with pytest.raises(RagloopError, match=r"shard-1-of-2: missing; shard 1 of 2 was not built"):
-        Index.merge_shards(out)
+        merge_shards(out)
 
     other = BiEncoder.from_pretrained(str(other_bert_dir))
-    Index.build_shard(passages, other, out, num_shards=2, shard_id=1, progress=False)
+    build_shard(passages, other, out, num_shards=2, shard_id=1, progress=False)
     with pytest.raises(RagloopError, match=r"shard-1-of-2: encoded with passage encoder .*shard-0-of-2 with"):
-        Index.merge_shards(out)
+        merge_shards(out)
 
-    Index.build_shard(passages[:-1], encoder, out, num_shards=2, shard_id=1, progress=False)
+    build_shard(passages[:-1], encoder, out, num_shards=2, shard_id=1, progress=False)
     with pytest.raises(RagloopError, match=r"shard-1-of-2: built from another corpus than shard-0-of-2"):
-        Index.merge_shards(out)
+        merge_shards(out)
 
-    Index.build_shard(passages, encoder, out, num_shards=2, shard_id=1, factory="HNSW32", progress=False)
+    build_shard(passages, encoder, out, num_shards=2, shard_id=1, factory="HNSW32", progress=False)
     with pytest.raises(RagloopError, match=r"shard-1-of-2: built with other settings"):
-        Index.merge_shards(out)
+        merge_shards(out)
 
-    Index.build_shard(passages, encoder, out, num_shards=2, shard_id=1, progress=False)
-    Index.build_shard(passages, encoder, out, num_shards=3, shard_id=2, progress=False)  # a stray from another run
+    build_shard(passages, encoder, out, num_shards=2, shard_id=1, progress=False)
+    build_shard(passages, encoder, out, num_shards=3, shard_id=2, progress=False)  # a stray from another run
     with pytest.raises(RagloopError, match=r"shard-2-of-3: built with --num-shards 3, other shards .* with 2"):
-        Index.merge_shards(out)
+        merge_shards(out)
     with pytest.raises(RagloopError, match=r"shard-0-of-3: missing"):
-        Index.merge_shards(out, num_shards=3)
+        merge_shards(out, num_shards=3)
 
     vectors = shard_path(out, 1, 2) / "vectors.npy"
     vectors.write_bytes(vectors.read_bytes()[:-8])
     with pytest.raises(RagloopError, match=r"shard-1-of-2/vectors\.npy: does not match the checksum"):
-        Index.merge_shards(out, num_shards=2)
+        merge_shards(out, num_shards=2)
     assert not out.exists()  # every failed merge left --out alone
 
 
@@ -155,11 +155,11 @@ def test_merge_does_not_touch_a_folder_that_is_not_an_index(tmp_path, passages, 
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     with pytest.raises(RagloopError, match="exists and is not a ragloop index"):
-        Index.build_shard(passages, encoder, out, num_shards=1, shard_id=0)
+        build_shard(passages, encoder, out, num_shards=1, shard_id=0)
     shutil.rmtree(out)
-    Index.build_shard(passages, encoder, out, num_shards=1, shard_id=0, progress=False)
+    build_shard(passages, encoder, out, num_shards=1, shard_id=0, progress=False)
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     with pytest.raises(RagloopError, match="exists and is not a ragloop index"):
-        Index.merge_shards(out)
+        merge_shards(out)
     assert (out / "notes.txt").read_text() == "mine" and shard_path(out, 0, 1).is_dir()

@@ -119,7 +119,7 @@ class Context:
 
     @cached_property
     def dev_vectors(self) -> np.ndarray:
-        return self.dev_index.faiss.reconstruct_n(0, len(self.dev_index))
+        return self.dev_index.backend.index.reconstruct_n(0, len(self.dev_index))
 
     @cached_property
     def quality_question_vectors(self) -> np.ndarray:

@@ -61,7 +61,7 @@ def run(ctx) -> dict:
         out = ctx.work / f"indexing-{r}"
         seconds, _ = timed(Index.build, passages, encoder, out, factory="Flat", batch_size=BATCH, progress=False)
         index = Index.load(out, verify=False)
-        last[RAGLOOP] = index.faiss.reconstruct_n(0, len(index))
+        last[RAGLOOP] = index.backend.index.reconstruct_n(0, len(index))
         index.store.close()
         shutil.rmtree(out, ignore_errors=True)
         return seconds

@@ -106,7 +106,7 @@ def save_hf_knowledge_base(index_dir: Path, out: Path) -> tuple[Path, Path]:
 
     index = Index.load(index_dir, verify=False)
     passages = list(index.store)
-    vectors = index.faiss.reconstruct_n(0, len(index))
+    vectors = index.backend.index.reconstruct_n(0, len(index))
     index.store.close()
     ds = hf_dataset([p.title for p in passages], [p.text for p in passages], vectors)
     dataset_path, index_path = out / "hf_dataset", out / "hf_index.faiss"

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from bench.suite.common import num, pyplot, table, timed
 from ragloop.evaluation import evaluate_retrieval
+from ragloop.retrieval.hybrid import MODES
 
 TITLE = "Retrieval quality: dense vs BM25 vs hybrid"
-MODES = ("dense", "bm25", "hybrid")
 KS = tuple(range(1, 101))
 SHOWN = (1, 5, 10, 20, 50, 100)
 

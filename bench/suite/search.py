@@ -5,8 +5,8 @@ a. Latency and questions/s of ragloop dense, BM25 and hybrid search on the dev i
    (AutoModel + mean pooling) and `Dataset.get_nearest_examples_batch` on a Flat inner-product
    `add_faiss_index`. One question per call (p50/p95) and batched.
 b. Index types on the real corpus: Flat, HNSW32 and IVF-PQ for several PQ sizes, built by ragloop's own
-   FAISS code path (`_make_faiss`, `_train`, add, `set_search_params` with `Index.build`'s defaults,
-   `enable_reconstruct`, as `Index.build` + `Index.load` do): bytes per passage, build time, latency,
+   FAISS code path (`FaissBackend.create`, `train`, `add` with `Index.build`'s default search
+   parameters, as `Index.build` + `Index.load` do): bytes per passage, build time, latency,
    and quality against Flat: recall@10 (share of Flat's top 10 found), 1-recall@10 (Flat's top 1 is
    in the top 10) and hit@10 (an answer string in the top 10, the task measure).
 c. A scale curve to 1M passages (quick: 100k) with synthetic vectors: real passage vectors as
@@ -23,7 +23,6 @@ from collections import defaultdict
 import faiss
 import numpy as np
 
-import ragloop.retrieval.index as index_module
 from bench.suite.common import (
     BareEncoder,
     alternate,
@@ -38,10 +37,11 @@ from bench.suite.common import (
     table,
 )
 from ragloop.evaluation.metrics import has_answer
+from ragloop.retrieval.backend import DEFAULT_SEARCH_PARAMS, FaissBackend
 
 TITLE = "Search: latency, index types, scale"
 K = 10
-SEARCH_PARAMS = {"efSearch": 128, "nprobe": 16}  # what Index.build records by default
+SEARCH_PARAMS = DEFAULT_SEARCH_PARAMS  # what Index.build records by default
 GOAL_RATIO, GOAL_POINTS = 10.0, 3.0  # IVF-PQ: >= 10x smaller than Flat, <= 3 points of recall@10 lost
 NOISE = 0.03  # per-dimension noise of the synthetic vectors (a noise vector of norm ~0.6)
 DENSE_PEER = "datasets get_nearest_examples (bare encoder)"
@@ -59,16 +59,14 @@ def ivfpq(n: int, m: int) -> str:
 def build_like_ragloop(factory: str, vectors: np.ndarray) -> tuple[faiss.Index, float, int]:
     """(index, build seconds, bytes of the trained but empty index) through ragloop's FAISS code path."""
     start = time.perf_counter()
-    index = index_module._make_faiss(factory, vectors.shape[1])
+    backend = FaissBackend.create(factory, vectors.shape[1], SEARCH_PARAMS)
     with quiet_stderr():  # FAISS warns about few training points per centroid on small corpora
-        index_module._train(index, factory, vectors)
+        backend.train(vectors)
     trained = time.perf_counter()
-    empty = faiss_bytes(index)  # not timed
+    empty = faiss_bytes(backend.index)  # not timed
     resumed = time.perf_counter()
-    index.add(vectors)
-    index_module.set_search_params(index, SEARCH_PARAMS)
-    index_module.enable_reconstruct(index)
-    return index, (trained - start) + (time.perf_counter() - resumed), empty
+    backend.add(vectors)
+    return backend.index, (trained - start) + (time.perf_counter() - resumed), empty
 
 
 # -- a. latency -----------------------------------------------------------------------------------
@@ -89,11 +87,11 @@ def latency(ctx) -> dict:
         return ds.get_nearest_examples_batch("embeddings", bare.encode(qs, batch_size=128), k=K)
 
     calls = {
-        "ragloop dense (search_rows)": lambda qs: retriever.search_rows(qs, K, "dense"),
-        "ragloop dense (search, with passages)": lambda qs: retriever.search(qs, K, "dense"),
+        "ragloop dense (retrieve)": lambda qs: retriever.retrieve(qs, K, "dense"),
+        "ragloop dense (search, as hits)": lambda qs: retriever.search(qs, K, "dense"),
         DENSE_PEER: peer,
-        "ragloop BM25": lambda qs: retriever.search_rows(qs, K, "bm25"),
-        "ragloop hybrid": lambda qs: retriever.search_rows(qs, K, "hybrid"),
+        "ragloop BM25": lambda qs: retriever.retrieve(qs, K, "bm25"),
+        "ragloop hybrid": lambda qs: retriever.retrieve(qs, K, "hybrid"),
     }
     names = list(calls)
     for name in names:  # warm-up

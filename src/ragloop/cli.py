@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from ragloop.errors import RagloopError
+from ragloop.retrieval.hybrid import FUSIONS, MODES
 
 log = logging.getLogger("ragloop")
 
@@ -27,6 +28,7 @@ def _progress(args) -> bool | None:
 def cmd_index(args) -> None:
     from ragloop.data import load_corpus
     from ragloop.retrieval import BiEncoder, Index
+    from ragloop.retrieval.shards import build_shard, merge_shards
     from ragloop.training.distributed import launched_world_size
 
     sharded = args.num_shards is not None or args.shard_id is not None
@@ -34,7 +36,7 @@ def cmd_index(args) -> None:
         if args.corpus or args.add or args.shard_id is not None:
             raise RagloopError("--merge-shards takes only --out (and --num-shards, --keep-shards): the shards "
                               "record the corpus, encoder and settings")
-        index = Index.merge_shards(args.out, num_shards=args.num_shards, keep_shards=args.keep_shards)
+        index = merge_shards(args.out, num_shards=args.num_shards, keep_shards=args.keep_shards)
         print(f"merged shards: {len(index)} passages -> {args.out} ({index.manifest['index']['factory']}, "
               f"dim {index.dim})")
         return
@@ -61,7 +63,7 @@ def cmd_index(args) -> None:
 
         if torch.cuda.is_available():
             encoder.passage.to("cuda")
-        path = Index.build_shard(passages, encoder, args.out, args.num_shards, args.shard_id, **options)
+        path = build_shard(passages, encoder, args.out, args.num_shards, args.shard_id, **options)
         print(f"encoded shard {args.shard_id} of {args.num_shards} -> {path}; once all {args.num_shards} are "
               f"built: ragloop index --out {args.out} --merge-shards")
         return
@@ -77,7 +79,7 @@ def _index_distributed(args, passages, encoder, options) -> None:
     merges the shards into --out (a folder every process can reach)."""
     from accelerate import PartialState
 
-    from ragloop.retrieval import Index
+    from ragloop.retrieval.shards import build_shard, merge_shards
     from ragloop.training.distributed import cpu_distributed, destroy_process_group_at_exit
 
     state = PartialState(cpu=cpu_distributed())
@@ -85,10 +87,10 @@ def _index_distributed(args, passages, encoder, options) -> None:
     encoder.passage.to(state.device)
     if not state.is_main_process:
         options["progress"] = False
-    Index.build_shard(passages, encoder, args.out, state.num_processes, state.process_index, **options)
+    build_shard(passages, encoder, args.out, state.num_processes, state.process_index, **options)
     state.wait_for_everyone()
     if state.is_main_process:
-        index = Index.merge_shards(args.out, num_shards=state.num_processes, keep_shards=args.keep_shards)
+        index = merge_shards(args.out, num_shards=state.num_processes, keep_shards=args.keep_shards)
         print(f"indexed {len(index)} passages in {state.num_processes} shards -> {args.out} "
               f"({args.index_type}, dim {index.dim})")
 
@@ -96,7 +98,8 @@ def _index_distributed(args, passages, encoder, options) -> None:
 def _retriever(args):
     from ragloop.retrieval import Retriever
 
-    return Retriever.from_index(args.index_dir, encoder=args.encoder, fusion=args.fusion, weight=args.weight)
+    return Retriever.from_index(args.index_dir, encoder=args.encoder, fusion=args.fusion, weight=args.weight,
+                                rerank=args.rerank, rerank_depth=args.rerank_depth)
 
 
 def cmd_search(args) -> None:
@@ -118,7 +121,7 @@ def cmd_eval_retrieval(args) -> None:
     if args.limit:
         examples = examples[: args.limit]
     retriever = _retriever(args)
-    modes = ["dense", "bm25", "hybrid"] if args.mode == "all" else [args.mode]
+    modes = list(MODES) if args.mode == "all" else [args.mode]
     results = [evaluate_retrieval(retriever, examples, tuple(args.k), m, progress=_progress(args)) for m in modes]
     if args.json:
         for r in results:
@@ -155,9 +158,9 @@ def _load_rag(args):
     if getattr(args, "index", None):
         from ragloop.retrieval import Index
 
-        index = Index.load(args.index)
-        index.check_question_encoder(model.question_encoder, allow_finetuned=True)
-        model.index = index
+        model.index = Index.load(args.index)  # checked against the model's question encoder
+    if args.rerank or args.rerank_depth:  # another reranker, or another depth for the model's own
+        model.retriever.set_reranker(args.rerank or model.retriever.reranker, args.rerank_depth)
     return model
 
 
@@ -207,7 +210,8 @@ def cmd_serve(args) -> None:
     if args.host not in LOCAL_HOSTS:
         print(f"ragloop: warning: listening on {args.host}, not 127.0.0.1: other machines can reach this API, "
               "which has no authentication", file=sys.stderr)
-    app = create_app(args.model_dir, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
+    app = create_app(args.model_dir, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, rerank=args.rerank,
+                     rerank_depth=args.rerank_depth)
     sock = listen(args.host, args.port)
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"serving {args.model_dir} on http://{host}:{sock.getsockname()[1]}/ (API docs at /docs; Ctrl-C stops)",
@@ -283,7 +287,7 @@ def cmd_demo(args) -> None:
     probe = sample_evenly(dev_qa, 1000)
     print(f"      {len(retriever.index)} passages; retrieval on {len(probe)} dev questions:")
     print(format_table([evaluate_retrieval(retriever, probe, (1, 5, 20), m, progress=False)
-                        for m in ("dense", "bm25", "hybrid")]))
+                        for m in MODES]))
 
     best = out / "rag" / "best_model"
     if args.retrain or not (best / "rag_config.json").is_file():
@@ -324,8 +328,17 @@ def cmd_demo(args) -> None:
 
 def _add_search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--encoder", help="question encoder to query with (default: the one in the index manifest)")
-    p.add_argument("--fusion", choices=["rrf", "score"], default="rrf", help="hybrid fusion (default rrf)")
+    p.add_argument("--fusion", choices=FUSIONS, default="rrf", help="hybrid fusion (default rrf)")
     p.add_argument("--weight", type=float, default=0.5, help="dense weight in hybrid fusion (default 0.5)")
+    _add_rerank_options(p)
+
+
+def _add_rerank_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rerank", metavar="MODEL_OR_PATH",
+                   help="cross-encoder that reorders the first stage's top --rerank-depth (e.g. a folder written "
+                        "by `ragloop train-reranker`, or cross-encoder/ms-marco-MiniLM-L-6-v2 online)")
+    p.add_argument("--rerank-depth", type=int, metavar="N",
+                   help="first-stage candidates the reranker rescores (default max(k, 20); at least k)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -362,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("index_dir")
     p.add_argument("question")
     p.add_argument("-k", type=int, default=5)
-    p.add_argument("--mode", choices=["dense", "bm25", "hybrid"], default="dense")
+    p.add_argument("--mode", choices=MODES, default="dense")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _add_search_options(p)
     p.set_defaults(func=cmd_search)
@@ -372,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="SQuAD-style .json/.jsonl/.csv or a HF dataset name")
     p.add_argument("--split", help="dataset split, for a HF dataset name (default validation)")
     p.add_argument("-k", type=int, nargs="+", default=[1, 5, 20])
-    p.add_argument("--mode", choices=["dense", "bm25", "hybrid", "all"], default="dense")
+    p.add_argument("--mode", choices=[*MODES, "all"], default="dense")
     p.add_argument("--limit", type=int, help="only the first N questions")
     p.add_argument("--json", action="store_true", help="print one JSON object per mode")
     _add_search_options(p)
@@ -399,6 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--closed-book", action="store_true", help="answer without passages")
     p.add_argument("--oracle", action="store_true", help="answer from the question's own paragraph")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_rerank_options(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("answer", parents=[common], help="answer questions with their sources")
@@ -408,6 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, help="passages per question (default: the model's n_docs)")
     p.add_argument("--num-beams", "--num_beams", dest="num_beams", type=int, default=1)
     p.add_argument("--json", action="store_true", help="one JSON object per question")
+    _add_rerank_options(p)
     p.set_defaults(func=cmd_answer)
 
     p = sub.add_parser("serve", parents=[common], help="serve answers and search over HTTP (FastAPI)")
@@ -417,6 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=16, help="questions per model call at most (default 16)")
     p.add_argument("--max-wait-ms", type=float, default=10.0,
                    help="how long a request waits for others to share its model call (default 10)")
+    _add_rerank_options(p)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", parents=[common], help="index, train, evaluate and answer on the bundled SQuAD data")

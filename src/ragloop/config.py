@@ -17,6 +17,7 @@ from typing import Any
 
 from ragloop.generation.generator import BUNDLED_GENERATOR
 from ragloop.retrieval.encoders import DEFAULT_ENCODER
+from ragloop.retrieval.hybrid import MODES
 
 DEFAULT_GENERATOR = BUNDLED_GENERATOR
 
@@ -41,6 +42,11 @@ class TrainConfig:
     index_type: str = opt("Flat", "FAISS factory string when building the index", "model")
     n_docs: int = opt(5, "passages retrieved per question (k)", "model")
     rag_mode: str = opt("sequence", "marginalisation: RAG-Sequence or RAG-Token", "model", ["sequence", "token"])
+    search_mode: str = opt("dense", "which passages a question reads: dense, BM25 or hybrid first stage (p(z|x) "
+                           "always comes from the question encoder)", "model", list(MODES))
+    rerank: str | None = opt(None, "cross-encoder (name or path) that reorders the first stage's top "
+                             "--rerank_depth before the k are taken", "model")
+    rerank_depth: int | None = opt(None, "candidates the reranker rescores (default max(k, 20))", "model")
     max_source_length: int = opt(256, "generator input tokens per (question, passage)", "model")
     max_target_length: int = opt(32, "answer tokens", "model")
     gold_passage_steps: int = opt(0, "first N steps train the generator on each question's own paragraph (k=1, "

@@ -11,8 +11,11 @@
     >>> rag.answer("who wrote hamlet?").passages[0]["title"]
     >>> rag.save_pretrained("runs/rag"); rag = RAG.from_pretrained("runs/rag")
 
-FAISS picks the top-k passages (no gradient); their scores are then recomputed as question_vec ·
-passage_vec from the index's stored vectors, so the generator's loss trains the question encoder.
+The model holds a `Retriever` (retrieval/retriever.py), the one retrieval path: its search mode
+(dense, bm25, hybrid) and optional reranker choose WHICH k passages a question reads (no gradient).
+How much each of those k passages counts, p(z|x), is always softmax(scale · q·d) over them, with q
+from the question encoder and d the index's stored vector, so the generator's loss trains the
+question encoder whatever chose the passages.
 The passage side stays frozen unless `train_passage_encoder` is set (then the retrieved passages are
 re-encoded with gradient, and `reindex` refreshes the FAISS vectors every so often).
 
@@ -34,8 +37,8 @@ import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import faiss
 import numpy as np
 import torch
 from transformers.modeling_outputs import BaseModelOutput
@@ -54,16 +57,19 @@ from ragloop.io import (
     verify_files,
 )
 from ragloop.retrieval.encoders import BiEncoder, Encoder
-from ragloop.retrieval.hybrid import fuse
-from ragloop.retrieval.index import Index, set_search_params
-from ragloop.retrieval.retriever import FUSION_DEPTH, check_questions
+from ragloop.retrieval.index import Index
 from ragloop.retrieval.retriever import MODES as SEARCH_MODES
+from ragloop.retrieval.retriever import Retriever, check_k, check_questions
+
+if TYPE_CHECKING:
+    from ragloop.retrieval.rerank import Reranker
 
 log = logging.getLogger(__name__)
 
 MODES = ("sequence", "token")
 CONFIG_FILE = "rag_config.json"
 QUESTION_DIR, PASSAGE_DIR, GENERATOR_DIR, INDEX_DIR = "question_encoder", "passage_encoder", "generator", "index"
+RERANKER_DIR = "reranker"
 ENCODER_FILE = "ragloop_encoder.json"
 FORMAT, FORMAT_VERSION = "ragloop-rag", 1
 NORMALIZED_SCORE_SCALE = 20.0
@@ -78,7 +84,12 @@ class RAGConfig:
     max_source_length: int = 256  # generator input tokens (question + one passage)
     max_target_length: int = 32  # answer tokens, eos included
     train_passage_encoder: bool = False
-    search_mode: str = "dense"  # which rows FAISS/BM25 return; p(z|x) is always from dense scores
+    # Which k passages a question reads: the first stage (dense | bm25 | hybrid) and an optional
+    # cross-encoder reranker (a name or path; saved inside the model folder) over its top rerank_depth.
+    # They choose the passages only: p(z|x) over them is always softmax(scale · q·d).
+    search_mode: str = "dense"
+    rerank: str | None = None
+    rerank_depth: int | None = None
     # Multiplier on q·d before the softmax over the k passages. None: 1 for raw inner products (DPR),
     # 20 for L2-normalised encoders, whose cosines in [-1, 1] would otherwise give a near-uniform p(z|x).
     doc_score_scale: float | None = None
@@ -89,8 +100,13 @@ class RAGConfig:
             raise RagloopError(f"unknown RAG mode {self.mode!r}; choose one of {', '.join(MODES)}")
         if self.search_mode not in SEARCH_MODES:
             raise RagloopError(f"unknown search mode {self.search_mode!r}; choose one of {', '.join(SEARCH_MODES)}")
-        if self.n_docs < 1:
-            raise RagloopError(f"n_docs must be at least 1 (got {self.n_docs})")
+        check_k(self.n_docs, "n_docs")
+        if self.rerank_depth is not None:
+            check_k(self.rerank_depth, "rerank_depth")
+            if self.rerank is None:
+                raise RagloopError("rerank_depth needs a reranker (rerank)")
+            if self.rerank_depth < self.n_docs:
+                raise RagloopError(f"rerank_depth ({self.rerank_depth}) is smaller than n_docs ({self.n_docs})")
         if self.max_target_length < 1 or self.max_source_length < 8:
             raise RagloopError("max_target_length must be >= 1 and max_source_length >= 8")
 
@@ -169,14 +185,17 @@ class RAG(torch.nn.Module):
     """Question encoder + index + generator. See the module docstring for usage."""
 
     def __init__(self, index: Index, question_encoder: Encoder, generator: Generator,
-                 config: RAGConfig | None = None, passage_encoder: Encoder | None = None) -> None:
+                 config: RAGConfig | None = None, passage_encoder: Encoder | None = None,
+                 reranker: Reranker | None = None) -> None:
+        """`reranker`: an already loaded `config.rerank` (else it is loaded by name or path)."""
         super().__init__()
         self.config = config or RAGConfig()
         if question_encoder.dim != index.dim:
             raise RagloopError(f"{index.path}: index vectors have dim {index.dim}, question encoder "
                               f"{question_encoder.spec.name!r} has dim {question_encoder.dim}")
-        self.index = index
         self.question_encoder = question_encoder
+        self.retriever = Retriever(index, question_encoder, mode=self.config.search_mode)
+        self.retriever.set_reranker(reranker if reranker is not None else self.config.rerank, self.config.rerank_depth)
         self.generator = generator
         generator.max_source_length = self.config.max_source_length  # the config is the one source of truth
         generator.max_target_length = self.config.max_target_length
@@ -186,6 +205,16 @@ class RAG(torch.nn.Module):
         elif passage_encoder is not None:
             log.warning("passage encoder ignored: config.train_passage_encoder is false (the index stays frozen)")
         self._reindexed = False
+
+    @property
+    def index(self) -> Index:
+        return self.retriever.index
+
+    @index.setter
+    def index(self, index: Index) -> None:
+        """Read from another index folder (built with this question encoder or the one it was tuned from)."""
+        index.check_question_encoder(self.question_encoder, allow_finetuned=True)
+        self.retriever.index = index
 
     @classmethod
     def from_index(cls, index: str | Path | Index, generator: str | Generator = BUNDLED_GENERATOR,
@@ -212,44 +241,27 @@ class RAG(torch.nn.Module):
 
     def embed_questions(self, questions: Sequence[str]) -> torch.Tensor:
         """Question vectors [B, D], differentiable (unlike `Encoder.encode`)."""
-        return _embed(self.question_encoder, list(questions))
+        return self.question_encoder.embed(list(questions))
 
     def doc_logprobs(self, doc_scores: torch.Tensor) -> torch.Tensor:
         """log p(z|x) over the k passages of each question, float32."""
         return torch.log_softmax(doc_scores.float() * self.score_scale, dim=-1)
 
     def retrieve(self, questions: Sequence[str], k: int | None = None) -> Retrieval:
-        """Top-k passages per question (FAISS or BM25, no gradient) with scores recomputed as q·d."""
-        questions = list(questions)
-        check_questions(questions)
-        k = self.config.n_docs if k is None else k
-        if k < 1:
-            raise RagloopError(f"k must be at least 1 (got {k})")
-        k = min(k, len(self.index))
+        """Top-k passages per question from the retriever (no gradient), with scores recomputed as q·d."""
+        questions = check_questions(questions)
+        k = min(check_k(self.config.n_docs if k is None else k), len(self.index))
         q = self.embed_questions(questions)
-        rows = self._search_rows(questions, q.detach().float().cpu().numpy(), k)
-        flat = self.index.store.get_rows(rows.reshape(-1).tolist())
-        passages = [flat[b * k : (b + 1) * k] for b in range(len(questions))]
+        got = self.retriever.retrieve(questions, k, vectors=q.detach().float().cpu().numpy(), fill=True)
+        rows, passages = got.rows, got.passages
         if self.config.train_passage_encoder and self.passage_encoder is not None:
-            titles, texts = [p.title for p in flat], [p.text for p in flat]
-            d = _embed(self.passage_encoder, titles, texts).view(len(questions), k, -1)
+            flat = [p for ps in passages for p in ps]
+            d = self.passage_encoder.embed([p.title for p in flat], [p.text for p in flat])
+            d = d.view(len(questions), k, -1)
         else:
             d = torch.from_numpy(self.index.vectors(rows)).to(q.device)
         scores = torch.einsum("bd,bkd->bk", q, d.to(q.dtype))
         return Retrieval(passages, scores, self.doc_logprobs(scores), rows)
-
-    def _search_rows(self, questions: list[str], vectors: np.ndarray, k: int) -> np.ndarray:
-        mode = self.config.search_mode
-        depth = max(k, FUSION_DEPTH) if mode == "hybrid" else k
-        dense = self.index.search(vectors, min(depth, len(self.index)))
-        if mode == "dense":
-            rows = dense[1]
-        else:
-            if self.index.bm25 is None:
-                raise RagloopError(f"{self.index.path}: built without BM25; rebuild it to use search mode {mode!r}")
-            sparse = self.index.bm25.search(questions, depth)
-            rows = sparse[1][:, :k] if mode == "bm25" else fuse(dense, sparse, k)[1]
-        return _fill_missing(rows, dense[1], self.index.path)
 
     def _contexts(self, questions: Sequence[str], passages: Sequence[Sequence[Passage]] | None,
                   doc_scores: torch.Tensor | None, k: int | None = None) -> Retrieval:
@@ -259,8 +271,7 @@ class RAG(torch.nn.Module):
             if doc_scores is not None:
                 raise RagloopError("doc_scores are only meaningful together with passages")
             return self.retrieve(questions, k)
-        questions = list(questions)
-        check_questions(questions)
+        questions = check_questions(questions)
         passages = [list(ps) for ps in passages]
         if len(passages) != len(questions):
             raise RagloopError(f"{len(questions)} questions but {len(passages)} lists of passages")
@@ -309,22 +320,11 @@ class RAG(torch.nn.Module):
         encoder = passage_encoder if passage_encoder is not None else self.passage_encoder
         if encoder is None:
             raise RagloopError("reindex needs a passage encoder")
-        if encoder.dim != self.index.dim:
-            raise RagloopError(f"passage encoder has dim {encoder.dim}, the index {self.index.dim}")
-        passages = list(self.index.store)
         with _eval_mode(encoder):
-            vectors = encoder.encode([p.title for p in passages], [p.text for p in passages],
-                                     batch_size=batch_size, progress=progress, desc="re-indexing passages")
-        settings = self.index.manifest["index"]
-        fresh = faiss.index_factory(self.index.dim, settings["factory"], faiss.METRIC_INNER_PRODUCT)
-        if not fresh.is_trained:
-            fresh.train(vectors)
-        fresh.add(vectors)
-        set_search_params(fresh, settings.get("search_params", {}))
-        self.index.faiss = fresh
+            self.index.reencode(encoder, batch_size=batch_size, progress=progress)
         self.passage_encoder = encoder
         self._reindexed = True
-        log.info("re-indexed %d passages with the trained passage encoder", len(passages))
+        log.info("re-indexed %d passages with the trained passage encoder", len(self.index))
 
     # -- generation -----------------------------------------------------------------------------
 
@@ -418,9 +418,11 @@ class RAG(torch.nn.Module):
             self.generator.save_pretrained(tmp / GENERATOR_DIR)
             if self.passage_encoder is not None:
                 self.passage_encoder.save_pretrained(tmp / PASSAGE_DIR)
+            if self.retriever.reranker is not None:
+                self.retriever.reranker.save_pretrained(tmp / RERANKER_DIR)
             if self._reindexed:  # the FAISS vectors changed in memory: write an index that matches them
                 built = Index.build(list(self.index.store), BiEncoder(self.question_encoder, self.passage_encoder),
-                                    tmp / INDEX_DIR, factory=self.index.manifest["index"]["factory"],
+                                    tmp / INDEX_DIR, factory=self.index.factory,
                                     search_params=self.index.manifest["index"].get("search_params"),
                                     with_bm25=self.index.bm25 is not None, progress=False)
                 built.store.close()
@@ -451,7 +453,15 @@ class RAG(torch.nn.Module):
         passage_encoder = _load_encoder(path / PASSAGE_DIR) if (path / PASSAGE_DIR).is_dir() else None
         generator = Generator.from_pretrained(str(path / GENERATOR_DIR))
         index.check_question_encoder(question_encoder, allow_finetuned=True)
-        return cls(index, question_encoder, generator, config, passage_encoder=passage_encoder)
+        reranker = None
+        if config.rerank is not None:  # saved inside the folder; the name it had is kept for reports
+            from ragloop.retrieval.rerank import Reranker
+
+            if not (path / RERANKER_DIR).is_dir():
+                raise RagloopError(f"{path / RERANKER_DIR}: missing (the config names reranker {config.rerank!r})")
+            reranker = Reranker.from_pretrained(path / RERANKER_DIR)
+            reranker.name = config.rerank
+        return cls(index, question_encoder, generator, config, passage_encoder=passage_encoder, reranker=reranker)
 
 
 # -- RAG-Token decoding ---------------------------------------------------------------------------
@@ -532,28 +542,8 @@ def _token_beam_search(gen: Generator, inputs: dict, doc_logprobs: torch.Tensor,
 # -- helpers --------------------------------------------------------------------------------------
 
 
-def _embed(encoder: Encoder, texts: list[str], pairs: list[str] | None = None) -> torch.Tensor:
-    batch = encoder.tokenizer.pad(encoder.tokenize(texts, pairs), return_tensors="pt")
-    device = next(encoder.parameters()).device
-    return encoder(**{name: t.to(device) for name, t in batch.items()})
-
-
 def _as_list(texts: str | Sequence[str]) -> list[str]:
     return [texts] if isinstance(texts, str) else list(texts)
-
-
-def _fill_missing(rows: np.ndarray, dense_rows: np.ndarray, where: Path) -> np.ndarray:
-    """Fill -1 slots (BM25 found fewer than k) with the best dense rows not already taken."""
-    rows = rows.copy()
-    for b in np.nonzero((rows < 0).any(axis=1))[0]:
-        taken = {int(r) for r in rows[b] if r >= 0}
-        spare = iter(int(r) for r in dense_rows[b] if r >= 0 and int(r) not in taken)
-        for j in np.nonzero(rows[b] < 0)[0]:
-            nxt = next(spare, None)
-            if nxt is None:
-                raise RagloopError(f"{where}: search returned fewer than {rows.shape[1]} passages")
-            rows[b, j] = nxt
-    return rows
 
 
 def _cut_at_eos(tokens: list[int], eos: int) -> list[int]:

@@ -19,20 +19,19 @@ def evaluate_retrieval(
     mode: str = "dense",
     progress: bool | None = None,
 ) -> dict:
-    """Returns {"mode", "questions", "hit@k"..., "gold@k"..., "mrr@10"}."""
-    depth = max(max(ks), 10)
-    _, rows = retriever.search_rows([e.question for e in examples], depth, mode, progress=progress)
-    unique = sorted({int(r) for r in rows.reshape(-1) if r >= 0})
-    passages = dict(zip(unique, retriever.index.store.get_rows(unique)))
+    """Returns {"mode", "questions", "hit@k"..., "gold@k"..., "mrr@10"} (plus "reranker" when there is one).
+    With a reranker whose depth is set, k runs up to that depth: it can only rank what it was given."""
+    depth = min(max(max(ks), 10), len(retriever.index))
+    if retriever.reranker is not None and retriever.rerank_depth is not None:
+        depth = min(depth, retriever.rerank_depth)
+        ks = tuple(k for k in ks if k <= depth) or (depth,)
+    got = retriever.retrieve([e.question for e in examples], depth, mode, progress=progress)
     hit = {k: 0 for k in ks}
     gold = {k: 0 for k in ks}
     rr = 0.0
-    for ex, ranked in zip(examples, rows):
+    for ex, ranked in zip(examples, got.passages):
         first_answer = first_gold = None
-        for rank, r in enumerate(ranked.tolist(), 1):
-            if r < 0:
-                break
-            p = passages[r]
+        for rank, p in enumerate(ranked, 1):
             if first_gold is None and p.doc_id == ex.doc_id:
                 first_gold = rank
             if first_answer is None and has_answer(ex.answers, p.text):
@@ -46,6 +45,8 @@ def evaluate_retrieval(
             rr += 1.0 / first_gold
     n = len(examples)
     result: dict = {"mode": mode, "questions": n}
+    if retriever.reranker is not None:
+        result["reranker"] = retriever.reranker.name
     for k in ks:
         result[f"hit@{k}"] = round(hit[k] / n, 4)
     for k in ks:

@@ -149,6 +149,14 @@ class Encoder(torch.nn.Module):
             vec = torch.nn.functional.normalize(vec, dim=-1)
         return vec
 
+    def embed(self, texts: list[str], pairs: list[str] | None = None) -> torch.Tensor:
+        """Vectors [N, D] as a differentiable tensor on the model's device, for training (`encode`
+        is the batched, no-gradient numpy path for indexing and search)."""
+        batch = self.tokenizer.pad(self.tokenize(list(texts), list(pairs) if pairs is not None else None),
+                                   return_tensors="pt")
+        device = next(self.model.parameters()).device
+        return self(**{name: t.to(device) for name, t in batch.items()})
+
     @torch.inference_mode()
     def encode(
         self,

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
+MODES = ("dense", "bm25", "hybrid")  # the search modes: FAISS, BM25, or both fused here
+FUSIONS = ("rrf", "score")
+
 
 def fuse(
     dense: tuple[np.ndarray, np.ndarray],
@@ -21,7 +24,7 @@ def fuse(
     rrf_c: int = 60,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each input is (scores, rows) of shape (n_queries, depth), rows -1 for no hit. Returns the top k."""
-    if method not in ("rrf", "score"):
+    if method not in FUSIONS:
         raise ValueError(f"unknown fusion method {method!r}")
     n = dense[1].shape[0]
     out_scores = np.zeros((n, k), dtype=np.float32)

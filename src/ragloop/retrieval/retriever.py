@@ -1,26 +1,43 @@
-"""Search an index: dense (FAISS), sparse (BM25) or hybrid.
+"""The one retrieval path: questions in, ranked passages out.
+
+Every part of ragloop that retrieves (CLI search and eval, the RAG model in training and answering,
+the server, `rag_system.py`, the benchmarks) calls `Retriever.retrieve`. It runs in stages:
+
+    first stage   dense (FAISS), bm25, or hybrid (both, fused by rank or by normalised score)
+    reranker      optional: a cross-encoder rescores the first stage's top `rerank_depth`
 
     >>> from ragloop import Retriever
-    >>> r = Retriever.from_index("runs/squad-index")
-    >>> hits = r.search(["Who won Super Bowl 50?"], k=5, mode="hybrid")[0]
-    >>> hits[0].passage.title, hits[0].score
+    >>> r = Retriever.from_index("runs/squad-index", mode="hybrid")
+    >>> got = r.retrieve(["Who won Super Bowl 50?"], k=5)
+    >>> got.passages[0][0].title, got.scores[0][0]
+    >>> r.search("Who won Super Bowl 50?", k=5)[0]      # the same as `Hit`s
+
+Scores are the last stage's: inner products (dense), BM25 scores, fused scores (hybrid) or the
+reranker's logits. The RAG model passes its own question vectors (`vectors=`), so a question is
+encoded once, and recomputes q·d over the rows it gets back for p(z|x).
 """
 
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ragloop.data.corpus import Passage
 from ragloop.errors import RagloopError
 from ragloop.retrieval.encoders import BiEncoder, Encoder
-from ragloop.retrieval.hybrid import fuse
+from ragloop.retrieval.hybrid import FUSIONS, MODES, fuse
 from ragloop.retrieval.index import Index
 
-MODES = ("dense", "bm25", "hybrid")
-FUSION_DEPTH = 100
+if TYPE_CHECKING:
+    from ragloop.retrieval.rerank import Reranker
+
+FUSION_DEPTH = 100  # each list hybrid fuses is at least this deep
+RERANK_DEPTH = 20  # first-stage candidates a reranker rescores, unless told otherwise
 
 
 @dataclass
@@ -34,32 +51,89 @@ class Hit:
         return {"id": p.id, "doc_id": p.doc_id, "title": p.title, "text": p.text, "score": self.score}
 
 
-def check_questions(questions: list[str]) -> None:
+@dataclass
+class Retrieved:
+    """One retrieval for a batch of B questions, best first. `rows` and `scores` are [B, K] arrays;
+    a row is -1 (and its score -inf) where fewer than K passages were found. `passages[b]` holds the
+    found ones only, in rank order."""
+
+    rows: np.ndarray
+    scores: np.ndarray
+    passages: list[list[Passage]]
+
+    def hits(self) -> list[list[Hit]]:
+        return [
+            [Hit(p, float(s), int(r)) for p, s, r in zip(ps, srow, rrow)]
+            for ps, srow, rrow in zip(self.passages, self.scores, self.rows)
+        ]
+
+
+def check_questions(questions) -> list[str]:
+    """The questions as a list of non-empty strings, or one error naming the first that is not."""
+    if isinstance(questions, str):
+        questions = [questions]
+    elif isinstance(questions, dict | bytes | bytearray) or not hasattr(questions, "__iter__"):
+        raise RagloopError(f"questions must be a string or a list of strings (got {type(questions).__name__})")
+    questions = list(questions)
     for i, q in enumerate(questions):
-        if not isinstance(q, str) or not q.strip():
+        if not isinstance(q, str):
+            raise RagloopError(f"question {i} is not a string (got {type(q).__name__})")
+        if not q.strip():
             raise RagloopError(f"question {i} is empty")
+    return questions
+
+
+def check_k(k, name: str = "k") -> int:
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise RagloopError(f"{name} must be a whole number >= 1 (got {k!r})")
+    return int(k)
 
 
 class Retriever:
-    """Questions in, ranked passages out. One encoder object is reused for every call."""
+    """An index, a question encoder (loaded on first dense use), a search mode and an optional reranker."""
 
-    def __init__(self, index: Index, question_encoder: Encoder | None = None, fusion: str = "rrf",
-                 weight: float = 0.5) -> None:
+    def __init__(self, index: Index, question_encoder: Encoder | None = None, mode: str = "dense",
+                 fusion: str = "rrf", weight: float = 0.5, reranker: Reranker | None = None,
+                 rerank_depth: int | None = None) -> None:
+        _check_mode(mode)
+        if fusion not in FUSIONS:
+            raise RagloopError(f"unknown fusion {fusion!r}; choose one of {', '.join(FUSIONS)}")
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight <= 1:
+            raise RagloopError(f"the hybrid dense weight must be a number in [0, 1] (got {weight!r})")
         self.index = index
         self._question_encoder = question_encoder
+        self.mode = mode
         self.fusion = fusion
-        self.weight = weight
+        self.weight = float(weight)
+        self.set_reranker(reranker, rerank_depth)
 
     @classmethod
-    def from_index(cls, path: str | Path, encoder: str | None = None, verify: bool = True, **kwargs) -> Retriever:
+    def from_index(cls, path: str | Path, encoder: str | None = None, verify: bool = True,
+                   rerank: str | None = None, **kwargs) -> Retriever:
         """Open an index folder. `encoder` overrides the question encoder recorded in its manifest and
-        is checked against it (another model or dimension is an error)."""
+        is checked against it (another model or dimension is an error); `rerank` names a cross-encoder."""
         index = Index.load(path, verify=verify)
         question = None
         if encoder is not None:
             question = BiEncoder.from_pretrained(encoder).question
             index.check_question_encoder(question)
-        return cls(index, question, **kwargs)
+        retriever = cls(index, question, **kwargs)
+        if rerank is not None:
+            retriever.set_reranker(rerank, kwargs.get("rerank_depth"))
+        return retriever
+
+    def set_reranker(self, reranker: Reranker | str | os.PathLike | None, depth: int | None = None) -> None:
+        """Rerank the first stage's top `depth` (default max(k, 20)) with a cross-encoder: a loaded
+        `Reranker`, or a name or path to load one from. None removes the stage."""
+        if depth is not None:
+            check_k(depth, "rerank depth")
+            if reranker is None:
+                raise RagloopError("a rerank depth needs a reranker")
+        if isinstance(reranker, str | os.PathLike):
+            from ragloop.retrieval.rerank import Reranker
+
+            reranker = Reranker.from_pretrained(reranker)
+        self.reranker, self.rerank_depth = reranker, depth
 
     @property
     def question_encoder(self) -> Encoder:
@@ -70,36 +144,110 @@ class Retriever:
             self._question_encoder = encoder
         return self._question_encoder
 
-    def encode(self, questions: list[str], batch_size: int = 128, progress: bool | None = False) -> np.ndarray:
-        return self.question_encoder.encode(questions, batch_size=batch_size, progress=progress,
-                                            desc="encoding questions")
+    def describe(self) -> dict:
+        """What this retriever does, for reports (`/health`, eval output, saved RAG configs)."""
+        return {"mode": self.mode, "fusion": self.fusion if self.mode == "hybrid" else None,
+                "weight": self.weight if self.mode == "hybrid" else None,
+                "reranker": self.reranker.name if self.reranker else None,
+                "rerank_depth": self.depth_for(1) if self.reranker else None}
 
-    def search_rows(self, questions: list[str], k: int = 5, mode: str = "dense",
-                    progress: bool | None = False) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, rows) arrays of shape (len(questions), k); rows are -1 where nothing was found."""
-        if mode not in MODES:
-            raise RagloopError(f"unknown search mode {mode!r}; choose one of {', '.join(MODES)}")
-        if k < 1:
-            raise RagloopError(f"k must be at least 1 (got {k})")
-        check_questions(questions)
-        if mode in ("bm25", "hybrid") and self.index.bm25 is None:
+    def depth_for(self, k: int) -> int:
+        """How many first-stage candidates a reranker sees for a top-k request."""
+        if self.reranker is None:
+            return k
+        if self.rerank_depth is None:
+            return max(k, RERANK_DEPTH)
+        if self.rerank_depth < k:
+            raise RagloopError(f"the rerank depth ({self.rerank_depth}) is smaller than k ({k}); "
+                               "a reranker can only reorder the candidates it is given")
+        return self.rerank_depth
+
+    # -- the one way in -----------------------------------------------------------------------
+
+    def retrieve(self, questions: str | list[str], k: int = 5, mode: str | None = None, *,
+                 vectors: np.ndarray | None = None, fill: bool = False, progress: bool | None = False) -> Retrieved:
+        """Top-k passages for each question through every stage. `mode` overrides the retriever's;
+        `vectors` are the questions' dense vectors when the caller has them; `fill` tops up a list
+        that BM25 left short with the best dense rows, so every question gets exactly k passages."""
+        questions = check_questions(questions)
+        mode = self.mode if mode is None else mode
+        _check_mode(mode)
+        k = check_k(k)
+        if k > len(self.index):
+            raise RagloopError(f"k={k} but {self.index.path} holds {len(self.index)} passages")
+        depth = min(self.depth_for(k), len(self.index))
+        if vectors is None and (mode != "bm25" or fill):
+            vectors = self.question_encoder.encode(questions, batch_size=128, progress=progress,
+                                                   desc="encoding questions")
+        scores, rows = self._first_stage(questions, depth, mode, vectors)
+        if fill and (rows < 0).any():
+            rows, scores = _fill_missing(rows, scores, self.index.search(vectors, depth)[1], self.index.path)
+        passages = self._passages(rows)
+        if self.reranker is not None:
+            scores, rows, passages = self._rerank(questions, passages, rows, progress)
+        return Retrieved(rows[:, :k], scores[:, :k], [ps[:k] for ps in passages])
+
+    def search(self, questions: str | list[str], k: int = 5, mode: str | None = None) -> list[list[Hit]]:
+        """`retrieve` as `Hit`s (passage, score, row), one list per question."""
+        return self.retrieve(questions, k, mode).hits()
+
+    # -- stages -------------------------------------------------------------------------------
+
+    def _first_stage(self, questions: list[str], depth: int, mode: str,
+                     vectors: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        if mode != "dense" and self.index.bm25 is None:
             raise RagloopError(f"{self.index.path}: built without BM25; rebuild it to use mode {mode!r}")
-        depth = max(k, FUSION_DEPTH) if mode == "hybrid" else k
         if mode == "bm25":
-            return self.index.bm25.search(questions, k)
-        dense = self.index.search(self.encode(questions, progress=progress), depth)
-        if mode == "dense":
-            return dense
-        return fuse(dense, self.index.bm25.search(questions, depth), k, self.fusion, self.weight)
+            scores, rows = self.index.bm25.search(questions, depth)
+        elif mode == "dense":
+            scores, rows = self.index.search(vectors, depth)
+        else:
+            wide = min(max(depth, FUSION_DEPTH), len(self.index))
+            scores, rows = fuse(self.index.search(vectors, wide), self.index.bm25.search(questions, wide), depth,
+                                self.fusion, self.weight)
+        scores = np.where(rows >= 0, scores, -np.inf).astype(np.float32)
+        return scores, rows.astype(np.int64)
 
-    def search(self, questions: str | list[str], k: int = 5, mode: str = "dense") -> list[list[Hit]]:
-        single = isinstance(questions, str)
-        batch = [questions] if single else list(questions)
-        scores, rows = self.search_rows(batch, k, mode)
-        wanted = [int(r) for r in rows.reshape(-1) if r >= 0]
-        passages = dict(zip(wanted, self.index.store.get_rows(wanted)))
-        out = [
-            [Hit(passages[int(r)], float(s), int(r)) for s, r in zip(srow, rrow) if r >= 0]
-            for srow, rrow in zip(scores, rows)
-        ]
-        return out
+    def _passages(self, rows: np.ndarray) -> list[list[Passage]]:
+        wanted = sorted({int(r) for r in rows.reshape(-1) if r >= 0})
+        by_row = dict(zip(wanted, self.index.store.get_rows(wanted)))
+        return [[by_row[int(r)] for r in row if r >= 0] for row in rows]
+
+    def _rerank(self, questions: list[str], passages: list[list[Passage]], rows: np.ndarray,
+                progress: bool | None) -> tuple[np.ndarray, np.ndarray, list[list[Passage]]]:
+        scored = self.reranker.score(questions, passages, progress=progress)
+        out_scores = np.full(rows.shape, -np.inf, dtype=np.float32)
+        out_rows = np.full(rows.shape, -1, dtype=np.int64)
+        out_passages = []
+        for b, (ps, s) in enumerate(zip(passages, scored)):
+            s = np.asarray(s, dtype=np.float32)
+            if not np.isfinite(s).all():
+                raise RagloopError(f"reranker {self.reranker.name!r} gave a non-finite score for question {b}")
+            order = np.argsort(-s, kind="stable")
+            found = rows[b][rows[b] >= 0]
+            out_rows[b, : len(order)] = found[order]
+            out_scores[b, : len(order)] = s[order]
+            out_passages.append([ps[i] for i in order])
+        return out_scores, out_rows, out_passages
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise RagloopError(f"unknown search mode {mode!r}; choose one of {', '.join(MODES)}")
+
+
+def _fill_missing(rows: np.ndarray, scores: np.ndarray, dense_rows: np.ndarray,
+                  where: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Fill -1 slots (BM25 found fewer than asked) with the best dense rows not already taken; their
+    score is the list's lowest, so they rank last."""
+    rows, scores = rows.copy(), scores.copy()
+    for b in np.nonzero((rows < 0).any(axis=1))[0]:
+        taken = {int(r) for r in rows[b] if r >= 0}
+        spare = iter(int(r) for r in dense_rows[b] if r >= 0 and int(r) not in taken)
+        low = min((float(s) for s in scores[b] if math.isfinite(s)), default=0.0)
+        for j in np.nonzero(rows[b] < 0)[0]:
+            nxt = next(spare, None)
+            if nxt is None:
+                raise RagloopError(f"{where}: search returned fewer than {rows.shape[1]} passages")
+            rows[b, j], scores[b, j] = nxt, low
+    return rows, scores

@@ -136,7 +136,7 @@ class Service:
     def load(cls, source: str | Path | RAG | Retriever, **kwargs) -> Service:
         """From a RAG model or a Retriever object, or a folder holding either (decided by its files)."""
         if isinstance(source, RAG):
-            return cls(source, Retriever(source.index, source.question_encoder), "RAG", **kwargs)
+            return cls(source, source.retriever, "RAG", **kwargs)
         if isinstance(source, Retriever):
             return cls(None, source, "index", **kwargs)
         path = Path(source)
@@ -144,7 +144,7 @@ class Service:
             raise RagloopError(f"{path}: no such folder (expected a saved RAG model or an index folder)")
         if (path / CONFIG_FILE).is_file():
             model = RAG.from_pretrained(path)
-            return cls(model, Retriever(model.index, model.question_encoder), path.name, **kwargs)
+            return cls(model, model.retriever, path.name, **kwargs)
         if (path / MANIFEST).is_file():
             return cls(None, Retriever.from_index(path), path.name, **kwargs)
         raise RagloopError(f"{path}: neither a saved RAG model (no {CONFIG_FILE}) nor an index (no {MANIFEST})")
@@ -174,6 +174,7 @@ class Service:
             "serving": "rag" if self.model is not None else "index",
             "endpoints": ["/answer", "/search"] if self.model is not None else ["/search"],
             "model": model,
+            "retrieval": self.retriever.describe(),
             "index": {"passages": self.passages, "dim": index.dim,
                       "factory": index.manifest["index"]["factory"], "bm25": index.bm25 is not None},
             "limits": {"max_question_chars": MAX_QUESTION_CHARS, "max_k": min(MAX_K, self.passages)},
@@ -222,11 +223,15 @@ def _page() -> tuple[str, str]:
 
 
 def create_app(source: str | Path | RAG | Retriever, *, max_batch: int = 16, max_wait_ms: float = 10.0,
-               num_beams: int = 1, max_new_tokens: int = 32) -> FastAPI:
+               num_beams: int = 1, max_new_tokens: int = 32, rerank: str | None = None,
+               rerank_depth: int | None = None) -> FastAPI:
     """A FastAPI app serving a saved RAG model folder (or a RAG object), or an index folder (or a
-    Retriever) for /search alone. The model is loaded here, before any request."""
+    Retriever) for /search alone. The model is loaded here, before any request. `rerank` (a cross-encoder
+    name or path) and `rerank_depth` replace the reranking stage of what is served."""
     service = Service.load(source, max_batch=max_batch, max_wait_ms=max_wait_ms, num_beams=num_beams,
                            max_new_tokens=max_new_tokens)
+    if rerank or rerank_depth:
+        service.retriever.set_reranker(rerank or service.retriever.reranker, rerank_depth)
     page, csp = _page()
 
     @asynccontextmanager

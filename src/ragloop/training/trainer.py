@@ -105,7 +105,8 @@ def build_model(cfg: TrainConfig, index):
     index.check_question_encoder(question_encoder)
     generator = Generator.from_pretrained(cfg.generator)
     rag_cfg = RAGConfig(n_docs=cfg.n_docs, mode=cfg.rag_mode, max_source_length=cfg.max_source_length,
-                        max_target_length=cfg.max_target_length, train_passage_encoder=cfg.train_passage_encoder)
+                        max_target_length=cfg.max_target_length, train_passage_encoder=cfg.train_passage_encoder,
+                        search_mode=cfg.search_mode, rerank=cfg.rerank, rerank_depth=cfg.rerank_depth)
     return RAG(index, question_encoder, generator, rag_cfg)
 
 

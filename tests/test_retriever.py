@@ -1,0 +1,141 @@
+"""The one retrieval path: `Retriever.retrieve` with its stages, used by search, eval and the RAG model."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ragloop import BiEncoder, Encoder, Index, RagloopError, Retriever, load_corpus
+from ragloop.evaluation import evaluate_retrieval
+from ragloop.model import RAG, RAGConfig
+
+
+class ByLength:
+    """A stand-in reranker: longest passage first. Records what it was asked."""
+
+    name = "by-length"
+
+    def __init__(self):
+        self.calls = []
+
+    def score(self, questions, passages, progress=False):
+        self.calls.append((list(questions), [len(ps) for ps in passages]))
+        return [np.array([len(p.text) for p in ps], dtype=np.float32) for ps in passages]
+
+    def save_pretrained(self, path):
+        raise AssertionError("not saved in these tests")
+
+
+@pytest.fixture(scope="module")
+def index(tmp_path_factory, squad_small, tiny_bert_dir):
+    return Index.build(load_corpus([squad_small]), BiEncoder.from_pretrained(str(tiny_bert_dir)),
+                       tmp_path_factory.mktemp("r") / "idx", progress=False)
+
+
+QUESTIONS = ["Which team won Super Bowl 50?", "Where is the Vistula river?"]
+
+
+@pytest.mark.parametrize("mode", ["dense", "bm25", "hybrid"])
+def test_retrieve_rows_scores_and_passages_agree(index, mode):
+    got = Retriever(index).retrieve(QUESTIONS, k=4, mode=mode)
+    assert got.rows.shape == got.scores.shape == (2, 4)
+    for rows, scores, passages in zip(got.rows, got.scores, got.passages):
+        found = rows[rows >= 0]
+        assert [p.id for p in passages] == [p.id for p in index.store.get_rows(found.tolist())]
+        assert list(scores[: len(found)]) == sorted(scores[: len(found)], reverse=True)
+    hits = Retriever(index).search(QUESTIONS, k=4, mode=mode)
+    assert [[h.row for h in hs] for hs in hits] == [[int(r) for r in rows if r >= 0] for rows in got.rows]
+
+
+def test_dense_scores_are_inner_products_of_the_stored_vectors(index):
+    r = Retriever(index)
+    got = r.retrieve(QUESTIONS[:1], k=3)
+    q = r.question_encoder.encode(QUESTIONS[:1], progress=False)[0]
+    assert np.allclose(index.vectors(got.rows[0]) @ q, got.scores[0], atol=1e-5)
+
+
+def test_reranker_reorders_the_first_stage_candidates(index):
+    reranker = ByLength()
+    r = Retriever(index, mode="hybrid", reranker=reranker, rerank_depth=6)
+    first = Retriever(index, mode="hybrid").retrieve(QUESTIONS, k=6)
+    got = r.retrieve(QUESTIONS, k=3)
+    assert reranker.calls == [(QUESTIONS, [6, 6])]  # the depth, not k, goes to the reranker
+    for b in range(2):
+        candidates = sorted(first.passages[b], key=lambda p: -len(p.text))[:3]
+        assert [p.id for p in got.passages[b]] == [p.id for p in candidates]
+        assert list(got.scores[b]) == [len(p.text) for p in candidates]
+    assert r.describe()["reranker"] == "by-length" and r.describe()["rerank_depth"] == 6
+
+
+def test_rerank_depth_defaults_to_twenty_within_the_index(index):
+    from ragloop.retrieval.retriever import RERANK_DEPTH
+
+    reranker = ByLength()
+    Retriever(index, reranker=reranker).retrieve(QUESTIONS[:1], k=3)
+    assert reranker.calls[0][1] == [min(RERANK_DEPTH, len(index))] == [17]
+
+
+def test_bad_retrieval_settings_are_refused(index):
+    with pytest.raises(RagloopError, match=r"rerank depth \(2\) is smaller than k \(3\)"):
+        Retriever(index, reranker=ByLength(), rerank_depth=2).retrieve(QUESTIONS, k=3)
+    with pytest.raises(RagloopError, match="needs a reranker"):
+        Retriever(index, rerank_depth=5)
+    for weight in (math.nan, -0.1, 1.5, "0.5"):
+        with pytest.raises(RagloopError, match=r"weight must be a number in \[0, 1\]"):
+            Retriever(index, weight=weight)
+    with pytest.raises(RagloopError, match="unknown fusion"):
+        Retriever(index, fusion="max")
+    with pytest.raises(RagloopError, match="unknown search mode"):
+        Retriever(index, mode="sparse")
+    with pytest.raises(RagloopError, match=f"k=100000 but {index.path} holds {len(index)} passages"):
+        Retriever(index).retrieve(QUESTIONS, k=100_000)
+    for k in (0, -1, 2.5, True):
+        with pytest.raises(RagloopError, match="k must be a whole number"):
+            Retriever(index).retrieve(QUESTIONS, k=k)
+
+
+@pytest.mark.parametrize("questions, message", [
+    ([b"bytes"], "question 0 is not a string (got bytes)"),
+    (["ok", {"q": "x"}], "question 1 is not a string (got dict)"),
+    ({"Which team won?": 1}, "questions must be a string or a list of strings (got dict)"),
+    (["ok", "  "], "question 1 is empty"),
+])
+def test_questions_that_are_not_strings_are_refused(index, questions, message):
+    with pytest.raises(RagloopError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        Retriever(index).retrieve(questions, k=2, mode="bm25")
+
+
+def test_evaluation_goes_through_the_reranker(index, squad_small):
+    from ragloop.data import load_qa
+
+    examples = load_qa(squad_small)[:6]
+    reranker = ByLength()
+    plain = evaluate_retrieval(Retriever(index), examples, ks=(1, 5), progress=False)
+    reranked = evaluate_retrieval(Retriever(index, reranker=reranker, rerank_depth=10), examples, ks=(1, 5, 20),
+                                  progress=False)
+    assert reranker.calls and reranked["reranker"] == "by-length" and "reranker" not in plain
+    assert "gold@20" not in reranked  # past the rerank depth there is nothing it ranked
+
+
+def test_rag_model_reads_the_retrievers_passages_and_scores_them_by_q_dot_d(index, tiny_bert_dir, tiny_t5_dir):
+    from ragloop import Generator
+
+    reranker = ByLength()
+    rag = RAG(index, Encoder.from_pretrained(str(tiny_bert_dir)), Generator.from_pretrained(str(tiny_t5_dir)),
+              RAGConfig(n_docs=2, search_mode="hybrid", rerank="by-length", rerank_depth=5), reranker=reranker)
+    expect = Retriever(index, mode="hybrid", reranker=ByLength(), rerank_depth=5).retrieve(QUESTIONS, k=2)
+    ctx = rag.retrieve(QUESTIONS)
+    assert ctx.rows.tolist() == expect.rows.tolist()  # the passages the pipeline chose, in its order
+    q = rag.embed_questions(QUESTIONS)
+    d = torch.from_numpy(index.vectors(ctx.rows))
+    assert torch.allclose(ctx.doc_scores, torch.einsum("bd,bkd->bk", q, d), atol=1e-5)  # p(z|x) from q·d
+    ctx.doc_logprobs.sum().backward()
+    assert any(p.grad is not None for p in rag.question_encoder.parameters())
+
+
+def test_rag_config_refuses_a_rerank_depth_below_n_docs():
+    with pytest.raises(RagloopError, match=r"rerank_depth \(2\) is smaller than n_docs \(5\)"):
+        RAGConfig(n_docs=5, rerank="x", rerank_depth=2)
+    with pytest.raises(RagloopError, match="needs a reranker"):
+        RAGConfig(rerank_depth=5)
