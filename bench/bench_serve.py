@@ -4,19 +4,21 @@
     python bench/bench_serve.py                          # a tiny model built on the fly; <= 60 s per level
     python bench/bench_serve.py --quick                  # <= 10 s and 300 requests per level
     python bench/bench_serve.py --model runs/demo/rag/best_model --compare-unbatched
+    python bench/bench_serve.py --quick --endpoint search --compare-unbatched   # /search on the index alone
 
-Workload: `ragloop serve MODEL` runs in a subprocess on 127.0.0.1 (its own process, so the clients do
-not share its interpreter); N asyncio clients (httpx, one connection each) post bundled SQuAD v1.1
-dev questions to POST /answer back to back, each sending its next request when the last one is
+Workload: `ragloop serve MODEL` runs in a subprocess on 127.0.0.1 (its own process, so the clients
+do not share its interpreter); N asyncio clients (httpx, one connection each) post bundled SQuAD
+v1.1 dev questions to POST /answer (or, with --endpoint search, dense POST /search to a server of
+the model's index folder alone) back to back, each sending its next request when the last one is
 answered. A level stops after --requests requests or --seconds seconds, whichever comes first
-(requests still in flight then are cancelled and not counted). Latency is per request, measured
-at the client; the mean batch size is read from the server's /health counters before and after.
+(requests still in flight then are cancelled and not counted). Latency is per request, measured at
+the client; the mean batch size is read from the server's /health counters before and after.
 
 Without --model the server loads a tiny RAG folder built here: a 2-layer BERT (hidden 32) question
 and passage encoder over the first --passages bundled dev passages, and an untrained 2-layer T5
 (d_model 32) that always writes the full 32 tokens; it measures the serving machinery (HTTP,
 validation, batching, threads) with little model time. A real model spends far more per batch, which
-is where micro-batching pays. Results go to bench/results/serve.json (serve-quick.json with --quick).
+is where micro-batching pays. Results go to bench/results/serve[-search][-quick].json.
 """
 
 from __future__ import annotations
@@ -105,9 +107,10 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.cmd = [sys.executable, "-m", "ragloop", "serve", str(model), "--host", "127.0.0.1", "--port",
                     str(self.port), "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms), "-q"]
-        self.env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
         if threads:
-            self.env["OMP_NUM_THREADS"] = str(threads)
+            self.cmd += ["--threads", str(threads)]
+        self.env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
+        self.env.pop("RAGLOOP_API_KEY", None)
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> Server:
@@ -136,11 +139,12 @@ class Server:
                 self.proc.wait()
 
 
-def batching(url: str) -> dict:
-    return httpx.get(url + "/health", timeout=30).json()["batching"]
+def batching(url: str, endpoint: str) -> dict:
+    return httpx.get(url + "/health", timeout=30).json()["batching"][endpoint]
 
 
-async def run_level(url: str, clients: int, questions: list[str], max_requests: int, seconds: float) -> dict:
+async def run_level(url: str, clients: int, questions: list[str], max_requests: int, seconds: float,
+                    endpoint: str = "answer") -> dict:
     """`clients` workers post back to back until `max_requests` are sent or `seconds` pass."""
     latencies: list[float] = []
     errors: dict[str, int] = {}
@@ -154,7 +158,7 @@ async def run_level(url: str, clients: int, questions: list[str], max_requests: 
             sent += 1
             start = time.perf_counter()
             try:
-                r = await c.post("/answer", json={"question": question})
+                r = await c.post("/" + endpoint, json={"question": question})
                 ok = r.status_code == 200
                 why = f"HTTP {r.status_code}"
             except httpx.HTTPError as e:
@@ -190,16 +194,17 @@ async def run_level(url: str, clients: int, questions: list[str], max_requests: 
 
 def bench_server(model: Path, args: argparse.Namespace, questions: list[str], max_batch: int) -> list[dict]:
     rows = []
-    with Server(model, max_batch, args.max_wait_ms, args.threads) as server:
-        asyncio.run(run_level(server.url, 2, questions, 8, 30))  # warm-up: first calls load lazy parts
+    served = model / "index" if args.endpoint == "search" else model  # /search: the index folder alone
+    with Server(served, max_batch, args.max_wait_ms, args.threads) as server:
+        asyncio.run(run_level(server.url, 2, questions, 8, 30, args.endpoint))  # warm-up
         for clients in args.clients:
-            before = batching(server.url)
-            row = asyncio.run(run_level(server.url, clients, questions, args.requests, args.seconds))
-            after = batching(server.url)
+            before = batching(server.url, args.endpoint)
+            row = asyncio.run(run_level(server.url, clients, questions, args.requests, args.seconds, args.endpoint))
+            after = batching(server.url, args.endpoint)
             calls = after["batches"] - before["batches"]
             row["model_calls"] = calls
             row["mean_batch_size"] = round((after["requests"] - before["requests"]) / calls, 2) if calls else None
-            row["max_batch"], row["max_wait_ms"] = max_batch, args.max_wait_ms
+            row["max_batch"], row["max_wait_ms"], row["endpoint"] = max_batch, args.max_wait_ms, args.endpoint
             say(f"  max-batch {max_batch}, {clients} clients: {row['requests']} requests, "
                 f"{row['throughput_rps']} req/s, p50 {row['p50_ms']} ms, mean batch {row['mean_batch_size']}")
             rows.append(row)
@@ -226,13 +231,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--max-wait-ms", type=float, default=10.0, help="the server's --max-wait-ms (default 10)")
     p.add_argument("--compare-unbatched", action="store_true", help="run the levels again with --max-batch 1")
     p.add_argument("--passages", type=int, default=500, help="passages in the tiny model's index (default 500)")
-    p.add_argument("--threads", type=int, help="OMP_NUM_THREADS for the server (default: inherited)")
+    p.add_argument("--threads", type=int, help="the server's --threads (default: the cores it may use)")
+    p.add_argument("--endpoint", choices=["answer", "search"], default="answer",
+                   help="answer (default), or dense search on a server of the model's index folder alone")
     p.add_argument("--out", type=Path, help="JSON results (default bench/results/serve.json, serve-quick.json "
                    "with --quick)")
     args = p.parse_args(argv)
     args.requests = args.requests or (300 if args.quick else 3000)
     args.seconds = min(args.seconds or (10.0 if args.quick else 60.0), 600.0)
-    args.out = args.out or BENCH_DIR / "results" / ("serve-quick.json" if args.quick else "serve.json")
+    name = "serve" + ("-search" if args.endpoint == "search" else "") + ("-quick" if args.quick else "")
+    args.out = args.out or BENCH_DIR / "results" / f"{name}.json"
     return args
 
 

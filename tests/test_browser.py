@@ -36,7 +36,7 @@ def model(tmp_path_factory, squad_small, tiny_bert_dir, tiny_t5_dir) -> RAG:
 
 @pytest.fixture(scope="module")
 def server(model):
-    with BackgroundServer(create_app(model)) as s:
+    with BackgroundServer(create_app(model, threads=1)) as s:
         yield s
 
 
@@ -64,6 +64,35 @@ def test_asking_on_the_page_shows_the_answer_and_its_sources(server, model, tmp_
     shown = re.findall(r'<li class="source" data-id="([^"]+)"', dom)
     assert shown == [html.escape(p["id"]) for p in expected.passages]
     assert html.escape(expected.passages[0]["title"]) in dom
+
+
+def test_the_page_shows_where_a_passage_came_from_when_the_answer_says(model, monkeypatch, tmp_path):
+    app = create_app(model, threads=1)
+    service = app.state.service
+    answer_batch = service._answer_batch
+
+    def with_sources(questions, k):  # as an index that records each passage's file answers
+        results = answer_batch(questions, k)
+        for result in results:
+            for p in result["passages"]:
+                p["source"] = f"docs/{p['title']}.txt"
+        return results
+
+    monkeypatch.setattr(service.answers, "fn", with_sources)
+    question = "Where did Super Bowl 50 take place?"
+    with BackgroundServer(app) as s:
+        dom = dump_dom(f"{s.url}/?{urlencode({'q': question, 'k': 2})}", tmp_path / "profile")
+    assert 'data-state="done"' in dom, element_text(dom, "status")
+    titles = [p["title"] for p in model.answer(question, k=2).passages]
+    shown = re.findall(r'<li class="source" data-id="[^"]+" data-source="([^"]+)"', dom)
+    assert shown == [html.escape(f"docs/{t}.txt") for t in titles]
+
+
+def test_the_page_says_when_the_server_needs_an_api_key(model, tmp_path):
+    with BackgroundServer(create_app(model, threads=1, api_key="a-key-the-page-lacks")) as s:
+        dom = dump_dom(f"{s.url}/?{urlencode({'q': 'Who won Super Bowl 50?'})}", tmp_path / "profile")
+    assert 'data-state="error"' in dom
+    assert "needs an API key" in element_text(dom, "status")
 
 
 def test_the_page_shows_why_a_question_was_refused(server, tmp_path):

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import hashlib
 import json
+import os
 import re
 import socket
 import sys
@@ -23,8 +24,9 @@ from ragloop.cli import main
 from ragloop.generation import Generator
 from ragloop.model import RAG, RAGConfig
 from ragloop.serving import MicroBatcher, create_app
-from ragloop.serving.app import MAX_QUESTION_CHARS
-from ragloop.serving.server import listen
+from ragloop.serving.app import MAX_BODY_BYTES, MAX_QUESTION_CHARS
+from ragloop.serving.guard import RequestGuard
+from ragloop.serving.server import api_key_for, is_loopback, listen
 
 QUESTIONS = ["Who won Super Bowl 50?", "Where did Super Bowl 50 take place?", "What is the capital of Poland?",
              "Which team represented the NFC?", "Who was the MVP?", "When was the university founded?",
@@ -58,8 +60,11 @@ def model(rag_dir) -> RAG:
 
 @pytest.fixture(scope="module")
 def client(rag_dir):
-    with TestClient(create_app(rag_dir)) as c:
+    with TestClient(create_app(rag_dir, threads=1)) as c:
         yield c
+
+
+PASSAGE_FIELDS = {"id", "title", "text", "score"}  # and "source", where the index records the passage's file
 
 
 def _messages(response) -> str:
@@ -78,8 +83,8 @@ def test_health_describes_the_model_the_index_and_batching(client, model):
     assert h["model"]["n_docs"] == 2 and h["model"]["rag_mode"] == "sequence"
     assert h["index"]["passages"] == len(model.index) and h["index"]["bm25"] is True
     assert h["batching"]["max_batch"] == 16 and h["batching"]["max_wait_ms"] == 10
+    assert {"answer", "search"} <= set(h["batching"]) and h["threads"] == 1
     assert "/answer" in client.get("/openapi.json").json()["paths"]
-    assert client.get("/docs").status_code == 200
 
 
 def test_answer_returns_the_models_answer_and_passages(client, model):
@@ -89,7 +94,7 @@ def test_answer_returns_the_models_answer_and_passages(client, model):
     expected = model.answer(QUESTIONS[0])
     assert body["question"] == QUESTIONS[0] and body["answer"] == expected.answer
     assert body["k"] == 2 and [p["id"] for p in body["passages"]] == [p["id"] for p in expected.passages]
-    assert set(body["passages"][0]) == {"id", "title", "text", "score"}
+    assert PASSAGE_FIELDS <= set(body["passages"][0]) <= PASSAGE_FIELDS | {"source"}
     assert body["passages"][0]["score"] == pytest.approx(expected.passages[0]["score"], abs=1e-5)
     assert body["batch_size"] >= 1 and body["seconds"] >= 0
     assert len(client.post("/answer", json={"question": QUESTIONS[1], "k": 3}).json()["passages"]) == 3
@@ -101,7 +106,7 @@ def test_search_returns_the_retrievers_hits(client, model, mode):
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["mode"] == mode and body["k"] == 3 and len(body["hits"]) == 3
-    assert set(body["hits"][0]) == {"id", "doc_id", "title", "text", "score"}
+    assert PASSAGE_FIELDS | {"doc_id"} <= set(body["hits"][0]) <= PASSAGE_FIELDS | {"doc_id", "source"}
     scores = [h["score"] for h in body["hits"]]
     assert scores == sorted(scores, reverse=True)
     if mode == "dense":  # the model's own (possibly fine-tuned) question encoder, as /answer retrieves
@@ -143,7 +148,7 @@ def test_more_422s_mode_surrogates_and_bodies_that_are_not_objects(client):
 
 
 def test_an_index_folder_serves_search_only(rag_dir):
-    with TestClient(create_app(rag_dir / "index")) as c:
+    with TestClient(create_app(rag_dir / "index", threads=1)) as c:
         h = c.get("/health").json()
         assert h["serving"] == "index" and h["model"] is None and h["endpoints"] == ["/search"]
         assert len(c.post("/search", json={"question": QUESTIONS[0], "k": 2}).json()["hits"]) == 2
@@ -173,19 +178,19 @@ def _record_calls(monkeypatch, model) -> list[tuple[int, int | None]]:
     return calls
 
 
-async def _post_all(app, bodies: list[dict]) -> list[httpx.Response]:
+async def _post_all(app, bodies: list[dict], endpoint: str = "/answer") -> list[httpx.Response]:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
         try:
-            return await asyncio.gather(*(c.post("/answer", json=b) for b in bodies))
+            return await asyncio.gather(*(c.post(endpoint, json=b) for b in bodies))
         finally:
-            await app.state.service.batcher.stop()
+            await app.state.service.stop()
 
 
 def test_concurrent_requests_share_one_model_call(model, monkeypatch):
     unbatched = [model.answer(q) for q in QUESTIONS]
     calls = _record_calls(monkeypatch, model)
-    app = create_app(model, max_batch=8, max_wait_ms=500)
+    app = create_app(model, max_batch=8, max_wait_ms=500, threads=1)
     responses = asyncio.run(_post_all(app, [{"question": q} for q in QUESTIONS]))
     assert [r.status_code for r in responses] == [200] * len(QUESTIONS)
     assert sum(n for n, _ in calls) == len(QUESTIONS) and max(n for n, _ in calls) > 1, calls
@@ -194,13 +199,13 @@ def test_concurrent_requests_share_one_model_call(model, monkeypatch):
         assert body["question"] == expected.question and body["answer"] == expected.answer
         assert [p["id"] for p in body["passages"]] == [p["id"] for p in expected.passages]
     assert max(r.json()["batch_size"] for r in responses) > 1
-    stats = app.state.service.info()["batching"]
+    stats = app.state.service.info()["batching"]["answer"]
     assert stats["requests"] == len(QUESTIONS) and stats["mean_batch_size"] > 1
 
 
 def test_batches_group_by_k_and_stay_within_max_batch(model, monkeypatch):
     calls = _record_calls(monkeypatch, model)
-    app = create_app(model, max_batch=3, max_wait_ms=300)
+    app = create_app(model, max_batch=3, max_wait_ms=300, threads=1)
     bodies = [{"question": q, "k": 1 + i % 2} for i, q in enumerate(QUESTIONS)]
     responses = asyncio.run(_post_all(app, bodies))
     assert [len(r.json()["passages"]) for r in responses] == [b["k"] for b in bodies]
@@ -237,6 +242,187 @@ def test_batcher_rejects_bad_settings():
         MicroBatcher(lambda items, key: items, max_wait_ms=-1)
 
 
+def _record_searches(monkeypatch, app) -> list[tuple[int, int, str]]:
+    retriever = app.state.service.retriever
+    calls: list[tuple[int, int, str]] = []
+    original = retriever.search
+
+    def recording(questions, k=5, mode="dense"):
+        calls.append((len(questions), k, mode))
+        return original(questions, k=k, mode=mode)
+
+    monkeypatch.setattr(retriever, "search", recording)
+    return calls
+
+
+def test_concurrent_searches_share_one_retriever_call(rag_dir, monkeypatch):
+    app = create_app(rag_dir / "index", max_batch=8, max_wait_ms=500, threads=1)
+    unbatched = [[h.passage.id for h in app.state.service.retriever.search([q], k=3)[0]] for q in QUESTIONS]
+    calls = _record_searches(monkeypatch, app)
+    responses = asyncio.run(_post_all(app, [{"question": q, "k": 3} for q in QUESTIONS], "/search"))
+    assert [r.status_code for r in responses] == [200] * len(QUESTIONS)
+    assert sum(n for n, _, _ in calls) == len(QUESTIONS) and max(n for n, _, _ in calls) > 1, calls
+    assert [[h["id"] for h in r.json()["hits"]] for r in responses] == unbatched  # same hits as one by one
+    assert max(r.json()["batch_size"] for r in responses) > 1
+    assert app.state.service.info()["batching"]["search"]["requests"] == len(QUESTIONS)
+
+
+def test_search_batches_group_by_k_and_mode(rag_dir, monkeypatch):
+    app = create_app(rag_dir / "index", max_batch=8, max_wait_ms=300, threads=1)
+    calls = _record_searches(monkeypatch, app)
+    bodies = [{"question": q, "k": 1 + i % 2, "mode": ("dense", "bm25")[i % 4 // 2]} for i, q in enumerate(QUESTIONS)]
+    responses = asyncio.run(_post_all(app, bodies, "/search"))
+    assert [(len(r.json()["hits"]), r.json()["mode"]) for r in responses] == [(b["k"], b["mode"]) for b in bodies]
+    assert sum(n for n, _, _ in calls) == len(QUESTIONS)
+    assert {(k, mode) for _, k, mode in calls} == {(1, "dense"), (2, "dense"), (1, "bm25"), (2, "bm25")}
+
+
+def test_an_index_server_loads_its_question_encoder_before_the_first_request(rag_dir, monkeypatch):
+    loads = []
+    original = Index.load_encoder
+    monkeypatch.setattr(Index, "load_encoder", lambda self: loads.append(1) or original(self))
+    app = create_app(rag_dir / "index", threads=1)
+    assert len(loads) == 1  # loaded (and run once) while the app was made: before the server says it is ready
+    with TestClient(app) as c:
+        assert c.post("/search", json={"question": QUESTIONS[0], "mode": "dense"}).status_code == 200
+    assert len(loads) == 1
+
+
+def test_the_model_thread_runs_with_the_threads_asked_for(model):
+    for threads, expected in ((2, 2), (None, len(os.sched_getaffinity(0)))):
+        service = create_app(model, threads=threads).state.service
+        try:
+            assert service.executor.submit(torch.get_num_threads).result() == expected
+            assert service.info()["threads"] == expected
+        finally:
+            asyncio.run(service.stop())
+    with pytest.raises(RagloopError, match="threads must be at least 1"):
+        create_app(model, threads=0)
+
+
+# -- what the server accepts ----------------------------------------------------------------------
+
+
+def test_head_answers_and_the_docs_work_offline(client):
+    assert client.head("/").status_code == 200
+    assert client.head("/health").status_code == 200
+    r = client.get("/docs")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert "POST /answer" in r.text and "POST /search" in r.text and "question" in r.text
+    assert "<script" not in r.text and not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", r.text)
+    assert "default-src 'none'" in r.headers["content-security-policy"]
+    assert client.get("/redoc").status_code == 404  # FastAPI's would load its script from a CDN
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "text/plain;charset=UTF-8", "application/x-www-form-urlencoded",
+                                          "multipart/form-data; boundary=x", None])
+def test_only_json_bodies_are_accepted(client, content_type):
+    """A cross-site page can post text/plain or a form without the browser asking the server first."""
+    headers = {"content-type": content_type} if content_type else {}
+    r = client.post("/answer", content=json.dumps({"question": QUESTIONS[0]}).encode(), headers=headers)
+    assert r.status_code == 415, r.text
+    assert r.json()["detail"][0]["loc"] == ["header", "content-type"] and "application/json" in _messages(r)
+    ok = client.post("/search", content=json.dumps({"question": QUESTIONS[0]}).encode(),
+                     headers={"content-type": "application/json; charset=utf-8"})
+    assert ok.status_code == 200
+
+
+def test_an_over_long_question_is_refused_without_echoing_it(client):
+    question = "echo" * 5000
+    r = client.post("/search", json={"question": question})
+    assert r.status_code == 422 and f"the limit is {MAX_QUESTION_CHARS}" in _messages(r)
+    assert r.json()["detail"][0]["loc"] == ["body", "question"]
+    assert "echoecho" not in r.text and len(r.content) < 1000
+    r = client.post("/search", json={"question": "Who?", "field" * 4000: 1})  # the client's field name, clipped
+    assert r.status_code == 422 and "Extra inputs are not permitted" in _messages(r) and len(r.content) < 1000
+
+
+def test_a_body_that_is_not_utf8_is_a_422_naming_the_body(client):
+    for raw in (b'{"question": "Who won \xff?"}', json.dumps({"question": "Who?"}).encode("utf-16")):
+        r = client.post("/answer", content=raw, headers={"content-type": "application/json"})
+        assert r.status_code == 422, r.text
+        assert r.json()["detail"][0]["loc"] == ["body"] and "body is not valid UTF-8 JSON" in _messages(r)
+
+
+def test_an_oversized_body_is_413(client):
+    r = client.post("/answer", json={"question": "x" * (10 << 20)})
+    assert r.status_code == 413 and f"over {MAX_BODY_BYTES} bytes" in _messages(r)
+
+
+@pytest.mark.parametrize("declared", [True, False])
+def test_an_oversized_body_is_refused_before_it_is_all_read(declared):
+    """By its Content-Length before reading anything; chunked, as soon as it passes the limit."""
+    chunk, chunks, reads, sent, reached = b"x" * 16384, 100, [], [], []
+
+    async def app(scope, receive, send):
+        reached.append(scope["path"])
+
+    async def receive():
+        reads.append(1)
+        return {"type": "http.request", "body": chunk, "more_body": len(reads) < chunks}
+
+    async def send(message):
+        sent.append(message)
+
+    headers = [(b"content-type", b"application/json")]
+    if declared:
+        headers.append((b"content-length", str(len(chunk) * chunks).encode()))
+    scope = {"type": "http", "method": "POST", "path": "/answer", "headers": headers}
+    asyncio.run(RequestGuard(app, max_body_bytes=65536)(scope, receive, send))
+    assert sent[0]["status"] == 413 and not reached
+    assert len(reads) == (0 if declared else 65536 // len(chunk) + 1)
+
+
+# -- an API key -----------------------------------------------------------------------------------
+
+KEY = "s3cret-Key_0123456789"
+
+
+@pytest.fixture(scope="module")
+def keyed(model):
+    with TestClient(create_app(model, threads=1, api_key=KEY)) as c:
+        yield c
+
+
+@pytest.mark.parametrize(("method", "path", "body"), [
+    ("POST", "/answer", {"question": QUESTIONS[0]}), ("POST", "/search", {"question": QUESTIONS[0]}),
+    ("GET", "/health", None), ("GET", "/nowhere", None),
+])
+def test_with_an_api_key_requests_must_send_it(keyed, method, path, body):
+    for headers, why in (({}, "needs an API key"), ({"authorization": "Bearer wrong"}, "wrong API key"),
+                         ({"authorization": "Bearer " + KEY[:-1]}, "wrong API key"),
+                         ({"authorization": KEY}, "wrong API key"), ({"x-api-key": KEY}, "needs an API key")):
+        r = keyed.request(method, path, json=body, headers=headers)
+        assert r.status_code == 401 and why in _messages(r), (headers, r.text)
+        assert r.headers["www-authenticate"] == "Bearer"
+    r = keyed.request(method, path, json=body, headers={"authorization": "Bearer " + KEY})
+    assert r.status_code == (404 if path == "/nowhere" else 200), r.text
+
+
+def test_with_an_api_key_the_page_and_docs_stay_open(keyed):
+    assert keyed.get("/").status_code == 200 and keyed.head("/").status_code == 200
+    assert keyed.get("/openapi.json").status_code == 200
+    docs = keyed.get("/docs")
+    assert docs.status_code == 200 and "needs an API key" in docs.text
+
+
+def test_which_servers_need_a_key(monkeypatch, model):
+    monkeypatch.delenv("RAGLOOP_API_KEY", raising=False)
+    assert all(is_loopback(h) for h in ("127.0.0.1", "127.0.0.2", "localhost", "::1"))
+    assert not any(is_loopback(h) for h in ("0.0.0.0", "::", "192.168.1.5", "example.com"))
+    assert api_key_for("127.0.0.1") is None  # this machine only: no key, as before
+    with pytest.raises(RagloopError, match="needs an API key: set RAGLOOP_API_KEY"):
+        api_key_for("0.0.0.0")
+    assert api_key_for("0.0.0.0", no_auth=True) is None
+    assert api_key_for("0.0.0.0", api_key="k") == "k"
+    monkeypatch.setenv("RAGLOOP_API_KEY", "from-env")
+    assert api_key_for("0.0.0.0") == "from-env" and api_key_for("127.0.0.1") == "from-env"
+    with pytest.raises(RagloopError, match="choose one"):
+        api_key_for("0.0.0.0", api_key="k", no_auth=True)
+    with pytest.raises(RagloopError, match="printable ASCII"):
+        create_app(model, threads=1, api_key="two words")
+
+
 # -- the page -------------------------------------------------------------------------------------
 
 
@@ -245,6 +431,7 @@ def test_the_page_is_served_self_contained(client):
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
     html = r.text
     assert 'id="question"' in html and 'fetch("answer"' in html and 'id="sources"' in html
+    assert 'id="api-key"' in html and "Authorization" in html and "p.source" in html
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html)  # nothing from a CDN
     csp = r.headers["content-security-policy"]
     assert "default-src 'none'" in csp and "connect-src 'self'" in csp
@@ -268,7 +455,24 @@ def test_serve_command_errors_are_one_line(tmp_path, monkeypatch, capsys):
     assert "nope: no such folder" in _err(capsys)
     monkeypatch.setitem(sys.modules, "fastapi", None)  # as if FastAPI were not installed
     assert main(["serve", str(tmp_path)]) == 2
-    assert "pip install 'ragloop[serve]'" in _err(capsys)
+    assert "pip install fastapi uvicorn" in _err(capsys)
+
+
+def test_serve_command_off_localhost_needs_a_key(rag_dir, monkeypatch, capsys):
+    import ragloop.serving
+
+    served = {}
+    monkeypatch.setattr(ragloop.serving, "serve", lambda app, **kw: served.update(app=app, **kw))
+    monkeypatch.delenv("RAGLOOP_API_KEY", raising=False)
+    capsys.readouterr()
+    assert main(["serve", str(rag_dir), "--host", "0.0.0.0", "-q"]) == 2
+    assert "needs an API key" in _err(capsys) and not served
+    monkeypatch.setenv("RAGLOOP_API_KEY", KEY)
+    assert main(["serve", str(rag_dir), "--host", "127.0.0.1", "--port", "0", "--threads", "1", "-q"]) == 0
+    served["sock"].close()
+    with TestClient(served["app"]) as c:
+        assert c.get("/health").status_code == 401
+        assert c.get("/health", headers={"authorization": "Bearer " + KEY}).status_code == 200
 
 
 def test_serve_command_warns_off_localhost_and_serves(rag_dir, monkeypatch, capsys):
@@ -279,10 +483,12 @@ def test_serve_command_warns_off_localhost_and_serves(rag_dir, monkeypatch, caps
     monkeypatch.setattr(ragloop.serving.server, "listen", lambda host, port: listen("127.0.0.1", 0))
     monkeypatch.setattr(ragloop.serving, "serve", lambda app, **kw: served.update(app=app, **kw))
     capsys.readouterr()
-    assert main(["serve", str(rag_dir), "--host", "0.0.0.0", "--max-batch", "4", "-q"]) == 0
+    monkeypatch.delenv("RAGLOOP_API_KEY", raising=False)
+    assert main(["serve", str(rag_dir), "--host", "0.0.0.0", "--max-batch", "4", "--threads", "1", "--no-auth",
+                 "-q"]) == 0
     out = capsys.readouterr()
-    assert "warning: listening on 0.0.0.0" in out.err and "serving" in out.out
-    assert served["app"].state.service.batcher.max_batch == 4
+    assert "warning: listening on 0.0.0.0" in out.err and "no authentication" in out.err and "serving" in out.out
+    assert served["app"].state.service.answers.max_batch == 4 and served["app"].state.service.threads == 1
     served["sock"].close()
 
 

@@ -203,14 +203,16 @@ def cmd_serve(args) -> None:
         import uvicorn  # noqa: F401
     except ImportError as e:
         raise RagloopError(f"serving needs FastAPI and uvicorn ({e.name} is not installed): "
-                          "pip install 'ragloop[serve]'") from None
+                          "pip install fastapi uvicorn (in the checkout: pip install -e '.[serve]')") from None
     from ragloop.serving import create_app, serve
-    from ragloop.serving.server import LOCAL_HOSTS, listen
+    from ragloop.serving.server import api_key_for, is_loopback, listen
 
-    if args.host not in LOCAL_HOSTS:
-        print(f"ragloop: warning: listening on {args.host}, not 127.0.0.1: other machines can reach this API, "
-              "which has no authentication", file=sys.stderr)
-    app = create_app(args.model_dir, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, rerank=args.rerank,
+    api_key = api_key_for(args.host, args.api_key, args.no_auth)
+    if not is_loopback(args.host):
+        print(f"ragloop: warning: listening on {args.host}, not 127.0.0.1: other machines can reach this API"
+              + (", which has no authentication (--no-auth)" if api_key is None else ""), file=sys.stderr)
+    app = create_app(args.model_dir, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, threads=args.threads,
+                     api_key=api_key, rerank=args.rerank,
                      rerank_depth=args.rerank_depth)
     sock = listen(args.host, args.port)
     host = f"[{args.host}]" if ":" in args.host else args.host
@@ -432,6 +434,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=16, help="questions per model call at most (default 16)")
     p.add_argument("--max-wait-ms", type=float, default=10.0,
                    help="how long a request waits for others to share its model call (default 10)")
+    p.add_argument("--threads", type=int, help="torch/FAISS threads (default: the cores this process may use)")
+    p.add_argument("--api-key", help="require it as 'Authorization: Bearer KEY' (default: $RAGLOOP_API_KEY; "
+                   "needed off 127.0.0.1)")
+    p.add_argument("--no-auth", action="store_true", help="serve off 127.0.0.1 without an API key")
     _add_rerank_options(p)
     p.set_defaults(func=cmd_serve)
 

@@ -9,10 +9,15 @@ Endpoints:
     GET  /health   status, the model and index it serves, batching statistics
     POST /answer   {"question": str, "k": int?}                      -> answer + passages
     POST /search   {"question": str, "k": int?, "mode": dense|bm25|hybrid} -> ranked passages
-    GET  /docs     OpenAPI documentation (FastAPI's own)
+    GET  /docs     the API described on one self-contained page (from /openapi.json; no CDN)
 
-Concurrent /answer requests are micro-batched into one `RAG.answer(list_of_questions)` call (see
-`batcher.py`); every model call runs on one worker thread, so the event loop stays responsive.
+Concurrent /answer requests are micro-batched into one `RAG.answer(list_of_questions)` call, and
+concurrent /search requests into one `Retriever.search(list_of_questions, k, mode)` call (see
+`batcher.py`); every model call runs on one worker thread, with a fixed number of torch and FAISS
+threads, so the event loop stays responsive and the cores are not oversubscribed. The question
+encoder is loaded and run once before the app is returned, so the first request does not wait for it.
+Bodies must be `application/json`, at most MAX_BODY_BYTES, UTF-8; with an API key, requests must
+send it (see `guard.py`).
 
 What the server reads is fixed when it starts: no request field names a file or a folder, and
 nothing is unpickled (the model and index folders hold safetensors, FAISS, SQLite and JSON).
@@ -21,9 +26,11 @@ nothing is unpickled (the model and index folders hold safetensors, FAISS, SQLit
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import hashlib
 import logging
 import math
+import os
 import re
 import time
 from contextlib import asynccontextmanager
@@ -43,12 +50,16 @@ from ragloop.model import CONFIG_FILE, RAG
 from ragloop.retrieval.index import MANIFEST
 from ragloop.retrieval.retriever import Retriever
 from ragloop.serving.batcher import MicroBatcher
+from ragloop.serving.docs import DOCS_CSP, docs_page
+from ragloop.serving.guard import RequestGuard, check_api_key, clip
 
 log = logging.getLogger(__name__)
 
 MAX_QUESTION_CHARS = 1000
 MAX_K = 100
 DEFAULT_SEARCH_K = 5
+# a question of MAX_QUESTION_CHARS written as JSON escapes is ~12 KB; anything far over that is refused unread
+MAX_BODY_BYTES = 64 * 1024
 
 # -- request and response bodies ------------------------------------------------------------------
 
@@ -94,6 +105,7 @@ class PassageOut(BaseModel):
     title: str
     text: str
     score: float = Field(description="q·d, the score the model weighs the passage by")
+    source: str | None = Field(None, description="the file the passage came from (only when the index records it)")
 
 
 class AnswerResponse(BaseModel):
@@ -115,21 +127,56 @@ class SearchResponse(BaseModel):
     mode: str
     k: int
     hits: list[HitOut]
+    batch_size: int = Field(description="questions in the search call that answered this one")
 
 
 # -- what is served -------------------------------------------------------------------------------
 
 
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity; all of the machine's where that is unknown)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _set_threads(threads: int) -> None:
+    """Runs first on the model thread: torch's and FAISS's OpenMP thread counts are per calling thread."""
+    import faiss
+    import torch
+
+    torch.set_num_threads(threads)
+    faiss.omp_set_num_threads(threads)
+
+
 class Service:
-    """A RAG model (answer + search) or an index alone (search only), and the batcher in front of it."""
+    """A RAG model (answer + search) or an index alone (search only), and the batchers in front of it.
+
+    Every model call (answers, searches, the warm-up) runs on one thread with `threads` torch/FAISS
+    threads (default: the cores available to the process)."""
 
     def __init__(self, model: RAG | None, retriever: Retriever, name: str, max_batch: int = 16,
-                 max_wait_ms: float = 10.0, num_beams: int = 1, max_new_tokens: int = 32) -> None:
+                 max_wait_ms: float = 10.0, num_beams: int = 1, max_new_tokens: int = 32,
+                 threads: int | None = None) -> None:
         self.model, self.retriever, self.name = model, retriever, name
         self.num_beams, self.max_new_tokens = num_beams, max_new_tokens
+        self.threads = available_cores() if threads is None else threads
+        if self.threads < 1:
+            raise RagloopError(f"threads must be at least 1 (got {self.threads})")
         if model is not None:
             model.eval()
-        self.batcher = MicroBatcher(self._answer_batch, max_batch=max_batch, max_wait_ms=max_wait_ms)
+        self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ragloop-model",
+                                                              initializer=_set_threads, initargs=(self.threads,))
+        self.answers = MicroBatcher(self._answer_batch, max_batch=max_batch, max_wait_ms=max_wait_ms,
+                                    executor=self.executor)
+        self.searches = MicroBatcher(self._search_batch, max_batch=max_batch, max_wait_ms=max_wait_ms,
+                                     executor=self.executor)
+        try:
+            self.executor.submit(self._warm_up).result()
+        except BaseException:
+            self.executor.shutdown(wait=False)
+            raise
         self.started = time.time()
 
     @classmethod
@@ -153,13 +200,31 @@ class Service:
     def passages(self) -> int:
         return len(self.retriever.index)
 
+    def _warm_up(self) -> None:
+        """On the model thread, before the server says it is ready: load the question encoder (an index
+        folder loads it lazily) and encode once, so the first dense search pays for neither."""
+        start = time.perf_counter()
+        try:
+            self.retriever.question_encoder.encode(["warm-up question"], progress=False)
+        except OSError as e:  # transformers' word for a model it cannot find or read
+            raise RagloopError(f"{self.retriever.index.path}: cannot load the question encoder: {e}") from None
+        log.info("question encoder ready in %.1f s (%d threads)", time.perf_counter() - start, self.threads)
+
     def _answer_batch(self, questions: list[str], k: int | None) -> list[dict]:
         """Runs on the model thread: one `RAG.answer` call for a whole batch."""
         answers = self.model.answer(questions, k=k, num_beams=self.num_beams, max_new_tokens=self.max_new_tokens)
         return [{**a.to_dict(), "k": len(a.passages), "batch_size": len(questions)} for a in answers]
 
-    def _search(self, question: str, k: int, mode: str) -> list[dict]:
-        return [hit.to_dict() for hit in self.retriever.search([question], k=k, mode=mode)[0]]
+    def _search_batch(self, questions: list[str], key: tuple[int, str]) -> list[dict]:
+        """Runs on the model thread: one `Retriever.search` call for a batch sharing (k, mode)."""
+        k, mode = key
+        rows = self.retriever.search(questions, k=k, mode=mode)
+        return [{"hits": [hit.to_dict() for hit in row], "batch_size": len(questions)} for row in rows]
+
+    async def stop(self) -> None:
+        await self.answers.stop()
+        await self.searches.stop()
+        self.executor.shutdown(wait=False, cancel_futures=True)
 
     def info(self) -> dict:
         index = self.retriever.index
@@ -178,8 +243,9 @@ class Service:
             "index": {"passages": self.passages, "dim": index.dim,
                       "factory": index.manifest["index"]["factory"], "bm25": index.bm25 is not None},
             "limits": {"max_question_chars": MAX_QUESTION_CHARS, "max_k": min(MAX_K, self.passages)},
-            "batching": {"max_batch": self.batcher.max_batch, "max_wait_ms": self.batcher.max_wait * 1000,
-                         **self.batcher.stats.to_dict()},
+            "threads": self.threads,
+            "batching": {"max_batch": self.answers.max_batch, "max_wait_ms": self.answers.max_wait * 1000,
+                         "answer": self.answers.stats.to_dict(), "search": self.searches.stats.to_dict()},
             "uptime_s": round(time.time() - self.started, 1),
         }
 
@@ -205,31 +271,49 @@ def _json_safe(value):
     return value
 
 
-def _invalid(field: str, message: str, value=None) -> HTTPException:
-    """A 422 shaped like FastAPI's own validation errors."""
-    return HTTPException(422, detail=[{"type": "value_error", "loc": ["body", field], "msg": message,
-                                       "input": value}])
+def _invalid(field: str, message: str) -> HTTPException:
+    """A 422 shaped like FastAPI's own validation errors (which, here, never echo the input)."""
+    return HTTPException(422, detail=[{"type": "value_error", "loc": ["body", field], "msg": message}])
+
+
+def _error_detail(errors: list[dict]) -> list[dict]:
+    """Validation errors without the client's input (a 10 MB question is not sent back), the field
+    names in `loc` and the messages clipped: an unknown field's name is the client's too."""
+    return [{"type": str(e.get("type", "value_error")),
+             "loc": [clip(part) if isinstance(part, str) else part for part in e.get("loc", ())],
+             "msg": clip(str(e.get("msg", "")), 300)} for e in errors]
 
 
 def _page() -> tuple[str, str]:
     """The page and a Content-Security-Policy that allows its one inline script and nothing external."""
-    html = resources.files("ragloop.serving").joinpath("index.html").read_text(encoding="utf-8")
-    scripts = re.findall(r"<script>(.*?)</script>", html, flags=re.S)
+    html_text = resources.files("ragloop.serving").joinpath("index.html").read_text(encoding="utf-8")
+    scripts = re.findall(r"<script>(.*?)</script>", html_text, flags=re.S)
     hashes = " ".join("'sha256-" + base64.b64encode(hashlib.sha256(s.encode()).digest()).decode() + "'"
                       for s in scripts)
     csp = (f"default-src 'none'; script-src {hashes}; style-src 'unsafe-inline'; connect-src 'self'; "
            "img-src 'self' data:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
-    return html, csp
+    return html_text, csp
+
+
+PAGE_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
 
 
 def create_app(source: str | Path | RAG | Retriever, *, max_batch: int = 16, max_wait_ms: float = 10.0,
-               num_beams: int = 1, max_new_tokens: int = 32, rerank: str | None = None,
-               rerank_depth: int | None = None) -> FastAPI:
+               num_beams: int = 1, max_new_tokens: int = 32, threads: int | None = None,
+               api_key: str | None = None, max_body_bytes: int = MAX_BODY_BYTES,
+               rerank: str | None = None, rerank_depth: int | None = None) -> FastAPI:
     """A FastAPI app serving a saved RAG model folder (or a RAG object), or an index folder (or a
-    Retriever) for /search alone. The model is loaded here, before any request. `rerank` (a cross-encoder
-    name or path) and `rerank_depth` replace the reranking stage of what is served."""
+    Retriever) for /search alone. The model and the question encoder are loaded here, before any
+    request, on the model thread (`threads` torch/FAISS threads; default: the cores available).
+    With `api_key`, every request but the page and the docs must send `Authorization: Bearer KEY`.
+    `rerank` (a cross-encoder name or path) and `rerank_depth` replace the reranking stage of what is served."""
+    if api_key is not None:
+        try:
+            check_api_key(api_key)
+        except ValueError as e:
+            raise RagloopError(str(e)) from None
     service = Service.load(source, max_batch=max_batch, max_wait_ms=max_wait_ms, num_beams=num_beams,
-                           max_new_tokens=max_new_tokens)
+                           max_new_tokens=max_new_tokens, threads=threads)
     if rerank or rerank_depth:
         service.retriever.set_reranker(rerank or service.retriever.reranker, rerank_depth)
     page, csp = _page()
@@ -238,36 +322,45 @@ def create_app(source: str | Path | RAG | Retriever, *, max_batch: int = 16, max
     async def lifespan(app: FastAPI):
         log.info("serving %s (%d passages)", service.name, service.passages)
         yield
-        await service.batcher.stop()
+        await service.stop()
 
-    app = FastAPI(title="ragloop", version=__version__, lifespan=lifespan,
+    # docs_url=None: FastAPI's Swagger and ReDoc pages load their scripts from a CDN; /docs is ours
+    app = FastAPI(title="ragloop", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Retrieval-augmented answers with their sources, and passage search.")
     app.state.service = service
+    app.add_middleware(RequestGuard, api_key=api_key, max_body_bytes=max_body_bytes)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [{key: e[key] for key in ("type", "loc", "msg", "input") if key in e} for e in exc.errors()]
-        return JSONResponse(status_code=422, content={"detail": _json_safe(jsonable_encoder(errors))})
+        detail = _error_detail(exc.errors())
+        return JSONResponse(status_code=422, content={"detail": _json_safe(jsonable_encoder(detail))})
 
     @app.exception_handler(RagloopError)
     async def ragloop_error(request: Request, exc: RagloopError) -> JSONResponse:
-        detail = [{"type": "ragloop_error", "loc": ["body"], "msg": str(exc)}]
+        detail = [{"type": "ragloop_error", "loc": ["body"], "msg": clip(str(exc), 300)}]
         return JSONResponse(status_code=422, content={"detail": _json_safe(detail)})
 
     def check_k(k: int | None) -> None:
         if k is not None and k > service.passages:
-            raise _invalid("k", f"k is {k} but the index holds only {service.passages} passages", k)
+            raise _invalid("k", f"k is {k} but the index holds only {service.passages} passages")
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse, include_in_schema=False)
     async def index_page() -> HTMLResponse:
-        return HTMLResponse(page, headers={"Content-Security-Policy": csp, "X-Content-Type-Options": "nosniff",
-                                           "Referrer-Policy": "no-referrer"})
+        return HTMLResponse(page, headers={"Content-Security-Policy": csp, **PAGE_HEADERS})
+
+    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return HTMLResponse(docs_page(app.openapi(), api_key=api_key is not None, max_body_bytes=max_body_bytes),
+                            headers={"Content-Security-Policy": DOCS_CSP, **PAGE_HEADERS})
 
     @app.get("/health", summary="Status, the model and index served, batching statistics")
     async def health() -> dict:
         return service.info()
 
-    @app.post("/answer", response_model=AnswerResponse, summary="Answer a question with its sources",
+    app.add_api_route("/health", health, methods=["HEAD"], include_in_schema=False)
+
+    @app.post("/answer", response_model=AnswerResponse, response_model_exclude_none=True,
+              summary="Answer a question with its sources",
               responses={503: {"description": "started with an index folder: no generator"}})
     async def answer(body: AnswerRequest) -> dict:
         if service.model is None:
@@ -275,16 +368,16 @@ def create_app(source: str | Path | RAG | Retriever, *, max_batch: int = 16, max
                                             "generator; start it with a saved RAG model folder, or use /search")
         check_k(body.k)
         start = time.perf_counter()
-        result = await service.batcher.submit(body.question, key=body.k)
+        result = await service.answers.submit(body.question, key=body.k)
         return {**result, "seconds": round(time.perf_counter() - start, 4)}
 
-    @app.post("/search", response_model=SearchResponse, summary="Search the index")
+    @app.post("/search", response_model=SearchResponse, response_model_exclude_none=True, summary="Search the index")
     async def search(body: SearchRequest) -> dict:
         check_k(body.k)
         k = body.k if body.k is not None else min(DEFAULT_SEARCH_K, service.passages)
         if body.mode != "dense" and service.retriever.index.bm25 is None:
-            raise _invalid("mode", f"mode {body.mode!r} needs BM25, and this index was built without it", body.mode)
-        hits = await service.batcher.run(service._search, body.question, k, body.mode)
-        return {"question": body.question, "mode": body.mode, "k": k, "hits": hits}
+            raise _invalid("mode", f"mode {body.mode!r} needs BM25, and this index was built without it")
+        result = await service.searches.submit(body.question, key=(k, body.mode))
+        return {"question": body.question, "mode": body.mode, "k": k, **result}
 
     return app

@@ -6,7 +6,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import os
 import socket
 import threading
 import time
@@ -19,6 +21,33 @@ from ragloop.errors import RagloopError
 log = logging.getLogger(__name__)
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+API_KEY_ENV = "RAGLOOP_API_KEY"
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    if host in LOCAL_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def api_key_for(host: str, api_key: str | None = None, no_auth: bool = False) -> str | None:
+    """The API key a server on `host` requires: `api_key`, else $RAGLOOP_API_KEY, else none on
+    loopback. Any other address needs a key unless `no_auth` says, explicitly, to serve without one."""
+    if no_auth:
+        if api_key is not None:
+            raise RagloopError("an API key and no authentication: choose one")
+        if os.environ.get(API_KEY_ENV):
+            log.warning("%s is set but ignored: serving without authentication", API_KEY_ENV)
+        return None
+    key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
+    if key is None and not is_loopback(host):
+        raise RagloopError(f"listening on {host} lets other machines reach the API, so it needs an API key: "
+                           f"set {API_KEY_ENV} (or --api-key KEY), or pass --no-auth to serve without one")
+    return key
 
 
 def listen(host: str, port: int) -> socket.socket:
