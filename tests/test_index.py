@@ -186,3 +186,20 @@ def test_index_written_under_the_old_name_still_loads(tmp_path, passages, encode
     (old / "manifest.json").write_text(json.dumps(meta))
     with pytest.raises(RagloopError, match="not a"):
         Index.load(old)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_index_files_follow_the_umask(tmp_path, passages, encoder, umask):
+    """A shared index is readable by others under umask 022 and private under 077: the temporary
+    folder and files of the atomic writes do not keep tempfile's 0700/0600."""
+    old = os.umask(umask)
+    try:
+        index = Index.build(passages[:5], encoder, tmp_path / "i")
+        index.add(passages[5:8], encoder)  # rewrites the folder and the manifest again
+    finally:
+        os.umask(old)
+    paths = [tmp_path / "i", *(tmp_path / "i").rglob("*")]
+    assert (tmp_path / "i" / "manifest.json") in paths
+    for p in paths:
+        expected = (0o777 if p.is_dir() else 0o666) & ~umask
+        assert p.stat().st_mode & 0o777 == expected, p
