@@ -65,3 +65,13 @@ def test_bad_input_is_one_line_and_nonzero_exit(tmp_path, index_dir, other_bert_
         assert "Traceback" not in proc.stderr
     assert not (tmp_path / "o").exists()  # a failed `ragloop index` leaves nothing at --out
     assert [p.name for p in tmp_path.iterdir()] == ["bad.jsonl"]
+
+
+def test_search_shows_sources_and_says_when_nothing_is_found(index_dir, squad_small, capsys):
+    capsys.readouterr()
+    assert main(["search", str(index_dir), "Warsaw Vistula", "-k", "1", "--mode", "bm25"]) == 0
+    assert f"from {squad_small})" in capsys.readouterr().out
+    assert main(["search", str(index_dir), "zzqx qqzzv", "--mode", "bm25"]) == 0
+    assert "no passages found" in capsys.readouterr().out
+    assert main(["search", str(index_dir), "Warsaw", "-k", "1", "--mode", "bm25", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["hits"][0]["source"] == str(squad_small)

@@ -203,3 +203,34 @@ def test_index_files_follow_the_umask(tmp_path, passages, encoder, umask):
     for p in paths:
         expected = (0o777 if p.is_dir() else 0o666) & ~umask
         assert p.stat().st_mode & 0o777 == expected, p
+
+
+def test_hits_carry_their_source_file(built, squad_small):
+    [hits] = Retriever(built).search(["Warsaw Vistula"], k=2, mode="bm25")
+    assert hits[0].passage.source == str(squad_small)
+    assert hits[0].to_dict()["source"] == str(squad_small)
+
+
+def test_index_from_before_sources_loads_and_grows(tmp_path, passages, encoder):
+    """An index whose passage store has no `source` column (written before passages recorded it)
+    still searches, and `add` gives it the column."""
+    import sqlite3
+
+    from ragloop.io import checksum_files
+
+    folder = Index.build(passages[:5], encoder, tmp_path / "old").path
+    db = sqlite3.connect(folder / "passages.sqlite")
+    db.executescript("CREATE TABLE p2 (row INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, doc_id TEXT NOT NULL, "
+                     "title TEXT NOT NULL, text TEXT NOT NULL); INSERT INTO p2 SELECT row, id, doc_id, title, text "
+                     "FROM passages; DROP TABLE passages; ALTER TABLE p2 RENAME TO passages; VACUUM;")
+    db.close()
+    meta = json.loads((folder / "manifest.json").read_text())
+    meta["files"] = checksum_files(folder, sorted(p for p in folder.rglob("*") if p.is_file()
+                                                  and p.name != "manifest.json"))
+    (folder / "manifest.json").write_text(json.dumps(meta))
+    old = Index.load(folder)
+    [hits] = Retriever(old).search([passages[0].text], k=1, mode="bm25")
+    assert hits[0].passage.id == passages[0].id and hits[0].to_dict()["source"] == ""
+    assert old.add(passages[5:7], encoder) == 2
+    grown = list(Index.load(folder).store)
+    assert [p.source for p in grown] == [""] * 5 + [passages[5].source, passages[6].source]

@@ -105,9 +105,17 @@ def cmd_search(args) -> None:
     if args.json:
         print(json.dumps({"question": args.question, "mode": args.mode, "hits": [h.to_dict() for h in hits]}))
         return
+    if not hits:
+        print(f"no passages found for {args.question!r} in {args.index_dir} ({args.mode} search)")
+        return
     for rank, h in enumerate(hits, 1):
         text = h.passage.text if len(h.passage.text) <= 300 else h.passage.text[:297] + "..."
-        print(f"{rank}. [{h.score:.4f}] {h.passage.title} ({h.passage.id})\n   {text}")
+        print(f"{rank}. [{h.score:.4f}] {h.passage.title} ({h.passage.id}{_from(h.passage.source)})\n   {text}")
+
+
+def _from(source: str) -> str:
+    """', from FILE' after a passage id, when the index recorded where the passage was read."""
+    return f", from {source}" if source else ""
 
 
 def cmd_eval_retrieval(args) -> None:
@@ -190,8 +198,11 @@ def cmd_answer(args) -> None:
             print(json.dumps(ans.to_dict()))
             continue
         print(f"Q: {ans.question}\nA: {ans.answer}")
+        if not ans.passages:
+            print("  (no passages found)")
         for i, p in enumerate(ans.passages, 1):
-            print(f"  [{i}] {p['title']} ({p['id']}, score {p['score']:.3f}): {p['text'][:160]}...")
+            print(f"  [{i}] {p['title']} ({p['id']}{_from(p.get('source', ''))}, score {p['score']:.3f}): "
+                  f"{p['text'][:160]}...")
 
 
 def cmd_serve(args) -> None:
@@ -277,7 +288,8 @@ def cmd_demo(args) -> None:
     if not (index_dir / "manifest.json").is_file():
         print(f"[1/4] indexing the contexts of {train_file.name} and {dev_file.name} (all-MiniLM-L6-v2) ...",
               flush=True)
-        docs = ({"doc_id": e.doc_id, "title": e.title, "text": e.context} for e in train_qa + dev_qa)
+        docs = ({"doc_id": e.doc_id, "title": e.title, "text": e.context, "source": e.source}
+                for e in train_qa + dev_qa)
         Index.build(make_passages(docs), BiEncoder.from_pretrained(), index_dir, progress=_progress(args))
     retriever = Retriever.from_index(index_dir)
     probe = sample_evenly(dev_qa, 1000)
@@ -340,7 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("index", parents=[common], help="chunk, encode and index documents or QA contexts")
-    p.add_argument("corpus", nargs="*", help="files/folders (.txt .md .json .jsonl .csv) or a HF dataset name")
+    p.add_argument("corpus", nargs="*", help="files/folders (.txt .md .json .jsonl .csv .tsv, e.g. DPR's "
+                   "psgs_w100.tsv) or a HF dataset name")
     p.add_argument("--out", required=True, help="index folder to write (replaced atomically)")
     p.add_argument("--encoder", default=DEFAULT_ENCODER, help="passage encoder name or path (default: MiniLM)")
     p.add_argument("--question-encoder", help="question encoder, if not the same model (DPR: inferred)")

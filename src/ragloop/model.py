@@ -156,7 +156,7 @@ class RAGOutput:
 class Answer:
     question: str
     answer: str
-    passages: list[dict]  # id, title, text, score (q·d), best first
+    passages: list[dict]  # id, title, text, source, score (q·d), best first
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -402,7 +402,8 @@ class RAG(torch.nn.Module):
             texts = self.generator.decode(self._generate_ids(questions, ctx, num_beams, max_new_tokens))
         scores = ctx.doc_scores.float().cpu().tolist()
         answers = [
-            Answer(q, text, [{"id": p.id, "title": p.title, "text": p.text, "score": s} for p, s in zip(ps, ss)])
+            Answer(q, text, [{"id": p.id, "title": p.title, "text": p.text, "source": p.source, "score": s}
+                           for p, s in zip(ps, ss)])
             for q, text, ps, ss in zip(questions, texts, ctx.passages, scores)
         ]
         return answers[0] if single else answers

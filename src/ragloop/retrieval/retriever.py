@@ -31,7 +31,8 @@ class Hit:
 
     def to_dict(self) -> dict:
         p = self.passage
-        return {"id": p.id, "doc_id": p.doc_id, "title": p.title, "text": p.text, "score": self.score}
+        return {"id": p.id, "doc_id": p.doc_id, "title": p.title, "text": p.text, "source": p.source,
+                "score": self.score}
 
 
 def check_questions(questions: list[str]) -> None:
