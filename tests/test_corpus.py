@@ -136,3 +136,19 @@ def test_same_id_with_other_text_is_an_error_naming_both(tmp_path):
         load_corpus([tmp_path / "a.jsonl", tmp_path / "b.csv"])
     (tmp_path / "b.csv").write_text("id,text\nd1,alpha\n")  # the same document again: skipped
     assert [p.id for p in load_corpus([tmp_path / "a.jsonl", tmp_path / "b.csv"])] == ["d1-0"]
+
+
+def test_squad_paragraphs_without_questions_are_passages_not_errors(tmp_path):
+    """A filtered SQuAD file: some paragraphs have an empty 'qas' list."""
+    data = {"data": [{"title": "T", "paragraphs": [
+        {"context": "Paris is the capital of France.", "qas": [
+            {"id": "q1", "question": "Capital of France?", "answers": [{"text": "Paris", "answer_start": 0}]}]},
+        {"context": "Berlin is the capital of Germany.", "qas": []},
+    ]}]}
+    (tmp_path / "squad.json").write_text(json.dumps(data))
+    assert [ex.id for ex in load_qa(tmp_path / "squad.json")] == ["q1"]
+    assert len(load_corpus([tmp_path / "squad.json"])) == 2
+    data["data"][0]["paragraphs"] = data["data"][0]["paragraphs"][1:]
+    (tmp_path / "squad.json").write_text(json.dumps(data))
+    with pytest.raises(RagloopError, match=r"squad\.json: no answerable questions"):
+        load_qa(tmp_path / "squad.json")

@@ -62,6 +62,8 @@ def load_qa(source: str | Path, split: str | None = None, keep_unanswerable: boo
         rows = ((r, str(source)) for r in read_hub_dataset(str(source), split or "validation"))
     examples: list[QAExample] = []
     for n, ((row, where), origin) in enumerate(rows):
+        if row.get("qas") == [] and "question" not in row:
+            continue  # a SQuAD paragraph with no questions: a passage for the corpus, nothing to ask here
         question = row.get("question")
         if not isinstance(question, str) or not question.strip():
             raise RagloopError(f"{where}: missing or empty 'question'")

@@ -148,8 +148,8 @@ def _squad_rows(articles: list, path: Path) -> Iterator[Row]:
             if not isinstance(para, dict) or not isinstance(para.get("context"), str):
                 raise RagloopError(f"{where}.paragraphs[{p}]: needs a 'context' string")
             qas = para.get("qas") or []
-            if not qas:
-                yield {"title": title, "context": para["context"]}, f"{where}.paragraphs[{p}]"
+            if not qas:  # a paragraph without questions (a filtered file): a passage, no QA example
+                yield {"title": title, "context": para["context"], "qas": []}, f"{where}.paragraphs[{p}]"
             for q, qa in enumerate(qas):
                 if not isinstance(qa, dict):
                     raise RagloopError(f"{where}.paragraphs[{p}].qas[{q}]: expected an object")
