@@ -44,6 +44,8 @@ def test_eval_and_answer_errors(model_dir, tmp_path, squad_small, other_bert_dir
     capsys.readouterr()
     assert main(["answer", str(model_dir), "  "]) == 2
     assert "question 0 is empty" in _err(capsys)
+    assert main(["answer", str(model_dir), "Who won?", "-k", "10000000"]) == 2
+    assert "k=10000000 but" in _err(capsys)
     assert main(["eval", str(model_dir), "--data", str(tmp_path / "nope.json")]) == 2
     assert "nope.json: no such file" in _err(capsys)
     bad = tmp_path / "bad.jsonl"

@@ -1,5 +1,6 @@
 """The index folder: build, load, search, add, checks against the wrong encoder or corrupt files."""
 
+import dataclasses
 import json
 import os
 
@@ -234,3 +235,68 @@ def test_index_from_before_sources_loads_and_grows(tmp_path, passages, encoder):
     assert old.add(passages[5:7], encoder) == 2
     grown = list(Index.load(folder).store)
     assert [p.source for p in grown] == [""] * 5 + [passages[5].source, passages[6].source]
+
+
+def test_k_is_a_whole_number_within_the_index(built):
+    r = Retriever(built)
+    n = len(built)
+    with pytest.raises(RagloopError, match=rf"k={n + 1} but .*index holds {n} passages"):
+        r.search(["Warsaw"], k=n + 1, mode="bm25")  # not a traceback after a huge allocation
+    for bad in (0, -3, True, float("nan"), 2.5, "5"):
+        with pytest.raises(RagloopError, match="k must be"):
+            r.search(["Warsaw"], k=bad, mode="bm25")
+    assert len(r.search(["Warsaw"], k=n, mode="bm25")[0]) <= n
+
+
+def test_fusion_weight_and_method_are_checked(built):
+    for weight in (float("nan"), 1.5, -0.1, True, float("inf")):
+        with pytest.raises(RagloopError, match=r"weight of hybrid fusion must be a number in \[0, 1\]"):
+            Retriever(built, weight=weight)
+    with pytest.raises(RagloopError, match="unknown fusion method 'max'"):
+        Retriever(built, fusion="max")
+    one = (np.array([[1.0]]), np.array([[0]]))
+    with pytest.raises(RagloopError, match="weight"):
+        fuse(one, one, k=1, weight=2.0)
+    assert Retriever(built, fusion="score", weight=1).search(["Warsaw"], k=1, mode="hybrid")[0]
+
+
+def test_questions_that_are_not_strings_are_named(built):
+    r = Retriever(built)
+    with pytest.raises(RagloopError, match=r"question 0 is not a string \(got bytes\)"):
+        r.search([b"Warsaw"], mode="bm25")
+    with pytest.raises(RagloopError, match=r"question 1 is not a string \(got dict\)"):
+        r.search(["Warsaw", {"q": "Warsaw"}], mode="bm25")
+    with pytest.raises(RagloopError, match=r"questions must be a list of strings \(got dict\)"):
+        r.search({"Warsaw": 1}, mode="bm25")  # not a silent search of the key
+    with pytest.raises(RagloopError, match="question 0 is empty"):
+        r.search(["  "], mode="bm25")
+    assert len(r.search(("Warsaw", "Normans"), k=1, mode="bm25")) == 2
+
+
+def test_models_and_indexes_load_from_path_objects(built, tiny_bert_dir, tiny_dpr_dirs):
+    question, ctx = tiny_dpr_dirs
+    assert BiEncoder.from_pretrained(ctx).question.spec.name == str(question.resolve())  # DPR tower inferred
+    r = Retriever.from_index(built.path, encoder=tiny_bert_dir)  # both pathlib.Path
+    assert r.search(["Warsaw"], k=1)[0]
+
+
+def test_answers_missing_from_their_context_are_counted_or_refused(built, squad_small, caplog):
+    import logging
+
+    from ragloop import load_qa
+    from ragloop.evaluation import evaluate_retrieval, has_answer
+
+    examples = [ex for ex in load_qa(squad_small) if has_answer(ex.answers, ex.context)][:6]
+    r = Retriever(built)
+    assert evaluate_retrieval(r, examples, (1, 5), "bm25")["answers_not_in_context"] == 0
+    moved = [*examples[:4], *(dataclasses.replace(ex, answers=["zzqx nowhere"]) for ex in examples[4:])]
+    with caplog.at_level(logging.WARNING):
+        res = evaluate_retrieval(r, moved, (1, 5), "bm25")
+    assert res["answers_not_in_context"] == 2
+    assert "have no answer in their context paragraph" in caplog.text
+    wrong = [dataclasses.replace(ex, answers=["zzqx nowhere"]) for ex in examples]
+    with pytest.raises(RagloopError, match=r"squad-dev-small\.json: none of the 6 questions has an answer in its "
+                                           "context"):
+        evaluate_retrieval(r, wrong, (1, 5), "bm25")
+    with pytest.raises(RagloopError, match="k must be"):
+        evaluate_retrieval(r, examples, (0, 5), "bm25")

@@ -31,7 +31,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -56,7 +56,7 @@ from ragloop.io import (
 from ragloop.retrieval.encoders import BiEncoder, Encoder
 from ragloop.retrieval.hybrid import fuse
 from ragloop.retrieval.index import Index, set_search_params
-from ragloop.retrieval.retriever import FUSION_DEPTH, check_questions
+from ragloop.retrieval.retriever import FUSION_DEPTH, check_k, check_questions
 from ragloop.retrieval.retriever import MODES as SEARCH_MODES
 
 log = logging.getLogger(__name__)
@@ -188,17 +188,17 @@ class RAG(torch.nn.Module):
         self._reindexed = False
 
     @classmethod
-    def from_index(cls, index: str | Path | Index, generator: str | Generator = BUNDLED_GENERATOR,
-                   config: RAGConfig | None = None, question_encoder: str | Encoder | None = None) -> RAG:
+    def from_index(cls, index: str | os.PathLike | Index, generator: str | os.PathLike | Generator = BUNDLED_GENERATOR,
+                   config: RAGConfig | None = None, question_encoder: str | os.PathLike | Encoder | None = None) -> RAG:
         """A new RAG model over an index folder: its own question encoder (or the one given, checked
         against it) and a generator by name or path."""
         index = index if isinstance(index, Index) else Index.load(index)
         if question_encoder is None:
             question_encoder = index.load_encoder().question
-        elif isinstance(question_encoder, str):
+        elif isinstance(question_encoder, (str, os.PathLike)):
             question_encoder = BiEncoder.from_pretrained(question_encoder).question
         index.check_question_encoder(question_encoder, allow_finetuned=True)
-        if isinstance(generator, str):
+        if isinstance(generator, (str, os.PathLike)):
             generator = Generator.from_pretrained(generator)
         return cls(index, question_encoder, generator, config)
 
@@ -220,12 +220,8 @@ class RAG(torch.nn.Module):
 
     def retrieve(self, questions: Sequence[str], k: int | None = None) -> Retrieval:
         """Top-k passages per question (FAISS or BM25, no gradient) with scores recomputed as q·d."""
-        questions = list(questions)
-        check_questions(questions)
-        k = self.config.n_docs if k is None else k
-        if k < 1:
-            raise RagloopError(f"k must be at least 1 (got {k})")
-        k = min(k, len(self.index))
+        questions = check_questions(questions)
+        k = min(check_k(self.config.n_docs if k is None else k), len(self.index))
         q = self.embed_questions(questions)
         rows = self._search_rows(questions, q.detach().float().cpu().numpy(), k)
         flat = self.index.store.get_rows(rows.reshape(-1).tolist())
@@ -259,8 +255,7 @@ class RAG(torch.nn.Module):
             if doc_scores is not None:
                 raise RagloopError("doc_scores are only meaningful together with passages")
             return self.retrieve(questions, k)
-        questions = list(questions)
-        check_questions(questions)
+        questions = check_questions(questions)
         passages = [list(ps) for ps in passages]
         if len(passages) != len(questions):
             raise RagloopError(f"{len(questions)} questions but {len(passages)} lists of passages")
@@ -285,7 +280,7 @@ class RAG(torch.nn.Module):
         Passages are retrieved unless given: `passages` is one equally long list of passages per
         question (oracle or given context), with p(z|x) uniform unless `doc_scores` [B, K] (raw
         relevance scores, like `RAGOutput.doc_scores`) come with them."""
-        questions, answers = _as_list(questions), _as_list(answers)
+        questions, answers = _as_questions(questions), _as_list(answers)
         if len(answers) != len(questions):
             raise RagloopError(f"{len(questions)} questions but {len(answers)} answers")
         ctx = self._contexts(questions, passages, doc_scores)
@@ -338,7 +333,7 @@ class RAG(torch.nn.Module):
         over all k passages. `passages`/`doc_scores` as in `forward`."""
         if num_beams < 1 or max_new_tokens < 1:
             raise RagloopError(f"num_beams and max_new_tokens must be >= 1 (got {num_beams}, {max_new_tokens})")
-        questions = _as_list(questions)
+        questions = _as_questions(questions)
         with _eval_mode(self):
             ctx = self._contexts(questions, passages, doc_scores)
             return self.generator.decode(self._generate_ids(questions, ctx, num_beams, max_new_tokens))
@@ -396,7 +391,7 @@ class RAG(torch.nn.Module):
                max_new_tokens: int = 32) -> Answer | list[Answer]:
         """Retrieve, generate, and return the answer with the passages it was drawn from."""
         single = isinstance(question_or_questions, str)
-        questions = _as_list(question_or_questions)
+        questions = _as_questions(question_or_questions)
         with torch.no_grad(), _eval_mode(self):
             ctx = self.retrieve(questions, k)
             texts = self.generator.decode(self._generate_ids(questions, ctx, num_beams, max_new_tokens))
@@ -540,7 +535,13 @@ def _embed(encoder: Encoder, texts: list[str], pairs: list[str] | None = None) -
 
 
 def _as_list(texts: str | Sequence[str]) -> list[str]:
+    if isinstance(texts, (bytes, bytearray, Mapping)):
+        raise RagloopError(f"expected a string or a list of strings (got {type(texts).__name__})")
     return [texts] if isinstance(texts, str) else list(texts)
+
+
+def _as_questions(questions: str | Sequence[str]) -> list[str]:
+    return [questions] if isinstance(questions, str) else check_questions(questions)
 
 
 def _fill_missing(rows: np.ndarray, dense_rows: np.ndarray, where: Path) -> np.ndarray:

@@ -8,15 +8,16 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from ragloop.data.corpus import Passage
 from ragloop.errors import RagloopError
 from ragloop.retrieval.encoders import BiEncoder, Encoder
-from ragloop.retrieval.hybrid import fuse
+from ragloop.retrieval.hybrid import check_fusion, fuse
 from ragloop.retrieval.index import Index
 
 MODES = ("dense", "bm25", "hybrid")
@@ -35,10 +36,29 @@ class Hit:
                 "score": self.score}
 
 
-def check_questions(questions: list[str]) -> None:
+def check_questions(questions) -> list[str]:
+    """The questions as a list, each a non-empty string; anything else is a RagloopError naming it."""
+    if isinstance(questions, (str, bytes, bytearray, Mapping, set, frozenset)) or not hasattr(questions, "__iter__"):
+        raise RagloopError(f"questions must be a list of strings (got {type(questions).__name__})")
+    questions = list(questions)
     for i, q in enumerate(questions):
-        if not isinstance(q, str) or not q.strip():
+        if not isinstance(q, str):
+            raise RagloopError(f"question {i} is not a string (got {type(q).__name__})")
+        if not q.strip():
             raise RagloopError(f"question {i} is empty")
+    return questions
+
+
+def check_k(k, size: int | None = None, where: str | os.PathLike | None = None) -> int:
+    """k as an int >= 1 (not a bool, a float or NaN), and at most `size` (the passages `where` holds)."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise RagloopError(f"k must be a whole number >= 1 (got {k!r})")
+    k = int(k)
+    if k < 1:
+        raise RagloopError(f"k must be at least 1 (got {k})")
+    if size is not None and k > size:
+        raise RagloopError(f"k={k} but {where} holds {size} passages")
+    return k
 
 
 class Retriever:
@@ -46,13 +66,15 @@ class Retriever:
 
     def __init__(self, index: Index, question_encoder: Encoder | None = None, fusion: str = "rrf",
                  weight: float = 0.5) -> None:
+        check_fusion(fusion, weight)
         self.index = index
         self._question_encoder = question_encoder
         self.fusion = fusion
         self.weight = weight
 
     @classmethod
-    def from_index(cls, path: str | Path, encoder: str | None = None, verify: bool = True, **kwargs) -> Retriever:
+    def from_index(cls, path: str | os.PathLike, encoder: str | os.PathLike | None = None, verify: bool = True,
+                   **kwargs) -> Retriever:
         """Open an index folder. `encoder` overrides the question encoder recorded in its manifest and
         is checked against it (another model or dimension is an error)."""
         index = Index.load(path, verify=verify)
@@ -80,9 +102,8 @@ class Retriever:
         """(scores, rows) arrays of shape (len(questions), k); rows are -1 where nothing was found."""
         if mode not in MODES:
             raise RagloopError(f"unknown search mode {mode!r}; choose one of {', '.join(MODES)}")
-        if k < 1:
-            raise RagloopError(f"k must be at least 1 (got {k})")
-        check_questions(questions)
+        k = check_k(k, len(self.index), self.index.path)
+        questions = check_questions(questions)
         if mode in ("bm25", "hybrid") and self.index.bm25 is None:
             raise RagloopError(f"{self.index.path}: built without BM25; rebuild it to use mode {mode!r}")
         depth = max(k, FUSION_DEPTH) if mode == "hybrid" else k
@@ -95,7 +116,7 @@ class Retriever:
 
     def search(self, questions: str | list[str], k: int = 5, mode: str = "dense") -> list[list[Hit]]:
         single = isinstance(questions, str)
-        batch = [questions] if single else list(questions)
+        batch = [questions] if single else check_questions(questions)
         scores, rows = self.search_rows(batch, k, mode)
         wanted = [int(r) for r in rows.reshape(-1) if r >= 0]
         passages = dict(zip(wanted, self.index.store.get_rows(wanted)))
