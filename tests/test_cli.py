@@ -26,7 +26,8 @@ def test_index_search_and_eval_json(index_dir, squad_small, capsys):
                  "--mode", "hybrid", "--json", "-q"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["mode"] == "hybrid" and res["questions"] == 139
-    assert set(res) == {"mode", "questions", "hit@1", "hit@5", "gold@1", "gold@5", "mrr@10"}
+    assert set(res) == {"mode", "questions", "answers_not_in_context", "hit@1", "hit@5", "gold@1", "gold@5",
+                        "mrr@10"}
     assert 0 <= res["gold@1"] <= res["gold@5"] <= 1
 
 
@@ -65,3 +66,40 @@ def test_bad_input_is_one_line_and_nonzero_exit(tmp_path, index_dir, other_bert_
         assert "Traceback" not in proc.stderr
     assert not (tmp_path / "o").exists()  # a failed `ragloop index` leaves nothing at --out
     assert [p.name for p in tmp_path.iterdir()] == ["bad.jsonl"]
+
+
+def test_search_shows_sources_and_says_when_nothing_is_found(index_dir, squad_small, capsys):
+    capsys.readouterr()
+    assert main(["search", str(index_dir), "Warsaw Vistula", "-k", "1", "--mode", "bm25"]) == 0
+    assert f"from {squad_small})" in capsys.readouterr().out
+    assert main(["search", str(index_dir), "zzqx qqzzv", "--mode", "bm25"]) == 0
+    assert "no passages found" in capsys.readouterr().out
+    assert main(["search", str(index_dir), "Warsaw", "-k", "1", "--mode", "bm25", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["hits"][0]["source"] == str(squad_small)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["eval", "m", "--data", "d.json", "--limit", "-1"], "argument --limit: must be at least 1 (got -1)"),
+    (["eval-retrieval", "i", "--data", "d.json", "--limit", "0"], "argument --limit: must be at least 1"),
+    (["index", "c.jsonl", "--out", "o", "--batch-size", "0"], "argument --batch-size: must be at least 1"),
+    (["search", "i", "q", "--weight", "nan"], "argument --weight: must be a finite number"),
+    (["search", "i", "q", "--weight", "1.5"], "argument --weight: must be between 0 and 1"),
+    (["search", "i", "q", "--fusion", "max"], "argument --fusion: invalid choice"),
+    (["search", "i", "q", "-k", "0"], "argument -k: must be at least 1"),
+    (["eval-retrieval", "i", "--data", "d.json", "-k", "1", "x"], "argument -k: expected a whole number, got 'x'"),
+    (["serve", "m", "--max-wait-ms", "inf"], "argument --max-wait-ms: must be a finite number"),
+    (["demo", "--minutes", "0"], "argument --minutes: must be above 0"),
+])
+def test_bad_numbers_are_refused_before_anything_runs(args, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code == 2 and message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_k_beyond_the_index_is_one_line(index_dir, capsys):
+    capsys.readouterr()
+    assert main(["search", str(index_dir), "Warsaw", "-k", "10000000", "--mode", "bm25"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"k=10000000 but {index_dir} holds" in err[0]

@@ -30,6 +30,9 @@ def test_answer_and_eval_json(model_dir, squad_small, capsys):
     answers = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [a["question"] for a in answers] == ["Who won Super Bowl 50?", "Where is Warsaw?"]
     assert all(len(a["passages"]) == 2 and isinstance(a["answer"], str) for a in answers)
+    assert answers[1]["passages"][0]["source"] == str(squad_small)
+    assert main(["answer", str(model_dir), "Where is Warsaw?", "-k", "1"]) == 0
+    assert f"from {squad_small}, score" in capsys.readouterr().out  # the source file of each passage
     for flags, context in (([], "rag"), (["--closed-book"], "closed-book"), (["--oracle"], "oracle")):
         assert main(["eval", str(model_dir), "--data", str(squad_small), "--limit", "4", "--json", "-q", *flags]) == 0
         res = json.loads(capsys.readouterr().out)
@@ -41,6 +44,8 @@ def test_eval_and_answer_errors(model_dir, tmp_path, squad_small, other_bert_dir
     capsys.readouterr()
     assert main(["answer", str(model_dir), "  "]) == 2
     assert "question 0 is empty" in _err(capsys)
+    assert main(["answer", str(model_dir), "Who won?", "-k", "10000000"]) == 2
+    assert "k=10000000 but" in _err(capsys)
     assert main(["eval", str(model_dir), "--data", str(tmp_path / "nope.json")]) == 2
     assert "nope.json: no such file" in _err(capsys)
     bad = tmp_path / "bad.jsonl"

@@ -105,3 +105,50 @@ def test_hub_dataset_unreachable_is_one_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(RagloopError, match="could not load dataset .squad.*use local files"):
         load_qa("squad")
+
+
+def test_dpr_passage_tsv_indexes_as_it_is(tmp_path):
+    """DPR's psgs_w100.tsv: id, text, title; tab-separated, a header, CSV quoting of the text."""
+    tsv = tmp_path / "psgs_w100.tsv"
+    tsv.write_text('id\ttext\ttitle\n'
+                   '1\t"Aaron Aaron ( or ; ""Ahärôn"") is a prophet, high priest"\tAaron\n'
+                   '2\tGod at Sinai granted Aaron the priesthood\tAaron\n')
+    p1, p2 = load_corpus([tsv])
+    assert (p1.id, p1.title, p1.doc_id) == ("1-0", "Aaron", "1")
+    assert p1.text == 'Aaron Aaron ( or ; "Ahärôn") is a prophet, high priest'
+    assert p2.id == "2-0" and p1.source == p2.source == str(tsv)
+
+
+def test_passages_say_which_file_they_came_from(tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.md").write_text("# A\n\nalpha")
+    (tmp_path / "b.jsonl").write_text(json.dumps({"id": "b", "text": "beta"}) + "\n")
+    passages = load_corpus([tmp_path / "docs", str(tmp_path / "b.jsonl")])
+    assert {p.text: p.source for p in passages} == {"alpha": str(tmp_path / "docs" / "a.md"),
+                                                    "beta": str(tmp_path / "b.jsonl")}
+
+
+def test_same_id_with_other_text_is_an_error_naming_both(tmp_path):
+    (tmp_path / "a.jsonl").write_text(json.dumps({"id": "d1", "text": "alpha"}) + "\n")
+    (tmp_path / "b.csv").write_text("id,text\nd0,gamma\nd1,beta\n")
+    with pytest.raises(RagloopError, match=r"document id 'd1' is used twice with different text: "
+                                           r".*a\.jsonl:1 and .*b\.csv:3"):
+        load_corpus([tmp_path / "a.jsonl", tmp_path / "b.csv"])
+    (tmp_path / "b.csv").write_text("id,text\nd1,alpha\n")  # the same document again: skipped
+    assert [p.id for p in load_corpus([tmp_path / "a.jsonl", tmp_path / "b.csv"])] == ["d1-0"]
+
+
+def test_squad_paragraphs_without_questions_are_passages_not_errors(tmp_path):
+    """A filtered SQuAD file: some paragraphs have an empty 'qas' list."""
+    data = {"data": [{"title": "T", "paragraphs": [
+        {"context": "Paris is the capital of France.", "qas": [
+            {"id": "q1", "question": "Capital of France?", "answers": [{"text": "Paris", "answer_start": 0}]}]},
+        {"context": "Berlin is the capital of Germany.", "qas": []},
+    ]}]}
+    (tmp_path / "squad.json").write_text(json.dumps(data))
+    assert [ex.id for ex in load_qa(tmp_path / "squad.json")] == ["q1"]
+    assert len(load_corpus([tmp_path / "squad.json"])) == 2
+    data["data"][0]["paragraphs"] = data["data"][0]["paragraphs"][1:]
+    (tmp_path / "squad.json").write_text(json.dumps(data))
+    with pytest.raises(RagloopError, match=r"squad\.json: no answerable questions"):
+        load_qa(tmp_path / "squad.json")

@@ -1,5 +1,6 @@
 """The index folder: build, load, search, add, checks against the wrong encoder or corrupt files."""
 
+import dataclasses
 import json
 import os
 
@@ -186,3 +187,116 @@ def test_index_written_under_the_old_name_still_loads(tmp_path, passages, encode
     (old / "manifest.json").write_text(json.dumps(meta))
     with pytest.raises(RagloopError, match="not a"):
         Index.load(old)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_index_files_follow_the_umask(tmp_path, passages, encoder, umask):
+    """A shared index is readable by others under umask 022 and private under 077: the temporary
+    folder and files of the atomic writes do not keep tempfile's 0700/0600."""
+    old = os.umask(umask)
+    try:
+        index = Index.build(passages[:5], encoder, tmp_path / "i")
+        index.add(passages[5:8], encoder)  # rewrites the folder and the manifest again
+    finally:
+        os.umask(old)
+    paths = [tmp_path / "i", *(tmp_path / "i").rglob("*")]
+    assert (tmp_path / "i" / "manifest.json") in paths
+    for p in paths:
+        expected = (0o777 if p.is_dir() else 0o666) & ~umask
+        assert p.stat().st_mode & 0o777 == expected, p
+
+
+def test_hits_carry_their_source_file(built, squad_small):
+    [hits] = Retriever(built).search(["Warsaw Vistula"], k=2, mode="bm25")
+    assert hits[0].passage.source == str(squad_small)
+    assert hits[0].to_dict()["source"] == str(squad_small)
+
+
+def test_index_from_before_sources_loads_and_grows(tmp_path, passages, encoder):
+    """An index whose passage store has no `source` column (written before passages recorded it)
+    still searches, and `add` gives it the column."""
+    import sqlite3
+
+    from ragloop.io import checksum_files
+
+    folder = Index.build(passages[:5], encoder, tmp_path / "old").path
+    db = sqlite3.connect(folder / "passages.sqlite")
+    db.executescript("CREATE TABLE p2 (row INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, doc_id TEXT NOT NULL, "
+                     "title TEXT NOT NULL, text TEXT NOT NULL); INSERT INTO p2 SELECT row, id, doc_id, title, text "
+                     "FROM passages; DROP TABLE passages; ALTER TABLE p2 RENAME TO passages; VACUUM;")
+    db.close()
+    meta = json.loads((folder / "manifest.json").read_text())
+    meta["files"] = checksum_files(folder, sorted(p for p in folder.rglob("*") if p.is_file()
+                                                  and p.name != "manifest.json"))
+    (folder / "manifest.json").write_text(json.dumps(meta))
+    old = Index.load(folder)
+    [hits] = Retriever(old).search([passages[0].text], k=1, mode="bm25")
+    assert hits[0].passage.id == passages[0].id and hits[0].to_dict()["source"] == ""
+    assert old.add(passages[5:7], encoder) == 2
+    grown = list(Index.load(folder).store)
+    assert [p.source for p in grown] == [""] * 5 + [passages[5].source, passages[6].source]
+
+
+def test_k_is_a_whole_number_within_the_index(built):
+    r = Retriever(built)
+    n = len(built)
+    with pytest.raises(RagloopError, match=rf"k={n + 1} but .*index holds {n} passages"):
+        r.search(["Warsaw"], k=n + 1, mode="bm25")  # not a traceback after a huge allocation
+    for bad in (0, -3, True, float("nan"), 2.5, "5"):
+        with pytest.raises(RagloopError, match="k must be"):
+            r.search(["Warsaw"], k=bad, mode="bm25")
+    assert len(r.search(["Warsaw"], k=n, mode="bm25")[0]) <= n
+
+
+def test_fusion_weight_and_method_are_checked(built):
+    for weight in (float("nan"), 1.5, -0.1, True, float("inf")):
+        with pytest.raises(RagloopError, match=r"weight of hybrid fusion must be a number in \[0, 1\]"):
+            Retriever(built, weight=weight)
+    with pytest.raises(RagloopError, match="unknown fusion method 'max'"):
+        Retriever(built, fusion="max")
+    one = (np.array([[1.0]]), np.array([[0]]))
+    with pytest.raises(RagloopError, match="weight"):
+        fuse(one, one, k=1, weight=2.0)
+    assert Retriever(built, fusion="score", weight=1).search(["Warsaw"], k=1, mode="hybrid")[0]
+
+
+def test_questions_that_are_not_strings_are_named(built):
+    r = Retriever(built)
+    with pytest.raises(RagloopError, match=r"question 0 is not a string \(got bytes\)"):
+        r.search([b"Warsaw"], mode="bm25")
+    with pytest.raises(RagloopError, match=r"question 1 is not a string \(got dict\)"):
+        r.search(["Warsaw", {"q": "Warsaw"}], mode="bm25")
+    with pytest.raises(RagloopError, match=r"questions must be a string or a list of strings \(got dict\)"):
+        r.search({"Warsaw": 1}, mode="bm25")  # not a silent search of the key
+    with pytest.raises(RagloopError, match="question 0 is empty"):
+        r.search(["  "], mode="bm25")
+    assert len(r.search(("Warsaw", "Normans"), k=1, mode="bm25")) == 2
+
+
+def test_models_and_indexes_load_from_path_objects(built, tiny_bert_dir, tiny_dpr_dirs):
+    question, ctx = tiny_dpr_dirs
+    assert BiEncoder.from_pretrained(ctx).question.spec.name == str(question.resolve())  # DPR tower inferred
+    r = Retriever.from_index(built.path, encoder=tiny_bert_dir)  # both pathlib.Path
+    assert r.search(["Warsaw"], k=1)[0]
+
+
+def test_answers_missing_from_their_context_are_counted_or_refused(built, squad_small, caplog):
+    import logging
+
+    from ragloop import load_qa
+    from ragloop.evaluation import evaluate_retrieval, has_answer
+
+    examples = [ex for ex in load_qa(squad_small) if has_answer(ex.answers, ex.context)][:6]
+    r = Retriever(built)
+    assert evaluate_retrieval(r, examples, (1, 5), "bm25")["answers_not_in_context"] == 0
+    moved = [*examples[:4], *(dataclasses.replace(ex, answers=["zzqx nowhere"]) for ex in examples[4:])]
+    with caplog.at_level(logging.WARNING):
+        res = evaluate_retrieval(r, moved, (1, 5), "bm25")
+    assert res["answers_not_in_context"] == 2
+    assert "have no answer in their context paragraph" in caplog.text
+    wrong = [dataclasses.replace(ex, answers=["zzqx nowhere"]) for ex in examples]
+    with pytest.raises(RagloopError, match=r"squad-dev-small\.json: none of the 6 questions has an answer in its "
+                                           "context"):
+        evaluate_retrieval(r, wrong, (1, 5), "bm25")
+    with pytest.raises(RagloopError, match="k must be"):
+        evaluate_retrieval(r, examples, (0, 5), "bm25")

@@ -304,7 +304,7 @@ def test_answer_returns_text_and_passages(index, tiny_bert_dir, t5):
     rag = make_rag(index, tiny_bert_dir, t5, n_docs=2)
     ans = rag.answer(QUESTIONS[0], k=3)
     assert isinstance(ans, Answer) and ans.question == QUESTIONS[0] and isinstance(ans.answer, str)
-    assert len(ans.passages) == 3 and set(ans.passages[0]) == {"id", "title", "text", "score"}
+    assert len(ans.passages) == 3 and set(ans.passages[0]) == {"id", "title", "text", "source", "score"}
     assert [a.question for a in rag.answer(QUESTIONS)] == QUESTIONS
 
 
@@ -316,6 +316,19 @@ def test_empty_question_raises(index, tiny_bert_dir, t5):
         rag(["", QUESTIONS[1]], ANSWERS)
     with pytest.raises(RagloopError, match="unknown RAG mode"):
         RAGConfig(mode="both")
+    with pytest.raises(RagloopError, match=r"question 0 is not a string \(got bytes\)"):
+        rag.answer([b"who?"])
+    with pytest.raises(RagloopError, match=r"questions must be a string or a list of strings \(got dict\)"):
+        rag.answer({QUESTIONS[0]: 1})
+
+
+def test_models_load_from_path_objects(index, tiny_bert_dir, tiny_t5_dir):
+    """pathlib.Path works wherever a model name or path is taken."""
+    assert Encoder.from_pretrained(tiny_bert_dir).spec.name == str(tiny_bert_dir.resolve())
+    gen = Generator.from_pretrained(tiny_t5_dir)
+    rag = RAG.from_index(index.path, generator=tiny_t5_dir, question_encoder=tiny_bert_dir,
+                         config=RAGConfig(n_docs=2))
+    assert isinstance(gen, Generator) and len(rag.retrieve([QUESTIONS[0]]).passages[0]) == 2
 
 
 # -- saving and loading ---------------------------------------------------------------------------

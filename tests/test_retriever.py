@@ -82,28 +82,20 @@ def test_bad_retrieval_settings_are_refused(index):
     with pytest.raises(RagloopError, match="needs a reranker"):
         Retriever(index, rerank_depth=5)
     for weight in (math.nan, -0.1, 1.5, "0.5"):
-        with pytest.raises(RagloopError, match=r"weight must be a number in \[0, 1\]"):
+        with pytest.raises(RagloopError, match=r"weight of hybrid fusion must be a number in \[0, 1\]"):
             Retriever(index, weight=weight)
-    with pytest.raises(RagloopError, match="unknown fusion"):
+    with pytest.raises(RagloopError, match="unknown fusion method"):
         Retriever(index, fusion="max")
     with pytest.raises(RagloopError, match="unknown search mode"):
         Retriever(index, mode="sparse")
     with pytest.raises(RagloopError, match=f"k=100000 but {index.path} holds {len(index)} passages"):
         Retriever(index).retrieve(QUESTIONS, k=100_000)
-    for k in (0, -1, 2.5, True):
+    for k in (0, -1):
+        with pytest.raises(RagloopError, match="k must be at least 1"):
+            Retriever(index).retrieve(QUESTIONS, k=k)
+    for k in (2.5, True, math.nan):
         with pytest.raises(RagloopError, match="k must be a whole number"):
             Retriever(index).retrieve(QUESTIONS, k=k)
-
-
-@pytest.mark.parametrize("questions, message", [
-    ([b"bytes"], "question 0 is not a string (got bytes)"),
-    (["ok", {"q": "x"}], "question 1 is not a string (got dict)"),
-    ({"Which team won?": 1}, "questions must be a string or a list of strings (got dict)"),
-    (["ok", "  "], "question 1 is empty"),
-])
-def test_questions_that_are_not_strings_are_refused(index, questions, message):
-    with pytest.raises(RagloopError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        Retriever(index).retrieve(questions, k=2, mode="bm25")
 
 
 def test_evaluation_goes_through_the_reranker(index, squad_small):

@@ -30,9 +30,19 @@ def cfg(tmp_path, squad_small, tiny_bert_dir, tiny_t5_dir):
 
 
 def test_nonsense_settings_are_one_clear_error():
-    for bad in ({"batch_size": 0}, {"gradient_accumulation_steps": 0}, {"eval_steps": 0}, {"learning_rate": 0.0}):
+    for bad in ({"batch_size": 0}, {"gradient_accumulation_steps": 0}, {"eval_steps": 0}, {"learning_rate": 0.0},
+                {"learning_rate": float("nan")}, {"max_train_minutes": float("inf")}):
         with pytest.raises(RagloopError, match=next(iter(bad))):
             TrainConfig(**bad)
+
+
+@pytest.mark.parametrize("args", [["train", "--learning_rate", "nan"], ["train-retriever", "--weight_decay", "inf"]])
+def test_float_flags_refuse_nan_and_infinity(args, capsys):
+    from ragloop.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code == 2 and "must be a finite number" in capsys.readouterr().err
 
 
 class Crash(Exception):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -108,9 +109,17 @@ def cmd_search(args) -> None:
     if args.json:
         print(json.dumps({"question": args.question, "mode": args.mode, "hits": [h.to_dict() for h in hits]}))
         return
+    if not hits:
+        print(f"no passages found for {args.question!r} in {args.index_dir} ({args.mode} search)")
+        return
     for rank, h in enumerate(hits, 1):
         text = h.passage.text if len(h.passage.text) <= 300 else h.passage.text[:297] + "..."
-        print(f"{rank}. [{h.score:.4f}] {h.passage.title} ({h.passage.id})\n   {text}")
+        print(f"{rank}. [{h.score:.4f}] {h.passage.title} ({h.passage.id}{_from(h.passage.source)})\n   {text}")
+
+
+def _from(source: str) -> str:
+    """', from FILE' after a passage id, when the index recorded where the passage was read."""
+    return f", from {source}" if source else ""
 
 
 def cmd_eval_retrieval(args) -> None:
@@ -128,10 +137,13 @@ def cmd_eval_retrieval(args) -> None:
             print(json.dumps(r))
         return
     print(format_table(results))
+    if results[0]["answers_not_in_context"]:
+        print(f"note: {results[0]['answers_not_in_context']} of {results[0]['questions']} questions have no answer "
+              "in their own context paragraph; hit@k cannot count them")
 
 
 def format_table(results: list[dict]) -> str:
-    keys = [k for k in results[0] if k not in ("mode", "questions")]
+    keys = [k for k in results[0] if k not in ("mode", "questions", "answers_not_in_context")]
     head = f"| mode | questions | {' | '.join(keys)} |"
     rule = "|" + "---|" * (len(keys) + 2)
     rows = [f"| {r['mode']} | {r['questions']} | " + " | ".join(f"{r[k]:.3f}" for k in keys) + " |" for r in results]
@@ -161,6 +173,10 @@ def _load_rag(args):
         model.index = Index.load(args.index)  # checked against the model's question encoder
     if args.rerank or args.rerank_depth:  # another reranker, or another depth for the model's own
         model.retriever.set_reranker(args.rerank or model.retriever.reranker, args.rerank_depth)
+    if getattr(args, "k", None) is not None:
+        from ragloop.retrieval.retriever import check_k
+
+        check_k(args.k, len(model.index), model.index.path)  # k=10**7: one clear error, not a huge allocation
     return model
 
 
@@ -193,8 +209,11 @@ def cmd_answer(args) -> None:
             print(json.dumps(ans.to_dict()))
             continue
         print(f"Q: {ans.question}\nA: {ans.answer}")
+        if not ans.passages:
+            print("  (no passages found)")
         for i, p in enumerate(ans.passages, 1):
-            print(f"  [{i}] {p['title']} ({p['id']}, score {p['score']:.3f}): {p['text'][:160]}...")
+            print(f"  [{i}] {p['title']} ({p['id']}{_from(p.get('source', ''))}, score {p['score']:.3f}): "
+                  f"{p['text'][:160]}...")
 
 
 def cmd_serve(args) -> None:
@@ -283,7 +302,8 @@ def cmd_demo(args) -> None:
     if not (index_dir / "manifest.json").is_file():
         print(f"[1/4] indexing the contexts of {train_file.name} and {dev_file.name} (all-MiniLM-L6-v2) ...",
               flush=True)
-        docs = ({"doc_id": e.doc_id, "title": e.title, "text": e.context} for e in train_qa + dev_qa)
+        docs = ({"doc_id": e.doc_id, "title": e.title, "text": e.context, "source": e.source}
+                for e in train_qa + dev_qa)
         Index.build(make_passages(docs), BiEncoder.from_pretrained(), index_dir, progress=_progress(args))
     retriever = Retriever.from_index(index_dir)
     probe = sample_evenly(dev_qa, 1000)
@@ -328,10 +348,52 @@ def cmd_demo(args) -> None:
 # -- parser -----------------------------------------------------------------------------------
 
 
+def _whole(low: int, high: int | None = None):
+    """An argparse type: a whole number in [low, high] ('--limit 0' or '--batch-size -1' is refused)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"must be {bound} (got {value})")
+        return value
+
+    parse.__name__ = "whole number"  # what argparse names in its own messages
+    return parse
+
+
+def _number(low: float, high: float | None = None, above: bool = False):
+    """An argparse type: a finite number >= low (> low with `above`) and <= high; NaN and inf refused."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number (got {text!r})")
+        if value < low or (above and value == low) or (high is not None and value > high):
+            bound = (f"between {low:g} and {high:g}" if high is not None
+                     else f"{'above' if above else 'at least'} {low:g}")
+            raise argparse.ArgumentTypeError(f"must be {bound} (got {text})")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+POSITIVE = _whole(1)
+NON_NEGATIVE = _whole(0)
+
+
 def _add_search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--encoder", help="question encoder to query with (default: the one in the index manifest)")
     p.add_argument("--fusion", choices=FUSIONS, default="rrf", help="hybrid fusion (default rrf)")
-    p.add_argument("--weight", type=float, default=0.5, help="dense weight in hybrid fusion (default 0.5)")
+    p.add_argument("--weight", type=_number(0.0, 1.0), default=0.5,
+                   help="dense weight in hybrid fusion, 0..1 (default 0.5)")
     _add_rerank_options(p)
 
 
@@ -339,7 +401,7 @@ def _add_rerank_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rerank", metavar="MODEL_OR_PATH",
                    help="cross-encoder that reorders the first stage's top --rerank-depth (e.g. a folder written "
                         "by `ragloop train-reranker`, or cross-encoder/ms-marco-MiniLM-L-6-v2 online)")
-    p.add_argument("--rerank-depth", type=int, metavar="N",
+    p.add_argument("--rerank-depth", type=POSITIVE, metavar="N",
                    help="first-stage candidates the reranker rescores (default max(k, 20); at least k)")
 
 
@@ -355,20 +417,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("index", parents=[common], help="chunk, encode and index documents or QA contexts")
-    p.add_argument("corpus", nargs="*", help="files/folders (.txt .md .json .jsonl .csv) or a HF dataset name")
+    p.add_argument("corpus", nargs="*", help="files/folders (.txt .md .json .jsonl .csv .tsv, e.g. DPR's "
+                   "psgs_w100.tsv) or a HF dataset name")
     p.add_argument("--out", required=True, help="index folder to write (replaced atomically)")
     p.add_argument("--encoder", default=DEFAULT_ENCODER, help="passage encoder name or path (default: MiniLM)")
     p.add_argument("--question-encoder", help="question encoder, if not the same model (DPR: inferred)")
     p.add_argument("--index-type", default="Flat", help="FAISS factory string: Flat, HNSW32, IVF256,PQ32 ...")
-    p.add_argument("--chunk-words", type=int, default=100, help="words per passage (default 100)")
-    p.add_argument("--chunk-overlap", type=int, default=0, help="words shared by neighbouring passages")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--chunk-words", type=POSITIVE, default=100, help="words per passage (default 100)")
+    p.add_argument("--chunk-overlap", type=NON_NEGATIVE, default=0, help="words shared by neighbouring passages")
+    p.add_argument("--batch-size", type=POSITIVE, default=64)
     p.add_argument("--split", help="dataset split, for a HF dataset name (default: all)")
     p.add_argument("--no-bm25", action="store_true", help="skip the BM25 index")
     p.add_argument("--add", action="store_true", help="add to the existing index at --out")
     g = p.add_argument_group("sharded indexing (under torchrun: one shard per process, merged automatically)")
-    g.add_argument("--num-shards", type=int, help="split the encoding into N shards (with --shard-id)")
-    g.add_argument("--shard-id", type=int, help="encode only shard I (0..N-1) into OUT.shards/shard-I-of-N")
+    g.add_argument("--num-shards", type=POSITIVE, help="split the encoding into N shards (with --shard-id)")
+    g.add_argument("--shard-id", type=NON_NEGATIVE, help="encode only shard I (0..N-1) into OUT.shards/shard-I-of-N")
     g.add_argument("--merge-shards", action="store_true", help="join the shards in OUT.shards/ into the index --out")
     g.add_argument("--keep-shards", action="store_true", help="keep OUT.shards/ after merging")
     p.set_defaults(func=cmd_index)
@@ -376,7 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("search", parents=[common], help="search an index")
     p.add_argument("index_dir")
     p.add_argument("question")
-    p.add_argument("-k", type=int, default=5)
+    p.add_argument("-k", type=POSITIVE, default=5, help="passages to return (default 5)")
     p.add_argument("--mode", choices=MODES, default="dense")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _add_search_options(p)
@@ -386,9 +449,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("index_dir")
     p.add_argument("--data", required=True, help="SQuAD-style .json/.jsonl/.csv or a HF dataset name")
     p.add_argument("--split", help="dataset split, for a HF dataset name (default validation)")
-    p.add_argument("-k", type=int, nargs="+", default=[1, 5, 20])
+    p.add_argument("-k", type=POSITIVE, nargs="+", default=[1, 5, 20])
     p.add_argument("--mode", choices=[*MODES, "all"], default="dense")
-    p.add_argument("--limit", type=int, help="only the first N questions")
+    p.add_argument("--limit", type=POSITIVE, help="only the first N questions")
     p.add_argument("--json", action="store_true", help="print one JSON object per mode")
     _add_search_options(p)
     p.set_defaults(func=cmd_eval_retrieval)
@@ -408,9 +471,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="SQuAD-style .json/.jsonl/.csv or a HF dataset name")
     p.add_argument("--split", help="dataset split, for a HF dataset name (default validation)")
     p.add_argument("--index", help="search this index instead of the model's own (same passage encoder)")
-    p.add_argument("-k", type=int, help="passages per question (default: the model's n_docs)")
-    p.add_argument("--num-beams", "--num_beams", dest="num_beams", type=int, default=1)
-    p.add_argument("--limit", type=int, help="only the first N questions")
+    p.add_argument("-k", type=POSITIVE, help="passages per question (default: the model's n_docs)")
+    p.add_argument("--num-beams", "--num_beams", dest="num_beams", type=POSITIVE, default=1)
+    p.add_argument("--limit", type=POSITIVE, help="only the first N questions")
     p.add_argument("--closed-book", action="store_true", help="answer without passages")
     p.add_argument("--oracle", action="store_true", help="answer from the question's own paragraph")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -421,8 +484,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model_dir")
     p.add_argument("question", nargs="+")
     p.add_argument("--index", help="search this index instead of the model's own")
-    p.add_argument("-k", type=int, help="passages per question (default: the model's n_docs)")
-    p.add_argument("--num-beams", "--num_beams", dest="num_beams", type=int, default=1)
+    p.add_argument("-k", type=POSITIVE, help="passages per question (default: the model's n_docs)")
+    p.add_argument("--num-beams", "--num_beams", dest="num_beams", type=POSITIVE, default=1)
     p.add_argument("--json", action="store_true", help="one JSON object per question")
     _add_rerank_options(p)
     p.set_defaults(func=cmd_answer)
@@ -430,9 +493,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", parents=[common], help="serve answers and search over HTTP (FastAPI)")
     p.add_argument("model_dir", help="a saved RAG model folder (or an index folder: /search only)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    p.add_argument("--max-batch", type=int, default=16, help="questions per model call at most (default 16)")
-    p.add_argument("--max-wait-ms", type=float, default=10.0,
+    p.add_argument("--port", type=_whole(0, 65535), default=8000, help="port (default 8000)")
+    p.add_argument("--max-batch", type=POSITIVE, default=16, help="questions per model call at most (default 16)")
+    p.add_argument("--max-wait-ms", type=_number(0.0), default=10.0,
                    help="how long a request waits for others to share its model call (default 10)")
     p.add_argument("--threads", type=int, help="torch/FAISS threads (default: the cores this process may use)")
     p.add_argument("--api-key", help="require it as 'Authorization: Bearer KEY' (default: $RAGLOOP_API_KEY; "
@@ -443,9 +506,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", parents=[common], help="index, train, evaluate and answer on the bundled SQuAD data")
     p.add_argument("--out", default="runs/demo", help="where the index and the model go (default runs/demo)")
-    p.add_argument("--minutes", type=float, default=15.0, help="training budget (default 15)")
-    p.add_argument("--steps", type=int, default=700, help="planned steps: the learning rate decays over them")
-    p.add_argument("--questions", type=int, default=200, help="questions to score in each held-out set")
+    p.add_argument("--minutes", type=_number(0.0, above=True), default=15.0, help="training budget (default 15)")
+    p.add_argument("--steps", type=POSITIVE, default=700, help="planned steps: the learning rate decays over them")
+    p.add_argument("--questions", type=POSITIVE, default=200, help="questions to score in each held-out set")
     p.add_argument("--retrain", action="store_true", help="train again even if runs/demo holds a model")
     p.set_defaults(func=cmd_demo)
     return parser

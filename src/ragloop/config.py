@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         from ragloop.errors import RagloopError
 
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise RagloopError(f"--{f.name} must be a finite number (got {value})")
         positive = ("n_docs", "batch_size", "gradient_accumulation_steps", "eval_steps", "logging_steps",
                     "max_source_length", "max_target_length", "num_epochs")
         for name in positive:
@@ -113,6 +118,17 @@ class TrainConfig:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 
+def _finite_float(text: str) -> float:
+    """An argparse type: a float flag refuses NaN and infinities (which would train or score as NaN)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number (got {text!r})")
+    return value
+
+
 def _parse_bool(text: str) -> bool:
     return text.lower() in ("1", "true", "yes", "y", "on")
 
@@ -131,10 +147,10 @@ def add_config_args(parser: argparse.ArgumentParser, cls=TrainConfig) -> None:
             group.add_argument(*names, dest=f.name, nargs="?", const=True, default=default, type=_parse_bool,
                                help=meta["help"])
             continue
-        kind = {int: int, float: float}.get(type(default), str)
+        kind = {int: int, float: _finite_float}.get(type(default), str)
         if default is None:  # an optional field: the type comes from the annotation ("int | None")
             ann = str(f.type)
-            kind = int if ann.startswith("int") else float if ann.startswith("float") else str
+            kind = int if ann.startswith("int") else _finite_float if ann.startswith("float") else str
         group.add_argument(*names, dest=f.name, type=kind, default=default, choices=meta.get("choices"),
                            help=f"{meta['help']} (default: {default})")
 

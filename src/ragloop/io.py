@@ -60,6 +60,7 @@ def atomic_dir(target: str | Path, may_replace=lambda p: True) -> Iterator[Path]
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-{HOST}-", dir=target.parent))
         old = None
         try:
+            os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it 0700: others could not read the result
             yield tmp
             _fsync_tree(tmp)
             if target.exists():
@@ -89,6 +90,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-{HOST}-", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as f:
+                os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes it 0600, whatever the umask
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
@@ -98,6 +100,28 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
+
+
+_umask_lock = threading.Lock()
+
+
+def current_umask() -> int:
+    """This process's umask, read without changing it where the OS allows (Linux: /proc/self/status).
+
+    Elsewhere it is set and put back under a lock; a file another thread creates in that instant gets
+    the stricter 0o077 mask, never a wider mode than the umask allows.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _umask_lock:
+        mask = os.umask(0o077)
+        os.umask(mask)
+    return mask
 
 
 def atomic_write_json(path: str | Path, obj) -> None:

@@ -34,7 +34,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -100,9 +100,9 @@ class RAGConfig:
             raise RagloopError(f"unknown RAG mode {self.mode!r}; choose one of {', '.join(MODES)}")
         if self.search_mode not in SEARCH_MODES:
             raise RagloopError(f"unknown search mode {self.search_mode!r}; choose one of {', '.join(SEARCH_MODES)}")
-        check_k(self.n_docs, "n_docs")
+        check_k(self.n_docs, name="n_docs")
         if self.rerank_depth is not None:
-            check_k(self.rerank_depth, "rerank_depth")
+            check_k(self.rerank_depth, name="rerank_depth")
             if self.rerank is None:
                 raise RagloopError("rerank_depth needs a reranker (rerank)")
             if self.rerank_depth < self.n_docs:
@@ -172,7 +172,7 @@ class RAGOutput:
 class Answer:
     question: str
     answer: str
-    passages: list[dict]  # id, title, text, score (q·d), best first
+    passages: list[dict]  # id, title, text, source, score (q·d), best first
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -217,17 +217,17 @@ class RAG(torch.nn.Module):
         self.retriever.index = index
 
     @classmethod
-    def from_index(cls, index: str | Path | Index, generator: str | Generator = BUNDLED_GENERATOR,
-                   config: RAGConfig | None = None, question_encoder: str | Encoder | None = None) -> RAG:
+    def from_index(cls, index: str | os.PathLike | Index, generator: str | os.PathLike | Generator = BUNDLED_GENERATOR,
+                   config: RAGConfig | None = None, question_encoder: str | os.PathLike | Encoder | None = None) -> RAG:
         """A new RAG model over an index folder: its own question encoder (or the one given, checked
         against it) and a generator by name or path."""
         index = index if isinstance(index, Index) else Index.load(index)
         if question_encoder is None:
             question_encoder = index.load_encoder().question
-        elif isinstance(question_encoder, str):
+        elif isinstance(question_encoder, (str, os.PathLike)):
             question_encoder = BiEncoder.from_pretrained(question_encoder).question
         index.check_question_encoder(question_encoder, allow_finetuned=True)
-        if isinstance(generator, str):
+        if isinstance(generator, (str, os.PathLike)):
             generator = Generator.from_pretrained(generator)
         return cls(index, question_encoder, generator, config)
 
@@ -296,7 +296,7 @@ class RAG(torch.nn.Module):
         Passages are retrieved unless given: `passages` is one equally long list of passages per
         question (oracle or given context), with p(z|x) uniform unless `doc_scores` [B, K] (raw
         relevance scores, like `RAGOutput.doc_scores`) come with them."""
-        questions, answers = _as_list(questions), _as_list(answers)
+        questions, answers = check_questions(questions), _as_list(answers)
         if len(answers) != len(questions):
             raise RagloopError(f"{len(questions)} questions but {len(answers)} answers")
         ctx = self._contexts(questions, passages, doc_scores)
@@ -338,7 +338,7 @@ class RAG(torch.nn.Module):
         over all k passages. `passages`/`doc_scores` as in `forward`."""
         if num_beams < 1 or max_new_tokens < 1:
             raise RagloopError(f"num_beams and max_new_tokens must be >= 1 (got {num_beams}, {max_new_tokens})")
-        questions = _as_list(questions)
+        questions = check_questions(questions)
         with _eval_mode(self):
             ctx = self._contexts(questions, passages, doc_scores)
             return self.generator.decode(self._generate_ids(questions, ctx, num_beams, max_new_tokens))
@@ -396,13 +396,14 @@ class RAG(torch.nn.Module):
                max_new_tokens: int = 32) -> Answer | list[Answer]:
         """Retrieve, generate, and return the answer with the passages it was drawn from."""
         single = isinstance(question_or_questions, str)
-        questions = _as_list(question_or_questions)
+        questions = check_questions(question_or_questions)
         with torch.no_grad(), _eval_mode(self):
             ctx = self.retrieve(questions, k)
             texts = self.generator.decode(self._generate_ids(questions, ctx, num_beams, max_new_tokens))
         scores = ctx.doc_scores.float().cpu().tolist()
         answers = [
-            Answer(q, text, [{"id": p.id, "title": p.title, "text": p.text, "score": s} for p, s in zip(ps, ss)])
+            Answer(q, text, [{"id": p.id, "title": p.title, "text": p.text, "source": p.source, "score": s}
+                           for p, s in zip(ps, ss)])
             for q, text, ps, ss in zip(questions, texts, ctx.passages, scores)
         ]
         return answers[0] if single else answers
@@ -543,6 +544,8 @@ def _token_beam_search(gen: Generator, inputs: dict, doc_logprobs: torch.Tensor,
 
 
 def _as_list(texts: str | Sequence[str]) -> list[str]:
+    if isinstance(texts, (bytes, bytearray, Mapping)):
+        raise RagloopError(f"expected a string or a list of strings (got {type(texts).__name__})")
     return [texts] if isinstance(texts, str) else list(texts)
 
 

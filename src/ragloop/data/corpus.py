@@ -3,7 +3,10 @@
     >>> from ragloop.data import load_corpus
     >>> passages = load_corpus(["docs/", "faq.jsonl"], chunk_words=100, overlap=20)
     >>> passages[0]
-    Passage(id='3f2a...-0', title='Getting started', text='...', doc_id='3f2a...')
+    Passage(id='3f2a...-0', title='Getting started', text='...', doc_id='3f2a...', source='docs/start.md')
+
+DPR's passage files (`psgs_w100.tsv`: id, text, title; tab-separated, with a header) are read as
+they are, streamed row by row.
 """
 
 from __future__ import annotations
@@ -29,12 +32,15 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Passage:
-    """One retrievable unit. `doc_id` names the document (or QA context) the passage was cut from."""
+    """One retrievable unit. `doc_id` names the document (or QA context) the passage was cut from,
+    `source` the file (as given) or dataset it was read from ("" when not known, e.g. in an index
+    built before passages recorded it)."""
 
     id: str
     title: str
     text: str
     doc_id: str = ""
+    source: str = ""
 
 
 def chunk_words(text: str, size: int = 100, overlap: int = 0) -> list[str]:
@@ -60,7 +66,8 @@ def chunk_words(text: str, size: int = 100, overlap: int = 0) -> list[str]:
 
 
 def iter_documents(sources: Iterable[str | Path], split: str | None = None) -> Iterator[tuple[dict, str]]:
-    """(document, location) pairs: each document has doc_id, title and text.
+    """(document, location) pairs: each document has doc_id, title, text, source (the file path as given,
+    or the dataset name) and where (the file and line or record it came from).
 
     A row with `text` is a document (its `id`, if any, becomes the doc id); a row with `context` is a
     QA example whose context is the document (its doc id is the context's content hash, so questions
@@ -72,14 +79,14 @@ def iter_documents(sources: Iterable[str | Path], split: str | None = None) -> I
             local.append(src)
         else:
             for row, where in read_hub_dataset(str(src), split):
-                yield _document(row, where), where
+                yield {**_document(row, where), "source": str(src), "where": where}, where
     for path in expand_paths(local):
         if path.suffix.lower() in DOC_SUFFIXES:
             doc = read_text_document(path)
-            yield {"doc_id": content_id(doc["text"]), **doc}, str(path)
+            yield {"doc_id": content_id(doc["text"]), **doc, "source": str(path), "where": str(path)}, str(path)
         else:
             for row, where in read_rows(path):
-                yield _document(row, where), where
+                yield {**_document(row, where), "source": str(path), "where": where}, where
 
 
 def _document(row: dict, where: str) -> dict:
@@ -107,23 +114,36 @@ def load_corpus(
 
 
 def make_passages(documents: Iterable[dict], chunk_size: int = 100, overlap: int = 0) -> list[Passage]:
-    """Chunk documents ({doc_id, title, text}) into passages `{doc_id}-{i}`, dropping exact duplicates
-    (a document seen before, or a passage with the same title and text as an earlier one)."""
+    """Chunk documents ({doc_id, title, text}, optionally source and where) into passages `{doc_id}-{i}`,
+    dropping exact duplicates (a document seen before, or a passage with the same title and text as an
+    earlier one). Two documents with the same id and different text are an error naming both."""
     passages: list[Passage] = []
     seen_text: set[str] = set()
-    seen_docs: set[str] = set()
-    duplicates = 0
+    seen_docs: dict[str, tuple[str, str]] = {}  # doc id -> (content id of its text, where it was read)
+    duplicates = repeated_docs = 0
     for doc in documents:
-        if doc["doc_id"] in seen_docs:  # a QA context repeats once per question
+        doc_id, where = doc["doc_id"], doc.get("where") or doc.get("source") or "?"
+        text_key = content_id(doc["text"])
+        if doc_id in seen_docs:  # a QA context repeats once per question; a file may be named twice
+            first_key, first_where = seen_docs[doc_id]
+            if first_key != text_key:
+                raise RagloopError(f"document id {doc_id!r} is used twice with different text: {first_where} "
+                                   f"and {where} (give each document its own id)")
+            if doc_id != text_key:  # a repeated QA context (id = its hash) is expected, not worth a line
+                repeated_docs += 1
+                log.debug("%s: document %r again, same text as %s: skipped", where, doc_id, first_where)
             continue
-        seen_docs.add(doc["doc_id"])
+        seen_docs[doc_id] = (text_key, where)
         for i, chunk in enumerate(chunk_words(doc["text"], chunk_size, overlap)):
             key = content_id(doc["title"] + "\n" + chunk)
             if key in seen_text:
                 duplicates += 1
                 continue
             seen_text.add(key)
-            passages.append(Passage(id=f"{doc['doc_id']}-{i}", title=doc["title"], text=chunk, doc_id=doc["doc_id"]))
+            passages.append(Passage(id=f"{doc_id}-{i}", title=doc["title"], text=chunk, doc_id=doc_id,
+                                    source=doc.get("source") or ""))
+    if repeated_docs:
+        log.info("corpus: %d documents repeated with the same id and text were skipped", repeated_docs)
     log.info("corpus: %d passages from %d documents (%d exact duplicates dropped)", len(passages),
              len(seen_docs), duplicates)
     return passages

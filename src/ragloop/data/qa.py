@@ -24,6 +24,7 @@ class QAExample:
     title: str = ""
     context: str = ""
     doc_id: str = field(default="")
+    source: str = ""  # the file (as given) or dataset name the example was read from
 
     def __post_init__(self) -> None:
         if self.context and not self.doc_id:
@@ -56,11 +57,13 @@ def _answers(value, where: str) -> list[str]:
 def load_qa(source: str | Path, split: str | None = None, keep_unanswerable: bool = False) -> list[QAExample]:
     """Load QA examples. `source` is a file, a folder of files, or a dataset name (`squad`)."""
     if is_local(source):
-        rows = (r for path in expand_paths([source]) for r in read_rows(path))
+        rows = ((r, str(path)) for path in expand_paths([source]) for r in read_rows(path))
     else:
-        rows = read_hub_dataset(str(source), split or "validation")
+        rows = ((r, str(source)) for r in read_hub_dataset(str(source), split or "validation"))
     examples: list[QAExample] = []
-    for n, (row, where) in enumerate(rows):
+    for n, ((row, where), origin) in enumerate(rows):
+        if row.get("qas") == [] and "question" not in row:
+            continue  # a SQuAD paragraph with no questions: a passage for the corpus, nothing to ask here
         question = row.get("question")
         if not isinstance(question, str) or not question.strip():
             raise RagloopError(f"{where}: missing or empty 'question'")
@@ -71,7 +74,8 @@ def load_qa(source: str | Path, split: str | None = None, keep_unanswerable: boo
         if not isinstance(context, str):
             raise RagloopError(f"{where}: 'context' must be a string")
         qid = str(row["id"]) if row.get("id") not in (None, "") else f"q{n}"
-        examples.append(QAExample(qid, question.strip(), answers, str(row.get("title") or ""), context))
+        examples.append(QAExample(qid, question.strip(), answers, str(row.get("title") or ""), context,
+                                  source=origin))
     if not examples:
         raise RagloopError(f"{source}: no answerable questions found")
     return examples

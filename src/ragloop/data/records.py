@@ -19,7 +19,7 @@ from ragloop.errors import RagloopError
 log = logging.getLogger(__name__)
 
 DOC_SUFFIXES = {".txt", ".md"}
-RECORD_SUFFIXES = {".json", ".jsonl", ".csv"}
+RECORD_SUFFIXES = {".json", ".jsonl", ".csv", ".tsv"}  # .tsv: e.g. DPR's psgs_w100.tsv
 
 Row = tuple[dict, str]  # (record, location)
 
@@ -74,7 +74,7 @@ def expand_paths(sources: list[str | Path]) -> list[Path]:
                 p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in DOC_SUFFIXES | RECORD_SUFFIXES
             )
             if not found:
-                raise RagloopError(f"{path}: folder holds no .txt, .md, .json, .jsonl or .csv files")
+                raise RagloopError(f"{path}: folder holds no .txt, .md, .json, .jsonl, .csv or .tsv files")
             out.extend(found)
         elif path.is_file():
             out.append(path)
@@ -90,7 +90,8 @@ def is_local(source: str | Path) -> bool:
 
 
 def read_rows(path: Path) -> Iterator[Row]:
-    """Rows of a .json (SQuAD nested, or a list of objects), .jsonl or .csv file."""
+    """Rows of a .json (SQuAD nested, or a list of objects), .jsonl, .csv or .tsv file (CSV quoting, tab
+    separated, a header row: DPR's `psgs_w100.tsv` with id, text, title). CSV and TSV are streamed."""
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         yield from _read_jsonl(path)
@@ -98,8 +99,10 @@ def read_rows(path: Path) -> Iterator[Row]:
         yield from _read_json(path)
     elif suffix == ".csv":
         yield from _read_csv(path)
+    elif suffix == ".tsv":
+        yield from _read_csv(path, delimiter="\t")
     else:
-        raise RagloopError(f"{path}: unsupported file type {suffix!r} (use .json, .jsonl or .csv)")
+        raise RagloopError(f"{path}: unsupported file type {suffix!r} (use .json, .jsonl, .csv or .tsv)")
 
 
 def _read_jsonl(path: Path) -> Iterator[Row]:
@@ -145,8 +148,8 @@ def _squad_rows(articles: list, path: Path) -> Iterator[Row]:
             if not isinstance(para, dict) or not isinstance(para.get("context"), str):
                 raise RagloopError(f"{where}.paragraphs[{p}]: needs a 'context' string")
             qas = para.get("qas") or []
-            if not qas:
-                yield {"title": title, "context": para["context"]}, f"{where}.paragraphs[{p}]"
+            if not qas:  # a paragraph without questions (a filtered file): a passage, no QA example
+                yield {"title": title, "context": para["context"], "qas": []}, f"{where}.paragraphs[{p}]"
             for q, qa in enumerate(qas):
                 if not isinstance(qa, dict):
                     raise RagloopError(f"{where}.paragraphs[{p}].qas[{q}]: expected an object")
@@ -161,19 +164,20 @@ def _squad_rows(articles: list, path: Path) -> Iterator[Row]:
                 yield row, f"{where}.paragraphs[{p}].qas[{q}]"
 
 
-def _read_csv(path: Path) -> Iterator[Row]:
+def _read_csv(path: Path, delimiter: str = ",") -> Iterator[Row]:
+    kind = "TSV" if delimiter == "\t" else "CSV"
     with path.open(encoding="utf-8-sig", newline="") as f:  # -sig: spreadsheets often start with a BOM
-        reader = csv.DictReader(f)
+        reader = csv.DictReader(f, delimiter=delimiter)
         rows = enumerate(reader, 2)
         while True:
             try:
                 if reader.fieldnames is None or not any(reader.fieldnames):
-                    raise RagloopError(f"{path}: empty CSV (no header row)")
+                    raise RagloopError(f"{path}: empty {kind} (no header row)")
                 lineno, row = next(rows, (0, None))
             except UnicodeDecodeError as e:
                 raise RagloopError(f"{path}:{reader.line_num + 1}: not UTF-8 text ({e.reason})") from None
             except csv.Error as e:
-                raise RagloopError(f"{path}:{reader.line_num}: not valid CSV ({e})") from None
+                raise RagloopError(f"{path}:{reader.line_num}: not valid {kind} ({e})") from None
             if row is None:
                 return
             if None in row:
@@ -209,7 +213,7 @@ def read_hub_dataset(name: str, split: str | None = None) -> Iterator[Row]:
         raise RagloopError(
             f"could not load dataset {name!r} from the Hugging Face hub ({first[:160]}); "
             "use local files instead (--train_file/--validation_file to train, --data to evaluate): "
-            "SQuAD-format .json, or .jsonl/.csv with question/context/answers columns"
+            "SQuAD-format .json, or .jsonl/.csv/.tsv with question/context/answers columns"
         ) from None
     splits = [(split, ds)] if split else list(ds.items())
     for split_name, part in splits:

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from ragloop.data.corpus import Passage
 from ragloop.data.qa import QAExample
 from ragloop.evaluation.metrics import exact_match, f1_score, has_answer
+from ragloop.evaluation.retrieval import answers_not_in_context
 
 CONTEXTS = ("rag", "closed-book", "oracle")
 
@@ -59,4 +60,6 @@ def evaluate_answers(model, examples: list[QAExample], context: str = "rag", k: 
     result = {"context": context, "questions": len(examples), "em": round(em / n, 4), "f1": round(f1 / n, 4)}
     if context == "rag":
         result[f"hit@{k}"] = round(hits / n, 4)
+        # EM/F1 stand without it, but hit@k cannot count a question whose answer is not in its paragraph
+        result["answers_not_in_context"] = answers_not_in_context(examples, refuse_all=False)
     return result

@@ -1,13 +1,19 @@
 """Retrieval quality on QA data: hit@k (an answer string is in the top k), gold@k (the question's own
-paragraph is in the top k) and mrr@10 (reciprocal rank of the first gold passage within 10)."""
+paragraph is in the top k) and mrr@10 (reciprocal rank of the first gold passage within 10).
+
+hit@k is only meaningful when the answers occur in the text: questions whose answers are not in their
+own context paragraph (a file whose answers were rewritten, or columns mixed up) are counted in
+"answers_not_in_context" and logged as a warning; when every question with a context has that
+problem the data is refused, since hit@k would be 0 by construction."""
 
 from __future__ import annotations
 
 import logging
 
 from ragloop.data.qa import QAExample
+from ragloop.errors import RagloopError
 from ragloop.evaluation.metrics import has_answer
-from ragloop.retrieval.retriever import Retriever
+from ragloop.retrieval.retriever import Retriever, check_k
 
 log = logging.getLogger(__name__)
 
@@ -19,8 +25,14 @@ def evaluate_retrieval(
     mode: str = "dense",
     progress: bool | None = None,
 ) -> dict:
-    """Returns {"mode", "questions", "hit@k"..., "gold@k"..., "mrr@10"} (plus "reranker" when there is one).
-    With a reranker whose depth is set, k runs up to that depth: it can only rank what it was given."""
+    """Returns {"mode", "questions", "answers_not_in_context", "hit@k"..., "gold@k"..., "mrr@10"} (plus
+    "reranker" when there is one). A k beyond the index size scores the whole index (hit@20 of a
+    12-passage index is hit@12); with a reranker whose depth is set, k runs up to that depth: it can
+    only rank what it was given."""
+    if not examples:
+        raise RagloopError("no questions to evaluate")
+    ks = tuple(check_k(k) for k in ks)
+    missing = answers_not_in_context(examples)
     depth = min(max(max(ks), 10), len(retriever.index))
     if retriever.reranker is not None and retriever.rerank_depth is not None:
         depth = min(depth, retriever.rerank_depth)
@@ -44,7 +56,7 @@ def evaluate_retrieval(
         if first_gold is not None and first_gold <= 10:
             rr += 1.0 / first_gold
     n = len(examples)
-    result: dict = {"mode": mode, "questions": n}
+    result: dict = {"mode": mode, "questions": n, "answers_not_in_context": missing}
     if retriever.reranker is not None:
         result["reranker"] = retriever.reranker.name
     for k in ks:
@@ -53,3 +65,21 @@ def evaluate_retrieval(
         result[f"gold@{k}"] = round(gold[k] / n, 4)
     result["mrr@10"] = round(rr / n, 4)
     return result
+
+
+def answers_not_in_context(examples: list[QAExample], refuse_all: bool = True) -> int:
+    """How many questions with a context paragraph have no answer in it; a warning names the first.
+    With `refuse_all`, data where that is every such question is a RagloopError."""
+    with_context = [ex for ex in examples if ex.context]
+    missing = [ex for ex in with_context if not has_answer(ex.answers, ex.context)]
+    if refuse_all and missing and len(missing) == len(with_context):
+        first = missing[0]
+        raise RagloopError(f"{first.source or 'the QA data'}: none of the {len(with_context)} questions has an "
+                           f"answer in its context paragraph (question {first.id!r}: {first.answers[0]!r}); "
+                           "hit@k would be 0 by construction: are the answers and contexts from the same file?")
+    if missing:
+        first = missing[0]
+        log.warning("%s: %d of %d questions have no answer in their context paragraph (first: %r, answer %r); "
+                    "hit@k cannot count them", first.source or "QA data", len(missing), len(with_context),
+                    first.id, first.answers[0])
+    return len(missing)

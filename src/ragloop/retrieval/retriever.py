@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -30,7 +30,7 @@ import numpy as np
 from ragloop.data.corpus import Passage
 from ragloop.errors import RagloopError
 from ragloop.retrieval.encoders import BiEncoder, Encoder
-from ragloop.retrieval.hybrid import FUSIONS, MODES, fuse
+from ragloop.retrieval.hybrid import MODES, check_fusion, fuse
 from ragloop.retrieval.index import Index
 
 if TYPE_CHECKING:
@@ -48,7 +48,8 @@ class Hit:
 
     def to_dict(self) -> dict:
         p = self.passage
-        return {"id": p.id, "doc_id": p.doc_id, "title": p.title, "text": p.text, "score": self.score}
+        return {"id": p.id, "doc_id": p.doc_id, "title": p.title, "text": p.text, "source": p.source,
+                "score": self.score}
 
 
 @dataclass
@@ -72,7 +73,7 @@ def check_questions(questions) -> list[str]:
     """The questions as a list of non-empty strings, or one error naming the first that is not."""
     if isinstance(questions, str):
         questions = [questions]
-    elif isinstance(questions, dict | bytes | bytearray) or not hasattr(questions, "__iter__"):
+    elif isinstance(questions, (bytes, bytearray, Mapping, set, frozenset)) or not hasattr(questions, "__iter__"):
         raise RagloopError(f"questions must be a string or a list of strings (got {type(questions).__name__})")
     questions = list(questions)
     for i, q in enumerate(questions):
@@ -83,10 +84,16 @@ def check_questions(questions) -> list[str]:
     return questions
 
 
-def check_k(k, name: str = "k") -> int:
-    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+def check_k(k, size: int | None = None, where: str | os.PathLike | None = None, name: str = "k") -> int:
+    """k as an int >= 1 (not a bool, a float or NaN), and at most `size` (the passages `where` holds)."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
         raise RagloopError(f"{name} must be a whole number >= 1 (got {k!r})")
-    return int(k)
+    k = int(k)
+    if k < 1:
+        raise RagloopError(f"{name} must be at least 1 (got {k})")
+    if size is not None and k > size:
+        raise RagloopError(f"{name}={k} but {where} holds {size} passages")
+    return k
 
 
 class Retriever:
@@ -96,10 +103,7 @@ class Retriever:
                  fusion: str = "rrf", weight: float = 0.5, reranker: Reranker | None = None,
                  rerank_depth: int | None = None) -> None:
         _check_mode(mode)
-        if fusion not in FUSIONS:
-            raise RagloopError(f"unknown fusion {fusion!r}; choose one of {', '.join(FUSIONS)}")
-        if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight <= 1:
-            raise RagloopError(f"the hybrid dense weight must be a number in [0, 1] (got {weight!r})")
+        check_fusion(fusion, weight)
         self.index = index
         self._question_encoder = question_encoder
         self.mode = mode
@@ -108,8 +112,8 @@ class Retriever:
         self.set_reranker(reranker, rerank_depth)
 
     @classmethod
-    def from_index(cls, path: str | Path, encoder: str | None = None, verify: bool = True,
-                   rerank: str | None = None, **kwargs) -> Retriever:
+    def from_index(cls, path: str | os.PathLike, encoder: str | os.PathLike | None = None, verify: bool = True,
+                   rerank: str | os.PathLike | None = None, **kwargs) -> Retriever:
         """Open an index folder. `encoder` overrides the question encoder recorded in its manifest and
         is checked against it (another model or dimension is an error); `rerank` names a cross-encoder."""
         index = Index.load(path, verify=verify)
@@ -126,7 +130,7 @@ class Retriever:
         """Rerank the first stage's top `depth` (default max(k, 20)) with a cross-encoder: a loaded
         `Reranker`, or a name or path to load one from. None removes the stage."""
         if depth is not None:
-            check_k(depth, "rerank depth")
+            check_k(depth, name="rerank depth")
             if reranker is None:
                 raise RagloopError("a rerank depth needs a reranker")
         if isinstance(reranker, str | os.PathLike):
@@ -172,9 +176,7 @@ class Retriever:
         questions = check_questions(questions)
         mode = self.mode if mode is None else mode
         _check_mode(mode)
-        k = check_k(k)
-        if k > len(self.index):
-            raise RagloopError(f"k={k} but {self.index.path} holds {len(self.index)} passages")
+        k = check_k(k, len(self.index), self.index.path)
         depth = min(self.depth_for(k), len(self.index))
         if vectors is None and (mode != "bm25" or fill):
             vectors = self.question_encoder.encode(questions, batch_size=128, progress=progress,
@@ -237,7 +239,7 @@ def _check_mode(mode: str) -> None:
 
 
 def _fill_missing(rows: np.ndarray, scores: np.ndarray, dense_rows: np.ndarray,
-                  where: Path) -> tuple[np.ndarray, np.ndarray]:
+                  where: os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """Fill -1 slots (BM25 found fewer than asked) with the best dense rows not already taken; their
     score is the list's lowest, so they rank last."""
     rows, scores = rows.copy(), scores.copy()

@@ -1,6 +1,8 @@
 """The passage store: SQLite, random access by FAISS row or passage id, texts stay on disk.
 
-A damaged database file is a `RagloopError` naming the file, whenever SQLite notices it.
+A damaged database file is a `RagloopError` naming the file, whenever SQLite notices it. Stores
+written before passages recorded their `source` (no such column) load as they are, with source "";
+one opened for writing (adding passages to an old index) gains the column.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ CREATE TABLE IF NOT EXISTS passages (
     id TEXT NOT NULL UNIQUE,
     doc_id TEXT NOT NULL,
     title TEXT NOT NULL,
-    text TEXT NOT NULL
+    text TEXT NOT NULL,
+    source TEXT NOT NULL DEFAULT ''  -- the file or dataset the passage was read from
 );
 CREATE INDEX IF NOT EXISTS passages_doc ON passages(doc_id);
 """
@@ -44,9 +47,17 @@ class PassageStore:
                 self.db.execute("SELECT count(*) FROM passages").fetchone()
             else:
                 self.db.executescript(SCHEMA)
+                if not self._has_source():
+                    self.db.execute("ALTER TABLE passages ADD COLUMN source TEXT NOT NULL DEFAULT ''")
+                    self.db.commit()
+            # an old store keeps loading: its passages have no recorded source
+            self._source = "source" if self._has_source() else "''"
         except sqlite3.Error as e:
             self.close()
             raise RagloopError(f"{self.path}: not a readable passage store ({e})") from None
+
+    def _has_source(self) -> bool:
+        return any(col[1] == "source" for col in self.db.execute("PRAGMA table_info(passages)"))
 
     def __enter__(self) -> PassageStore:
         return self
@@ -71,19 +82,20 @@ class PassageStore:
             return self.db.execute("SELECT count(*) FROM passages").fetchone()[0]
 
     def add(self, passages: Iterable[Passage], first_row: int) -> None:
-        rows = ((first_row + i, p.id, p.doc_id, p.title, p.text) for i, p in enumerate(passages))
+        rows = ((first_row + i, p.id, p.doc_id, p.title, p.text, p.source or "") for i, p in enumerate(passages))
         with self._errors(), self.db:
-            self.db.executemany("INSERT INTO passages(row, id, doc_id, title, text) VALUES (?,?,?,?,?)", rows)
+            self.db.executemany("INSERT INTO passages(row, id, doc_id, title, text, source) VALUES (?,?,?,?,?,?)",
+                                rows)
 
     def _fetch(self, column: str, keys: list) -> dict:
         found = {}
         for start in range(0, len(keys), 900):  # SQLite's bound-parameter limit
             chunk = keys[start : start + 900]
             marks = ",".join("?" * len(chunk))
-            sql = f"SELECT row, id, doc_id, title, text FROM passages WHERE {column} IN ({marks})"
+            sql = f"SELECT row, id, doc_id, title, text, {self._source} FROM passages WHERE {column} IN ({marks})"
             with self._errors():
-                for row, pid, doc_id, title, text in self.db.execute(sql, chunk):
-                    found[row if column == "row" else pid] = Passage(pid, title, text, doc_id)
+                for row, pid, doc_id, title, text, source in self.db.execute(sql, chunk):
+                    found[row if column == "row" else pid] = Passage(pid, title, text, doc_id, source)
         return found
 
     def get_rows(self, rows: list[int]) -> list[Passage]:
@@ -112,9 +124,9 @@ class PassageStore:
 
     def __iter__(self) -> Iterator[Passage]:
         with self._errors():
-            rows = self.db.execute("SELECT id, doc_id, title, text FROM passages ORDER BY row")
-            for pid, doc_id, title, text in rows:
-                yield Passage(pid, title, text, doc_id)
+            rows = self.db.execute(f"SELECT id, doc_id, title, text, {self._source} FROM passages ORDER BY row")
+            for pid, doc_id, title, text, source in rows:
+                yield Passage(pid, title, text, doc_id, source)
 
     def close(self) -> None:
         """Close the connection (again: a no-op)."""

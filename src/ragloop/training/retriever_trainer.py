@@ -112,7 +112,8 @@ def build_items(examples: list[QAExample], chunk_words: int = 100, hard_negative
     if not with_context:
         raise RagloopError(f"{where}: no question has a context paragraph; retriever training needs each "
                           "question's own paragraph as its positive")
-    passages = make_passages(({"doc_id": ex.doc_id, "title": ex.title, "text": ex.context} for ex in with_context),
+    passages = make_passages(({"doc_id": ex.doc_id, "title": ex.title, "text": ex.context,
+                               "source": ex.source} for ex in with_context),
                              chunk_words)
     if len(passages) < 2:
         raise RagloopError(f"{where}: all {len(with_context)} questions share one paragraph; retriever training "
@@ -334,7 +335,8 @@ def evaluate_dense(question: Encoder, passage: Encoder, qa_file: str, chunk_word
     examples = [ex for ex in load_qa(qa_file) if ex.context]
     if not examples:
         raise RagloopError(f"{qa_file}: no question has a context paragraph to retrieve")
-    passages = make_passages(({"doc_id": ex.doc_id, "title": ex.title, "text": ex.context} for ex in examples),
+    passages = make_passages(({"doc_id": ex.doc_id, "title": ex.title, "text": ex.context,
+                               "source": ex.source} for ex in examples),
                              chunk_words)
     with tempfile.TemporaryDirectory(prefix="ragloop-retriever-eval-") as tmp:
         index = Index.build(passages, BiEncoder(question, passage), Path(tmp) / "index", with_bm25=False,

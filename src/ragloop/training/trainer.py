@@ -87,7 +87,8 @@ def build_index(cfg: TrainConfig, examples: list[QAExample], out: Path, progress
         return Index.load(cfg.index)
     if (out / "manifest.json").is_file():
         return Index.load(out)
-    passages = make_passages({"doc_id": ex.doc_id, "title": ex.title, "text": ex.context}
+    passages = make_passages({"doc_id": ex.doc_id, "title": ex.title, "text": ex.context,
+                              "source": ex.source}
                              for ex in examples if ex.context)
     if not passages:
         raise RagloopError("the training data has no contexts to index; pass --index DIR")
