@@ -1,4 +1,5 @@
-"""`ragloop <command>`: index, search, eval-retrieval, train, train-retriever, eval, answer, serve, demo.
+"""`ragloop <command>`: index, search, eval-retrieval, train, train-retriever, train-reranker, eval, answer,
+serve, demo.
 
 Library code logs; only this module prints. A `RagloopError` becomes one line on stderr and exit 2.
 """
@@ -378,6 +379,10 @@ def build_parser() -> argparse.ArgumentParser:
     from ragloop.training.retriever_trainer import add_cli as add_train_retriever
 
     add_train_retriever(sub, parents=[common])
+
+    from ragloop.training.reranker_trainer import add_cli as add_train_reranker
+
+    add_train_reranker(sub, parents=[common])
 
     p = sub.add_parser("eval", parents=[common], help="EM/F1 of a trained RAG model on QA data")
     p.add_argument("model_dir", help="a folder written by training (e.g. runs/rag/best_model)")
