@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from ragloop.cli import DEMO_RECIPE, _cpu_has_bf16, quiet_libraries, split_heldout
+from ragloop.cli import DEMO_RECIPE, quiet_libraries, split_heldout
 from ragloop.config import TrainConfig
 from ragloop.data import load_qa
 from ragloop.data.bundled import SQUAD_DEV, SQUAD_TRAIN, bundled_path
@@ -38,6 +38,7 @@ from ragloop.generation.generator import CopyHead
 from ragloop.model import RAG
 from ragloop.retrieval import BiEncoder, Index
 from ragloop.training import train
+from ragloop.training.trainer import cpu_has_bf16
 
 
 def t5_from_scratch(path: Path, copy: bool = False) -> str:
@@ -102,7 +103,7 @@ def main() -> None:
         recipe = DEMO_RECIPE | {"logging_steps": 50}
         cfg = TrainConfig(train_file=str(train_jsonl), index=str(index.path), generator=generator,
                           max_steps=round(700 * scale), max_train_minutes=args.minutes,
-                          eval_steps=100_000, precision="bf16" if _cpu_has_bf16() else "auto",
+                          eval_steps=100_000, precision="bf16" if cpu_has_bf16() else "auto",
                           output_dir=str(work / f"run-{i}"), **recipe)
         t0 = time.time()
         result = train(cfg, progress=False)

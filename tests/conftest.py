@@ -100,3 +100,15 @@ def tiny_t5_dir(tmp_path_factory) -> Path:
 def squad_small() -> Path:
     """12 real SQuAD v1.1 dev paragraphs (CC BY-SA 4.0) with their questions."""
     return DATA / "squad-dev-small.json"
+
+
+@pytest.fixture(scope="session")
+def eight_paragraphs(tmp_path_factory, squad_small) -> Path:
+    """One question from each of 8 paragraphs of squad_small: one batch of 8 is the whole training set."""
+    data = json.loads(squad_small.read_text())
+    paragraphs = [(a["title"], p) for a in data["data"] for p in a["paragraphs"]][:8]
+    out = tmp_path_factory.mktemp("eight") / "train.json"
+    out.write_text(json.dumps({"version": "1.1", "data": [
+        {"title": title, "paragraphs": [{"context": p["context"], "qas": p["qas"][:1]}]} for title, p in paragraphs
+    ]}))
+    return out

@@ -21,18 +21,6 @@ from ragloop.training.retriever_trainer import (
 
 
 @pytest.fixture(scope="module")
-def eight_paragraphs(tmp_path_factory, squad_small):
-    """One question from each of 8 paragraphs: one batch of 8 is the whole training set."""
-    data = json.loads(squad_small.read_text())
-    paragraphs = [(a["title"], p) for a in data["data"] for p in a["paragraphs"]][:8]
-    out = tmp_path_factory.mktemp("eight") / "train.json"
-    out.write_text(json.dumps({"version": "1.1", "data": [
-        {"title": title, "paragraphs": [{"context": p["context"], "qas": p["qas"][:1]}]} for title, p in paragraphs
-    ]}))
-    return out
-
-
-@pytest.fixture(scope="module")
 def trained(tmp_path_factory, eight_paragraphs, tiny_bert_dir):
     cfg = RetrieverTrainConfig(train_file=str(eight_paragraphs), encoder=str(tiny_bert_dir), batch_size=8,
                                max_steps=20, learning_rate=1e-3, warmup_steps=0,

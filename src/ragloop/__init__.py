@@ -13,7 +13,7 @@ from ragloop.data import Passage, QAExample, load_corpus, load_qa  # noqa: E402
 from ragloop.errors import RagloopError  # noqa: E402
 from ragloop.generation import Generator  # noqa: E402
 from ragloop.model import RAG, RAGConfig  # noqa: E402
-from ragloop.retrieval import BiEncoder, Encoder, Hit, Index, Retriever  # noqa: E402
+from ragloop.retrieval import BiEncoder, Encoder, Hit, Index, Reranker, Retriever  # noqa: E402
 
 __all__ = [
     "BiEncoder",
@@ -26,6 +26,7 @@ __all__ = [
     "RAG",
     "RAGConfig",
     "RagloopError",
+    "Reranker",
     "Retriever",
     "load_corpus",
     "load_qa",

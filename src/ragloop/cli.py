@@ -1,4 +1,5 @@
-"""`ragloop <command>`: index, search, eval-retrieval, train, train-retriever, eval, answer, serve, demo.
+"""`ragloop <command>`: index, search, eval-retrieval, train, train-retriever, train-reranker, eval, answer,
+serve, demo.
 
 Library code logs; only this module prints. A `RagloopError` becomes one line on stderr and exit 2.
 """
@@ -266,16 +267,6 @@ def write_qa_jsonl(path: Path, examples: list) -> None:
     atomic_write_bytes(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
 
 
-def _cpu_has_bf16() -> bool:
-    """A CPU with native bf16 matrix instructions (AVX512-BF16 or AMX), where bf16 autocast trains
-    faster than fp32 (about 1.25x on the ragloop dev machines)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def cmd_demo(args) -> None:
     """The main job on the bundled data, offline: index SQuAD train + dev contexts with MiniLM, train
     RAG (MiniLM question encoder + MiniLM-BERT2BERT generator) on the train articles for a fixed
@@ -290,6 +281,7 @@ def cmd_demo(args) -> None:
     from ragloop.model import RAG
     from ragloop.retrieval import BiEncoder, Index, Retriever
     from ragloop.training import train
+    from ragloop.training.trainer import cpu_has_bf16
 
     out = Path(args.out)
     train_file, dev_file = bundled_path(SQUAD_TRAIN), bundled_path(SQUAD_DEV)
@@ -318,7 +310,7 @@ def cmd_demo(args) -> None:
               flush=True)
         cfg = TrainConfig(train_file=str(out / "data" / "train.jsonl"), index=str(index_dir),
                           output_dir=str(out / "rag"), max_train_minutes=args.minutes, max_steps=args.steps,
-                          eval_steps=10**9, precision="bf16" if _cpu_has_bf16() else "auto", **DEMO_RECIPE)
+                          eval_steps=10**9, precision="bf16" if cpu_has_bf16() else "auto", **DEMO_RECIPE)
         result = train(cfg, progress=_progress(args))
         print(f"      {result.steps} steps; model saved to {result.best_dir}")
     else:
@@ -465,6 +457,10 @@ def build_parser() -> argparse.ArgumentParser:
     from ragloop.training.retriever_trainer import add_cli as add_train_retriever
 
     add_train_retriever(sub, parents=[common])
+
+    from ragloop.training.reranker_trainer import add_cli as add_train_reranker
+
+    add_train_reranker(sub, parents=[common])
 
     p = sub.add_parser("eval", parents=[common], help="EM/F1 of a trained RAG model on QA data")
     p.add_argument("model_dir", help="a folder written by training (e.g. runs/rag/best_model)")

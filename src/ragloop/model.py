@@ -420,7 +420,8 @@ class RAG(torch.nn.Module):
             if self.passage_encoder is not None:
                 self.passage_encoder.save_pretrained(tmp / PASSAGE_DIR)
             if self.retriever.reranker is not None:
-                self.retriever.reranker.save_pretrained(tmp / RERANKER_DIR)
+                (tmp / RERANKER_DIR).mkdir()
+                self.retriever.reranker.save_into(tmp / RERANKER_DIR)
             if self._reindexed:  # the FAISS vectors changed in memory: write an index that matches them
                 built = Index.build(list(self.index.store), BiEncoder(self.question_encoder, self.passage_encoder),
                                     tmp / INDEX_DIR, factory=self.index.factory,

@@ -30,7 +30,6 @@ import math
 import shutil
 import tempfile
 import time
-from collections import defaultdict
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -40,19 +39,16 @@ from tqdm.auto import tqdm
 
 from ragloop.config import add_config_args, config_from_args, opt
 from ragloop.data.corpus import Passage, make_passages
-from ragloop.data.qa import QAExample, load_qa
+from ragloop.data.qa import load_qa
 from ragloop.errors import RagloopError
-from ragloop.evaluation.metrics import has_answer
 from ragloop.io import atomic_dir, atomic_write_json, only_replace
-from ragloop.retrieval.bm25 import BM25Index
 from ragloop.retrieval.encoders import DEFAULT_ENCODER, BiEncoder, Encoder, resolve_source
-from ragloop.retrieval.index import bm25_text
+from ragloop.training.negatives import TrainItem, build_items
 
 log = logging.getLogger(__name__)
 
 SUMMARY = "retriever_training.json"  # marks a folder this trainer wrote (and may replace)
 QUESTION_DIR, PASSAGE_DIR = "question_encoder", "passage_encoder"
-BM25_DEPTH = 20  # BM25 passages looked at per question when choosing hard negatives
 ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
 
 
@@ -92,61 +88,7 @@ class RetrieverTrainConfig:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-@dataclass
-class TrainItem:
-    """One training question: rows into the passage list for its positive and hard negatives."""
-
-    question: str
-    doc_id: str
-    positive: int
-    negatives: list[int]
-
-
 # -- data -------------------------------------------------------------------------------------
-
-
-def build_items(examples: list[QAExample], chunk_words: int = 100, hard_negatives: int = 1,
-                where: str = "training data") -> tuple[list[Passage], list[TrainItem]]:
-    """Passages of the examples' paragraphs, and per question its positive and BM25 hard negatives."""
-    with_context = [ex for ex in examples if ex.context]
-    if not with_context:
-        raise RagloopError(f"{where}: no question has a context paragraph; retriever training needs each "
-                          "question's own paragraph as its positive")
-    passages = make_passages(({"doc_id": ex.doc_id, "title": ex.title, "text": ex.context,
-                               "source": ex.source} for ex in with_context),
-                             chunk_words)
-    if len(passages) < 2:
-        raise RagloopError(f"{where}: all {len(with_context)} questions share one paragraph; retriever training "
-                          "needs questions from at least two paragraphs (other paragraphs are the negatives)")
-    rows_of: dict[str, list[int]] = defaultdict(list)
-    for row, p in enumerate(passages):
-        rows_of[p.doc_id].append(row)
-    items, answers = [], []
-    for ex in with_context:
-        rows = rows_of.get(ex.doc_id)
-        if not rows:  # its every chunk duplicated another paragraph's: no passage of its own
-            continue
-        positive = next((r for r in rows if has_answer(ex.answers, passages[r].text)), rows[0])
-        items.append(TrainItem(ex.question, ex.doc_id, positive, []))
-        answers.append(ex.answers)
-    if hard_negatives > 0:
-        texts = [bm25_text(p) for p in passages]
-        depth = min(len(passages), BM25_DEPTH + hard_negatives)
-        _, ranked = BM25Index.build(texts).search([it.question for it in items], depth)
-        missing = 0
-        for it, golds, rows in zip(items, answers, ranked.tolist()):
-            for r in rows:
-                if r < 0 or len(it.negatives) == hard_negatives:
-                    break
-                if passages[r].doc_id != it.doc_id and not has_answer(golds, texts[r]):
-                    it.negatives.append(r)
-            missing += len(it.negatives) < hard_negatives
-        if missing:
-            log.info("%d of %d questions have fewer than %d BM25 hard negatives", missing, len(items),
-                     hard_negatives)
-    log.info("retriever training data: %d questions, %d passages (%d questions without a passage of their own)",
-             len(items), len(passages), len(with_context) - len(items))
-    return passages, items
 
 
 def batch_targets(items: list[TrainItem], passages: list[Passage]) -> tuple[list[int], torch.Tensor, torch.Tensor]:

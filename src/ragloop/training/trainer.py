@@ -121,6 +121,16 @@ def gold_passages(batch: list[QAExample]) -> list[list]:
     return [[Passage(e.doc_id, e.title, e.context, e.doc_id)] for e in batch]
 
 
+def cpu_has_bf16() -> bool:
+    """A CPU with native bf16 matrix instructions (AVX512-BF16 or AMX), where bf16 autocast trains
+    faster than fp32 (about 1.25x on the ragloop dev machines)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def mixed_precision(precision: str) -> str:
     cuda = torch.cuda.is_available()
     if precision == "auto":

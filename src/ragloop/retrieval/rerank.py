@@ -1,0 +1,193 @@
+"""A cross-encoder reranker: rescores a first stage's passages by reading question and passage together.
+
+    >>> from ragloop.retrieval.rerank import Reranker
+    >>> reranker = Reranker.from_pretrained("cross-encoder/ms-marco-MiniLM-L-6-v2")   # or a local folder,
+    >>> reranker = Reranker.from_pretrained("runs/reranker")                          # e.g. `ragloop train-reranker`
+    >>> scores = reranker.score(["who wrote hamlet?"], [[passage_a, passage_b, passage_c]])
+    >>> scores[0]                              # one float32 array per question, higher = more relevant
+    array([ 7.1, -3.2,  0.4], dtype=float32)
+    >>> best_first = np.argsort(-scores[0], kind="stable")
+    >>> reranker.save_pretrained("runs/my-reranker")
+
+Any Hugging Face sequence-classification model serves (`AutoModelForSequenceClassification`): with
+one label the score is its logit; with two, the logit of "relevant" (label 1) minus that of "not
+relevant" (label 0), the log-odds. The model reads "[CLS] question [SEP] title text [SEP]": the
+passage side is `bm25_text(passage)`, the same "title text" string the BM25 index searches, so a
+passage reads the same to every stage. `ragloop train-reranker` trains one from the bundled MiniLM.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ragloop.data.corpus import Passage
+from ragloop.errors import RagloopError
+from ragloop.io import atomic_dir, atomic_write_json, only_replace
+from ragloop.retrieval.encoders import resolve_source
+from ragloop.retrieval.index import bm25_text
+
+log = logging.getLogger(__name__)
+
+SETTINGS_FILE = "ragloop_reranker.json"  # written beside the HF files; marks a folder ragloop may replace
+FORMAT = "ragloop-reranker"
+
+
+def passage_text(passage: Passage | str) -> str:
+    """What the cross-encoder reads for a passage (a plain string is taken as it is)."""
+    return passage if isinstance(passage, str) else bm25_text(passage)
+
+
+def relevance(logits: torch.Tensor) -> torch.Tensor:
+    """One relevance score per row of a classifier's logits [N, 1] or [N, 2] (differentiable)."""
+    if logits.shape[-1] == 1:
+        return logits[..., 0]
+    return logits[..., 1] - logits[..., 0]
+
+
+class Reranker:
+    """A cross-encoder (HF model + tokenizer) that scores (question, passage) pairs; see the module doc."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer, name: str = "", max_length: int = 256,
+                 batch_size: int = 32) -> None:
+        labels = model.config.num_labels
+        if labels not in (1, 2):
+            raise RagloopError(f"reranker {name or type(model).__name__!r} has {labels} output labels; a reranker "
+                               "needs 1 (a relevance logit) or 2 (not relevant / relevant)")
+        if max_length < 1 or batch_size < 1:
+            raise RagloopError(f"reranker max_length and batch_size must be at least 1 (got {max_length}, "
+                               f"{batch_size})")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        limit = min(getattr(tokenizer, "model_max_length", max_length) or max_length,
+                    getattr(model.config, "max_position_embeddings", max_length) or max_length)
+        self.max_length = min(max_length, limit)
+        self.batch_size = batch_size
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, max_length: int = 256, batch_size: int = 32,
+                        device=None) -> Reranker:
+        """Load a cross-encoder by hub name or local folder onto `device` (default: CUDA if there is
+        one), in eval mode. A folder whose weights have no classification head is an error, not a
+        reranker with a random head."""
+        model, tokenizer, missing = _load(name_or_path, fresh_head=False)
+        if missing:
+            arch = ", ".join(model.config.architectures or [model.config.model_type])
+            raise RagloopError(
+                f"reranker {os.fspath(name_or_path)!r} is a {arch} without a sequence-classification head "
+                f"({', '.join(missing[:4])} would be random); give a cross-encoder, or train one from it with "
+                f"`ragloop train-reranker --model {os.fspath(name_or_path)}`")
+        return cls._placed(model, tokenizer, name_or_path, max_length, batch_size, device)
+
+    @classmethod
+    def for_training(cls, name_or_path: str | os.PathLike, max_length: int = 256, batch_size: int = 32,
+                     device=None) -> Reranker:
+        """A cross-encoder to fine-tune: a model with a sequence-classification head keeps it; a plain
+        encoder (the bundled MiniLM, `bert-base-uncased`) gets a fresh one-label head."""
+        model, tokenizer, missing = _load(name_or_path, fresh_head=True)
+        if missing:
+            log.info("%s: new classification head (%s)", os.fspath(name_or_path), ", ".join(missing))
+        return cls._placed(model, tokenizer, name_or_path, max_length, batch_size, device)
+
+    @classmethod
+    def _placed(cls, model, tokenizer, name_or_path, max_length, batch_size, device) -> Reranker:
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        model.to(device).eval()
+        return cls(model, tokenizer, name=os.fspath(name_or_path), max_length=max_length, batch_size=batch_size)
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Write a Hugging Face folder (model, tokenizer, and ragloop's settings) atomically."""
+        with atomic_dir(path, may_replace=only_replace(SETTINGS_FILE, "reranker folder")) as tmp:
+            self.save_into(tmp)
+        log.info("saved reranker -> %s", path)
+
+    def save_into(self, folder: Path) -> None:
+        """The files of `save_pretrained`, into an existing folder (for writers that add their own)."""
+        self.model.save_pretrained(folder)
+        self.tokenizer.save_pretrained(folder)
+        atomic_write_json(Path(folder) / SETTINGS_FILE, {"format": FORMAT, "max_length": self.max_length,
+                                                         "source": self.name})
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def tokenize(self, questions: list[str], texts: list[str]) -> dict:
+        """Token ids of (question, passage text) pairs, unpadded, truncated to `max_length` (longest first)."""
+        return self.tokenizer(questions, texts, truncation=True, max_length=self.max_length)
+
+    def score(self, questions: list[str], passages: list[list[Passage]], progress: bool | None = False
+              ) -> list[np.ndarray]:
+        """Relevance of each question's passages: one float32 array per question, in the passages' order.
+
+        All pairs are batched together across questions, longest first so a batch pads little; a passage
+        may also be given as its text. `progress` None shows a bar only on a terminal."""
+        if len(questions) != len(passages):
+            raise ValueError(f"{len(questions)} questions but {len(passages)} passage lists")
+        counts = [len(ps) for ps in passages]
+        total = sum(counts)
+        flat = np.empty(total, dtype=np.float32)
+        if total:
+            pair_questions = [q for q, n in zip(questions, counts) for _ in range(n)]
+            pair_texts = [passage_text(p) for ps in passages for p in ps]
+            was_training = self.model.training
+            self.model.eval()
+            try:
+                self._score_pairs(pair_questions, pair_texts, flat, progress)
+            finally:
+                self.model.train(was_training)
+        return [a.copy() for a in np.split(flat, np.cumsum(counts)[:-1])] if questions else []
+
+    @torch.inference_mode()
+    def _score_pairs(self, questions: list[str], texts: list[str], out: np.ndarray, progress: bool | None) -> None:
+        enc = self.tokenize(questions, texts)
+        lengths = np.fromiter((len(ids) for ids in enc["input_ids"]), dtype=np.int64, count=len(texts))
+        order = np.argsort(-lengths, kind="stable")
+        keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
+        device = self.device
+        disable = None if progress is None else not progress
+        with tqdm(total=len(texts), desc="reranking", unit="pair", disable=disable) as bar:
+            for start in range(0, len(texts), self.batch_size):
+                idx = order[start : start + self.batch_size]
+                batch = self.tokenizer.pad({k: [enc[k][i] for i in idx] for k in keys}, return_tensors="pt")
+                logits = self.model(**{k: v.to(device) for k, v in batch.items()}).logits
+                out[idx] = relevance(logits.float()).cpu().numpy()
+                bar.update(len(idx))
+
+
+def _load(name_or_path: str | os.PathLike, fresh_head: bool) -> tuple[torch.nn.Module, object, list[str]]:
+    """(model, tokenizer, names of weights the checkpoint lacked). With `fresh_head`, a model whose config
+    names no sequence-classification architecture is given a one-label head."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    name = os.fspath(name_or_path)
+    source = resolve_source(name)
+    path = Path(source)
+    # a hub name is "name" or "org/name"; anything else that is not there is a missing folder
+    looks_local = isinstance(name_or_path, os.PathLike) or path.is_absolute() or source.startswith((".", "~")) \
+        or source.count("/") > 1 or (os.sep != "/" and os.sep in source)
+    if looks_local and not path.exists():
+        raise RagloopError(f"reranker {name!r}: no such folder")
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise RagloopError(f"reranker {name!r}: the folder holds no config.json, so it is not a Hugging Face "
+                           "model folder (a cross-encoder saved with save_pretrained)")
+    try:
+        config = AutoConfig.from_pretrained(source)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        extra = {}
+        if fresh_head and not any(a.endswith("ForSequenceClassification") for a in config.architectures or []):
+            extra["num_labels"] = 1
+        model, info = AutoModelForSequenceClassification.from_pretrained(source, output_loading_info=True, **extra)
+    except (OSError, ValueError, KeyError) as e:
+        raise RagloopError(f"could not load reranker {name!r}: {str(e).strip().splitlines()[0][:200]}") from None
+    except RuntimeError as e:  # e.g. a truncated weights file
+        raise RagloopError(f"cannot load reranker weights from {name!r} "
+                           f"({type(e).__name__}: {str(e).strip().splitlines()[0][:200]})") from None
+    return model, tokenizer, sorted(info.get("missing_keys") or [])

