@@ -65,3 +65,26 @@ def test_bad_input_is_one_line_and_nonzero_exit(tmp_path, index_dir, other_bert_
         assert "Traceback" not in proc.stderr
     assert not (tmp_path / "o").exists()  # a failed `ragloop index` leaves nothing at --out
     assert [p.name for p in tmp_path.iterdir()] == ["bad.jsonl"]
+
+
+def _modules_after(code: str) -> set[str]:
+    """Which of torch / transformers / faiss a fresh interpreter has imported after running `code`."""
+    heavy = ("torch", "transformers", "faiss")
+    probe = f"{code}\nimport sys\nprint('modules:', *(m for m in {heavy!r} if m in sys.modules))"
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return set(proc.stdout.splitlines()[-1].split()[1:])
+
+
+def test_import_and_help_do_not_load_torch_and_bm25_search_loads_no_model(index_dir):
+    assert _modules_after("import ragloop") == set()
+    assert _modules_after("import ragloop.cli, ragloop.config, ragloop.evaluation, ragloop.retrieval") == set()
+    help_ = ("import runpy, sys\nsys.argv = ['ragloop', '--help']\n"
+             "try:\n    runpy.run_module('ragloop', run_name='__main__')")
+    assert _modules_after(help_ + "\nexcept SystemExit:\n    pass") == set()  # python -m ragloop --help
+    search = f"from ragloop.cli import main\nmain(['search', {str(index_dir)!r}, 'Warsaw', '--mode', 'bm25'])"
+    assert not _modules_after(search) & {"torch", "transformers"}
+    # the public names still import, each loading what it needs when first used
+    assert _modules_after("from ragloop import Retriever, RagloopError, load_qa") <= {"faiss"}
+    assert _modules_after("from ragloop import RAG, BiEncoder, Index\nimport ragloop\nassert 'RAG' in dir(ragloop)") \
+        >= {"torch", "transformers"}

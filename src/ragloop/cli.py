@@ -328,9 +328,16 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight", type=float, default=0.5, help="dense weight in hybrid fusion (default 0.5)")
 
 
+def cmd_train_retriever(args) -> None:
+    from ragloop.training.retriever_trainer import cmd_train_retriever as run
+
+    run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The whole command line; builds without importing torch, so `--help` answers at once."""
     from ragloop import __version__
-    from ragloop.retrieval.encoders import DEFAULT_ENCODER
+    from ragloop.config import DEFAULT_ENCODER, RetrieverTrainConfig, add_config_args
 
     parser = argparse.ArgumentParser(prog="ragloop", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"ragloop {__version__}")
@@ -378,15 +385,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_search_options(p)
     p.set_defaults(func=cmd_eval_retrieval)
 
-    from ragloop.config import add_config_args
-
     p = sub.add_parser("train", parents=[common], help="train RAG end to end (question encoder + generator)")
     add_config_args(p)
     p.set_defaults(func=cmd_train)
 
-    from ragloop.training.retriever_trainer import add_cli as add_train_retriever
-
-    add_train_retriever(sub, parents=[common])
+    # as `ragloop.training.retriever_trainer.add_cli` registers it, without importing the trainer (torch)
+    p = sub.add_parser("train-retriever", parents=[common],
+                       help="fine-tune the retrieval encoder(s) on QA data (in-batch + BM25 hard negatives)")
+    add_config_args(p, RetrieverTrainConfig)
+    p.set_defaults(func=cmd_train_retriever)
 
     p = sub.add_parser("eval", parents=[common], help="EM/F1 of a trained RAG model on QA data")
     p.add_argument("model_dir", help="a folder written by training (e.g. runs/rag/best_model)")
@@ -430,14 +437,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def quiet_libraries() -> None:
-    """Library chatter a user does not need: weight-loading bars, hub retry warnings."""
+    """Library chatter a user does not need: transformers' info and warnings, hub retry warnings.
+    Without importing them (a BM25 search never loads transformers): their verbosity variables are
+    read when they are first imported; a library already imported is told directly."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import huggingface_hub
-    import transformers
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_VERBOSITY", "error")
+    if "transformers" in sys.modules:  # main() called in a process that has loaded it already
+        import transformers
 
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-    huggingface_hub.utils.logging.set_verbosity_error()
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
     for name in ("bm25s", "datasets", "huggingface_hub", "accelerate"):
         logging.getLogger(name).setLevel(logging.ERROR)
 

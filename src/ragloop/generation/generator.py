@@ -32,12 +32,12 @@ from typing import Protocol
 
 import torch
 
+from ragloop.config import BUNDLED_GENERATOR
 from ragloop.errors import RagloopError
 from ragloop.io import legacy_name
 
 log = logging.getLogger(__name__)
 
-BUNDLED_GENERATOR = "bundled:minilm-bert2bert"
 GENERATOR_FILE = "ragloop_generator.json"
 COPY_HEAD_FILE = "copy_head.safetensors"
 IGNORE_INDEX = -100

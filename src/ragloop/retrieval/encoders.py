@@ -21,12 +21,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ragloop.config import DEFAULT_ENCODER  # noqa: F401 (re-exported: the default's home is config)
 from ragloop.errors import RagloopError
 from ragloop.io import legacy_name
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ENCODER = "bundled:all-MiniLM-L6-v2"
 DEFAULT_ENCODER_HUB_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 # The probe keeps the text it had under the old name: indexes built then carry its vector.
 PROBE_TEXT = "ragsys encoder probe: the quick brown fox jumps over the lazy dog."

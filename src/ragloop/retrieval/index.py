@@ -30,6 +30,7 @@ import logging
 import re
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import faiss
 import numpy as np
@@ -46,8 +47,10 @@ from ragloop.io import (
     verify_files,
 )
 from ragloop.retrieval.bm25 import BM25Index
-from ragloop.retrieval.encoders import BiEncoder, Encoder
 from ragloop.retrieval.store import PassageStore
+
+if TYPE_CHECKING:  # encoders import torch: loaded only where a model is used, so BM25 search stays light
+    from ragloop.retrieval.encoders import BiEncoder, Encoder
 
 log = logging.getLogger(__name__)
 
@@ -348,6 +351,8 @@ class Index:
 
     def load_encoder(self) -> BiEncoder:
         """The encoders that built this index, by the names recorded in the manifest."""
+        from ragloop.retrieval.encoders import BiEncoder
+
         entry = self.manifest["encoder"]
         return BiEncoder.from_pretrained(entry["passage"]["name"], entry["question"]["name"])
 

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ragloop.data.corpus import Passage
 from ragloop.errors import RagloopError
-from ragloop.retrieval.encoders import BiEncoder, Encoder
 from ragloop.retrieval.hybrid import fuse
 from ragloop.retrieval.index import Index
+
+if TYPE_CHECKING:  # encoders import torch; BM25-only search never needs them
+    from ragloop.retrieval.encoders import Encoder
 
 MODES = ("dense", "bm25", "hybrid")
 FUSION_DEPTH = 100
@@ -57,6 +60,8 @@ class Retriever:
         index = Index.load(path, verify=verify)
         question = None
         if encoder is not None:
+            from ragloop.retrieval.encoders import BiEncoder
+
             question = BiEncoder.from_pretrained(encoder).question
             index.check_question_encoder(question)
         return cls(index, question, **kwargs)

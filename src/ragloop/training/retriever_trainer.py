@@ -31,21 +31,21 @@ import shutil
 import tempfile
 import time
 from collections import defaultdict
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ragloop.config import add_config_args, config_from_args, opt
+from ragloop.config import RetrieverTrainConfig, add_config_args, config_from_args
 from ragloop.data.corpus import Passage, make_passages
 from ragloop.data.qa import QAExample, load_qa
 from ragloop.errors import RagloopError
 from ragloop.evaluation.metrics import has_answer
 from ragloop.io import atomic_dir, atomic_write_json, only_replace
 from ragloop.retrieval.bm25 import BM25Index
-from ragloop.retrieval.encoders import DEFAULT_ENCODER, BiEncoder, Encoder, resolve_source
+from ragloop.retrieval.encoders import BiEncoder, Encoder, resolve_source
 from ragloop.retrieval.index import bm25_text
 
 log = logging.getLogger(__name__)
@@ -54,42 +54,6 @@ SUMMARY = "retriever_training.json"  # marks a folder this trainer wrote (and ma
 QUESTION_DIR, PASSAGE_DIR = "question_encoder", "passage_encoder"
 BM25_DEPTH = 20  # BM25 passages looked at per question when choosing hard negatives
 ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
-
-
-@dataclass
-class RetrieverTrainConfig:
-    # data
-    train_file: str | None = opt(None, "SQuAD-style .json/.jsonl/.csv with questions, answers and their "
-                                       "context paragraphs (required)", "data")
-    validation_file: str | None = opt(None, "SQuAD-style file: dense gold@k over its paragraphs after training",
-                                      "data")
-    max_train_examples: int | None = opt(None, "use only the first N training questions", "data")
-    chunk_words: int = opt(100, "words per passage, as `ragloop index --chunk-words`", "data")
-    hard_negatives: int = opt(1, "BM25 hard negatives per question (0: in-batch negatives only)", "data")
-    # model
-    encoder: str = opt(DEFAULT_ENCODER, "encoder to fine-tune, name or path (a DPR ctx encoder: two towers)",
-                       "model")
-    question_encoder: str | None = opt(None, "question encoder, if not the same model (DPR: inferred)", "model")
-    shared_encoder: bool = opt(True, "one set of weights for questions and passages when --encoder names one "
-                                     "model (false: two towers, both starting from it)", "model")
-    max_length: int | None = opt(None, "tokens per question or passage (default: the model's own)", "model")
-    scale: float | None = opt(None, "similarity scale, 1/temperature (default: 20 for normalised embeddings, "
-                                    "1 for dot products)", "model")
-    # optimisation
-    batch_size: int = opt(32, "questions per step (each brings its positive and hard negatives)", "optimisation")
-    learning_rate: float = opt(2e-5, "peak learning rate (AdamW)", "optimisation")
-    num_epochs: int = opt(1, "passes over the training questions", "optimisation")
-    max_steps: int | None = opt(None, "stop after N steps (overrides --num_epochs)", "optimisation")
-    warmup_steps: int = opt(10, "linear warmup steps, then linear decay to 0", "optimisation")
-    weight_decay: float = opt(0.01, "AdamW weight decay (matrices only)", "optimisation")
-    max_grad_norm: float = opt(1.0, "gradient clipping (0: off)", "optimisation")
-    # run
-    output_dir: str = opt("runs/retriever", "folder for the trained encoder(s), replaced atomically", "run")
-    seed: int = opt(42, "seed for data order and dropout", "run")
-    logging_steps: int = opt(10, "log the loss every N steps", "run")
-
-    def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 @dataclass
