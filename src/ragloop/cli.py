@@ -448,7 +448,7 @@ def quiet_libraries() -> None:
 
         transformers.logging.set_verbosity_error()
         transformers.logging.disable_progress_bar()
-    for name in ("bm25s", "datasets", "huggingface_hub", "accelerate"):
+    for name in ("bm25s", "datasets", "faiss", "huggingface_hub", "accelerate"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
 

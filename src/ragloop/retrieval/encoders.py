@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from ragloop.config import DEFAULT_ENCODER  # noqa: F401 (re-exported: the default's home is config)
 from ragloop.errors import RagloopError
 from ragloop.io import legacy_name
+from ragloop.quiet import quiet_transformers
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ class Encoder(torch.nn.Module):
         return self.spec.dim
 
     @classmethod
+    @quiet_transformers()
     def from_pretrained(
         cls,
         name_or_path: str = DEFAULT_ENCODER,
@@ -124,6 +126,7 @@ class Encoder(torch.nn.Module):
         spec = EncoderSpec(canonical_name(name_or_path), int(dim), pooling, bool(normalize), int(max_length), arch)
         return cls(model, tokenizer, spec).eval()
 
+    @quiet_transformers()
     def save_pretrained(self, path: str | Path) -> None:
         path = Path(path)
         self.model.save_pretrained(path)
