@@ -67,6 +67,50 @@ def test_bad_input_is_one_line_and_nonzero_exit(tmp_path, index_dir, other_bert_
     assert [p.name for p in tmp_path.iterdir()] == ["bad.jsonl"]
 
 
+def test_quiet_before_or_after_the_command(index_dir, capsys):
+    from ragloop.cli import build_parser
+
+    parser = build_parser()
+    argv = ["search", str(index_dir), "q"]
+    assert parser.parse_args(argv).quiet is False
+    assert parser.parse_args(["-q", *argv]).quiet is True
+    assert parser.parse_args([*argv, "-q"]).quiet is True
+    assert parser.parse_args(["--verbose", *argv]).verbose is True
+    capsys.readouterr()
+    assert main(["-q", "search", str(index_dir), "Warsaw Vistula", "-k", "1", "--mode", "bm25", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["hits"][0]["title"] == "Warsaw"
+
+
+def _help_entries(text: str) -> dict[str, str]:
+    """argparse help text -> {first name of each argument: its whole help}."""
+    entries: dict[str, str] = {}
+    name = None
+    for line in text.splitlines():
+        if line.startswith("  ") and not line.startswith("   "):  # "  -k K   passages ..." starts an entry
+            name = line.split()[0].rstrip(",")
+            entries[name] = line
+        elif line.startswith("   ") and name:
+            entries[name] += " " + line.strip()
+        else:
+            name = None
+    return entries
+
+
+def test_search_help_documents_every_argument_and_its_default(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["search", "--help"])
+    assert exit_.value.code == 0
+    entries = _help_entries(capsys.readouterr().out)
+    options = ["-q", "-v", "-k", "--mode", "--json", "--encoder", "--fusion", "--weight"]
+    assert set(entries) == {"index_dir", "question", "-h", *options}
+    for option in options:
+        assert "default" in entries[option], entries[option]
+    assert "(default: 5)" in entries["-k"] and "(default: dense)" in entries["--mode"]
+    assert "(default: rrf)" in entries["--fusion"] and "(default: 0.5)" in entries["--weight"]
+    assert "(default: off)" in entries["--json"]
+    assert len(entries["index_dir"].split()) > 1 and len(entries["question"].split()) > 1  # each has a help
+
+
 def _modules_after(code: str) -> set[str]:
     """Which of torch / transformers / faiss a fresh interpreter has imported after running `code`."""
     heavy = ("torch", "transformers", "faiss")

@@ -322,10 +322,32 @@ def cmd_demo(args) -> None:
 # -- parser -----------------------------------------------------------------------------------
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's help ends with its default: the value, "off" for a flag, or the help's own words
+    when they already say it ("default: the one in the index manifest"). Nothing for a required
+    option or one whose absence means "not used" (None)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or not action.option_strings or action.required or action.default is None:
+            return text
+        if action.nargs == 0:  # a flag: -q, --json (not -h / --version)
+            return f"{text} (default: off)" if action.const is True else text
+        return super()._get_help_string(action)
+
+
 def _add_search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--encoder", help="question encoder to query with (default: the one in the index manifest)")
-    p.add_argument("--fusion", choices=["rrf", "score"], default="rrf", help="hybrid fusion (default rrf)")
-    p.add_argument("--weight", type=float, default=0.5, help="dense weight in hybrid fusion (default 0.5)")
+    p.add_argument("--fusion", choices=["rrf", "score"], default="rrf",
+                   help="hybrid fusion: reciprocal rank (rrf) or min-max normalised scores (score)")
+    p.add_argument("--weight", type=float, default=0.5, help="dense weight in hybrid fusion, 0 to 1")
+
+
+def _add_common_options(p: argparse.ArgumentParser, default) -> None:
+    """-q/-v, accepted before the command (`ragloop -q search ...`) and after it: the command's copy
+    defaults to SUPPRESS so that it does not undo a flag given before the command."""
+    p.add_argument("-q", "--quiet", action="store_true", default=default, help="no progress bars or info logs")
+    p.add_argument("-v", "--verbose", action="store_true", default=default, help="debug logs")
 
 
 def cmd_train_retriever(args) -> None:
@@ -341,9 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="ragloop", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"ragloop {__version__}")
+    _add_common_options(parser, default=False)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-q", "--quiet", action="store_true", help="no progress bars or info logs")
-    common.add_argument("-v", "--verbose", action="store_true", help="debug logs")
+    _add_common_options(common, default=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("index", parents=[common], help="chunk, encode and index documents or QA contexts")
@@ -365,21 +387,24 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--keep-shards", action="store_true", help="keep OUT.shards/ after merging")
     p.set_defaults(func=cmd_index)
 
-    p = sub.add_parser("search", parents=[common], help="search an index")
-    p.add_argument("index_dir")
-    p.add_argument("question")
-    p.add_argument("-k", type=int, default=5)
-    p.add_argument("--mode", choices=["dense", "bm25", "hybrid"], default="dense")
+    p = sub.add_parser("search", parents=[common], help="search an index", formatter_class=HelpFormatter)
+    p.add_argument("index_dir", help="an index folder written by `ragloop index`")
+    p.add_argument("question", help="the question to search for")
+    p.add_argument("-k", type=int, default=5, help="passages to show")
+    p.add_argument("--mode", choices=["dense", "bm25", "hybrid"], default="dense",
+                   help="dense: question encoder + FAISS; bm25: shared words, no model loaded; hybrid: both, fused")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _add_search_options(p)
     p.set_defaults(func=cmd_search)
 
-    p = sub.add_parser("eval-retrieval", parents=[common], help="hit@k, gold@k, mrr@10 on QA data")
-    p.add_argument("index_dir")
+    p = sub.add_parser("eval-retrieval", parents=[common], help="hit@k, gold@k, mrr@10 on QA data",
+                       formatter_class=HelpFormatter)
+    p.add_argument("index_dir", help="an index folder written by `ragloop index`")
     p.add_argument("--data", required=True, help="SQuAD-style .json/.jsonl/.csv or a HF dataset name")
     p.add_argument("--split", help="dataset split, for a HF dataset name (default validation)")
-    p.add_argument("-k", type=int, nargs="+", default=[1, 5, 20])
-    p.add_argument("--mode", choices=["dense", "bm25", "hybrid", "all"], default="dense")
+    p.add_argument("-k", type=int, nargs="+", default=[1, 5, 20], help="cut-offs for hit@k and gold@k")
+    p.add_argument("--mode", choices=["dense", "bm25", "hybrid", "all"], default="dense",
+                   help="search mode to score; all: dense, bm25 and hybrid, one row each")
     p.add_argument("--limit", type=int, help="only the first N questions")
     p.add_argument("--json", action="store_true", help="print one JSON object per mode")
     _add_search_options(p)
