@@ -72,7 +72,8 @@ class TrainConfig:
     output_dir: str = opt("runs/rag", "where checkpoints, the best model and logs go", "run")
     seed: int = opt(42, "seed for data order, dropout and initialisation", "run")
     eval_steps: int = opt(500, "evaluate dev F1 and save a checkpoint every N steps", "run")
-    logging_steps: int = opt(10, "log loss and learning rate every N steps", "run")
+    logging_steps: int = opt(10, "every N steps, log the mean loss of those N steps and the learning "
+                                      "rate", "run")
     resume: bool = opt(False, "continue the run in --output_dir from its last checkpoint", "run")
 
     def __post_init__(self) -> None:

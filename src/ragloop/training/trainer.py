@@ -12,9 +12,11 @@ under autocast (bf16/fp16) with gradient accumulation, through `accelerate` (so 
 best model as a loadable folder and saves the last checkpoint for `--resume`.
 
 Under a launcher with P processes (see `ragloop.training.distributed`) each step is one global batch
-of P x batch_size examples, split across the processes; the loss logged is the global batch's mean.
-Process 0 alone evaluates and writes (checkpoints, best model, metrics.jsonl, TensorBoard); the
-checkpoint keeps every process's RNG state, and --resume needs the same number of processes.
+of P x batch_size examples, split across the processes; the loss logged is the global batches' mean
+loss averaged over the logging window (the `logging_steps` steps since the last log line).
+Process 0 alone evaluates and writes (checkpoints, best model, metrics.jsonl, its plot metrics.png,
+TensorBoard); the checkpoint keeps every process's RNG state, and --resume needs the same number of
+processes.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from ragloop.training.distributed import (
     freeze_unused_parameters,
     rank_share,
 )
+from ragloop.training.plot import plot_metrics
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +152,12 @@ def _rewrite_metrics(path: Path, upto_step: int) -> None:
         path.write_text("".join(ln + "\n" for ln in keep))
 
 
+def window_mean(losses: list[float], steps: int) -> float:
+    """The mean loss of the last `steps` steps: what a log line reports, rather than one noisy step."""
+    window = losses[-steps:] if steps > 0 else losses[-1:]
+    return sum(window) / len(window)
+
+
 def train(cfg: TrainConfig, progress: bool | None = None) -> TrainResult:
     from accelerate import Accelerator
     from transformers import get_linear_schedule_with_warmup
@@ -222,7 +231,7 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> TrainResult:
     bar = tqdm(total=total, initial=step, desc="training", unit="step", disable=not main or (
         None if progress is None else not progress))
     model.train()
-    running, t0 = 0.0, time.time()
+    running, t0, logged_at = 0.0, time.time(), step
     while step < total:
         # the same global batches on every process (seed, epoch); each process takes its share
         batches = length_grouped_batches(lengths, global_batch, cfg.seed, epoch)
@@ -251,9 +260,10 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> TrainResult:
             bar.update(1)
             bar.set_postfix(loss=f"{running:.4f}", lr=f"{lr:.2e}")
             if main and (step % cfg.logging_steps == 0 or step == total):
-                record = {"step": step, "epoch": epoch, "loss": round(running, 6), "lr": lr,
-                          "elapsed_s": round(time.time() - t0, 2)}
+                record = {"step": step, "epoch": epoch, "loss": round(window_mean(losses, step - logged_at), 6),
+                          "lr": lr, "elapsed_s": round(time.time() - t0, 2)}
                 _log(out, writer, record)
+                logged_at = step
             running = 0.0
             if cfg.train_passage_encoder and cfg.reindex_steps and step % cfg.reindex_steps == 0:
                 raw.reindex()
@@ -300,6 +310,7 @@ def _evaluate_and_save(cfg, accelerator, raw, optimizer, scheduler, scaler, dev_
                                "dev_f1": round(metrics["f1"], 4)})
         if is_best:
             raw.save_pretrained(out / BEST)
+        plot_metrics(out / METRICS)
         save_checkpoint(out / LAST, raw, optimizer.optimizer, scheduler, scaler, {**position, "best_f1": best_f1},
                         rank_rng=rank_rng)
     accelerator.wait_for_everyone()
