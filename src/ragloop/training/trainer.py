@@ -24,7 +24,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,13 +154,43 @@ def _rewrite_metrics(path: Path, upto_step: int) -> None:
         path.write_text("".join(ln + "\n" for ln in keep))
 
 
+def train(cfg: TrainConfig, progress: bool | None = None) -> TrainResult:
+    """Train. A run that fails before its first checkpoint (bad data, a model that does not load, an
+    index built with another encoder) leaves nothing behind: the output folder goes if this run created
+    it, else what the run added to it. Once a checkpoint exists everything stays, for --resume."""
+    out = Path(cfg.output_dir)
+    created = None if cfg.resume or out.exists() else out  # the topmost folder this run will create
+    while created is not None and not created.parent.exists():
+        created = created.parent
+    before = {p.name for p in out.iterdir()} if out.is_dir() else set()
+    try:
+        return _train(cfg, progress)
+    except BaseException:
+        if not cfg.resume and not (out / LAST).exists() and int(os.environ.get("RANK", "0")) == 0:
+            _remove_new(created, out, before)
+        raise
+
+
+def _remove_new(created: Path | None, out: Path, before: set[str]) -> None:
+    if created is not None:
+        shutil.rmtree(created, ignore_errors=True)
+        return
+    for path in out.iterdir() if out.is_dir() else ():
+        if path.name in before:
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
 def window_mean(losses: list[float], steps: int) -> float:
     """The mean loss of the last `steps` steps: what a log line reports, rather than one noisy step."""
     window = losses[-steps:] if steps > 0 else losses[-1:]
     return sum(window) / len(window)
 
 
-def train(cfg: TrainConfig, progress: bool | None = None) -> TrainResult:
+def _train(cfg: TrainConfig, progress: bool | None) -> TrainResult:
     from accelerate import Accelerator
     from transformers import get_linear_schedule_with_warmup
 
@@ -176,13 +208,13 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> TrainResult:
         if saved.get("num_processes", 1) != world:
             raise RagloopError(f"{out / LAST}: written by a run of {saved.get('num_processes', 1)} process(es); "
                               f"resume it with as many (this run has {world}), so each step sees the same batch")
-    elif main:
+    train_set, dev_all = load_data(cfg)  # bad data fails here, before anything is written
+    if main and not cfg.resume:
         out.mkdir(parents=True, exist_ok=True)
         cfg.save(out / CONFIG)
         (out / METRICS).unlink(missing_ok=True)  # a fresh run starts a fresh log
     seed_everything(cfg.seed)
 
-    train_set, dev_all = load_data(cfg)
     with accelerator.main_process_first():  # all dev contexts are indexed, so dev questions can be answered
         index = build_index(cfg, train_set + dev_all, out / INDEX, progress if main else False)
     dev_set = sample_evenly(dev_all, cfg.max_eval_examples)
