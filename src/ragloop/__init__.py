@@ -5,16 +5,34 @@
     >>> Index.build(passages, BiEncoder.from_pretrained(), "runs/idx")
     >>> Retriever.from_index("runs/idx").search("what is ragloop?", k=3)
     >>> RAG.from_pretrained("runs/rag/best_model").answer("what is ragloop?")
+
+The names below load on first use (`ragloop._lazy`): `import ragloop` does not import torch.
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ragloop._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
-from ragloop.data import Passage, QAExample, load_corpus, load_qa  # noqa: E402
-from ragloop.errors import RagloopError  # noqa: E402
-from ragloop.generation import Generator  # noqa: E402
-from ragloop.model import RAG, RAGConfig  # noqa: E402
-from ragloop.retrieval import BiEncoder, Encoder, Hit, Index, Reranker, Retriever  # noqa: E402
-
+_EXPORTS = {
+    "BiEncoder": "ragloop.retrieval.encoders",
+    "Encoder": "ragloop.retrieval.encoders",
+    "Generator": "ragloop.generation.generator",
+    "Hit": "ragloop.retrieval.retriever",
+    "Index": "ragloop.retrieval.index",
+    "Passage": "ragloop.data.corpus",
+    "QAExample": "ragloop.data.qa",
+    "RAG": "ragloop.model",
+    "RAGConfig": "ragloop.model",
+    "RagloopError": "ragloop.errors",
+    "Reranker": "ragloop.retrieval.rerank",
+    "Retriever": "ragloop.retrieval.retriever",
+    "load_corpus": "ragloop.data.corpus",
+    "load_qa": "ragloop.data.qa",
+}
 __all__ = [
     "BiEncoder",
     "Encoder",
@@ -31,3 +49,11 @@ __all__ = [
     "load_corpus",
     "load_qa",
 ]
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+
+if TYPE_CHECKING:  # what type checkers and IDEs see
+    from ragloop.data import Passage, QAExample, load_corpus, load_qa
+    from ragloop.errors import RagloopError
+    from ragloop.generation import Generator
+    from ragloop.model import RAG, RAGConfig
+    from ragloop.retrieval import BiEncoder, Encoder, Hit, Index, Reranker, Retriever

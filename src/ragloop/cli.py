@@ -381,11 +381,25 @@ POSITIVE = _whole(1)
 NON_NEGATIVE = _whole(0)
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's help ends with its default: the value, "off" for a flag, or the help's own words
+    when they already say it ("default: the one in the index manifest"). Nothing for a required
+    option or one whose absence means "not used" (None)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or not action.option_strings or action.required or action.default is None:
+            return text
+        if action.nargs == 0:  # a flag: -q, --json (not -h / --version)
+            return f"{text} (default: off)" if action.const is True else text
+        return super()._get_help_string(action)
+
+
 def _add_search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--encoder", help="question encoder to query with (default: the one in the index manifest)")
-    p.add_argument("--fusion", choices=FUSIONS, default="rrf", help="hybrid fusion (default rrf)")
-    p.add_argument("--weight", type=_number(0.0, 1.0), default=0.5,
-                   help="dense weight in hybrid fusion, 0..1 (default 0.5)")
+    p.add_argument("--fusion", choices=FUSIONS, default="rrf",
+                   help="hybrid fusion: reciprocal rank (rrf) or min-max normalised scores (score)")
+    p.add_argument("--weight", type=_number(0.0, 1.0), default=0.5, help="dense weight in hybrid fusion, 0 to 1")
     _add_rerank_options(p)
 
 
@@ -394,18 +408,60 @@ def _add_rerank_options(p: argparse.ArgumentParser) -> None:
                    help="cross-encoder that reorders the first stage's top --rerank-depth (e.g. a folder written "
                         "by `ragloop train-reranker`, or cross-encoder/ms-marco-MiniLM-L-6-v2 online)")
     p.add_argument("--rerank-depth", type=POSITIVE, metavar="N",
-                   help="first-stage candidates the reranker rescores (default max(k, 20); at least k)")
+                   help="first-stage candidates the reranker rescores (default: max(k, 20); at least k)")
+
+
+def _add_common_options(p: argparse.ArgumentParser, default) -> None:
+    """-q/-v, accepted before the command (`ragloop -q search ...`) and after it: the command's copy
+    defaults to SUPPRESS so that it does not undo a flag given before the command."""
+    p.add_argument("-q", "--quiet", action="store_true", default=default, help="no progress bars or info logs")
+    p.add_argument("-v", "--verbose", action="store_true", default=default, help="debug logs")
+
+
+def cmd_train_retriever(args) -> None:
+    from ragloop.config import RetrieverTrainConfig, config_from_args
+    from ragloop.training.retriever_trainer import train_retriever
+
+    cfg = config_from_args(args, RetrieverTrainConfig)
+    result = train_retriever(cfg, progress=False if getattr(args, "quiet", False) else None)
+    print(f"trained {result['steps']} steps in {result['seconds']:.0f}s, final loss {result['final_loss']:.4f}")
+    if result["validation"]:
+        v = result["validation"]
+        print("dev (dense): " + " ".join(f"{k}={v[k]}" for k in v if "@" in k))
+    if result["shared"]:
+        print(f"encoder: {result['output_dir']}\n"
+              f"index with: ragloop index CORPUS --out INDEX --encoder {result['output_dir']}")
+    else:
+        print(f"encoders: {result['question_encoder']}, {result['passage_encoder']}\n"
+              f"index with: ragloop index CORPUS --out INDEX --encoder {result['passage_encoder']} "
+              f"--question-encoder {result['question_encoder']}")
+
+
+def cmd_train_reranker(args) -> None:
+    from ragloop.config import RerankerTrainConfig, config_from_args
+    from ragloop.training.reranker_trainer import train_reranker
+
+    cfg = config_from_args(args, RerankerTrainConfig)
+    result = train_reranker(cfg, progress=False if getattr(args, "quiet", False) else None)
+    print(f"trained {result['steps']} steps in {result['seconds']:.0f}s ({result['seconds_per_step']:.2f}s a step, "
+          f"after {result['data_seconds']:.0f}s finding negatives), final loss {result['final_loss']:.4f}")
+    if result["validation"]:
+        v = result["validation"]
+        print(f"dev ({v['questions']} questions, BM25 top {v['candidates']}): "
+              + " ".join(f"{k}={v[k]}" for k in v if "@" in k))
+    print(f"reranker: {result['output_dir']} (Reranker.from_pretrained({result['output_dir']!r}))")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The whole command line; builds without importing torch, so `--help` answers at once."""
     from ragloop import __version__
-    from ragloop.retrieval.encoders import DEFAULT_ENCODER
+    from ragloop.config import DEFAULT_ENCODER, RerankerTrainConfig, RetrieverTrainConfig, add_config_args
 
     parser = argparse.ArgumentParser(prog="ragloop", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"ragloop {__version__}")
+    _add_common_options(parser, default=False)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-q", "--quiet", action="store_true", help="no progress bars or info logs")
-    common.add_argument("-v", "--verbose", action="store_true", help="debug logs")
+    _add_common_options(common, default=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("index", parents=[common], help="chunk, encode and index documents or QA contexts")
@@ -428,39 +484,43 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--keep-shards", action="store_true", help="keep OUT.shards/ after merging")
     p.set_defaults(func=cmd_index)
 
-    p = sub.add_parser("search", parents=[common], help="search an index")
-    p.add_argument("index_dir")
-    p.add_argument("question")
-    p.add_argument("-k", type=POSITIVE, default=5, help="passages to return (default 5)")
-    p.add_argument("--mode", choices=MODES, default="dense")
+    p = sub.add_parser("search", parents=[common], help="search an index", formatter_class=HelpFormatter)
+    p.add_argument("index_dir", help="an index folder written by `ragloop index`")
+    p.add_argument("question", help="the question to search for")
+    p.add_argument("-k", type=POSITIVE, default=5, help="passages to show")
+    p.add_argument("--mode", choices=MODES, default="dense",
+                   help="dense: question encoder + FAISS; bm25: shared words, no model loaded; hybrid: both, fused")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _add_search_options(p)
     p.set_defaults(func=cmd_search)
 
-    p = sub.add_parser("eval-retrieval", parents=[common], help="hit@k, gold@k, mrr@10 on QA data")
-    p.add_argument("index_dir")
+    p = sub.add_parser("eval-retrieval", parents=[common], help="hit@k, gold@k, mrr@10 on QA data",
+                       formatter_class=HelpFormatter)
+    p.add_argument("index_dir", help="an index folder written by `ragloop index`")
     p.add_argument("--data", required=True, help="SQuAD-style .json/.jsonl/.csv or a HF dataset name")
     p.add_argument("--split", help="dataset split, for a HF dataset name (default validation)")
-    p.add_argument("-k", type=POSITIVE, nargs="+", default=[1, 5, 20])
-    p.add_argument("--mode", choices=[*MODES, "all"], default="dense")
+    p.add_argument("-k", type=POSITIVE, nargs="+", default=[1, 5, 20], help="cut-offs for hit@k and gold@k")
+    p.add_argument("--mode", choices=[*MODES, "all"], default="dense",
+                   help="search mode to score; all: dense, bm25 and hybrid, one row each")
     p.add_argument("--limit", type=POSITIVE, help="only the first N questions")
     p.add_argument("--json", action="store_true", help="print one JSON object per mode")
     _add_search_options(p)
     p.set_defaults(func=cmd_eval_retrieval)
 
-    from ragloop.config import add_config_args
-
     p = sub.add_parser("train", parents=[common], help="train RAG end to end (question encoder + generator)")
     add_config_args(p)
     p.set_defaults(func=cmd_train)
 
-    from ragloop.training.retriever_trainer import add_cli as add_train_retriever
+    # the trainers import torch: registered here from their configs, so `--help` stays light
+    p = sub.add_parser("train-retriever", parents=[common],
+                       help="fine-tune the retrieval encoder(s) on QA data (in-batch + BM25 hard negatives)")
+    add_config_args(p, RetrieverTrainConfig)
+    p.set_defaults(func=cmd_train_retriever)
 
-    add_train_retriever(sub, parents=[common])
-
-    from ragloop.training.reranker_trainer import add_cli as add_train_reranker
-
-    add_train_reranker(sub, parents=[common])
+    p = sub.add_parser("train-reranker", parents=[common],
+                       help="fine-tune a cross-encoder reranker on QA data (BM25 + dense hard negatives)")
+    add_config_args(p, RerankerTrainConfig)
+    p.set_defaults(func=cmd_train_reranker)
 
     p = sub.add_parser("eval", parents=[common], help="EM/F1 of a trained RAG model on QA data")
     p.add_argument("model_dir", help="a folder written by training (e.g. runs/rag/best_model)")
@@ -511,15 +571,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def quiet_libraries() -> None:
-    """Library chatter a user does not need: weight-loading bars, hub retry warnings."""
+    """Library chatter a user does not need: transformers' info and warnings, hub retry warnings.
+    Without importing them (a BM25 search never loads transformers): their verbosity variables are
+    read when they are first imported; a library already imported is told directly."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import huggingface_hub
-    import transformers
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_VERBOSITY", "error")
+    if "transformers" in sys.modules:  # main() called in a process that has loaded it already
+        import transformers
 
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-    huggingface_hub.utils.logging.set_verbosity_error()
-    for name in ("bm25s", "datasets", "huggingface_hub", "accelerate"):
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
+    for name in ("bm25s", "datasets", "faiss", "huggingface_hub", "accelerate"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
 

@@ -16,9 +16,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ragloop.generation.generator import BUNDLED_GENERATOR
-from ragloop.retrieval.encoders import DEFAULT_ENCODER
-from ragloop.retrieval.hybrid import MODES
+# The offline default models, named here (a leaf: no torch) and re-exported by the modules that load
+# them: `ragloop.retrieval.encoders.DEFAULT_ENCODER`, `ragloop.generation.generator.BUNDLED_GENERATOR`.
+DEFAULT_ENCODER = "bundled:all-MiniLM-L6-v2"
+BUNDLED_GENERATOR = "bundled:minilm-bert2bert"
+
+from ragloop.retrieval.hybrid import MODES  # noqa: E402  (numpy only)
 
 DEFAULT_GENERATOR = BUNDLED_GENERATOR
 
@@ -78,7 +81,8 @@ class TrainConfig:
     output_dir: str = opt("runs/rag", "where checkpoints, the best model and logs go", "run")
     seed: int = opt(42, "seed for data order, dropout and initialisation", "run")
     eval_steps: int = opt(500, "evaluate dev F1 and save a checkpoint every N steps", "run")
-    logging_steps: int = opt(10, "log loss and learning rate every N steps", "run")
+    logging_steps: int = opt(10, "every N steps, log the mean loss of those N steps and the learning "
+                                      "rate", "run")
     resume: bool = opt(False, "continue the run in --output_dir from its last checkpoint", "run")
 
     def __post_init__(self) -> None:
@@ -129,6 +133,44 @@ def _finite_float(text: str) -> float:
     return value
 
 
+@dataclass
+class RetrieverTrainConfig:
+    """`ragloop train-retriever`: see `ragloop.training.retriever_trainer`."""
+
+    # data
+    train_file: str | None = opt(None, "SQuAD-style .json/.jsonl/.csv with questions, answers and their "
+                                       "context paragraphs (required)", "data")
+    validation_file: str | None = opt(None, "SQuAD-style file: dense gold@k over its paragraphs after training",
+                                      "data")
+    max_train_examples: int | None = opt(None, "use only the first N training questions", "data")
+    chunk_words: int = opt(100, "words per passage, as `ragloop index --chunk-words`", "data")
+    hard_negatives: int = opt(1, "BM25 hard negatives per question (0: in-batch negatives only)", "data")
+    # model
+    encoder: str = opt(DEFAULT_ENCODER, "encoder to fine-tune, name or path (a DPR ctx encoder: two towers)",
+                       "model")
+    question_encoder: str | None = opt(None, "question encoder, if not the same model (DPR: inferred)", "model")
+    shared_encoder: bool = opt(True, "one set of weights for questions and passages when --encoder names one "
+                                     "model (false: two towers, both starting from it)", "model")
+    max_length: int | None = opt(None, "tokens per question or passage (default: the model's own)", "model")
+    scale: float | None = opt(None, "similarity scale, 1/temperature (default: 20 for normalised embeddings, "
+                                    "1 for dot products)", "model")
+    # optimisation
+    batch_size: int = opt(32, "questions per step (each brings its positive and hard negatives)", "optimisation")
+    learning_rate: float = opt(2e-5, "peak learning rate (AdamW)", "optimisation")
+    num_epochs: int = opt(1, "passes over the training questions", "optimisation")
+    max_steps: int | None = opt(None, "stop after N steps (overrides --num_epochs)", "optimisation")
+    warmup_steps: int = opt(10, "linear warmup steps, then linear decay to 0", "optimisation")
+    weight_decay: float = opt(0.01, "AdamW weight decay (matrices only)", "optimisation")
+    max_grad_norm: float = opt(1.0, "gradient clipping (0: off)", "optimisation")
+    # run
+    output_dir: str = opt("runs/retriever", "folder for the trained encoder(s), replaced atomically", "run")
+    seed: int = opt(42, "seed for data order and dropout", "run")
+    logging_steps: int = opt(10, "log the loss every N steps", "run")
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
 def _parse_bool(text: str) -> bool:
     return text.lower() in ("1", "true", "yes", "y", "on")
 
@@ -157,3 +199,46 @@ def add_config_args(parser: argparse.ArgumentParser, cls=TrainConfig) -> None:
 
 def config_from_args(args: argparse.Namespace, cls=TrainConfig) -> TrainConfig:
     return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})
+
+
+EVAL_DEPTH = 20  # BM25 candidates the reranker trainer reranks per validation question
+
+
+@dataclass
+class RerankerTrainConfig:
+    """`ragloop train-reranker`: see `ragloop.training.reranker_trainer`."""
+
+    # data
+    train_file: str | None = opt(None, "SQuAD-style .json/.jsonl/.csv with questions, answers and their context "
+                                       "paragraphs (default: the bundled SQuAD v1.1 train articles)", "data")
+    validation_file: str | None = opt(None, f"SQuAD-style file: its questions' BM25 top {EVAL_DEPTH} over its "
+                                            "paragraphs, gold@1 / mrr@10 before and after reranking", "data")
+    max_train_examples: int | None = opt(None, "use only the first N training questions", "data")
+    max_eval_examples: int = opt(200, "validation questions scored (spread over the file)", "data")
+    chunk_words: int = opt(100, "words per passage, as `ragloop index --chunk-words`", "data")
+    negatives: int = opt(7, "hard negatives per question (group size - 1): half from BM25, half from the dense "
+                            "encoder", "data")
+    dense_encoder: str = opt(DEFAULT_ENCODER, "encoder that finds the dense hard negatives ('none': BM25 only)",
+                             "data")
+    # model
+    model: str = opt(DEFAULT_ENCODER, "model to start from: an encoder (gets a fresh one-label head) or a "
+                                      "cross-encoder, name or path", "model")
+    max_length: int = opt(192, "tokens per (question, passage) pair", "model")
+    # optimisation
+    batch_size: int = opt(4, "questions per step (each brings 1 + --negatives passages)", "optimisation")
+    learning_rate: float = opt(5e-5, "peak learning rate (AdamW)", "optimisation")
+    num_epochs: int = opt(1, "passes over the training questions", "optimisation")
+    max_steps: int = opt(120, "stop after N steps (0: --num_epochs passes; the default fits ~15 min on 2 CPU "
+                              "cores)", "optimisation")
+    warmup_steps: int = opt(12, "linear warmup steps, then linear decay to 0", "optimisation")
+    weight_decay: float = opt(0.01, "AdamW weight decay (matrices only)", "optimisation")
+    max_grad_norm: float = opt(1.0, "gradient clipping (0: off)", "optimisation")
+    precision: str = opt("auto", "autocast dtype; auto: bf16 where the CPU or GPU has it natively, else fp32",
+                         "optimisation", ["auto", "bf16", "fp32"])
+    # run
+    output_dir: str = opt("runs/reranker", "folder for the trained cross-encoder, replaced atomically", "run")
+    seed: int = opt(42, "seed for data order, dropout and the new head", "run")
+    logging_steps: int = opt(10, "log the loss every N steps", "run")
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}

@@ -23,6 +23,7 @@ The generator never knows where passages came from: it takes anything with `id`,
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import logging
 import os
@@ -33,12 +34,13 @@ from typing import Protocol
 
 import torch
 
+from ragloop.config import BUNDLED_GENERATOR
 from ragloop.errors import RagloopError
 from ragloop.io import legacy_name
+from ragloop.quiet import quiet_transformers
 
 log = logging.getLogger(__name__)
 
-BUNDLED_GENERATOR = "bundled:minilm-bert2bert"
 GENERATOR_FILE = "ragloop_generator.json"
 COPY_HEAD_FILE = "copy_head.safetensors"
 IGNORE_INDEX = -100
@@ -157,6 +159,7 @@ class Generator(torch.nn.Module):
     # -- loading and saving -------------------------------------------------------------------
 
     @classmethod
+    @quiet_transformers()
     def from_pretrained(cls, name_or_path: str | os.PathLike = BUNDLED_GENERATOR,
                         max_source_length: int | None = None, max_target_length: int | None = None) -> Generator:
         """A hub name (`t5-base`), a local folder (one this class saved, or any HF seq2seq folder), or
@@ -240,6 +243,7 @@ class Generator(torch.nn.Module):
                 if n.startswith("decoder.") and ("crossattention" in n or ".predictions." in n)
                 and p is not embeddings] + copy
 
+    @quiet_transformers()
     def save_pretrained(self, path: str | Path) -> None:
         """Model, tokenizer, `ragloop_generator.json` (name, length limits, copy head or not) and the
         copy head's weights (`copy_head.safetensors`) into `path`."""
@@ -404,15 +408,23 @@ class Generator(torch.nn.Module):
         `tokens` is [N, 1] (the last token) when `past` is given, else the whole prefix [N, S].
         A generator with a copy head needs the source `input_ids` [N, S], and takes `copy_keys`
         (from `copy_keys`, for the same rows) to skip recomputing them."""
+        name = self._cache_arg
         out = self.model(encoder_outputs=encoder_outputs, attention_mask=attention_mask, decoder_input_ids=tokens,
-                         past_key_values=past, use_cache=True, return_dict=True,
-                         output_hidden_states=self.copy_head is not None)
+                         use_cache=True, return_dict=True, output_hidden_states=self.copy_head is not None,
+                         **{name: past})
+        cache = out[name]
         logits = out.logits[:, -1:]
         if self.copy_head is None:
-            return torch.log_softmax(logits[:, -1].float(), dim=-1), out.past_key_values
+            return torch.log_softmax(logits[:, -1].float(), dim=-1), cache
         keys, copyable = self._copy_inputs(encoder_outputs, input_ids, attention_mask, copy_keys)
         logprobs = self.copy_head(logits, out.decoder_hidden_states[-1][:, -1:], keys, input_ids, copyable)
-        return logprobs[:, -1], out.past_key_values
+        return logprobs[:, -1], cache
+
+    @property
+    def _cache_arg(self) -> str:
+        """The model's name for the decoder cache: `cache` in transformers >= 5.x (where the older
+        `past_key_values` raises a FutureWarning per call), `past_key_values` before."""
+        return "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
 
     def _copy_inputs(self, encoder_outputs, input_ids: torch.Tensor | None, attention_mask: torch.Tensor,
                      keys: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -22,12 +22,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ragloop.config import DEFAULT_ENCODER  # noqa: F401 (re-exported: the default's home is config)
 from ragloop.errors import RagloopError
 from ragloop.io import legacy_name
+from ragloop.quiet import quiet_transformers
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ENCODER = "bundled:all-MiniLM-L6-v2"
 DEFAULT_ENCODER_HUB_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 # The probe keeps the text it had under the old name: indexes built then carry its vector.
 PROBE_TEXT = "ragsys encoder probe: the quick brown fox jumps over the lazy dog."
@@ -83,6 +84,7 @@ class Encoder(torch.nn.Module):
         return self.spec.dim
 
     @classmethod
+    @quiet_transformers()
     def from_pretrained(
         cls,
         name_or_path: str | os.PathLike = DEFAULT_ENCODER,
@@ -126,6 +128,7 @@ class Encoder(torch.nn.Module):
         spec = EncoderSpec(canonical_name(name_or_path), int(dim), pooling, bool(normalize), int(max_length), arch)
         return cls(model, tokenizer, spec).eval()
 
+    @quiet_transformers()
     def save_pretrained(self, path: str | Path) -> None:
         path = Path(path)
         self.model.save_pretrained(path)

@@ -22,6 +22,7 @@ import datetime as dt
 import logging
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -38,8 +39,10 @@ from ragloop.io import (
 )
 from ragloop.retrieval.backend import DEFAULT_SEARCH_PARAMS, FaissBackend
 from ragloop.retrieval.bm25 import BM25Index
-from ragloop.retrieval.encoders import BiEncoder, Encoder
 from ragloop.retrieval.store import PassageStore
+
+if TYPE_CHECKING:  # encoders import torch: loaded only where a model is used, so BM25 search stays light
+    from ragloop.retrieval.encoders import BiEncoder, Encoder
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +197,8 @@ class Index:
 
     def load_encoder(self) -> BiEncoder:
         """The encoders that built this index, by the names recorded in the manifest."""
+        from ragloop.retrieval.encoders import BiEncoder
+
         entry = self.manifest["encoder"]
         return BiEncoder.from_pretrained(entry["passage"]["name"], entry["question"]["name"])
 

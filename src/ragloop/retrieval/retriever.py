@@ -29,11 +29,11 @@ import numpy as np
 
 from ragloop.data.corpus import Passage
 from ragloop.errors import RagloopError
-from ragloop.retrieval.encoders import BiEncoder, Encoder
 from ragloop.retrieval.hybrid import MODES, check_fusion, fuse
 from ragloop.retrieval.index import Index
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # encoders and the reranker import torch; BM25-only search never needs them
+    from ragloop.retrieval.encoders import Encoder
     from ragloop.retrieval.rerank import Reranker
 
 FUSION_DEPTH = 100  # each list hybrid fuses is at least this deep
@@ -119,6 +119,8 @@ class Retriever:
         index = Index.load(path, verify=verify)
         question = None
         if encoder is not None:
+            from ragloop.retrieval.encoders import BiEncoder
+
             question = BiEncoder.from_pretrained(encoder).question
             index.check_question_encoder(question)
         retriever = cls(index, question, **kwargs)

@@ -19,25 +19,23 @@ that `Reranker.from_pretrained` loads.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import time
-from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ragloop.config import add_config_args, config_from_args, opt
+from ragloop.config import EVAL_DEPTH, RerankerTrainConfig
 from ragloop.data.bundled import SQUAD_TRAIN, bundled_path
 from ragloop.data.corpus import Passage, make_passages
 from ragloop.data.qa import load_qa, sample_evenly
 from ragloop.errors import RagloopError
 from ragloop.io import atomic_dir, atomic_write_json, only_replace
 from ragloop.retrieval.bm25 import BM25Index
-from ragloop.retrieval.encoders import DEFAULT_ENCODER, Encoder
+from ragloop.retrieval.encoders import Encoder
 from ragloop.retrieval.index import bm25_text
 from ragloop.retrieval.rerank import Reranker, passage_text, relevance
 from ragloop.training.negatives import TrainItem, build_items
@@ -46,45 +44,6 @@ from ragloop.training.trainer import cpu_has_bf16
 log = logging.getLogger(__name__)
 
 SUMMARY = "reranker_training.json"
-EVAL_DEPTH = 20  # BM25 candidates reranked per validation question
-
-
-@dataclass
-class RerankerTrainConfig:
-    # data
-    train_file: str | None = opt(None, "SQuAD-style .json/.jsonl/.csv with questions, answers and their context "
-                                       "paragraphs (default: the bundled SQuAD v1.1 train articles)", "data")
-    validation_file: str | None = opt(None, f"SQuAD-style file: its questions' BM25 top {EVAL_DEPTH} over its "
-                                            "paragraphs, gold@1 / mrr@10 before and after reranking", "data")
-    max_train_examples: int | None = opt(None, "use only the first N training questions", "data")
-    max_eval_examples: int = opt(200, "validation questions scored (spread over the file)", "data")
-    chunk_words: int = opt(100, "words per passage, as `ragloop index --chunk-words`", "data")
-    negatives: int = opt(7, "hard negatives per question (group size - 1): half from BM25, half from the dense "
-                            "encoder", "data")
-    dense_encoder: str = opt(DEFAULT_ENCODER, "encoder that finds the dense hard negatives ('none': BM25 only)",
-                             "data")
-    # model
-    model: str = opt(DEFAULT_ENCODER, "model to start from: an encoder (gets a fresh one-label head) or a "
-                                      "cross-encoder, name or path", "model")
-    max_length: int = opt(192, "tokens per (question, passage) pair", "model")
-    # optimisation
-    batch_size: int = opt(4, "questions per step (each brings 1 + --negatives passages)", "optimisation")
-    learning_rate: float = opt(5e-5, "peak learning rate (AdamW)", "optimisation")
-    num_epochs: int = opt(1, "passes over the training questions", "optimisation")
-    max_steps: int = opt(120, "stop after N steps (0: --num_epochs passes; the default fits ~15 min on 2 CPU "
-                              "cores)", "optimisation")
-    warmup_steps: int = opt(12, "linear warmup steps, then linear decay to 0", "optimisation")
-    weight_decay: float = opt(0.01, "AdamW weight decay (matrices only)", "optimisation")
-    max_grad_norm: float = opt(1.0, "gradient clipping (0: off)", "optimisation")
-    precision: str = opt("auto", "autocast dtype; auto: bf16 where the CPU or GPU has it natively, else fp32",
-                         "optimisation", ["auto", "bf16", "fp32"])
-    # run
-    output_dir: str = opt("runs/reranker", "folder for the trained cross-encoder, replaced atomically", "run")
-    seed: int = opt(42, "seed for data order, dropout and the new head", "run")
-    logging_steps: int = opt(10, "log the loss every N steps", "run")
-
-    def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 def _check_config(cfg: RerankerTrainConfig) -> None:
@@ -252,28 +211,3 @@ def evaluate_reranker(reranker: Reranker, qa_file: str, max_questions: int = 200
 
 
 # -- command line -----------------------------------------------------------------------------
-
-
-def cmd_train_reranker(args: argparse.Namespace) -> None:
-    cfg = config_from_args(args, RerankerTrainConfig)
-    result = train_reranker(cfg, progress=False if getattr(args, "quiet", False) else None)
-    print(f"trained {result['steps']} steps in {result['seconds']:.0f}s ({result['seconds_per_step']:.2f}s a step, "
-          f"after {result['data_seconds']:.0f}s finding negatives), final loss {result['final_loss']:.4f}")
-    if result["validation"]:
-        v = result["validation"]
-        print(f"dev ({v['questions']} questions, BM25 top {v['candidates']}): "
-              + " ".join(f"{k}={v[k]}" for k in v if "@" in k))
-    print(f"reranker: {result['output_dir']} (Reranker.from_pretrained({result['output_dir']!r}))")
-
-
-def add_cli(subparsers, parents: list[argparse.ArgumentParser] | tuple = ()) -> argparse.ArgumentParser:
-    """Register `ragloop train-reranker` (pass the CLI's common -q/-v parser as `parents`)."""
-    p = subparsers.add_parser("train-reranker", parents=list(parents),
-                              help="fine-tune a cross-encoder reranker on QA data (BM25 + dense hard negatives)")
-    if not parents:
-        p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or info logs")
-        p.add_argument("-v", "--verbose", action="store_true", help="debug logs")
-    add_config_args(p, RerankerTrainConfig)
-    p.set_defaults(func=cmd_train_reranker)
-    return p
-

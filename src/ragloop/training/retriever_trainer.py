@@ -21,7 +21,6 @@ towers (DPR, or `--shared_encoder false`) are saved as `question_encoder/` and `
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import json
@@ -30,19 +29,18 @@ import math
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ragloop.config import add_config_args, config_from_args, opt
+from ragloop.config import RetrieverTrainConfig
 from ragloop.data.corpus import Passage, make_passages
 from ragloop.data.qa import load_qa
 from ragloop.errors import RagloopError
 from ragloop.io import atomic_dir, atomic_write_json, only_replace
-from ragloop.retrieval.encoders import DEFAULT_ENCODER, BiEncoder, Encoder, resolve_source
+from ragloop.retrieval.encoders import BiEncoder, Encoder, resolve_source
 from ragloop.training.negatives import TrainItem, build_items
 
 log = logging.getLogger(__name__)
@@ -50,42 +48,6 @@ log = logging.getLogger(__name__)
 SUMMARY = "retriever_training.json"  # marks a folder this trainer wrote (and may replace)
 QUESTION_DIR, PASSAGE_DIR = "question_encoder", "passage_encoder"
 ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
-
-
-@dataclass
-class RetrieverTrainConfig:
-    # data
-    train_file: str | None = opt(None, "SQuAD-style .json/.jsonl/.csv with questions, answers and their "
-                                       "context paragraphs (required)", "data")
-    validation_file: str | None = opt(None, "SQuAD-style file: dense gold@k over its paragraphs after training",
-                                      "data")
-    max_train_examples: int | None = opt(None, "use only the first N training questions", "data")
-    chunk_words: int = opt(100, "words per passage, as `ragloop index --chunk-words`", "data")
-    hard_negatives: int = opt(1, "BM25 hard negatives per question (0: in-batch negatives only)", "data")
-    # model
-    encoder: str = opt(DEFAULT_ENCODER, "encoder to fine-tune, name or path (a DPR ctx encoder: two towers)",
-                       "model")
-    question_encoder: str | None = opt(None, "question encoder, if not the same model (DPR: inferred)", "model")
-    shared_encoder: bool = opt(True, "one set of weights for questions and passages when --encoder names one "
-                                     "model (false: two towers, both starting from it)", "model")
-    max_length: int | None = opt(None, "tokens per question or passage (default: the model's own)", "model")
-    scale: float | None = opt(None, "similarity scale, 1/temperature (default: 20 for normalised embeddings, "
-                                    "1 for dot products)", "model")
-    # optimisation
-    batch_size: int = opt(32, "questions per step (each brings its positive and hard negatives)", "optimisation")
-    learning_rate: float = opt(2e-5, "peak learning rate (AdamW)", "optimisation")
-    num_epochs: int = opt(1, "passes over the training questions", "optimisation")
-    max_steps: int | None = opt(None, "stop after N steps (overrides --num_epochs)", "optimisation")
-    warmup_steps: int = opt(10, "linear warmup steps, then linear decay to 0", "optimisation")
-    weight_decay: float = opt(0.01, "AdamW weight decay (matrices only)", "optimisation")
-    max_grad_norm: float = opt(1.0, "gradient clipping (0: off)", "optimisation")
-    # run
-    output_dir: str = opt("runs/retriever", "folder for the trained encoder(s), replaced atomically", "run")
-    seed: int = opt(42, "seed for data order and dropout", "run")
-    logging_steps: int = opt(10, "log the loss every N steps", "run")
-
-    def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 # -- data -------------------------------------------------------------------------------------
@@ -290,31 +252,3 @@ def evaluate_dense(question: Encoder, passage: Encoder, qa_file: str, chunk_word
 
 
 # -- command line -----------------------------------------------------------------------------
-
-
-def cmd_train_retriever(args: argparse.Namespace) -> None:
-    cfg = config_from_args(args, RetrieverTrainConfig)
-    result = train_retriever(cfg, progress=False if getattr(args, "quiet", False) else None)
-    print(f"trained {result['steps']} steps in {result['seconds']:.0f}s, final loss {result['final_loss']:.4f}")
-    if result["validation"]:
-        v = result["validation"]
-        print("dev (dense): " + " ".join(f"{k}={v[k]}" for k in v if "@" in k))
-    if result["shared"]:
-        print(f"encoder: {result['output_dir']}\n"
-              f"index with: ragloop index CORPUS --out INDEX --encoder {result['output_dir']}")
-    else:
-        print(f"encoders: {result['question_encoder']}, {result['passage_encoder']}\n"
-              f"index with: ragloop index CORPUS --out INDEX --encoder {result['passage_encoder']} "
-              f"--question-encoder {result['question_encoder']}")
-
-
-def add_cli(subparsers, parents: list[argparse.ArgumentParser] | tuple = ()) -> argparse.ArgumentParser:
-    """Register `ragloop train-retriever` (pass the CLI's common -q/-v parser as `parents`)."""
-    p = subparsers.add_parser("train-retriever", parents=list(parents),
-                              help="fine-tune the retrieval encoder(s) on QA data (in-batch + BM25 hard negatives)")
-    if not parents:
-        p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or info logs")
-        p.add_argument("-v", "--verbose", action="store_true", help="debug logs")
-    add_config_args(p, RetrieverTrainConfig)
-    p.set_defaults(func=cmd_train_retriever)
-    return p

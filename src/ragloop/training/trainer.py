@@ -12,9 +12,11 @@ under autocast (bf16/fp16) with gradient accumulation, through `accelerate` (so 
 best model as a loadable folder and saves the last checkpoint for `--resume`.
 
 Under a launcher with P processes (see `ragloop.training.distributed`) each step is one global batch
-of P x batch_size examples, split across the processes; the loss logged is the global batch's mean.
-Process 0 alone evaluates and writes (checkpoints, best model, metrics.jsonl, TensorBoard); the
-checkpoint keeps every process's RNG state, and --resume needs the same number of processes.
+of P x batch_size examples, split across the processes; the loss logged is the global batches' mean
+loss averaged over the logging window (the `logging_steps` steps since the last log line).
+Process 0 alone evaluates and writes (checkpoints, best model, metrics.jsonl, its plot metrics.png,
+TensorBoard); the checkpoint keeps every process's RNG state, and --resume needs the same number of
+processes.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +47,7 @@ from ragloop.training.distributed import (
     freeze_unused_parameters,
     rank_share,
 )
+from ragloop.training.plot import plot_metrics
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +167,42 @@ def _rewrite_metrics(path: Path, upto_step: int) -> None:
 
 
 def train(cfg: TrainConfig, progress: bool | None = None) -> TrainResult:
+    """Train. A run that fails before its first checkpoint (bad data, a model that does not load, an
+    index built with another encoder) leaves nothing behind: the output folder goes if this run created
+    it, else what the run added to it. Once a checkpoint exists everything stays, for --resume."""
+    out = Path(cfg.output_dir)
+    created = None if cfg.resume or out.exists() else out  # the topmost folder this run will create
+    while created is not None and not created.parent.exists():
+        created = created.parent
+    before = {p.name for p in out.iterdir()} if out.is_dir() else set()
+    try:
+        return _train(cfg, progress)
+    except BaseException:
+        if not cfg.resume and not (out / LAST).exists() and int(os.environ.get("RANK", "0")) == 0:
+            _remove_new(created, out, before)
+        raise
+
+
+def _remove_new(created: Path | None, out: Path, before: set[str]) -> None:
+    if created is not None:
+        shutil.rmtree(created, ignore_errors=True)
+        return
+    for path in out.iterdir() if out.is_dir() else ():
+        if path.name in before:
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def window_mean(losses: list[float], steps: int) -> float:
+    """The mean loss of the last `steps` steps: what a log line reports, rather than one noisy step."""
+    window = losses[-steps:] if steps > 0 else losses[-1:]
+    return sum(window) / len(window)
+
+
+def _train(cfg: TrainConfig, progress: bool | None) -> TrainResult:
     from accelerate import Accelerator
     from transformers import get_linear_schedule_with_warmup
 
@@ -179,13 +220,13 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> TrainResult:
         if saved.get("num_processes", 1) != world:
             raise RagloopError(f"{out / LAST}: written by a run of {saved.get('num_processes', 1)} process(es); "
                               f"resume it with as many (this run has {world}), so each step sees the same batch")
-    elif main:
+    train_set, dev_all = load_data(cfg)  # bad data fails here, before anything is written
+    if main and not cfg.resume:
         out.mkdir(parents=True, exist_ok=True)
         cfg.save(out / CONFIG)
         (out / METRICS).unlink(missing_ok=True)  # a fresh run starts a fresh log
     seed_everything(cfg.seed)
 
-    train_set, dev_all = load_data(cfg)
     with accelerator.main_process_first():  # all dev contexts are indexed, so dev questions can be answered
         index = build_index(cfg, train_set + dev_all, out / INDEX, progress if main else False)
     dev_set = sample_evenly(dev_all, cfg.max_eval_examples)
@@ -234,7 +275,7 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> TrainResult:
     bar = tqdm(total=total, initial=step, desc="training", unit="step", disable=not main or (
         None if progress is None else not progress))
     model.train()
-    running, t0 = 0.0, time.time()
+    running, t0, logged_at = 0.0, time.time(), step
     while step < total:
         # the same global batches on every process (seed, epoch); each process takes its share
         batches = length_grouped_batches(lengths, global_batch, cfg.seed, epoch)
@@ -263,9 +304,10 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> TrainResult:
             bar.update(1)
             bar.set_postfix(loss=f"{running:.4f}", lr=f"{lr:.2e}")
             if main and (step % cfg.logging_steps == 0 or step == total):
-                record = {"step": step, "epoch": epoch, "loss": round(running, 6), "lr": lr,
-                          "elapsed_s": round(time.time() - t0, 2)}
+                record = {"step": step, "epoch": epoch, "loss": round(window_mean(losses, step - logged_at), 6),
+                          "lr": lr, "elapsed_s": round(time.time() - t0, 2)}
                 _log(out, writer, record)
+                logged_at = step
             running = 0.0
             if cfg.train_passage_encoder and cfg.reindex_steps and step % cfg.reindex_steps == 0:
                 raw.reindex()
@@ -312,6 +354,7 @@ def _evaluate_and_save(cfg, accelerator, raw, optimizer, scheduler, scaler, dev_
                                "dev_f1": round(metrics["f1"], 4)})
         if is_best:
             raw.save_pretrained(out / BEST)
+        plot_metrics(out / METRICS)
         save_checkpoint(out / LAST, raw, optimizer.optimizer, scheduler, scaler, {**position, "best_f1": best_f1},
                         rank_rng=rank_rng)
     accelerator.wait_for_everyone()

@@ -1,0 +1,43 @@
+"""Keep transformers' own progress bars out of a ragloop user's terminal.
+
+    >>> from ragloop.quiet import quiet_transformers
+    >>> with quiet_transformers():
+    ...     model = AutoModel.from_pretrained(path)   # no "Loading weights" bar
+
+transformers draws a bar each time it loads or saves weights ("Loading weights", "Writing model
+shards"): opening one index or one RAG folder drew two or three. To someone who asked ragloop for
+an index or a model they are noise; ragloop draws its own bars where a person waits (encoding,
+training, evaluation). The bars are off only while ragloop itself loads or saves a model, and the
+setting the user had is restored afterwards, so the user's own `from_pretrained` calls keep theirs.
+Warnings are left alone: ragloop avoids deprecated transformers arguments instead of hiding them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+
+_lock = threading.Lock()
+_depth = 0  # nested or concurrent (server threads) loads share one switch
+_restore = False
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """No transformers progress bars inside the block (also usable as a decorator)."""
+    global _depth, _restore
+    from transformers.utils import logging as hf_logging
+
+    with _lock:
+        if _depth == 0:
+            _restore = hf_logging.is_progress_bar_enabled()
+            hf_logging.disable_progress_bar()
+        _depth += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _depth -= 1
+            if _depth == 0 and _restore:
+                hf_logging.enable_progress_bar()
