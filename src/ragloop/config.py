@@ -216,21 +216,24 @@ class RerankerTrainConfig:
     max_train_examples: int | None = opt(None, "use only the first N training questions", "data")
     max_eval_examples: int = opt(200, "validation questions scored (spread over the file)", "data")
     chunk_words: int = opt(100, "words per passage, as `ragloop index --chunk-words`", "data")
-    negatives: int = opt(7, "hard negatives per question (group size - 1): half from BM25, half from the dense "
+    negatives: int = opt(3, "hard negatives per question (group size - 1): half from BM25, half from the dense "
                             "encoder", "data")
     dense_encoder: str = opt(DEFAULT_ENCODER, "encoder that finds the dense hard negatives ('none': BM25 only)",
                              "data")
     # model
     model: str = opt(DEFAULT_ENCODER, "model to start from: an encoder (gets a fresh one-label head) or a "
                                       "cross-encoder, name or path", "model")
-    max_length: int = opt(192, "tokens per (question, passage) pair", "model")
+    max_length: int = opt(160, "tokens per (question, passage) pair", "model")
     # optimisation
-    batch_size: int = opt(4, "questions per step (each brings 1 + --negatives passages)", "optimisation")
-    learning_rate: float = opt(5e-5, "peak learning rate (AdamW)", "optimisation")
+    batch_size: int = opt(8, "questions per step (each brings 1 + --negatives passages)", "optimisation")
+    learning_rate: float = opt(1e-4, "peak learning rate (AdamW)", "optimisation")
+    head_lr: float | None = opt(None, "peak learning rate of a fresh classification head (default 10x "
+                                      "--learning_rate): at the body's rate it barely moves in a CPU budget",
+                                "optimisation")
     num_epochs: int = opt(1, "passes over the training questions", "optimisation")
-    max_steps: int = opt(120, "stop after N steps (0: --num_epochs passes; the default fits ~15 min on 2 CPU "
-                              "cores)", "optimisation")
-    warmup_steps: int = opt(12, "linear warmup steps, then linear decay to 0", "optimisation")
+    max_steps: int = opt(200, "stop after N steps (0: --num_epochs passes; the default takes about 15 min on 2 "
+                              "CPU cores)", "optimisation")
+    warmup_steps: int = opt(20, "linear warmup steps, then linear decay to 0", "optimisation")
     weight_decay: float = opt(0.01, "AdamW weight decay (matrices only)", "optimisation")
     max_grad_norm: float = opt(1.0, "gradient clipping (0: off)", "optimisation")
     precision: str = opt("auto", "autocast dtype; auto: bf16 where the CPU or GPU has it natively, else fp32",

@@ -68,6 +68,7 @@ class Reranker:
         limit = min(getattr(tokenizer, "model_max_length", max_length) or max_length,
                     getattr(model.config, "max_position_embeddings", max_length) or max_length)
         self.max_length = min(max_length, limit)
+        self.fresh_parameters: list[str] = []  # weights new to the checkpoint (`for_training` fills it)
         self.batch_size = batch_size
 
     @classmethod
@@ -93,7 +94,9 @@ class Reranker:
         model, tokenizer, missing = _load(name_or_path, fresh_head=True)
         if missing:
             log.info("%s: new classification head (%s)", os.fspath(name_or_path), ", ".join(missing))
-        return cls._placed(model, tokenizer, name_or_path, max_length, batch_size, device)
+        reranker = cls._placed(model, tokenizer, name_or_path, max_length, batch_size, device)
+        reranker.fresh_parameters = missing  # what the trainer gives the head's learning rate
+        return reranker
 
     @classmethod
     def _placed(cls, model, tokenizer, name_or_path, max_length, batch_size, device) -> Reranker:

@@ -123,9 +123,10 @@ class Retriever:
 
             question = BiEncoder.from_pretrained(encoder).question
             index.check_question_encoder(question)
+        depth = kwargs.pop("rerank_depth", None)
         retriever = cls(index, question, **kwargs)
-        if rerank is not None:
-            retriever.set_reranker(rerank, kwargs.get("rerank_depth"))
+        if rerank is not None or depth is not None:
+            retriever.set_reranker(rerank, depth)
         return retriever
 
     def set_reranker(self, reranker: Reranker | str | os.PathLike | None, depth: int | None = None) -> None:

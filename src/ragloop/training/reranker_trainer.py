@@ -52,8 +52,8 @@ def _check_config(cfg: RerankerTrainConfig) -> None:
             raise RagloopError(f"--{name} must be at least 1 (got {getattr(cfg, name)})")
     if cfg.warmup_steps < 0 or cfg.max_eval_examples < 0 or (cfg.max_steps or 0) < 0:
         raise RagloopError("--max_steps, --warmup_steps and --max_eval_examples cannot be negative")
-    if cfg.learning_rate <= 0:
-        raise RagloopError(f"--learning_rate must be > 0 (got {cfg.learning_rate})")
+    if cfg.learning_rate <= 0 or (cfg.head_lr is not None and cfg.head_lr <= 0):
+        raise RagloopError(f"--learning_rate and --head_lr must be > 0 (got {cfg.learning_rate}, {cfg.head_lr})")
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -128,11 +128,15 @@ def train_reranker(cfg: RerankerTrainConfig, progress: bool | None = None) -> di
     passages, items = training_data(cfg, progress)
     data_seconds = round(time.time() - t_data, 1)
     reranker = Reranker.for_training(cfg.model, max_length=cfg.max_length)
+    fresh = set(reranker.fresh_parameters)
     dtype = autocast_dtype(cfg.precision, reranker.device)
-    params = [p for p in reranker.model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate)
+    named = [(n, p) for n, p in reranker.model.named_parameters() if p.requires_grad]
+    params = [p for _, p in named]
+    head_lr = cfg.head_lr if cfg.head_lr is not None else 10 * cfg.learning_rate
+    groups = [{"params": [p for n, p in named if (p.dim() >= 2) == matrix and (n in fresh) == new],
+               "weight_decay": cfg.weight_decay if matrix else 0.0, "lr": head_lr if new else cfg.learning_rate}
+              for matrix in (True, False) for new in (True, False)]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.learning_rate)
     steps_per_epoch = math.ceil(len(items) / cfg.batch_size)
     total = cfg.max_steps or steps_per_epoch * cfg.num_epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, min(cfg.warmup_steps, total), total)
