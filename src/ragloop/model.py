@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from transformers.modeling_outputs import BaseModelOutput
 
-from ragloop import __version__
+from ragloop._version import __version__
 from ragloop.data.corpus import Passage
 from ragloop.errors import RagloopError
 from ragloop.generation.generator import BUNDLED_GENERATOR, IGNORE_INDEX, Generator
