@@ -19,6 +19,10 @@ question encoder whatever chose the passages.
 The passage side stays frozen unless `train_passage_encoder` is set (then the retrieved passages are
 re-encoded with gradient, and `reindex` refreshes the FAISS vectors every so often).
 
+How the generator reads the k passages is a reader mode, one entry of `READERS`: its loss
+(`rag_sequence_loss`, `rag_token_loss`) and its decoder (generation/decoding.py); `RAGConfig.mode`
+names the entry, and `forward` and `generate` use it.
+
 Saved folder:
     rag_config.json      RAGConfig, encoder specs, generator name, sha256 of every model file
     question_encoder/    the (fine-tuned) question encoder
@@ -33,7 +37,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -66,7 +70,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MODES = ("sequence", "token")
 CONFIG_FILE = "rag_config.json"
 QUESTION_DIR, PASSAGE_DIR, GENERATOR_DIR, INDEX_DIR = "question_encoder", "passage_encoder", "generator", "index"
 RERANKER_DIR = "reranker"
@@ -80,7 +83,7 @@ class RAGConfig:
     """Plain values; saved as `rag_config.json` next to the models."""
 
     n_docs: int = 5  # passages per question (k)
-    mode: str = "sequence"  # "sequence" | "token"
+    mode: str = "sequence"  # a reader mode, a key of READERS (below): "sequence" | "token"
     max_source_length: int = 256  # generator input tokens (question + one passage)
     max_target_length: int = 32  # answer tokens, eos included
     train_passage_encoder: bool = False
@@ -144,6 +147,40 @@ def rag_token_loss(doc_logprobs: torch.Tensor, token_logprobs: torch.Tensor,
     tokens = token_logprobs.float().masked_fill(~mask.unsqueeze(1), 0.0)
     per_position = torch.logsumexp(doc_logprobs.float().unsqueeze(-1) + tokens, dim=1)  # [B, T]
     return -per_position.masked_fill(~mask, 0.0).sum(-1)
+
+
+# -- readers: how the generator reads k passages ------------------------------------------------
+
+
+@dataclass
+class Reader:
+    """One reader mode: the loss that trains it and the decoder that answers with it. A new mode is
+    one entry of `READERS` (and its tests); `RAGConfig.mode` names one.
+
+        loss(doc_logprobs [B, K], token_logprobs [B, K, T], target_mask [B, T]) -> NLL per example [B]
+        decode(generator, inputs, doc_logprobs [B, K], num_beams, max_new_tokens, config) -> ids per question
+
+    `inputs` comes from `Generator.build_inputs` (row b*K + k: question b with passage k)."""
+
+    loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+    decode: Callable[[Generator, dict, torch.Tensor, int, int, RAGConfig], list[list[int]]]
+
+
+def _decode_sequence(gen: Generator, inputs: dict, doc_logprobs: torch.Tensor, num_beams: int,
+                     max_new_tokens: int, config: RAGConfig) -> list[list[int]]:
+    return sequence_decode(gen, inputs, doc_logprobs, num_beams, max_new_tokens, config.rescore_batch_size)
+
+
+def _decode_token(gen: Generator, inputs: dict, doc_logprobs: torch.Tensor, num_beams: int,
+                  max_new_tokens: int, config: RAGConfig) -> list[list[int]]:
+    return token_beam_search(gen, inputs, doc_logprobs, num_beams, max_new_tokens)
+
+
+READERS: dict[str, Reader] = {
+    "sequence": Reader(loss=rag_sequence_loss, decode=_decode_sequence),  # one passage for the whole answer
+    "token": Reader(loss=rag_token_loss, decode=_decode_token),  # the passage may change at every token
+}
+MODES = tuple(READERS)
 
 
 # -- results --------------------------------------------------------------------------------------
@@ -232,6 +269,11 @@ class RAG(torch.nn.Module):
         return cls(index, question_encoder, generator, config)
 
     @property
+    def reader(self) -> Reader:
+        """The entry of `READERS` that `config.mode` names: its loss trains, its decoder answers."""
+        return READERS[self.config.mode]
+
+    @property
     def score_scale(self) -> float:
         if self.config.doc_score_scale is not None:
             return float(self.config.doc_score_scale)
@@ -306,9 +348,8 @@ class RAG(torch.nn.Module):
         labels = gen.tokenize_targets(answers).to(gen.device)
         token_logprobs = gen(inputs["input_ids"], inputs["attention_mask"], labels.repeat_interleave(k, dim=0))
         token_logprobs = token_logprobs.view(batch_size, k, -1)
-        loss_fn = rag_sequence_loss if self.config.mode == "sequence" else rag_token_loss
         doc_logprobs = ctx.doc_logprobs.to(gen.device)
-        losses = loss_fn(doc_logprobs, token_logprobs, labels != IGNORE_INDEX)
+        losses = self.reader.loss(doc_logprobs, token_logprobs, labels != IGNORE_INDEX)
         return RAGOutput(losses.mean(), losses, ctx.doc_scores, doc_logprobs, ctx.passages)
 
     def reindex(self, passage_encoder: Encoder | None = None, batch_size: int = 64,
@@ -348,9 +389,7 @@ class RAG(torch.nn.Module):
         gen = self.generator
         inputs = {name: t.to(gen.device) for name, t in gen.build_inputs(questions, ctx.passages).items()}
         doc_logprobs = ctx.doc_logprobs.to(gen.device)
-        if self.config.mode == "token":
-            return token_beam_search(gen, inputs, doc_logprobs, num_beams, max_new_tokens)
-        return sequence_decode(gen, inputs, doc_logprobs, num_beams, max_new_tokens, self.config.rescore_batch_size)
+        return self.reader.decode(gen, inputs, doc_logprobs, num_beams, max_new_tokens, self.config)
 
     def answer(self, question_or_questions: str | Sequence[str], k: int | None = None, num_beams: int = 1,
                max_new_tokens: int = 32) -> Answer | list[Answer]:
