@@ -11,7 +11,8 @@ import torch
 
 from ragloop import BiEncoder, Encoder, Index, Passage, RagloopError, load_corpus
 from ragloop.generation import Generator
-from ragloop.model import RAG, Answer, RAGConfig, _cut_at_eos, rag_sequence_loss, rag_token_loss
+from ragloop.generation.decoding import cut_at_eos
+from ragloop.model import RAG, Answer, RAGConfig, rag_sequence_loss, rag_token_loss
 
 QUESTIONS = ["Which NFL team represented the AFC at Super Bowl 50?", "Where did Super Bowl 50 take place?"]
 ANSWERS = ["Denver Broncos", "Levi's Stadium in Santa Clara"]
@@ -287,7 +288,7 @@ def test_rag_sequence_picks_the_best_marginal_candidate(index, tiny_bert_dir, wh
         if gen.copy_head is None:
             candidates = _hf_ids(gen, inputs, 1, 5)
         else:
-            candidates = [_cut_at_eos(ids, gen.eos_token_id) for ids in gen.generate(inputs, max_new_tokens=5)]
+            candidates = [cut_at_eos(ids, gen.eos_token_id) for ids in gen.generate(inputs, max_new_tokens=5)]
             # passages that disagree, so the re-scoring is what picks the answer
             assert any(len({tuple(c) for c in candidates[3 * b : 3 * b + 3]}) > 1 for b in range(len(QUESTIONS)))
         for b in range(len(QUESTIONS)):
@@ -574,9 +575,9 @@ def test_copy_head_decoding_is_greedy_on_its_own_distribution(index, tiny_bert_d
                 prefix.append(int(step.argmax()))
                 if prefix[-1] == copier.eos_token_id:
                     break
-            assert _cut_at_eos(got[b], copier.eos_token_id) == prefix
-        assert [_cut_at_eos(ids, copier.eos_token_id) for ids in copier.generate(inputs, max_new_tokens=6)] == \
-            [_cut_at_eos(ids, copier.eos_token_id) for ids in got]
+            assert cut_at_eos(got[b], copier.eos_token_id) == prefix
+        assert [cut_at_eos(ids, copier.eos_token_id) for ids in copier.generate(inputs, max_new_tokens=6)] == \
+            [cut_at_eos(ids, copier.eos_token_id) for ids in got]
 
 
 def test_copy_head_saves_loads_and_a_truncated_head_fails_clearly(copier, tmp_path):

@@ -93,8 +93,8 @@ def stage_targets(side: Side) -> list[tuple[str, object, str]]:
         ("generator inputs", Generator, "build_inputs"),
         ("generator inputs", Generator, "tokenize_targets"),
         ("loss", Generator, "forward"),  # log-softmax + gather of the gold tokens (the T5 call inside is split out)
-        ("loss", rag_module, "rag_sequence_loss"),
-        ("loss", rag_module, "rag_token_loss"),
+        ("loss", rag_module.READERS["sequence"], "loss"),  # the reader table holds the loss functions
+        ("loss", rag_module.READERS["token"], "loss"),
     ]
 
 

@@ -14,8 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ragloop._lazy import lazy_exports
-
-__version__ = "0.1.0"
+from ragloop._version import __version__ as __version__  # re-exported: ragloop.__version__
 
 _EXPORTS = {
     "BiEncoder": "ragloop.retrieval.encoders",

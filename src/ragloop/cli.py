@@ -454,7 +454,7 @@ def cmd_train_reranker(args) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line; builds without importing torch, so `--help` answers at once."""
-    from ragloop import __version__
+    from ragloop._version import __version__
     from ragloop.config import DEFAULT_ENCODER, RerankerTrainConfig, RetrieverTrainConfig, add_config_args
 
     parser = argparse.ArgumentParser(prog="ragloop", description=__doc__.splitlines()[0])

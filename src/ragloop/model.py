@@ -19,6 +19,10 @@ question encoder whatever chose the passages.
 The passage side stays frozen unless `train_passage_encoder` is set (then the retrieved passages are
 re-encoded with gradient, and `reindex` refreshes the FAISS vectors every so often).
 
+How the generator reads the k passages is a reader mode, one entry of `READERS`: its loss
+(`rag_sequence_loss`, `rag_token_loss`) and its decoder (generation/decoding.py); `RAGConfig.mode`
+names the entry, and `forward` and `generate` use it.
+
 Saved folder:
     rag_config.json      RAGConfig, encoder specs, generator name, sha256 of every model file
     question_encoder/    the (fine-tuned) question encoder
@@ -29,23 +33,23 @@ Saved folder:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import shutil
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from transformers.modeling_outputs import BaseModelOutput
 
-from ragloop import __version__
+from ragloop._torch import eval_mode
+from ragloop._version import __version__
 from ragloop.data.corpus import Passage
 from ragloop.errors import RagloopError
+from ragloop.generation.decoding import sequence_decode, token_beam_search
 from ragloop.generation.generator import BUNDLED_GENERATOR, IGNORE_INDEX, Generator
 from ragloop.io import (
     atomic_dir,
@@ -66,7 +70,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MODES = ("sequence", "token")
 CONFIG_FILE = "rag_config.json"
 QUESTION_DIR, PASSAGE_DIR, GENERATOR_DIR, INDEX_DIR = "question_encoder", "passage_encoder", "generator", "index"
 RERANKER_DIR = "reranker"
@@ -80,7 +83,7 @@ class RAGConfig:
     """Plain values; saved as `rag_config.json` next to the models."""
 
     n_docs: int = 5  # passages per question (k)
-    mode: str = "sequence"  # "sequence" | "token"
+    mode: str = "sequence"  # a reader mode, a key of READERS (below): "sequence" | "token"
     max_source_length: int = 256  # generator input tokens (question + one passage)
     max_target_length: int = 32  # answer tokens, eos included
     train_passage_encoder: bool = False
@@ -144,6 +147,40 @@ def rag_token_loss(doc_logprobs: torch.Tensor, token_logprobs: torch.Tensor,
     tokens = token_logprobs.float().masked_fill(~mask.unsqueeze(1), 0.0)
     per_position = torch.logsumexp(doc_logprobs.float().unsqueeze(-1) + tokens, dim=1)  # [B, T]
     return -per_position.masked_fill(~mask, 0.0).sum(-1)
+
+
+# -- readers: how the generator reads k passages ------------------------------------------------
+
+
+@dataclass
+class Reader:
+    """One reader mode: the loss that trains it and the decoder that answers with it. A new mode is
+    one entry of `READERS` (and its tests); `RAGConfig.mode` names one.
+
+        loss(doc_logprobs [B, K], token_logprobs [B, K, T], target_mask [B, T]) -> NLL per example [B]
+        decode(generator, inputs, doc_logprobs [B, K], num_beams, max_new_tokens, config) -> ids per question
+
+    `inputs` comes from `Generator.build_inputs` (row b*K + k: question b with passage k)."""
+
+    loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+    decode: Callable[[Generator, dict, torch.Tensor, int, int, RAGConfig], list[list[int]]]
+
+
+def _decode_sequence(gen: Generator, inputs: dict, doc_logprobs: torch.Tensor, num_beams: int,
+                     max_new_tokens: int, config: RAGConfig) -> list[list[int]]:
+    return sequence_decode(gen, inputs, doc_logprobs, num_beams, max_new_tokens, config.rescore_batch_size)
+
+
+def _decode_token(gen: Generator, inputs: dict, doc_logprobs: torch.Tensor, num_beams: int,
+                  max_new_tokens: int, config: RAGConfig) -> list[list[int]]:
+    return token_beam_search(gen, inputs, doc_logprobs, num_beams, max_new_tokens)
+
+
+READERS: dict[str, Reader] = {
+    "sequence": Reader(loss=rag_sequence_loss, decode=_decode_sequence),  # one passage for the whole answer
+    "token": Reader(loss=rag_token_loss, decode=_decode_token),  # the passage may change at every token
+}
+MODES = tuple(READERS)
 
 
 # -- results --------------------------------------------------------------------------------------
@@ -232,6 +269,11 @@ class RAG(torch.nn.Module):
         return cls(index, question_encoder, generator, config)
 
     @property
+    def reader(self) -> Reader:
+        """The entry of `READERS` that `config.mode` names: its loss trains, its decoder answers."""
+        return READERS[self.config.mode]
+
+    @property
     def score_scale(self) -> float:
         if self.config.doc_score_scale is not None:
             return float(self.config.doc_score_scale)
@@ -306,9 +348,8 @@ class RAG(torch.nn.Module):
         labels = gen.tokenize_targets(answers).to(gen.device)
         token_logprobs = gen(inputs["input_ids"], inputs["attention_mask"], labels.repeat_interleave(k, dim=0))
         token_logprobs = token_logprobs.view(batch_size, k, -1)
-        loss_fn = rag_sequence_loss if self.config.mode == "sequence" else rag_token_loss
         doc_logprobs = ctx.doc_logprobs.to(gen.device)
-        losses = loss_fn(doc_logprobs, token_logprobs, labels != IGNORE_INDEX)
+        losses = self.reader.loss(doc_logprobs, token_logprobs, labels != IGNORE_INDEX)
         return RAGOutput(losses.mean(), losses, ctx.doc_scores, doc_logprobs, ctx.passages)
 
     def reindex(self, passage_encoder: Encoder | None = None, batch_size: int = 64,
@@ -320,7 +361,7 @@ class RAG(torch.nn.Module):
         encoder = passage_encoder if passage_encoder is not None else self.passage_encoder
         if encoder is None:
             raise RagloopError("reindex needs a passage encoder")
-        with _eval_mode(encoder):
+        with eval_mode(encoder):
             self.index.reencode(encoder, batch_size=batch_size, progress=progress)
         self.passage_encoder = encoder
         self._reindexed = True
@@ -339,7 +380,7 @@ class RAG(torch.nn.Module):
         if num_beams < 1 or max_new_tokens < 1:
             raise RagloopError(f"num_beams and max_new_tokens must be >= 1 (got {num_beams}, {max_new_tokens})")
         questions = check_questions(questions)
-        with _eval_mode(self):
+        with eval_mode(self):
             ctx = self._contexts(questions, passages, doc_scores)
             return self.generator.decode(self._generate_ids(questions, ctx, num_beams, max_new_tokens))
 
@@ -348,56 +389,14 @@ class RAG(torch.nn.Module):
         gen = self.generator
         inputs = {name: t.to(gen.device) for name, t in gen.build_inputs(questions, ctx.passages).items()}
         doc_logprobs = ctx.doc_logprobs.to(gen.device)
-        if self.config.mode == "token":
-            return _token_beam_search(gen, inputs, doc_logprobs, num_beams, max_new_tokens)
-        return self._sequence_decode(inputs, doc_logprobs, num_beams, max_new_tokens)
-
-    def _sequence_decode(self, inputs: dict, doc_logprobs: torch.Tensor, num_beams: int,
-                         max_new_tokens: int) -> list[list[int]]:
-        """Thorough decoding: beam (or greedy) candidates from each passage, each candidate re-scored
-        as log Σ_z p(z|x) p(y|x,z) over all k passages; the best one wins."""
-        gen = self.generator
-        batch_size, k = doc_logprobs.shape
-        encoded = gen.encode(inputs["input_ids"], inputs["attention_mask"])  # once, for generating and re-scoring
-        if gen.copy_head is None:
-            out = gen.model.generate(encoder_outputs=encoded, attention_mask=inputs["attention_mask"],
-                                     num_beams=num_beams, num_return_sequences=num_beams,
-                                     max_new_tokens=max_new_tokens, do_sample=False)
-            candidates, per_row = out[:, 1:].tolist(), k * num_beams  # drop the decoder start token
-        else:  # transformers' generate knows nothing of the copy head: the best beam of each passage
-            candidates, per_row = gen.generate(inputs, num_beams, max_new_tokens, encoded=encoded), k
-        per_question: list[list[tuple[int, ...]]] = [[] for _ in range(batch_size)]
-        for i, row in enumerate(candidates):
-            cand = tuple(_cut_at_eos(row, gen.eos_token_id))
-            bucket = per_question[i // per_row]
-            if cand not in bucket:
-                bucket.append(cand)
-        # a question whose passages all gave the same candidate needs no re-scoring
-        pairs = [(b, c) for b in range(batch_size) if len(per_question[b]) > 1 for c in per_question[b]]
-        scores = torch.empty(len(pairs), device=gen.device)
-        step = max(1, self.config.rescore_batch_size // k)
-        for start in range(0, len(pairs), step):
-            chunk = pairs[start : start + step]
-            rows = torch.tensor([b * k + z for b, _ in chunk for z in range(k)], device=gen.device)
-            labels = gen.pad_labels([c for _, c in chunk for _ in range(k)]).to(gen.device)
-            hidden = BaseModelOutput(last_hidden_state=encoded.last_hidden_state.index_select(0, rows))
-            seq = gen(inputs["input_ids"].index_select(0, rows), inputs["attention_mask"].index_select(0, rows),
-                      labels, encoder_outputs=hidden)
-            seq = seq.sum(-1).view(len(chunk), k)
-            owners = torch.tensor([b for b, _ in chunk], device=gen.device)
-            scores[start : start + len(chunk)] = torch.logsumexp(doc_logprobs[owners] + seq, dim=1)
-        best: list[list[int]] = []
-        for b in range(batch_size):
-            idx = [i for i, (owner, _) in enumerate(pairs) if owner == b]
-            best.append(list(pairs[max(idx, key=lambda i: scores[i].item())][1]) if idx else list(per_question[b][0]))
-        return best
+        return self.reader.decode(gen, inputs, doc_logprobs, num_beams, max_new_tokens, self.config)
 
     def answer(self, question_or_questions: str | Sequence[str], k: int | None = None, num_beams: int = 1,
                max_new_tokens: int = 32) -> Answer | list[Answer]:
         """Retrieve, generate, and return the answer with the passages it was drawn from."""
         single = isinstance(question_or_questions, str)
         questions = check_questions(question_or_questions)
-        with torch.no_grad(), _eval_mode(self):
+        with torch.no_grad(), eval_mode(self):
             ctx = self.retrieve(questions, k)
             texts = self.generator.decode(self._generate_ids(questions, ctx, num_beams, max_new_tokens))
         scores = ctx.doc_scores.float().cpu().tolist()
@@ -414,7 +413,7 @@ class RAG(torch.nn.Module):
         """Write a self-contained folder atomically (see the module docstring for its layout)."""
         path = Path(path)
         index_inside = _is_within(self.index.path, path)
-        with atomic_dir(path, may_replace=_check_replaceable) as tmp, _eval_mode(self):
+        with atomic_dir(path, may_replace=_check_replaceable) as tmp, eval_mode(self):
             self.question_encoder.save_pretrained(tmp / QUESTION_DIR)
             self.generator.save_pretrained(tmp / GENERATOR_DIR)
             if self.passage_encoder is not None:
@@ -466,81 +465,6 @@ class RAG(torch.nn.Module):
         return cls(index, question_encoder, generator, config, passage_encoder=passage_encoder, reranker=reranker)
 
 
-# -- RAG-Token decoding ---------------------------------------------------------------------------
-
-
-def _token_beam_search(gen: Generator, inputs: dict, doc_logprobs: torch.Tensor, num_beams: int,
-                       max_new_tokens: int, length_penalty: float = 1.0, encoded=None) -> list[list[int]]:
-    """Beam search (greedy when num_beams=1) on the RAG-Token marginal
-    log Σ_z p(z|x) p(y_t|x,z,y<t): the encoder runs once (or not at all, given `encoded`), the
-    decoder once per step for every (question, beam, passage) row, reusing its key/value cache."""
-    batch_size, k = doc_logprobs.shape
-    nb, eos, pad = num_beams, gen.eos_token_id, gen.pad_token_id
-    if encoded is None:
-        encoded = gen.encode(inputs["input_ids"], inputs["attention_mask"])
-    expand = torch.arange(batch_size * k, device=gen.device).view(batch_size, 1, k).expand(-1, nb, -1).reshape(-1)
-    hidden = BaseModelOutput(last_hidden_state=encoded.last_hidden_state.index_select(0, expand))
-    attention = inputs["attention_mask"].index_select(0, expand)
-    source_ids = inputs["input_ids"].index_select(0, expand)
-    copy_keys = gen.copy_keys(encoded)  # once per passage row, like the encoder
-    copy_keys = None if copy_keys is None else copy_keys.index_select(0, expand)
-    prior = doc_logprobs.view(batch_size, 1, k, 1)
-
-    seqs = torch.full((batch_size, nb, 1), gen.decoder_start_token_id, dtype=torch.long, device=gen.device)
-    beam_scores = torch.zeros(batch_size, nb, device=gen.device)
-    beam_scores[:, 1:] = float("-inf")  # all beams start identical: expand only the first
-    finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(batch_size)]
-    done = [False] * batch_size
-    past = None
-    for step in range(max_new_tokens):
-        rows = seqs.unsqueeze(2).expand(-1, -1, k, -1).reshape(batch_size * nb * k, -1)
-        logprobs, past = gen.decoder_step(hidden, attention, rows if past is None else rows[:, -1:], past,
-                                          input_ids=source_ids, copy_keys=copy_keys)
-        vocab = logprobs.shape[-1]
-        marginal = torch.logsumexp(logprobs.view(batch_size, nb, k, vocab) + prior, dim=2)  # [B, nb, V]
-        top_scores, top_ids = (beam_scores.unsqueeze(-1) + marginal).view(batch_size, -1).topk(2 * nb, dim=1)
-        source = torch.arange(nb, device=gen.device).repeat(batch_size, 1)
-        tokens = torch.full((batch_size, nb), pad, dtype=torch.long, device=gen.device)
-        new_scores = torch.full((batch_size, nb), float("-inf"), device=gen.device)
-        length = step + 1
-        for b in range(batch_size):
-            if done[b]:
-                continue
-            j = 0
-            for rank, (score, flat) in enumerate(zip(top_scores[b].tolist(), top_ids[b].tolist())):
-                beam, token = divmod(flat, vocab)
-                if token == eos:
-                    if rank < nb:
-                        finished[b].append((score / length**length_penalty, seqs[b, beam, 1:].tolist() + [eos]))
-                    continue
-                source[b, j], tokens[b, j], new_scores[b, j] = beam, token, score
-                j += 1
-                if j == nb:
-                    break
-            if len(finished[b]) >= nb:
-                best_live = new_scores[b].max().item() / length**length_penalty
-                done[b] = best_live <= min(s for s, _ in finished[b])
-        seqs = torch.cat([seqs.gather(1, source.unsqueeze(-1).expand_as(seqs)), tokens.unsqueeze(-1)], dim=-1)
-        beam_scores = new_scores
-        if all(done):
-            break
-        if past is not None:
-            if hasattr(past, "reorder_cache"):
-                order = (torch.arange(batch_size, device=gen.device).view(-1, 1) * nb + source)  # [B, nb]
-                order = (order.unsqueeze(-1) * k + torch.arange(k, device=gen.device)).reshape(-1)
-                past.reorder_cache(order)
-            else:  # a legacy tuple cache: recompute from the full prefix instead
-                past = None
-    results = []
-    for b in range(batch_size):
-        if not done[b]:
-            length = seqs.shape[-1] - 1
-            finished[b].extend((s / length**length_penalty, seqs[b, i, 1:].tolist())
-                               for i, s in enumerate(beam_scores[b].tolist()) if s > float("-inf"))
-        results.append(max(finished[b], key=lambda item: item[0])[1] if finished[b] else [])
-    return results
-
-
 # -- helpers --------------------------------------------------------------------------------------
 
 
@@ -548,23 +472,6 @@ def _as_list(texts: str | Sequence[str]) -> list[str]:
     if isinstance(texts, (bytes, bytearray, Mapping)):
         raise RagloopError(f"expected a string or a list of strings (got {type(texts).__name__})")
     return [texts] if isinstance(texts, str) else list(texts)
-
-
-def _cut_at_eos(tokens: list[int], eos: int) -> list[int]:
-    return tokens[: tokens.index(eos) + 1] if eos in tokens else tokens
-
-
-@contextlib.contextmanager
-def _eval_mode(*modules: torch.nn.Module) -> Iterator[None]:
-    """Switch modules to eval (no dropout) for a block, then restore each submodule's own mode."""
-    before = [(m, m.training) for module in modules for m in module.modules()]
-    for module in modules:
-        module.eval()
-    try:
-        yield
-    finally:
-        for m, mode in before:
-            m.training = mode
 
 
 def _is_within(inner: Path, outer: Path) -> bool:

@@ -1,5 +1,11 @@
-"""Generation: a seq2seq generator (T5, BART, BERT2BERT) fed "question: … title: … context: …"."""
+"""Generation: a seq2seq generator (T5, BART, BERT2BERT) fed "question: … title: … context: …".
 
-from ragloop.generation.generator import BUNDLED_GENERATOR, Generator, format_passage, format_question
+inputs.py (formatting, collation, token cache), copy_head.py, warm_start.py, decoding.py (beam search,
+RAG-Token and RAG-Sequence decoding) and generator.py (the `Generator`); none imports `ragloop.model`.
+"""
 
-__all__ = ["BUNDLED_GENERATOR", "Generator", "format_passage", "format_question"]
+from ragloop.generation.copy_head import CopyHead
+from ragloop.generation.generator import BUNDLED_GENERATOR, Generator
+from ragloop.generation.inputs import format_passage, format_question
+
+__all__ = ["BUNDLED_GENERATOR", "CopyHead", "Generator", "format_passage", "format_question"]

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ragloop import __version__
+from ragloop._version import __version__
 from ragloop.data.corpus import Passage
 from ragloop.errors import RagloopError
 from ragloop.io import (

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ragloop import __version__
+from ragloop._version import __version__
 from ragloop.data.corpus import Passage
 from ragloop.errors import RagloopError
 from ragloop.io import atomic_dir, atomic_write_json, checksum_files, only_replace, read_manifest_json, verify_files

@@ -44,7 +44,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ragloop import __version__
+from ragloop._version import __version__
 from ragloop.errors import RagloopError
 from ragloop.model import CONFIG_FILE, RAG
 from ragloop.retrieval.index import MANIFEST

@@ -1,0 +1,171 @@
+"""Decoding: token ids out of a generator, for one passage a row or marginalised over k passages.
+
+    >>> from ragloop.generation.decoding import beam_search, sequence_decode, token_beam_search
+    >>> batch = gen.build_inputs(questions, passages)            # B questions x K passages each
+    >>> beam_search(gen, batch, num_beams=4)                     # [B*K] best beam of each row on its own
+    >>> token_beam_search(gen, batch, doc_logprobs, 4, 32)       # [B] RAG-Token: per-step marginal over K
+    >>> sequence_decode(gen, batch, doc_logprobs, 4, 32)         # [B] RAG-Sequence: candidates, re-scored
+
+`doc_logprobs` [B, K] is log p(z|x) of each question's passages. The searches here run the encoder
+once and the decoder step by step through `Generator.decoder_step`, so a generator's copy head takes
+part; RAG-Sequence takes its candidates from transformers' `generate` when there is no copy head
+(which `generate` knows nothing of). Results are lists of token ids ending in eos unless
+`max_new_tokens` cut them; `Generator.decode` turns them into text.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from transformers.modeling_outputs import BaseModelOutput
+
+from ragloop._torch import eval_mode
+
+if TYPE_CHECKING:
+    from ragloop.generation.generator import Generator
+
+
+def beam_search(gen: Generator, inputs: dict, num_beams: int = 1, max_new_tokens: int = 32,
+                encoded=None) -> list[list[int]]:
+    """The best beam (greedy at num_beams=1) of each row of `inputs` (from `build_inputs`), read on
+    its own; the copy head takes part. Give `encoded` (from `encode`) to skip the encoder. Runs in
+    eval mode (no dropout); call it under `torch.no_grad()` (`Generator.generate` does)."""
+    rows = inputs["input_ids"].shape[0]
+    inputs = {name: t.to(gen.device) for name, t in inputs.items()}
+    with eval_mode(gen):
+        return token_beam_search(gen, inputs, torch.zeros(rows, 1, device=gen.device), num_beams,
+                                 max_new_tokens, encoded=encoded)
+
+
+def token_beam_search(gen: Generator, inputs: dict, doc_logprobs: torch.Tensor, num_beams: int,
+                       max_new_tokens: int, length_penalty: float = 1.0, encoded=None) -> list[list[int]]:
+    """Beam search (greedy when num_beams=1) on the RAG-Token marginal
+    log Σ_z p(z|x) p(y_t|x,z,y<t): the encoder runs once (or not at all, given `encoded`), the
+    decoder once per step for every (question, beam, passage) row, reusing its key/value cache."""
+    batch_size, k = doc_logprobs.shape
+    nb, eos, pad = num_beams, gen.eos_token_id, gen.pad_token_id
+    if encoded is None:
+        encoded = gen.encode(inputs["input_ids"], inputs["attention_mask"])
+    expand = torch.arange(batch_size * k, device=gen.device).view(batch_size, 1, k).expand(-1, nb, -1).reshape(-1)
+    hidden = BaseModelOutput(last_hidden_state=encoded.last_hidden_state.index_select(0, expand))
+    attention = inputs["attention_mask"].index_select(0, expand)
+    source_ids = inputs["input_ids"].index_select(0, expand)
+    copy_keys = gen.copy_keys(encoded)  # once per passage row, like the encoder
+    copy_keys = None if copy_keys is None else copy_keys.index_select(0, expand)
+    prior = doc_logprobs.view(batch_size, 1, k, 1)
+
+    seqs = torch.full((batch_size, nb, 1), gen.decoder_start_token_id, dtype=torch.long, device=gen.device)
+    beam_scores = torch.zeros(batch_size, nb, device=gen.device)
+    beam_scores[:, 1:] = float("-inf")  # all beams start identical: expand only the first
+    finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(batch_size)]
+    done = [False] * batch_size
+    past = None
+    for step in range(max_new_tokens):
+        rows = seqs.unsqueeze(2).expand(-1, -1, k, -1).reshape(batch_size * nb * k, -1)
+        logprobs, past = gen.decoder_step(hidden, attention, rows if past is None else rows[:, -1:], past,
+                                          input_ids=source_ids, copy_keys=copy_keys)
+        vocab = logprobs.shape[-1]
+        marginal = torch.logsumexp(logprobs.view(batch_size, nb, k, vocab) + prior, dim=2)  # [B, nb, V]
+        top_scores, top_ids = (beam_scores.unsqueeze(-1) + marginal).view(batch_size, -1).topk(2 * nb, dim=1)
+        source = torch.arange(nb, device=gen.device).repeat(batch_size, 1)
+        tokens = torch.full((batch_size, nb), pad, dtype=torch.long, device=gen.device)
+        new_scores = torch.full((batch_size, nb), float("-inf"), device=gen.device)
+        length = step + 1
+        for b in range(batch_size):
+            if done[b]:
+                continue
+            j = 0
+            for rank, (score, flat) in enumerate(zip(top_scores[b].tolist(), top_ids[b].tolist())):
+                beam, token = divmod(flat, vocab)
+                if token == eos:
+                    if rank < nb:
+                        finished[b].append((score / length**length_penalty, seqs[b, beam, 1:].tolist() + [eos]))
+                    continue
+                source[b, j], tokens[b, j], new_scores[b, j] = beam, token, score
+                j += 1
+                if j == nb:
+                    break
+            if len(finished[b]) >= nb:
+                best_live = new_scores[b].max().item() / length**length_penalty
+                done[b] = best_live <= min(s for s, _ in finished[b])
+        seqs = torch.cat([seqs.gather(1, source.unsqueeze(-1).expand_as(seqs)), tokens.unsqueeze(-1)], dim=-1)
+        beam_scores = new_scores
+        if all(done):
+            break
+        if past is not None:
+            if hasattr(past, "reorder_cache"):
+                order = (torch.arange(batch_size, device=gen.device).view(-1, 1) * nb + source)  # [B, nb]
+                order = (order.unsqueeze(-1) * k + torch.arange(k, device=gen.device)).reshape(-1)
+                past.reorder_cache(order)
+            else:  # a legacy tuple cache: recompute from the full prefix instead
+                past = None
+    results = []
+    for b in range(batch_size):
+        if not done[b]:
+            length = seqs.shape[-1] - 1
+            finished[b].extend((s / length**length_penalty, seqs[b, i, 1:].tolist())
+                               for i, s in enumerate(beam_scores[b].tolist()) if s > float("-inf"))
+        results.append(max(finished[b], key=lambda item: item[0])[1] if finished[b] else [])
+    return results
+
+
+def sequence_decode(gen: Generator, inputs: dict, doc_logprobs: torch.Tensor, num_beams: int,
+                    max_new_tokens: int, rescore_batch_size: int = 64) -> list[list[int]]:
+    """RAG-Sequence ("thorough") decoding: beam (or greedy) candidates from each passage, each
+    candidate re-scored as log Σ_z p(z|x) p(y|x,z) over all k passages, `rescore_batch_size`
+    generator rows a forward; the best one wins."""
+    batch_size, k = doc_logprobs.shape
+    encoded = gen.encode(inputs["input_ids"], inputs["attention_mask"])  # once, for generating and re-scoring
+    per_question = _sequence_candidates(gen, inputs, encoded, batch_size, k, num_beams, max_new_tokens)
+    # a question whose passages all gave the same candidate needs no re-scoring
+    pairs = [(b, c) for b in range(batch_size) if len(per_question[b]) > 1 for c in per_question[b]]
+    scores = _rescore(gen, inputs, encoded, doc_logprobs, pairs, rescore_batch_size)
+    best: list[list[int]] = []
+    for b in range(batch_size):
+        idx = [i for i, (owner, _) in enumerate(pairs) if owner == b]
+        best.append(list(pairs[max(idx, key=lambda i: scores[i].item())][1]) if idx else list(per_question[b][0]))
+    return best
+
+
+def _sequence_candidates(gen: Generator, inputs: dict, encoded, batch_size: int, k: int, num_beams: int,
+                         max_new_tokens: int) -> list[list[tuple[int, ...]]]:
+    """Each question's distinct candidates, in the order its passages gave them."""
+    if gen.copy_head is None:
+        out = gen.model.generate(encoder_outputs=encoded, attention_mask=inputs["attention_mask"],
+                                 num_beams=num_beams, num_return_sequences=num_beams,
+                                 max_new_tokens=max_new_tokens, do_sample=False)
+        candidates, per_row = out[:, 1:].tolist(), k * num_beams  # drop the decoder start token
+    else:  # transformers' generate knows nothing of the copy head: the best beam of each passage
+        candidates, per_row = gen.generate(inputs, num_beams, max_new_tokens, encoded=encoded), k
+    per_question: list[list[tuple[int, ...]]] = [[] for _ in range(batch_size)]
+    for i, row in enumerate(candidates):
+        cand = tuple(cut_at_eos(row, gen.eos_token_id))
+        bucket = per_question[i // per_row]
+        if cand not in bucket:
+            bucket.append(cand)
+    return per_question
+
+
+def _rescore(gen: Generator, inputs: dict, encoded, doc_logprobs: torch.Tensor,
+             pairs: list[tuple[int, tuple[int, ...]]], batch_size: int) -> torch.Tensor:
+    """log Σ_z p(z|x) p(y|x,z) of each (question, candidate) pair [P], reusing the encoder's states."""
+    k = doc_logprobs.shape[1]
+    scores = torch.empty(len(pairs), device=gen.device)
+    step = max(1, batch_size // k)
+    for start in range(0, len(pairs), step):
+        chunk = pairs[start : start + step]
+        rows = torch.tensor([b * k + z for b, _ in chunk for z in range(k)], device=gen.device)
+        labels = gen.pad_labels([c for _, c in chunk for _ in range(k)]).to(gen.device)
+        hidden = BaseModelOutput(last_hidden_state=encoded.last_hidden_state.index_select(0, rows))
+        seq = gen(inputs["input_ids"].index_select(0, rows), inputs["attention_mask"].index_select(0, rows),
+                  labels, encoder_outputs=hidden)
+        seq = seq.sum(-1).view(len(chunk), k)
+        owners = torch.tensor([b for b, _ in chunk], device=gen.device)
+        scores[start : start + len(chunk)] = torch.logsumexp(doc_logprobs[owners] + seq, dim=1)
+    return scores
+
+
+def cut_at_eos(tokens: list[int], eos: int) -> list[int]:
+    """`tokens` up to and including the first eos (all of them when there is none)."""
+    return tokens[: tokens.index(eos) + 1] if eos in tokens else tokens
