@@ -125,7 +125,7 @@ def test_lru_is_bounded_by_entries_and_by_bytes(index, encoder, monkeypatch):
     r = Retriever(index, mode="bm25", cache=small)
     r.retrieve(QUESTIONS[0], k=2)
     assert len(small) == 0 and small.nbytes == 0
-    one = small = RetrievalCache()
+    one = RetrievalCache()
     Retriever(index, mode="bm25", cache=one).retrieve(QUESTIONS[0], k=2)
     entry = one.nbytes
     two = RetrievalCache(max_bytes=entry + entry // 2)  # room for one entry, not two
