@@ -101,7 +101,18 @@ def _retriever(args):
     from ragloop.retrieval import Retriever
 
     return Retriever.from_index(args.index_dir, encoder=args.encoder, fusion=args.fusion, weight=args.weight,
-                                rerank=args.rerank, rerank_depth=args.rerank_depth)
+                                rerank=args.rerank, rerank_depth=args.rerank_depth, cache=_cache(args))
+
+
+def _cache(args):
+    """The retrieval cache the command's flags ask for: on disk (`--cache-dir`), in memory (`answer`,
+    `serve`: on unless `--no-cache`), or None."""
+    cache_dir, size = getattr(args, "cache_dir", None), getattr(args, "cache_size", None)
+    if getattr(args, "no_cache", False) or (cache_dir is None and size is None):
+        return None
+    from ragloop.retrieval.cache import DEFAULT_MAX_ENTRIES, RetrievalCache
+
+    return RetrievalCache(max_entries=DEFAULT_MAX_ENTRIES if size is None else size, directory=cache_dir)
 
 
 def cmd_search(args) -> None:
@@ -174,6 +185,7 @@ def _load_rag(args):
         model.index = Index.load(args.index)  # checked against the model's question encoder
     if args.rerank or args.rerank_depth:  # another reranker, or another depth for the model's own
         model.retriever.set_reranker(args.rerank or model.retriever.reranker, args.rerank_depth)
+    model.retriever.cache = _cache(args)
     if getattr(args, "k", None) is not None:
         from ragloop.retrieval.retriever import check_k
 
@@ -233,7 +245,7 @@ def cmd_serve(args) -> None:
               + (", which has no authentication (--no-auth)" if api_key is None else ""), file=sys.stderr)
     app = create_app(args.model_dir, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, threads=args.threads,
                      api_key=api_key, rerank=args.rerank,
-                     rerank_depth=args.rerank_depth)
+                     rerank_depth=args.rerank_depth, cache_size=0 if args.no_cache else args.cache_size)
     sock = listen(args.host, args.port)
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"serving {args.model_dir} on http://{host}:{sock.getsockname()[1]}/ (API docs at /docs; Ctrl-C stops)",
@@ -379,6 +391,7 @@ def _number(low: float, high: float | None = None, above: bool = False):
 
 POSITIVE = _whole(1)
 NON_NEGATIVE = _whole(0)
+DEFAULT_CACHE_ENTRIES = 4096  # retrieval/cache.py's default; spelled here so --help never imports it
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -409,6 +422,19 @@ def _add_rerank_options(p: argparse.ArgumentParser) -> None:
                         "by `ragloop train-reranker`, or cross-encoder/ms-marco-MiniLM-L-6-v2 online)")
     p.add_argument("--rerank-depth", type=POSITIVE, metavar="N",
                    help="first-stage candidates the reranker rescores (default: max(k, 20); at least k)")
+
+
+def _add_cache_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("cache (repeated questions answered from memory; retrieval/cache.py)")
+    g.add_argument("--cache-size", type=NON_NEGATIVE, default=DEFAULT_CACHE_ENTRIES, metavar="N",
+                   help="questions' results and answers remembered at most (LRU, also at most 64 MiB)")
+    g.add_argument("--no-cache", action="store_true", help="compute every answer and search afresh")
+
+
+def _add_cache_dir_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cache-dir", metavar="DIR",
+                   help="keep retrieval results in DIR, so a repeated run skips retrieval (keyed by the index, "
+                        "encoder and reranker: a changed one misses)")
 
 
 def _add_common_options(p: argparse.ArgumentParser, default) -> None:
@@ -504,6 +530,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="search mode to score; all: dense, bm25 and hybrid, one row each")
     p.add_argument("--limit", type=POSITIVE, help="only the first N questions")
     p.add_argument("--json", action="store_true", help="print one JSON object per mode")
+    _add_cache_dir_option(p)
     _add_search_options(p)
     p.set_defaults(func=cmd_eval_retrieval)
 
@@ -533,6 +560,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--closed-book", action="store_true", help="answer without passages")
     p.add_argument("--oracle", action="store_true", help="answer from the question's own paragraph")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_cache_dir_option(p)
     _add_rerank_options(p)
     p.set_defaults(func=cmd_eval)
 
@@ -543,6 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=POSITIVE, help="passages per question (default: the model's n_docs)")
     p.add_argument("--num-beams", "--num_beams", dest="num_beams", type=POSITIVE, default=1)
     p.add_argument("--json", action="store_true", help="one JSON object per question")
+    _add_cache_options(p)
     _add_rerank_options(p)
     p.set_defaults(func=cmd_answer)
 
@@ -557,6 +586,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", help="require it as 'Authorization: Bearer KEY' (default: $RAGLOOP_API_KEY; "
                    "needed off 127.0.0.1)")
     p.add_argument("--no-auth", action="store_true", help="serve off 127.0.0.1 without an API key")
+    _add_cache_options(p)
     _add_rerank_options(p)
     p.set_defaults(func=cmd_serve)
 

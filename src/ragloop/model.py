@@ -393,9 +393,19 @@ class RAG(torch.nn.Module):
 
     def answer(self, question_or_questions: str | Sequence[str], k: int | None = None, num_beams: int = 1,
                max_new_tokens: int = 32) -> Answer | list[Answer]:
-        """Retrieve, generate, and return the answer with the passages it was drawn from."""
+        """Retrieve, generate, and return the answer with the passages it was drawn from. With a cache on
+        the retriever (`model.retriever.cache`, see retrieval/cache.py), a question asked before with the
+        same k and decoding settings, of the same weights and index, is answered from it."""
         single = isinstance(question_or_questions, str)
         questions = check_questions(question_or_questions)
+        if self.retriever.cache is not None:
+            answers = self.retriever.cache.answers(self, questions, k, num_beams, max_new_tokens,
+                                                   lambda qs: self._answer(qs, k, num_beams, max_new_tokens))
+        else:
+            answers = self._answer(questions, k, num_beams, max_new_tokens)
+        return answers[0] if single else answers
+
+    def _answer(self, questions: list[str], k: int | None, num_beams: int, max_new_tokens: int) -> list[Answer]:
         with torch.no_grad(), eval_mode(self):
             ctx = self.retrieve(questions, k)
             texts = self.generator.decode(self._generate_ids(questions, ctx, num_beams, max_new_tokens))
@@ -405,7 +415,7 @@ class RAG(torch.nn.Module):
                            for p, s in zip(ps, ss)])
             for q, text, ps, ss in zip(questions, texts, ctx.passages, scores)
         ]
-        return answers[0] if single else answers
+        return answers
 
     # -- saving and loading ---------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from ragloop.data.corpus import Passage
 from ragloop.data.qa import QAExample
 from ragloop.evaluation.metrics import exact_match, f1_score, has_answer
 from ragloop.evaluation.retrieval import answers_not_in_context
+from ragloop.retrieval.cache import rag_contexts
 
 CONTEXTS = ("rag", "closed-book", "oracle")
 
@@ -45,9 +46,8 @@ def evaluate_answers(model, examples: list[QAExample], context: str = "rag", k: 
         batch = examples[start : start + batch_size]
         questions = [e.question for e in batch]
         passages = given_passages(batch, context)
-        if passages is None:
-            retrieved = model.retrieve(questions, k)
-            passages, doc_scores = retrieved.passages, retrieved.doc_scores
+        if passages is None:  # from the on-disk retrieval cache when the model's retriever has one
+            passages, doc_scores = rag_contexts(model, questions, k)
             hits += sum(any(has_answer(ex.answers, p.text) for p in ps) for ex, ps in zip(batch, passages))
         else:
             doc_scores = torch.zeros(len(batch), 1)

@@ -19,6 +19,7 @@ Sharded building, for a corpus too big for one process, is in shards.py.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import logging
 import shutil
 from pathlib import Path
@@ -50,6 +51,7 @@ MANIFEST, STORE_FILE, BM25_DIR = "manifest.json", "passages.sqlite", "bm25"
 FORMAT = "ragloop-index"
 FORMAT_VERSION = 1
 PROBE_COSINE = 0.999
+_GENERATIONS = itertools.count(1)  # process-unique stamps: what a retrieval cache keys an index's contents by
 
 
 def passage_inputs(passages: list[Passage]) -> tuple[list[str], list[str]]:
@@ -70,6 +72,11 @@ class Index:
         self.store = store
         self.manifest = manifest
         self.bm25 = bm25
+        # A retrieval cache (cache.py) keys results by `generation`: a new one for every loaded object and
+        # every in-memory change (`add` reloads, `reencode` bumps it), so a changed index never serves stale
+        # hits. `changed_in_memory`: the vectors no longer match the folder's checksums (on-disk caches skip).
+        self.generation = next(_GENERATIONS)
+        self.changed_in_memory = False
 
     def __len__(self) -> int:
         return len(self.backend)
@@ -249,6 +256,7 @@ class Index:
         titles, texts = passage_inputs(list(self.store))
         vectors = encoder.encode(titles, texts, batch_size=batch_size, progress=progress, desc="re-indexing passages")
         self.backend = FaissBackend.create(self.factory, self.dim, self.backend.search_params).fill(vectors)
+        self.generation, self.changed_in_memory = next(_GENERATIONS), True
 
 
 def check_batch_size(batch_size: int) -> None:

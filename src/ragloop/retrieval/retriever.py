@@ -33,6 +33,7 @@ from ragloop.retrieval.hybrid import MODES, check_fusion, fuse
 from ragloop.retrieval.index import Index
 
 if TYPE_CHECKING:  # encoders and the reranker import torch; BM25-only search never needs them
+    from ragloop.retrieval.cache import RetrievalCache
     from ragloop.retrieval.encoders import Encoder
     from ragloop.retrieval.rerank import Reranker
 
@@ -97,13 +98,21 @@ def check_k(k, size: int | None = None, where: str | os.PathLike | None = None, 
 
 
 class Retriever:
-    """An index, a question encoder (loaded on first dense use), a search mode and an optional reranker."""
+    """An index, a question encoder (loaded on first dense use), a search mode, an optional reranker and
+    an optional cache (`cache=RetrievalCache(...)`, or `cache_size=N` entries; see cache.py): results
+    and question vectors remembered per question, keyed by everything they depend on."""
 
     def __init__(self, index: Index, question_encoder: Encoder | None = None, mode: str = "dense",
                  fusion: str = "rrf", weight: float = 0.5, reranker: Reranker | None = None,
-                 rerank_depth: int | None = None) -> None:
+                 rerank_depth: int | None = None, cache: RetrievalCache | None = None,
+                 cache_size: int | None = None) -> None:
         _check_mode(mode)
         check_fusion(fusion, weight)
+        if cache is None and cache_size is not None:
+            from ragloop.retrieval.cache import RetrievalCache
+
+            cache = RetrievalCache(max_entries=cache_size)
+        self.cache = cache
         self.index = index
         self._question_encoder = question_encoder
         self.mode = mode
@@ -180,6 +189,14 @@ class Retriever:
         mode = self.mode if mode is None else mode
         _check_mode(mode)
         k = check_k(k, len(self.index), self.index.path)
+        self.depth_for(k)  # a depth below k is an error, cached or not
+        if self.cache is not None and vectors is None:  # a caller's own vectors are never served from a cache
+            return self.cache.retrieve(self, questions, k, mode, fill, progress)
+        return self._retrieve(questions, k, mode, vectors, fill, progress)
+
+    def _retrieve(self, questions: list[str], k: int, mode: str, vectors: np.ndarray | None, fill: bool,
+                  progress: bool | None) -> Retrieved:
+        """`retrieve` on checked arguments, without the cache."""
         depth = min(self.depth_for(k), len(self.index))
         if vectors is None and (mode != "bm25" or fill):
             vectors = self.question_encoder.encode(questions, batch_size=128, progress=progress,

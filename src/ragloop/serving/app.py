@@ -6,7 +6,7 @@
 
 Endpoints:
     GET  /         a small page: ask a question, read the answer and its sources (`/?q=...` asks at once)
-    GET  /health   status, the model and index it serves, batching statistics
+    GET  /health   status, the model and index it serves, batching and cache statistics (hits, hit rate)
     POST /answer   {"question": str, "k": int?}                      -> answer + passages
     POST /search   {"question": str, "k": int?, "mode": dense|bm25|hybrid} -> ranked passages
     GET  /docs     the API described on one self-contained page (from /openapi.json; no CDN)
@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 MAX_QUESTION_CHARS = 1000
 MAX_K = 100
 DEFAULT_SEARCH_K = 5
+DEFAULT_CACHE_SIZE = 4096
 # a question of MAX_QUESTION_CHARS written as JSON escapes is ~12 KB; anything far over that is refused unread
 MAX_BODY_BYTES = 64 * 1024
 
@@ -158,8 +159,12 @@ class Service:
 
     def __init__(self, model: RAG | None, retriever: Retriever, name: str, max_batch: int = 16,
                  max_wait_ms: float = 10.0, num_beams: int = 1, max_new_tokens: int = 32,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, cache_size: int | None = None) -> None:
         self.model, self.retriever, self.name = model, retriever, name
+        if cache_size and retriever.cache is None:  # repeated questions from memory (retrieval/cache.py)
+            from ragloop.retrieval.cache import RetrievalCache
+
+            retriever.cache = RetrievalCache(max_entries=cache_size)
         self.num_beams, self.max_new_tokens = num_beams, max_new_tokens
         self.threads = available_cores() if threads is None else threads
         if self.threads < 1:
@@ -246,6 +251,7 @@ class Service:
             "threads": self.threads,
             "batching": {"max_batch": self.answers.max_batch, "max_wait_ms": self.answers.max_wait * 1000,
                          "answer": self.answers.stats.to_dict(), "search": self.searches.stats.to_dict()},
+            "cache": self.retriever.cache.stats() if self.retriever.cache is not None else None,
             "uptime_s": round(time.time() - self.started, 1),
         }
 
@@ -301,19 +307,22 @@ PAGE_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-refe
 def create_app(source: str | Path | RAG | Retriever, *, max_batch: int = 16, max_wait_ms: float = 10.0,
                num_beams: int = 1, max_new_tokens: int = 32, threads: int | None = None,
                api_key: str | None = None, max_body_bytes: int = MAX_BODY_BYTES,
-               rerank: str | None = None, rerank_depth: int | None = None) -> FastAPI:
+               rerank: str | None = None, rerank_depth: int | None = None,
+               cache_size: int | None = DEFAULT_CACHE_SIZE) -> FastAPI:
     """A FastAPI app serving a saved RAG model folder (or a RAG object), or an index folder (or a
     Retriever) for /search alone. The model and the question encoder are loaded here, before any
     request, on the model thread (`threads` torch/FAISS threads; default: the cores available).
     With `api_key`, every request but the page and the docs must send `Authorization: Bearer KEY`.
-    `rerank` (a cross-encoder name or path) and `rerank_depth` replace the reranking stage of what is served."""
+    `rerank` (a cross-encoder name or path) and `rerank_depth` replace the reranking stage of what is served.
+    `cache_size`: answers and searches remembered per question (LRU, retrieval/cache.py; 0 or None: none),
+    its hits and misses on /health."""
     if api_key is not None:
         try:
             check_api_key(api_key)
         except ValueError as e:
             raise RagloopError(str(e)) from None
     service = Service.load(source, max_batch=max_batch, max_wait_ms=max_wait_ms, num_beams=num_beams,
-                           max_new_tokens=max_new_tokens, threads=threads)
+                           max_new_tokens=max_new_tokens, threads=threads, cache_size=cache_size)
     if rerank or rerank_depth:
         service.retriever.set_reranker(rerank or service.retriever.reranker, rerank_depth)
     page, csp = _page()
