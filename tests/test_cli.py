@@ -139,8 +139,9 @@ def test_search_help_documents_every_argument_and_its_default(capsys):
         main(["search", "--help"])
     assert exit_.value.code == 0
     entries = _help_entries(capsys.readouterr().out)
-    options = ["-q", "-v", "-k", "--mode", "--json", "--encoder", "--fusion", "--weight"]
-    assert set(entries) == {"index_dir", "question", "-h", *options}
+    options = ["-q", "-v", "-k", "--mode", "--json", "--encoder", "--fusion", "--weight", "--rerank-depth",
+               "--quantize"]
+    assert set(entries) == {"index_dir", "question", "-h", "--rerank", *options}  # --rerank: none unless given
     for option in options:
         assert "default" in entries[option], entries[option]
     assert "(default: 5)" in entries["-k"] and "(default: dense)" in entries["--mode"]

@@ -53,7 +53,11 @@ def cmd_index(args) -> None:
     passages = load_corpus(args.corpus, args.chunk_words, args.chunk_overlap, split=args.split)
     if args.add:
         index = Index.load(args.out)
-        added = index.add(passages, batch_size=args.batch_size, progress=_progress(args))
+        encoder = None  # the manifest's, quantized as the build was
+        if args.quantize:
+            encoder = index.load_encoder()
+            encoder.passage.quantize(args.quantize)
+        added = index.add(passages, encoder, batch_size=args.batch_size, progress=_progress(args))
         print(f"added {added} new passages to {args.out} ({len(index)} in all)")
         return
     encoder = BiEncoder.from_pretrained(args.encoder, args.question_encoder)
@@ -65,6 +69,7 @@ def cmd_index(args) -> None:
 
         if torch.cuda.is_available():
             encoder.passage.to("cuda")
+        encoder.passage.quantize(args.quantize)
         path = build_shard(passages, encoder, args.out, args.num_shards, args.shard_id, **options)
         print(f"encoded shard {args.shard_id} of {args.num_shards} -> {path}; once all {args.num_shards} are "
               f"built: ragloop index --out {args.out} --merge-shards")
@@ -72,8 +77,15 @@ def cmd_index(args) -> None:
     if launched_world_size() > 1:
         _index_distributed(args, passages, encoder, options)
         return
+    encoder.passage.quantize(args.quantize)
     index = Index.build(passages, encoder, args.out, **options)
-    print(f"indexed {len(index)} passages -> {args.out} ({args.index_type}, dim {index.dim})")
+    print(f"indexed {len(index)} passages -> {args.out} ({args.index_type}, dim {index.dim}"
+          f"{_precision(encoder.passage.quantization)})")
+
+
+def _precision(quantized: str | None) -> str:
+    """', int8 encoder' after a summary's figures, when a model ran quantized."""
+    return f", {quantized} encoder" if quantized else ""
 
 
 def _index_distributed(args, passages, encoder, options) -> None:
@@ -87,6 +99,7 @@ def _index_distributed(args, passages, encoder, options) -> None:
     state = PartialState(cpu=cpu_distributed())
     destroy_process_group_at_exit()
     encoder.passage.to(state.device)
+    encoder.passage.quantize(args.quantize)
     if not state.is_main_process:
         options["progress"] = False
     build_shard(passages, encoder, args.out, state.num_processes, state.process_index, **options)
@@ -101,7 +114,8 @@ def _retriever(args):
     from ragloop.retrieval import Retriever
 
     return Retriever.from_index(args.index_dir, encoder=args.encoder, fusion=args.fusion, weight=args.weight,
-                                rerank=args.rerank, rerank_depth=args.rerank_depth, cache=_cache(args))
+                                rerank=args.rerank, rerank_depth=args.rerank_depth, cache=_cache(args),
+                                quantize=args.quantize)
 
 
 def _cache(args):
@@ -119,7 +133,9 @@ def cmd_search(args) -> None:
     retriever = _retriever(args)
     hits = retriever.search([args.question], k=args.k, mode=args.mode)[0]
     if args.json:
-        print(json.dumps({"question": args.question, "mode": args.mode, "hits": [h.to_dict() for h in hits]}))
+        quantized = {"quantize": args.quantize} if args.quantize and args.mode != "bm25" else {}
+        print(json.dumps({"question": args.question, "mode": args.mode, **quantized,
+                          "hits": [h.to_dict() for h in hits]}))
         return
     if not hits:
         print(f"no passages found for {args.question!r} in {args.index_dir} ({args.mode} search)")
@@ -154,11 +170,19 @@ def cmd_eval_retrieval(args) -> None:
               "in their own context paragraph; hit@k cannot count them")
 
 
+def _cell(value) -> str:
+    """A table cell: a score to three places; text (a reranker's name, a precision) as it is."""
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if isinstance(value, (int, float)) else str(value)
+
+
 def format_table(results: list[dict]) -> str:
     keys = [k for k in results[0] if k not in ("mode", "questions", "answers_not_in_context")]
     head = f"| mode | questions | {' | '.join(keys)} |"
     rule = "|" + "---|" * (len(keys) + 2)
-    rows = [f"| {r['mode']} | {r['questions']} | " + " | ".join(f"{r[k]:.3f}" for k in keys) + " |" for r in results]
+    rows = [f"| {r['mode']} | {r['questions']} | " + " | ".join(_cell(r.get(k)) for k in keys) + " |"
+            for r in results]
     return "\n".join([head, rule, *rows])
 
 
@@ -190,7 +214,7 @@ def _load_rag(args):
         from ragloop.retrieval.retriever import check_k
 
         check_k(args.k, len(model.index), model.index.path)  # k=10**7: one clear error, not a huge allocation
-    return model
+    return model.quantize(args.quantize)
 
 
 def cmd_eval(args) -> None:
@@ -244,8 +268,8 @@ def cmd_serve(args) -> None:
         print(f"ragloop: warning: listening on {args.host}, not 127.0.0.1: other machines can reach this API"
               + (", which has no authentication (--no-auth)" if api_key is None else ""), file=sys.stderr)
     app = create_app(args.model_dir, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, threads=args.threads,
-                     api_key=api_key, rerank=args.rerank,
-                     rerank_depth=args.rerank_depth, cache_size=0 if args.no_cache else args.cache_size)
+                     api_key=api_key, rerank=args.rerank, rerank_depth=args.rerank_depth,
+                     cache_size=0 if args.no_cache else args.cache_size, quantize=args.quantize)
     sock = listen(args.host, args.port)
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"serving {args.model_dir} on http://{host}:{sock.getsockname()[1]}/ (API docs at /docs; Ctrl-C stops)",
@@ -437,6 +461,26 @@ def _add_cache_dir_option(p: argparse.ArgumentParser) -> None:
                         "encoder and reranker: a changed one misses)")
 
 
+def _add_quantize_option(p: argparse.ArgumentParser, what: str) -> None:
+    from ragloop.quantize import QUANTIZE_MODES
+
+    p.add_argument("--quantize", choices=QUANTIZE_MODES,
+                   help=f"quantize {what} for inference: int8 dynamic quantization of the linear layers on "
+                        "CPU (bf16 weights on CUDA); faster, slightly different scores (default: full precision)")
+
+
+class _RefuseQuantize(argparse.Action):
+    """--quantize on a training command: one clear argparse error (training needs float32 weights)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        parser.error("--quantize is for inference (index, search, eval-retrieval, answer, eval, serve): "
+                     "training needs full-precision weights, and a quantized model cannot be saved")
+
+
+def _refuse_quantize(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quantize", action=_RefuseQuantize, help=argparse.SUPPRESS)
+
+
 def _add_common_options(p: argparse.ArgumentParser, default) -> None:
     """-q/-v, accepted before the command (`ragloop -q search ...`) and after it: the command's copy
     defaults to SUPPRESS so that it does not undo a flag given before the command."""
@@ -503,6 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", help="dataset split, for a HF dataset name (default: all)")
     p.add_argument("--no-bm25", action="store_true", help="skip the BM25 index")
     p.add_argument("--add", action="store_true", help="add to the existing index at --out")
+    _add_quantize_option(p, "the passage encoder (recorded in the manifest; queries may use either precision)")
     g = p.add_argument_group("sharded indexing (under torchrun: one shard per process, merged automatically)")
     g.add_argument("--num-shards", type=POSITIVE, help="split the encoding into N shards (with --shard-id)")
     g.add_argument("--shard-id", type=NON_NEGATIVE, help="encode only shard I (0..N-1) into OUT.shards/shard-I-of-N")
@@ -518,6 +563,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dense: question encoder + FAISS; bm25: shared words, no model loaded; hybrid: both, fused")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _add_search_options(p)
+    _add_quantize_option(p, "the question encoder")
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("eval-retrieval", parents=[common], help="hit@k, gold@k, mrr@10 on QA data",
@@ -532,21 +578,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object per mode")
     _add_cache_dir_option(p)
     _add_search_options(p)
+    _add_quantize_option(p, "the question encoder")
     p.set_defaults(func=cmd_eval_retrieval)
 
     p = sub.add_parser("train", parents=[common], help="train RAG end to end (question encoder + generator)")
     add_config_args(p)
+    _refuse_quantize(p)
     p.set_defaults(func=cmd_train)
 
     # the trainers import torch: registered here from their configs, so `--help` stays light
     p = sub.add_parser("train-retriever", parents=[common],
                        help="fine-tune the retrieval encoder(s) on QA data (in-batch + BM25 hard negatives)")
     add_config_args(p, RetrieverTrainConfig)
+    _refuse_quantize(p)
     p.set_defaults(func=cmd_train_retriever)
 
     p = sub.add_parser("train-reranker", parents=[common],
                        help="fine-tune a cross-encoder reranker on QA data (BM25 + dense hard negatives)")
     add_config_args(p, RerankerTrainConfig)
+    _refuse_quantize(p)
     p.set_defaults(func=cmd_train_reranker)
 
     p = sub.add_parser("eval", parents=[common], help="EM/F1 of a trained RAG model on QA data")
@@ -562,6 +612,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _add_cache_dir_option(p)
     _add_rerank_options(p)
+    _add_quantize_option(p, "the question encoder and the generator")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("answer", parents=[common], help="answer questions with their sources")
@@ -573,6 +624,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per question")
     _add_cache_options(p)
     _add_rerank_options(p)
+    _add_quantize_option(p, "the question encoder and the generator")
     p.set_defaults(func=cmd_answer)
 
     p = sub.add_parser("serve", parents=[common], help="serve answers and search over HTTP (FastAPI)")
@@ -588,6 +640,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-auth", action="store_true", help="serve off 127.0.0.1 without an API key")
     _add_cache_options(p)
     _add_rerank_options(p)
+    _add_quantize_option(p, "the question encoder and the generator")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", parents=[common], help="index, train, evaluate and answer on the bundled SQuAD data")

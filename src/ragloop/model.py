@@ -268,6 +268,27 @@ class RAG(torch.nn.Module):
             generator = Generator.from_pretrained(generator)
         return cls(index, question_encoder, generator, config)
 
+    def quantize(self, mode: str | None = "int8", lm_head: bool = False) -> RAG:
+        """Quantize the question encoder and the generator (and a trained passage encoder) for inference:
+        "int8" dynamic quantization of their linear layers on CPU, the LM head only with `lm_head`
+        (ragloop/quantize.py). None does nothing. Returns self; it answers, but cannot train or save."""
+        self.retriever.quantize(mode)  # the retriever holds this model's question encoder
+        self.generator.quantize(mode, lm_head=lm_head)
+        if self.passage_encoder is not None:
+            self.passage_encoder.quantize(mode)
+        return self
+
+    @property
+    def quantization(self) -> str | None:
+        """What `quantize` applied to the generator ("int8", "bf16"/"fp16" on CUDA), None at full precision."""
+        return self.generator.quantization
+
+    def describe(self) -> dict:
+        """What this model is, for reports (`/health`, logs): reader, generator, encoder, precision, retrieval."""
+        return {"rag_mode": self.config.mode, "n_docs": self.config.n_docs, "generator": self.generator.name,
+                "question_encoder": self.question_encoder.spec.name, "quantize": self.quantization,
+                "lm_head_quantized": self.generator.lm_head_quantized, "retrieval": self.retriever.describe()}
+
     @property
     def reader(self) -> Reader:
         """The entry of `READERS` that `config.mode` names: its loss trains, its decoder answers."""
@@ -338,6 +359,10 @@ class RAG(torch.nn.Module):
         Passages are retrieved unless given: `passages` is one equally long list of passages per
         question (oracle or given context), with p(z|x) uniform unless `doc_scores` [B, K] (raw
         relevance scores, like `RAGOutput.doc_scores`) come with them."""
+        if torch.is_grad_enabled() and self.quantization is not None:
+            from ragloop.quantize import refuse_quantized
+
+            refuse_quantized(self.generator.model, "train", "this RAG model")
         questions, answers = check_questions(questions), _as_list(answers)
         if len(answers) != len(questions):
             raise RagloopError(f"{len(questions)} questions but {len(answers)} answers")
@@ -421,6 +446,11 @@ class RAG(torch.nn.Module):
 
     def save_pretrained(self, path: str | Path) -> None:
         """Write a self-contained folder atomically (see the module docstring for its layout)."""
+        if self.quantization is not None or self.question_encoder.quantization is not None:
+            from ragloop.quantize import refuse_quantized
+
+            refuse_quantized(self.generator.model if self.quantization else self.question_encoder.model, "save",
+                             "this RAG model")
         path = Path(path)
         index_inside = _is_within(self.index.path, path)
         with atomic_dir(path, may_replace=_check_replaceable) as tmp, eval_mode(self):

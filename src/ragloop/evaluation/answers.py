@@ -31,7 +31,8 @@ def given_passages(batch: list[QAExample], context: str) -> list[list[Passage]] 
 @torch.inference_mode()
 def evaluate_answers(model, examples: list[QAExample], context: str = "rag", k: int | None = None,
                      batch_size: int = 16, num_beams: int = 1, progress: bool | None = None) -> dict:
-    """EM/F1 (max over gold answers) and, with retrieval, hit@k of the passages the model read."""
+    """EM/F1 (max over gold answers) and, with retrieval, hit@k of the passages the model read; "quantize"
+    when the model is quantized."""
     if context not in CONTEXTS:
         raise ValueError(f"unknown context {context!r}")
     if context == "oracle" and any(not ex.context for ex in examples):
@@ -58,6 +59,9 @@ def evaluate_answers(model, examples: list[QAExample], context: str = "rag", k: 
     model.train(was_training)
     n = max(len(examples), 1)
     result = {"context": context, "questions": len(examples), "em": round(em / n, 4), "f1": round(f1 / n, 4)}
+    if getattr(model, "quantization", None):  # a quantized model's scores are reported as such
+        result["quantize"] = model.quantization
+        result["lm_head_quantized"] = model.generator.lm_head_quantized
     if context == "rag":
         result[f"hit@{k}"] = round(hits / n, 4)
         # EM/F1 stand without it, but hit@k cannot count a question whose answer is not in its paragraph

@@ -59,6 +59,9 @@ def evaluate_retrieval(
     result: dict = {"mode": mode, "questions": n, "answers_not_in_context": missing}
     if retriever.reranker is not None:
         result["reranker"] = retriever.reranker.name
+    quantized = retriever.describe()["quantize"]
+    if quantized and mode != "bm25":  # the question encoder's precision (BM25 reads no model)
+        result["quantize"] = quantized
     for k in ks:
         result[f"hit@{k}"] = round(hit[k] / n, 4)
     for k in ks:

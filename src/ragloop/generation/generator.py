@@ -73,6 +73,7 @@ class Generator(GeneratorInputs, torch.nn.Module):
         self.max_source_length = max_source_length
         self.max_target_length = max_target_length
         self._init_inputs()
+        self.lm_head_quantized = False  # set by `quantize`
         self.register_buffer("_special_ids", torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long),
                              persistent=False)
         if self.pad_token_id is None or self.decoder_start_token_id is None or self.eos_token_id is None:
@@ -128,6 +129,20 @@ class Generator(GeneratorInputs, torch.nn.Module):
         copy_head = CopyHead(model.config.decoder.hidden_size, model.config.encoder.hidden_size) if copy else None
         return cls(model, tokenizer, name or f"bert2bert:{os.fspath(encoder)}", copy_head=copy_head)
 
+    def quantize(self, mode: str | None = "int8", lm_head: bool = False) -> Generator:
+        """Quantize the seq2seq model's linear layers for inference ("int8"; None does nothing): the LM
+        head too only with `lm_head`, the copy head never (ragloop/quantize.py). Returns self."""
+        from ragloop.quantize import quantize_generator
+
+        return quantize_generator(self, mode, lm_head)
+
+    @property
+    def quantization(self) -> str | None:
+        """What `quantize` applied ("int8", or "bf16"/"fp16" on CUDA), None at full precision."""
+        from ragloop.quantize import quantization
+
+        return quantization(self.model)
+
     def untrained_parameters(self) -> list[torch.nn.Parameter]:
         """The parameters an encoder-decoder warm start (`EncoderDecoderModel` from two encoder
         checkpoints) adds to what the checkpoints trained: the decoder's cross-attention and its
@@ -142,6 +157,9 @@ class Generator(GeneratorInputs, torch.nn.Module):
     def save_pretrained(self, path: str | Path) -> None:
         """Model, tokenizer, `ragloop_generator.json` (name, length limits, copy head or not) and the
         copy head's weights (`copy_head.safetensors`) into `path`."""
+        from ragloop.quantize import refuse_quantized
+
+        refuse_quantized(self.model, "save", f"generator {self.name!r}")
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(path)

@@ -78,10 +78,25 @@ class Encoder(torch.nn.Module):
         self.model = model
         self.tokenizer = tokenizer
         self.spec = spec
+        self.fp32_probe: np.ndarray | None = None  # set by `quantize`: the fingerprint of the weights before
 
     @property
     def dim(self) -> int:
         return self.spec.dim
+
+    def quantize(self, mode: str | None = "int8") -> Encoder:
+        """Quantize the linear layers for inference ("int8"; None does nothing); see ragloop/quantize.py.
+        Returns self. A quantized encoder encodes and searches; it cannot be trained or saved."""
+        from ragloop.quantize import quantize_encoder
+
+        return quantize_encoder(self, mode)
+
+    @property
+    def quantization(self) -> str | None:
+        """What `quantize` applied ("int8", or "bf16"/"fp16" on CUDA), None at full precision."""
+        from ragloop.quantize import quantization
+
+        return quantization(self.model)
 
     @classmethod
     @quiet_transformers()
@@ -130,6 +145,9 @@ class Encoder(torch.nn.Module):
 
     @quiet_transformers()
     def save_pretrained(self, path: str | Path) -> None:
+        from ragloop.quantize import refuse_quantized
+
+        refuse_quantized(self.model, "save", f"encoder {self.spec.name!r}")
         path = Path(path)
         self.model.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
@@ -157,6 +175,10 @@ class Encoder(torch.nn.Module):
     def embed(self, texts: list[str], pairs: list[str] | None = None) -> torch.Tensor:
         """Vectors [N, D] as a differentiable tensor on the model's device, for training (`encode`
         is the batched, no-gradient numpy path for indexing and search)."""
+        if torch.is_grad_enabled() and self.fp32_probe is not None:
+            from ragloop.quantize import refuse_quantized
+
+            refuse_quantized(self.model, "train", f"encoder {self.spec.name!r}")
         batch = self.tokenizer.pad(self.tokenize(list(texts), list(pairs) if pairs is not None else None),
                                    return_tensors="pt")
         device = next(self.model.parameters()).device
@@ -201,7 +223,11 @@ class Encoder(torch.nn.Module):
         return out
 
     def probe(self) -> np.ndarray:
-        """The vector of a fixed text: a fingerprint of the weights, kept in the index manifest."""
+        """The vector of a fixed text: a fingerprint of the weights, kept in the index manifest. For a
+        quantized encoder, that of the float32 weights it was quantized from: the weights are the same
+        model, and an index checks them whatever precision encodes with them."""
+        if self.fp32_probe is not None:
+            return self.fp32_probe
         return self.encode([PROBE_TEXT], progress=False)[0]
 
 

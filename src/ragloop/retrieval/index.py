@@ -142,10 +142,19 @@ class Index:
     def add(self, passages: list[Passage], encoder: BiEncoder | None = None, batch_size: int = 64,
             progress: bool | None = None) -> int:
         """Add new passages (ids already present are skipped); the folder is rewritten atomically.
-        Returns the number added."""
+        Returns the number added. Without `encoder`, the manifest's encoders (quantized if the build
+        was); a given one must match the build's precision."""
         check_batch_size(batch_size)
-        encoder = encoder or self.load_encoder()
+        built = self.manifest["encoder"]["passage"].get("quantize")
+        if encoder is None:  # the recorded encoders, quantized as the build was
+            encoder = self.load_encoder()
+            if built:
+                encoder.passage.quantize("int8")
         self.check_passage_encoder(encoder.passage)
+        if encoder.passage.quantization != built:
+            raise RagloopError(f"{self.path}: its vectors were encoded {_precision(built)}; adding passages "
+                              f"encoded {_precision(encoder.passage.quantization)} would mix the two: "
+                              "add with the same --quantize as the build")
         known = self.store.existing_ids([p.id for p in passages])
         new = [p for p in passages if p.id not in known]
         if not new:
@@ -259,6 +268,10 @@ class Index:
         self.generation, self.changed_in_memory = next(_GENERATIONS), True
 
 
+def _precision(quantize: str | None) -> str:
+    return f"quantized ({quantize})" if quantize else "in full precision"
+
+
 def check_batch_size(batch_size: int) -> None:
     if batch_size < 1:
         raise RagloopError(f"--batch-size must be at least 1 (got {batch_size})")
@@ -269,11 +282,16 @@ def with_default_search_params(given: dict | None) -> dict:
 
 
 def encoder_entry(encoder: BiEncoder) -> dict:
-    """The manifest's record of the encoders: spec and a probe vector that fingerprints the weights."""
-    return {
+    """The manifest's record of the encoders: spec and a probe vector that fingerprints the weights
+    (of the float32 weights, for a quantized encoder). A passage encoder that encoded the vectors
+    quantized is recorded as such ("quantize": "int8"); the question side is whatever queries it."""
+    entry = {
         side: {**enc.spec.to_dict(), "probe": [round(float(x), 6) for x in enc.probe()]}
         for side, enc in (("passage", encoder.passage), ("question", encoder.question))
     }
+    if encoder.passage.quantization is not None:
+        entry["passage"]["quantize"] = encoder.passage.quantization
+    return entry
 
 
 def _write(folder: Path, backend: FaissBackend, passages: list[Passage], manifest: dict, first_row: int,

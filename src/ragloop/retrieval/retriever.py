@@ -118,13 +118,26 @@ class Retriever:
         self.mode = mode
         self.fusion = fusion
         self.weight = float(weight)
+        self._quantize: str | None = None
         self.set_reranker(reranker, rerank_depth)
+
+    def quantize(self, mode: str | None = "int8") -> Retriever:
+        """Quantize the question encoder for inference ("int8"; None does nothing), now if it is loaded,
+        else when it is (BM25-only search never loads it). Returns self."""
+        from ragloop.quantize import check_mode
+
+        if check_mode(mode) is not None:
+            self._quantize = mode
+            if self._question_encoder is not None:
+                self._question_encoder.quantize(mode)
+        return self
 
     @classmethod
     def from_index(cls, path: str | os.PathLike, encoder: str | os.PathLike | None = None, verify: bool = True,
-                   rerank: str | os.PathLike | None = None, **kwargs) -> Retriever:
+                   rerank: str | os.PathLike | None = None, quantize: str | None = None, **kwargs) -> Retriever:
         """Open an index folder. `encoder` overrides the question encoder recorded in its manifest and
-        is checked against it (another model or dimension is an error); `rerank` names a cross-encoder."""
+        is checked against it (another model or dimension is an error); `rerank` names a cross-encoder;
+        `quantize="int8"` quantizes the question encoder for inference (ragloop/quantize.py)."""
         index = Index.load(path, verify=verify)
         question = None
         if encoder is not None:
@@ -134,6 +147,7 @@ class Retriever:
             index.check_question_encoder(question)
         depth = kwargs.pop("rerank_depth", None)
         retriever = cls(index, question, **kwargs)
+        retriever.quantize(quantize)
         if rerank is not None or depth is not None:
             retriever.set_reranker(rerank, depth)
         return retriever
@@ -157,7 +171,7 @@ class Retriever:
         if self._question_encoder is None:
             encoder = self.index.load_encoder().question
             self.index.check_question_encoder(encoder)  # the weights at that name may have changed
-            self._question_encoder = encoder
+            self._question_encoder = encoder.quantize(self._quantize)
         return self._question_encoder
 
     def describe(self) -> dict:
@@ -165,7 +179,9 @@ class Retriever:
         return {"mode": self.mode, "fusion": self.fusion if self.mode == "hybrid" else None,
                 "weight": self.weight if self.mode == "hybrid" else None,
                 "reranker": self.reranker.name if self.reranker else None,
-                "rerank_depth": self.depth_for(1) if self.reranker else None}
+                "rerank_depth": self.depth_for(1) if self.reranker else None,
+                "quantize": (self._question_encoder.quantization if self._question_encoder is not None
+                             else self._quantize)}
 
     def depth_for(self, k: int) -> int:
         """How many first-stage candidates a reranker sees for a top-k request."""

@@ -185,20 +185,21 @@ class Service:
         self.started = time.time()
 
     @classmethod
-    def load(cls, source: str | Path | RAG | Retriever, **kwargs) -> Service:
-        """From a RAG model or a Retriever object, or a folder holding either (decided by its files)."""
+    def load(cls, source: str | Path | RAG | Retriever, quantize: str | None = None, **kwargs) -> Service:
+        """From a RAG model or a Retriever object, or a folder holding either (decided by its files);
+        `quantize="int8"` quantizes its models for inference (ragloop/quantize.py) before the warm-up."""
         if isinstance(source, RAG):
-            return cls(source, source.retriever, "RAG", **kwargs)
+            return cls(source.quantize(quantize), source.retriever, "RAG", **kwargs)
         if isinstance(source, Retriever):
-            return cls(None, source, "index", **kwargs)
+            return cls(None, source.quantize(quantize), "index", **kwargs)
         path = Path(source)
         if not path.is_dir():
             raise RagloopError(f"{path}: no such folder (expected a saved RAG model or an index folder)")
         if (path / CONFIG_FILE).is_file():
-            model = RAG.from_pretrained(path)
+            model = RAG.from_pretrained(path).quantize(quantize)
             return cls(model, model.retriever, path.name, **kwargs)
         if (path / MANIFEST).is_file():
-            return cls(None, Retriever.from_index(path), path.name, **kwargs)
+            return cls(None, Retriever.from_index(path, quantize=quantize), path.name, **kwargs)
         raise RagloopError(f"{path}: neither a saved RAG model (no {CONFIG_FILE}) nor an index (no {MANIFEST})")
 
     @property
@@ -237,7 +238,8 @@ class Service:
         if self.model is not None:
             cfg = self.model.config
             model = {"name": self.name, "rag_mode": cfg.mode, "n_docs": cfg.n_docs, "search_mode": cfg.search_mode,
-                     "generator": self.model.generator.name, "question_encoder": self.model.question_encoder.spec.name}
+                     "generator": self.model.generator.name, "question_encoder": self.model.question_encoder.spec.name,
+                     "quantize": self.model.quantization, "lm_head_quantized": self.model.generator.lm_head_quantized}
         return {
             "status": "ok",
             "ragloop_version": __version__,
@@ -308,28 +310,31 @@ def create_app(source: str | Path | RAG | Retriever, *, max_batch: int = 16, max
                num_beams: int = 1, max_new_tokens: int = 32, threads: int | None = None,
                api_key: str | None = None, max_body_bytes: int = MAX_BODY_BYTES,
                rerank: str | None = None, rerank_depth: int | None = None,
-               cache_size: int | None = DEFAULT_CACHE_SIZE) -> FastAPI:
+               cache_size: int | None = DEFAULT_CACHE_SIZE, quantize: str | None = None) -> FastAPI:
     """A FastAPI app serving a saved RAG model folder (or a RAG object), or an index folder (or a
     Retriever) for /search alone. The model and the question encoder are loaded here, before any
     request, on the model thread (`threads` torch/FAISS threads; default: the cores available).
     With `api_key`, every request but the page and the docs must send `Authorization: Bearer KEY`.
     `rerank` (a cross-encoder name or path) and `rerank_depth` replace the reranking stage of what is served.
     `cache_size`: answers and searches remembered per question (LRU, retrieval/cache.py; 0 or None: none),
-    its hits and misses on /health."""
+    its hits and misses on /health.
+
+    `quantize="int8"` serves the question encoder and the generator int8-quantized (shown in /health)."""
     if api_key is not None:
         try:
             check_api_key(api_key)
         except ValueError as e:
             raise RagloopError(str(e)) from None
-    service = Service.load(source, max_batch=max_batch, max_wait_ms=max_wait_ms, num_beams=num_beams,
-                           max_new_tokens=max_new_tokens, threads=threads, cache_size=cache_size)
+    service = Service.load(source, quantize=quantize, max_batch=max_batch, max_wait_ms=max_wait_ms,
+                           num_beams=num_beams, max_new_tokens=max_new_tokens, threads=threads, cache_size=cache_size)
     if rerank or rerank_depth:
         service.retriever.set_reranker(rerank or service.retriever.reranker, rerank_depth)
     page, csp = _page()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        log.info("serving %s (%d passages)", service.name, service.passages)
+        log.info("serving %s (%d passages%s)", service.name, service.passages,
+                 f", {quantize} quantized" if quantize else "")
         yield
         await service.stop()
 
