@@ -28,6 +28,9 @@ class _Retriever:
 
     reranker = None
 
+    def describe(self):
+        return {"mode": "dense", "reranker": None, "rerank_depth": None, "quantize": None}
+
     def __init__(self, passages, ranking):
         self.passages = passages
         self.index = passages  # only its size is asked

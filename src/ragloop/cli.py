@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import sys
 from pathlib import Path
@@ -397,12 +396,9 @@ def _number(low: float, high: float | None = None, above: bool = False):
     """An argparse type: a finite number >= low (> low with `above`) and <= high; NaN and inf refused."""
 
     def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"must be a finite number (got {text!r})")
+        from ragloop.config import finite_float
+
+        value = finite_float(text)
         if value < low or (above and value == low) or (high is not None and value > high):
             bound = (f"between {low:g} and {high:g}" if high is not None
                      else f"{'above' if above else 'at least'} {low:g}")

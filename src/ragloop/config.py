@@ -122,7 +122,7 @@ class TrainConfig:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 
-def _finite_float(text: str) -> float:
+def finite_float(text: str) -> float:
     """An argparse type: a float flag refuses NaN and infinities (which would train or score as NaN)."""
     try:
         value = float(text)
@@ -189,10 +189,10 @@ def add_config_args(parser: argparse.ArgumentParser, cls=TrainConfig) -> None:
             group.add_argument(*names, dest=f.name, nargs="?", const=True, default=default, type=_parse_bool,
                                help=meta["help"])
             continue
-        kind = {int: int, float: _finite_float}.get(type(default), str)
+        kind = {int: int, float: finite_float}.get(type(default), str)
         if default is None:  # an optional field: the type comes from the annotation ("int | None")
             ann = str(f.type)
-            kind = int if ann.startswith("int") else _finite_float if ann.startswith("float") else str
+            kind = int if ann.startswith("int") else finite_float if ann.startswith("float") else str
         group.add_argument(*names, dest=f.name, type=kind, default=default, choices=meta.get("choices"),
                            help=f"{meta['help']} (default: {default})")
 

@@ -57,11 +57,11 @@ def evaluate_retrieval(
             rr += 1.0 / first_gold
     n = len(examples)
     result: dict = {"mode": mode, "questions": n, "answers_not_in_context": missing}
-    if retriever.reranker is not None:
-        result["reranker"] = retriever.reranker.name
-    quantized = retriever.describe()["quantize"]
-    if quantized and mode != "bm25":  # the question encoder's precision (BM25 reads no model)
-        result["quantize"] = quantized
+    stages = retriever.describe()
+    if stages["reranker"] is not None:
+        result["reranker"] = stages["reranker"]
+    if stages["quantize"] and mode != "bm25":  # the question encoder's precision (BM25 reads no model)
+        result["quantize"] = stages["quantize"]
     for k in ks:
         result[f"hit@{k}"] = round(hit[k] / n, 4)
     for k in ks:

@@ -20,13 +20,11 @@ that `Reranker.from_pretrained` loads.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ragloop.config import EVAL_DEPTH, RerankerTrainConfig
 from ragloop.data.bundled import SQUAD_TRAIN, bundled_path
@@ -39,6 +37,7 @@ from ragloop.retrieval.encoders import Encoder
 from ragloop.retrieval.index import bm25_text
 from ragloop.retrieval.rerank import Reranker, passage_text, relevance
 from ragloop.training.negatives import TrainItem, build_items
+from ragloop.training.steps import run_steps, total_steps
 from ragloop.training.trainer import cpu_has_bf16
 
 log = logging.getLogger(__name__)
@@ -137,39 +136,16 @@ def train_reranker(cfg: RerankerTrainConfig, progress: bool | None = None) -> di
                "weight_decay": cfg.weight_decay if matrix else 0.0, "lr": head_lr if new else cfg.learning_rate}
               for matrix in (True, False) for new in (True, False)]
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.learning_rate)
-    steps_per_epoch = math.ceil(len(items) / cfg.batch_size)
-    total = cfg.max_steps or steps_per_epoch * cfg.num_epochs
+    total = total_steps(cfg, len(items))
     scheduler = get_linear_schedule_with_warmup(optimizer, min(cfg.warmup_steps, total), total)
     log.info("training reranker %s on %d questions: %d steps of %d groups (1 + %d), max length %d, %s",
              cfg.model, len(items), total, cfg.batch_size, cfg.negatives, cfg.max_length,
              "bf16 autocast" if dtype else "fp32")
 
     reranker.model.train()
-    losses: list[float] = []
-    step, t0 = 0, time.time()
-    bar = tqdm(total=total, desc="training reranker", unit="step", disable=None if progress is None else not progress)
-    while step < total:
-        order = np.random.default_rng([cfg.seed, step // steps_per_epoch]).permutation(len(items)).tolist()
-        for start in range(0, len(order), cfg.batch_size):
-            if step >= total:
-                break
-            loss = group_loss(reranker, [items[i] for i in order[start : start + cfg.batch_size]], passages, dtype)
-            loss.backward()
-            if cfg.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            losses.append(loss.item())
-            lr = scheduler.get_last_lr()[0]
-            bar.update(1)
-            bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}")
-            if step % cfg.logging_steps == 0 or step == total:
-                log.info("step %d/%d loss %.4f (mean of last %d: %.4f) lr %.2e, %.1fs", step, total, losses[-1],
-                         min(cfg.logging_steps, step), np.mean(losses[-cfg.logging_steps:]), lr, time.time() - t0)
-    bar.close()
-    seconds = round(time.time() - t0, 1)
+    losses, seconds = run_steps(lambda idx: group_loss(reranker, [items[i] for i in idx], passages, dtype),
+                                len(items), total, cfg, params, optimizer, scheduler, "training reranker", progress)
+    step = len(losses)
     reranker.model.eval()
     final_loss = float(np.mean(losses[-10:]))
     log.info("trained %d steps in %.0fs (%.2fs a step); loss %.4f -> %.4f", step, seconds, seconds / step,

@@ -25,15 +25,12 @@ import copy
 import dataclasses
 import json
 import logging
-import math
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ragloop.config import RetrieverTrainConfig
 from ragloop.data.corpus import Passage, make_passages
@@ -42,6 +39,7 @@ from ragloop.errors import RagloopError
 from ragloop.io import atomic_dir, atomic_write_json, only_replace
 from ragloop.retrieval.encoders import BiEncoder, Encoder, resolve_source
 from ragloop.training.negatives import TrainItem, build_items
+from ragloop.training.steps import run_steps, total_steps
 
 log = logging.getLogger(__name__)
 
@@ -166,8 +164,7 @@ def train_retriever(cfg: RetrieverTrainConfig, progress: bool | None = None) -> 
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate)
-    steps_per_epoch = math.ceil(len(items) / cfg.batch_size)
-    total = cfg.max_steps or steps_per_epoch * cfg.num_epochs
+    total = total_steps(cfg, len(items))
     scheduler = get_linear_schedule_with_warmup(optimizer, min(cfg.warmup_steps, total), total)
     log.info("training %s (%s) on %d questions: %d steps of %d, scale %g, %d hard negative(s) each",
              cfg.encoder, "shared" if shared else "two towers", len(items), total, cfg.batch_size, scale,
@@ -175,35 +172,16 @@ def train_retriever(cfg: RetrieverTrainConfig, progress: bool | None = None) -> 
 
     q_enc.train()
     p_enc.train()
-    losses: list[float] = []
-    step, t0 = 0, time.time()
-    bar = tqdm(total=total, desc="training retriever", unit="step", disable=None if progress is None else not progress)
-    while step < total:
-        order = np.random.default_rng([cfg.seed, step // steps_per_epoch]).permutation(len(items)).tolist()
-        for start in range(0, len(order), cfg.batch_size):
-            if step >= total:
-                break
-            batch = [items[i] for i in order[start : start + cfg.batch_size]]
-            rows, labels, mask = batch_targets(batch, passages)
-            q_vec = q_enc(**_pad(q_enc, q_tokens, order[start : start + cfg.batch_size]))
-            p_vec = p_enc(**_pad(p_enc, p_tokens, rows))
-            loss = contrastive_loss(q_vec, p_vec, labels, mask, scale)
-            loss.backward()
-            if cfg.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            losses.append(loss.item())
-            bar.update(1)
-            lr = scheduler.get_last_lr()[0]
-            bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}")
-            if step % cfg.logging_steps == 0 or step == total:
-                log.info("step %d/%d loss %.4f (mean of last %d: %.4f) lr %.2e, %.1fs", step, total, losses[-1],
-                         min(cfg.logging_steps, step), np.mean(losses[-cfg.logging_steps:]), lr, time.time() - t0)
-    bar.close()
-    seconds = round(time.time() - t0, 1)
+
+    def loss_of(idx: list[int]) -> torch.Tensor:
+        rows, labels, mask = batch_targets([items[i] for i in idx], passages)
+        q_vec = q_enc(**_pad(q_enc, q_tokens, idx))
+        p_vec = p_enc(**_pad(p_enc, p_tokens, rows))
+        return contrastive_loss(q_vec, p_vec, labels, mask, scale)
+
+    losses, seconds = run_steps(loss_of, len(items), total, cfg, params, optimizer, scheduler, "training retriever",
+                                progress)
+    step = len(losses)
     q_enc.eval()
     p_enc.eval()
     final_loss = float(np.mean(losses[-10:]))
