@@ -280,3 +280,15 @@ def test_training_with_a_reranker_saves_it_and_the_server_reports_it(squad_small
                              "rerank_depth": 4, "quantize": None}
         hits = client.post("/search", json={"question": "Where is the Vistula river?", "k": 2, "mode": "bm25"})
         assert hits.status_code == 200 and len(hits.json()["hits"]) == 2
+
+
+def test_a_reranker_set_after_construction_is_saved_with_the_model(small_index, tiny_ce_dir, tiny_bert_dir,
+                                                                   tiny_t5_dir, tmp_path):
+    from ragloop import RAG, Encoder, Generator, RAGConfig
+
+    rag = RAG(small_index, Encoder.from_pretrained(tiny_bert_dir), Generator.from_pretrained(tiny_t5_dir),
+              RAGConfig(n_docs=2))
+    rag.retriever.set_reranker(str(tiny_ce_dir), 6)
+    rag.save_pretrained(tmp_path / "rag")
+    loaded = RAG.from_pretrained(tmp_path / "rag")
+    assert loaded.retriever.describe()["reranker"] == str(tiny_ce_dir) and loaded.retriever.rerank_depth == 6

@@ -131,3 +131,26 @@ def test_rag_config_refuses_a_rerank_depth_below_n_docs():
         RAGConfig(n_docs=5, rerank="x", rerank_depth=2)
     with pytest.raises(RagloopError, match="needs a reranker"):
         RAGConfig(rerank_depth=5)
+
+
+def test_vectors_of_the_wrong_shape_are_refused(index):
+    r = Retriever(index)
+    with pytest.raises(RagloopError, match=r"vectors have shape \(1, 32\); 2 questions"):
+        r.retrieve(QUESTIONS, k=2, vectors=np.zeros((1, 32), dtype=np.float32))
+    with pytest.raises(RagloopError, match=r"need \(2, 32\)"):
+        r.retrieve(QUESTIONS, k=2, vectors=np.zeros((2, 7), dtype=np.float32))
+
+
+def test_from_index_keeps_a_reranker_given_as_an_object(index):
+    reranker = ByLength()
+    r = Retriever.from_index(index.path, reranker=reranker, rerank_depth=6)
+    assert r.reranker is reranker and r.rerank_depth == 6
+
+
+def test_a_quantized_encoder_has_a_weights_digest(tiny_bert_dir):
+    from ragloop.retrieval.cache import weights_digest
+
+    plain = Encoder.from_pretrained(tiny_bert_dir)
+    quantized = Encoder.from_pretrained(tiny_bert_dir)
+    quantized.quantize("int8")
+    assert weights_digest(quantized) == weights_digest(quantized) != weights_digest(plain)

@@ -61,8 +61,8 @@ from ragloop.io import (
     verify_files,
 )
 from ragloop.retrieval.encoders import BiEncoder, Encoder
+from ragloop.retrieval.hybrid import MODES as SEARCH_MODES
 from ragloop.retrieval.index import Index
-from ragloop.retrieval.retriever import MODES as SEARCH_MODES
 from ragloop.retrieval.retriever import Retriever, check_k, check_questions
 
 if TYPE_CHECKING:
@@ -474,13 +474,20 @@ class RAG(torch.nn.Module):
                 "format": FORMAT,
                 "format_version": FORMAT_VERSION,
                 "ragloop_version": __version__,
-                "config": self.config.to_dict(),
+                "config": self._saved_config(),
                 "question_encoder": self.question_encoder.spec.to_dict(),
                 "passage_encoder": self.passage_encoder.spec.to_dict() if self.passage_encoder is not None else None,
                 "generator": self.generator.name,
                 "files": checksum_files(tmp, files),
             })
         log.info("saved RAG model to %s", path)
+
+    def _saved_config(self) -> dict:
+        """The config as the model now retrieves: a mode or reranker set on its retriever after it was
+        built (`model.retriever.set_reranker`, `--rerank`) is saved, and loads back."""
+        r = self.retriever
+        return dict(self.config.to_dict(), search_mode=r.mode, rerank=r.reranker.name if r.reranker else None,
+                    rerank_depth=r.rerank_depth if r.reranker else None)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, verify: bool = True) -> RAG:

@@ -117,14 +117,34 @@ def weights_digest(module) -> str:
     state = module_state(module)
     if state not in _DIGESTS:
         h = hashlib.blake2b(digest_size=16)
-        for name, t in sorted(module.state_dict().items()):
-            t = t.detach().cpu().contiguous()
-            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-            h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        for name, value in sorted(module.state_dict().items(), key=lambda kv: kv[0]):
+            for t in _plain_tensors(value):
+                t = t.detach().cpu().contiguous()
+                h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+                h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
         if len(_DIGESTS) > 64:  # stale states of weights that changed since
             _DIGESTS.clear()
         _DIGESTS[state] = h.hexdigest()
     return _DIGESTS[state]
+
+
+def _plain_tensors(value):
+    """The ordinary tensors in a state-dict value: int8-quantized layers store tuples of quantized
+    tensors (their integers and scales are what identifies them) and dtypes beside their weights."""
+    import torch
+
+    if isinstance(value, tuple | list):
+        for v in value:
+            yield from _plain_tensors(v)
+    elif isinstance(value, torch.Tensor) and value.is_quantized:
+        yield value.int_repr()
+        if value.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
+            yield value.q_per_channel_scales()
+            yield value.q_per_channel_zero_points()
+        else:
+            yield torch.tensor([value.q_scale(), value.q_zero_point()], dtype=torch.float64)
+    elif isinstance(value, torch.Tensor):
+        yield value
 
 
 def index_digest(index: Index) -> str | None:
@@ -266,7 +286,7 @@ class RetrievalCache:
                 got = self.disk.retrieve(retriever, missing, k, mode, fill, encode, progress)
             else:
                 got = retriever._retrieve(missing, k, mode, encode(missing), fill, progress)
-            return [(got.rows[b], got.scores[b], tuple(got.passages[b])) for b in range(len(missing))]
+            return [(got.rows[b].copy(), got.scores[b].copy(), tuple(got.passages[b])) for b in range(len(missing))]
 
         rows = self.memo("results", questions, setup, search, _result_size, lambda v: v)
         return Retrieved(np.stack([r[0] for r in rows]).copy(), np.stack([r[1] for r in rows]).copy(),
@@ -376,8 +396,9 @@ class DiskCache:
         stored_q, stored_rows, stored_scores = self._read(file)
         where = {q: i for i, q in enumerate(stored_q)}
         missing = list(dict.fromkeys(q for q in questions if q not in where))
-        self.hits += len(questions) - sum(q in missing for q in questions)
-        self.misses += sum(q in missing for q in questions)
+        absent = set(missing)
+        self.misses += sum(q in absent for q in questions)
+        self.hits += len(questions) - sum(q in absent for q in questions)
         if missing:
             new_rows, new_scores = compute(missing)
             if stored_rows is None:

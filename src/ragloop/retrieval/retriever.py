@@ -149,7 +149,7 @@ class Retriever:
         retriever = cls(index, question, **kwargs)
         retriever.quantize(quantize)
         if rerank is not None or depth is not None:
-            retriever.set_reranker(rerank, depth)
+            retriever.set_reranker(rerank if rerank is not None else retriever.reranker, depth)
         return retriever
 
     def set_reranker(self, reranker: Reranker | str | os.PathLike | None, depth: int | None = None) -> None:
@@ -206,6 +206,9 @@ class Retriever:
         _check_mode(mode)
         k = check_k(k, len(self.index), self.index.path)
         self.depth_for(k)  # a depth below k is an error, cached or not
+        if vectors is not None and np.shape(vectors) != (len(questions), self.index.dim):
+            raise RagloopError(f"vectors have shape {np.shape(vectors)}; {len(questions)} questions against "
+                               f"{self.index.path} need ({len(questions)}, {self.index.dim})")
         if self.cache is not None and vectors is None:  # a caller's own vectors are never served from a cache
             return self.cache.retrieve(self, questions, k, mode, fill, progress)
         return self._retrieve(questions, k, mode, vectors, fill, progress)

@@ -93,10 +93,6 @@ class MicroBatcher:
         await self._queue.put(_Pending(item, key, future))
         return await future
 
-    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run another call (e.g. a search) on the model's executor, in turn with the batches."""
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
-
     def _ensure_worker(self) -> None:
         loop = asyncio.get_running_loop()
         if self._loop is loop and self._worker is not None and not self._worker.done():

@@ -188,6 +188,3 @@ def evaluate_reranker(reranker: Reranker, qa_file: str, max_questions: int = 200
             result[f"{name} gold@{k}"] = round(sum(f is not None and f <= k for f in first) / len(first), 4)
         result[f"{name} mrr@10"] = round(sum(1 / f for f in first if f is not None and f <= 10) / len(first), 4)
     return result
-
-
-# -- command line -----------------------------------------------------------------------------
