@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from ragloop.data.corpus import Passage
 from ragloop.errors import RagloopError
 from ragloop.io import atomic_dir, atomic_write_json, only_replace
+from ragloop.quiet import quiet_transformers
 from ragloop.retrieval.encoders import resolve_source
 from ragloop.retrieval.index import bm25_text
 
@@ -165,6 +166,7 @@ class Reranker:
                 bar.update(len(idx))
 
 
+@quiet_transformers()  # no "Loading weights" bar or load report: ragloop logs what matters
 def _load(name_or_path: str | os.PathLike, fresh_head: bool) -> tuple[torch.nn.Module, object, list[str]]:
     """(model, tokenizer, names of weights the checkpoint lacked). With `fresh_head`, a model whose config
     names no sequence-classification architecture is given a one-label head."""
