@@ -31,7 +31,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 import torch  # noqa: E402
-from ragloop.retrieval.rerank import Reranker  # noqa: E402
 
 from ragloop.data import load_qa  # noqa: E402
 from ragloop.data.bundled import SQUAD_DEV, SQUAD_TRAIN, bundled_path  # noqa: E402
@@ -40,6 +39,7 @@ from ragloop.evaluation import evaluate_answers, evaluate_retrieval  # noqa: E40
 from ragloop.io import atomic_write_json  # noqa: E402
 from ragloop.retrieval import BiEncoder, Index, Retriever  # noqa: E402
 from ragloop.retrieval.hybrid import MODES  # noqa: E402
+from ragloop.retrieval.rerank import Reranker  # noqa: E402
 
 KS = (1, 5, 20)
 
