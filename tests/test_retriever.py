@@ -74,6 +74,7 @@ def test_rerank_depth_defaults_to_twenty_within_the_index(index):
     reranker = ByLength()
     Retriever(index, reranker=reranker).retrieve(QUESTIONS[:1], k=3)
     assert reranker.calls[0][1] == [min(RERANK_DEPTH, len(index))] == [17]
+    assert Retriever(index, reranker=reranker).describe()["rerank_depth"] == "max(k, 20)"
 
 
 def test_bad_retrieval_settings_are_refused(index):

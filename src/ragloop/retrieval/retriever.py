@@ -175,11 +175,13 @@ class Retriever:
         return self._question_encoder
 
     def describe(self) -> dict:
-        """What this retriever does, for reports (`/health`, eval output, saved RAG configs)."""
+        """What this retriever does, for reports (`/health`, eval output, saved RAG configs). An unset rerank
+        depth is reported as the rule it follows, "max(k, 20)"."""
         return {"mode": self.mode, "fusion": self.fusion if self.mode == "hybrid" else None,
                 "weight": self.weight if self.mode == "hybrid" else None,
                 "reranker": self.reranker.name if self.reranker else None,
-                "rerank_depth": self.depth_for(1) if self.reranker else None,
+                "rerank_depth": (self.rerank_depth if self.rerank_depth is not None else f"max(k, {RERANK_DEPTH})")
+                if self.reranker else None,
                 "quantize": (self._question_encoder.quantization if self._question_encoder is not None
                              else self._quantize)}
 
