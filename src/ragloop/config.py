@@ -231,7 +231,7 @@ class RerankerTrainConfig:
                                       "--learning_rate): at the body's rate it barely moves in a CPU budget",
                                 "optimisation")
     num_epochs: int = opt(1, "passes over the training questions", "optimisation")
-    max_steps: int = opt(200, "stop after N steps (0: --num_epochs passes; the default takes about 15 min on 2 "
+    max_steps: int = opt(200, "stop after N steps (0: --num_epochs passes; the default took 17-20 min on 2 "
                               "CPU cores)", "optimisation")
     warmup_steps: int = opt(20, "linear warmup steps, then linear decay to 0", "optimisation")
     weight_decay: float = opt(0.01, "AdamW weight decay (matrices only)", "optimisation")

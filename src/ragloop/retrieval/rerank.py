@@ -166,7 +166,7 @@ class Reranker:
                 bar.update(len(idx))
 
 
-@quiet_transformers()  # no "Loading weights" bar or load report: ragloop logs what matters
+@quiet_transformers()  # no "Loading weights" bar, as for the encoders and the generator
 def _load(name_or_path: str | os.PathLike, fresh_head: bool) -> tuple[torch.nn.Module, object, list[str]]:
     """(model, tokenizer, names of weights the checkpoint lacked). With `fresh_head`, a model whose config
     names no sequence-classification architecture is given a one-label head."""

@@ -4,7 +4,7 @@
     >>> out = train_reranker(RerankerTrainConfig(output_dir="runs/reranker"))   # bundled SQuAD train articles
     >>> Reranker.from_pretrained(out["output_dir"]).score(questions, passages)
 
-    $ ragloop train-reranker --output_dir runs/reranker          # ~15 min on 2 CPU cores
+    $ ragloop train-reranker --output_dir runs/reranker          # 17-20 min on 2 CPU cores
     $ ragloop train-reranker --train_file train.json --model cross-encoder/ms-marco-MiniLM-L-6-v2
 
 The data are `training.negatives.build_items`, as for the retriever: each question's own paragraph
