@@ -25,11 +25,13 @@ import numpy as np
 import torch
 
 from bench.suite.common import BareEncoder, alternate, num, speed_summary, table, timed
+from bench.suite.goals import goal, sentence
 
 TITLE = "Indexing throughput: ragloop vs bare forward vs transformers/datasets"
 RAGLOOP, BARE, HF = "ragloop Index.build", "bare DPRContextEncoder forward (the limit)", \
     "datasets .map(embed) + add_faiss_index"
 BATCH = 64
+GOAL_LIMIT, GOAL_HF = 0.9, 1.5  # passages/s: >= 0.9x the bare forward, >= 1.5x the datasets path
 
 
 def embed(documents: dict, ctx_encoder, ctx_tokenizer) -> dict:
@@ -90,6 +92,14 @@ def run(ctx) -> dict:
     }
 
 
+def goals(res: dict) -> list[dict]:
+    lim, hf = res["vs_limit"][RAGLOOP]["ratio"], res["vs_hf"][RAGLOOP]["ratio"]
+    return [goal(f"indexing passages/s vs the bare encoder forward (>= {GOAL_LIMIT}x)", f"{lim:.3f}x",
+                 lim >= GOAL_LIMIT),
+            goal(f"indexing passages/s vs datasets .map(embed) + add_faiss_index (>= {GOAL_HF}x)", f"{hf:.2f}x",
+                 hf >= GOAL_HF)]
+
+
 def report(res: dict) -> str:
     lim, hf = res["vs_limit"], res["vs_hf"]
     rows = [[name, num(lim[name]["median_s"], 2), num(lim[name]["per_s"]), f"{lim[name]['ratio']:.3f}",
@@ -102,7 +112,7 @@ def report(res: dict) -> str:
             + f"\n\nSame vectors on every side: max |ragloop - bare| = {diff['ragloop vs bare']:.1e}, "
             f"max |ragloop - datasets| = {diff['ragloop vs datasets']:.1e}. ragloop also writes the SQLite "
             "store, BM25 and a checksummed manifest and reloads the folder; the datasets path keeps "
-            "everything in memory.")
+            "everything in memory.\n\n" + sentence(goals(res)))
 
 
 PLOTS: dict = {}

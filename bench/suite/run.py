@@ -1,8 +1,8 @@
-"""ragloop side by side with its peers: one command, five sections, markdown tables, JSON and plots.
+"""ragloop side by side with its peers: one command, seven sections, markdown tables, JSON and plots.
 
     python -m bench                    # full run, < 30 min on 2 quiet cores
     python -m bench --quick            # the same code paths on subsets, under 5 min
-    python -m bench --only search,rag  # some sections (quality, indexing, search, rag, answers)
+    python -m bench --only search,rag  # some sections (quality, indexing, search, rag, answers, quantize, cache)
 
 1. quality   retrieval quality on the bundled SQuAD dev sample: dense vs BM25 vs hybrid, hit@k and
              gold@k for k = 1..100 (plot)
@@ -14,10 +14,14 @@
              RagSequenceForGeneration / RagTokenForGeneration with the same models and inputs
 5. answers   EM/F1 on held-out dev questions after the same training budget: ragloop RAG (with
              retrieval, closed book, oracle) vs the transformers RAG classes
+6. quantize  int8 vs float32: encoding passages/s, RAG.answer latency, gold@5, answer F1 (--rag-model)
+7. cache     a repeated question through the cache vs computed (Retriever.retrieve, RAG.answer)
 
 Writes bench/results/<section>.json, bench/results/*.png and bench/results/summary.md (with
 --quick: *-quick.json, *-quick.png, summary-quick.md). Comparisons alternate their sides in one
-process (A B, B A, ...), report medians of >= 5 rounds and medians of the per-round ratios.
+process (A B, B A, ...), report medians of >= 5 rounds and medians of the per-round ratios. The
+summary opens with a Goals table: every section's goals (bench/suite/goals.py), from this run or
+from the latest results of sections it did not run.
 """
 
 from __future__ import annotations
@@ -33,17 +37,30 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.suite import answers, indexing, quality, rag_speed, search
-from bench.suite.common import RESULTS_DIR, load_average, machine_info, machine_line, say, source_version, table
+from bench.suite import answers, cache, indexing, quality, quantize, rag_speed, search
+from bench.suite.common import (
+    BENCH_DIR,
+    RESULTS_DIR,
+    load_average,
+    machine_info,
+    machine_line,
+    say,
+    source_version,
+    table,
+)
 from bench.suite.context import FULL, QUICK, Context
+from bench.suite.goals import gather, goals_table
 
-SECTIONS = {"quality": quality, "indexing": indexing, "search": search, "rag": rag_speed, "answers": answers}
+SECTIONS = {"quality": quality, "indexing": indexing, "search": search, "rag": rag_speed, "answers": answers,
+            "quantize": quantize, "cache": cache}
 # Seconds each section takes on 2 quiet cores (AMD EPYC, torch 2.13 CPU), including the models and
 # indexes it is the first to need; from runs of each section with the shipped sizes.
 ESTIMATE_S = {
-    "quick": {"quality": 15, "indexing": 40, "search": 40, "rag": 135, "answers": 55},
-    "full": {"quality": 150, "indexing": 90, "search": 330, "rag": 240, "answers": 720},
+    "quick": {"quality": 15, "indexing": 40, "search": 40, "rag": 135, "answers": 55, "quantize": 90, "cache": 15},
+    "full": {"quality": 150, "indexing": 90, "search": 330, "rag": 240, "answers": 720, "quantize": 300,
+             "cache": 25},
 }
+DEMO_RAG = BENCH_DIR.parent / "runs" / "demo" / "rag" / "best_model"  # what the README's demo trains
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -53,6 +70,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="subsets of every workload (under 5 min on 2 cores)")
     p.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections (default: all)")
     p.add_argument("--train-minutes", type=float, help="section 5 training budget per model (full 2, quick 0.15)")
+    p.add_argument("--rag-model", metavar="DIR", help="a trained RAG model for section 6's answers (default: "
+                   f"{DEMO_RAG.relative_to(BENCH_DIR.parent)} if it exists, else the untrained bundled generator; "
+                   "'none': the bundled one)")
     p.add_argument("--threads", type=int, help="torch and FAISS threads (default: their own default)")
     p.add_argument("--out-dir", type=Path, default=RESULTS_DIR, help="where results go (default bench/results)")
     args = p.parse_args(argv)
@@ -60,6 +80,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     unknown = [s for s in args.sections if s not in SECTIONS]
     if unknown:
         p.error(f"unknown section(s) {unknown}; choose from {', '.join(SECTIONS)}")
+    if args.rag_model is None:
+        args.rag_model = str(DEMO_RAG) if DEMO_RAG.is_dir() else None
+    elif args.rag_model == "none":
+        args.rag_model = None
+    elif not Path(args.rag_model).is_dir():
+        p.error(f"--rag-model {args.rag_model}: no such folder")
     return args
 
 
@@ -106,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args.out_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="ragloop-bench-suite-"))
-    ctx = Context(sizes, work, args.quick)
+    ctx = Context(sizes, work, args.quick, rag_model=args.rag_model)
     parts, times = [], []
     try:
         for i, name in enumerate(SECTIONS, 1):
@@ -116,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
             say(f"\n== {i}. {module.TITLE} ==")
             t0, load0 = time.perf_counter(), load_average()
             result = module.run(ctx)
+            if hasattr(module, "goals"):
+                result["goals"] = module.goals(result)
             elapsed = time.perf_counter() - t0
             times.append([f"{i}. {name}", f"{ESTIMATE_S[mode][name] / 60:.1f}", f"{elapsed / 60:.1f}",
                           f"{load0:.1f} / {load_average():.1f}"])
@@ -143,7 +171,12 @@ def main(argv: list[str] | None = None) -> int:
               "", f"1-min load average {load_start:.1f} at start, {load_average():.1f} at end on "
               f"{machine['cores']} cores" + (": other work shared the CPU, so times are longer and noisier than on "
               "a quiet machine (ratios less so: both sides of a round see the same load)." if busy else "."), ""]
-    print("\n".join(footer))
-    (args.out_dir / f"summary{suffix}.md").write_text("\n".join(header + parts + footer))
+    rows = gather(args.out_dir, suffix, list(SECTIONS),
+                  {name: m.goals for name, m in SECTIONS.items() if hasattr(m, "goals")})
+    goals = ["## Goals", "", f"Every section's goals, from this run or, for sections it did not run, from the latest "
+             f"`bench/results/<section>{suffix}.json` (the command and date that produced each are in the row).", "",
+             goals_table(rows), ""]
+    print("\n".join(goals + footer))
+    (args.out_dir / f"summary{suffix}.md").write_text("\n".join(header + goals + parts + footer))
     say(f"results -> {args.out_dir}/ (summary{suffix}.md, *{suffix}.json, *{suffix}.png)")
     return 0

@@ -9,7 +9,7 @@
 keeps int8 weights (one scale per output channel) and quantizes its input on the fly (one scale per
 call; torch uses 7 of the 8 bits there). For all-MiniLM-L6-v2 on SQuAD text that keeps a vector's
 cosine to its float32 twin at ~0.98 (per-tensor weight scales: ~0.95); what it costs retrieval is
-measured by `bench/bench_quantize.py` (gold@5). Embeddings, layer
+measured by `python -m bench --only quantize` (gold@5). Embeddings, layer
 norms, attention softmax and the copy head stay float32. On CUDA, where that kernel does not exist,
 the same request casts the weights to bf16 (fp16 where bf16 is not supported) instead; what was
 applied ("int8", "bf16", "fp16") is what every report shows.
@@ -20,7 +20,7 @@ Load the full-precision model again for either.
 
 The generator's output projection (the vocabulary-sized LM head, 384 x 30522 for MiniLM) is left in
 float32 unless `lm_head=True`: it is where the next token is chosen, and its cost per step is one
-matrix-vector product; `bench/bench_quantize.py` measures both variants.
+matrix-vector product; `python -m bench --only quantize` measures both variants.
 
 Index fingerprints: an encoder remembers the probe vector (`Encoder.probe`) of its float32 weights
 from before it was quantized, so an index built or queried with a quantized encoder is checked
