@@ -35,11 +35,13 @@ class Sizes:
     speed_rounds: int  # section 4
     speed_steps: int  # section 4: optimizer steps per side per round
     rss_steps: int  # section 4: steps in each peak-memory subprocess
-    latency_questions: int  # sections 4 and 6: questions per side per round
+    latency_questions: int  # section 4: questions per side per round
     answer_tokens: int  # sections 4, 6 and 7: tokens generated per answer
     train_minutes: float  # section 5: wall-clock training budget per model
-    heldout: int  # sections 5 and 6: held-out dev questions scored
+    heldout: int  # section 5: held-out dev questions scored (sections 6-7 ask some of them)
     quantize_passages: int  # section 6: passages encoded per round, float32 vs int8
+    quantize_timed: int  # section 6: questions answered per variant per round (timed)
+    quantize_answers: int  # section 6: held-out questions answered for EM/F1, per variant
     cache_calls: int  # section 7: calls of the repeated question per side per round (retrieval)
     rag_batch: int = 8  # sections 4-5: questions per training batch
     rounds: int = 5  # sections 2-3: alternating rounds (medians need at least 5)
@@ -48,12 +50,13 @@ class Sizes:
 QUICK = Sizes(dev_articles=6, quality_questions=300, index_passages=64, search_single=30, search_batch=64,
               pq_sweep=(48, 96, 192), scale_sizes=(10_000, 30_000, 100_000), hnsw_budget_s=20,
               train_articles=2, speed_rounds=5, speed_steps=1, rss_steps=1, latency_questions=2, answer_tokens=8,
-              train_minutes=0.15, heldout=24, quantize_passages=64, cache_calls=10, rag_batch=4)
+              train_minutes=0.15, heldout=24, quantize_passages=64, quantize_timed=1, quantize_answers=8,
+              cache_calls=10, rag_batch=4)
 FULL = Sizes(dev_articles=None, quality_questions=None, index_passages=256, search_single=100, search_batch=512,
              pq_sweep=(32, 48, 64, 96, 128, 192), scale_sizes=(10_000, 30_000, 100_000, 300_000, 1_000_000),
              hnsw_budget_s=100, train_articles=None, speed_rounds=5, speed_steps=1, rss_steps=2,
              latency_questions=4, answer_tokens=16, train_minutes=2.0, heldout=100, quantize_passages=256,
-             cache_calls=20)
+             quantize_timed=4, quantize_answers=100, cache_calls=20)
 
 
 def first_articles(examples: list[QAExample], n: int | None) -> set[str]:

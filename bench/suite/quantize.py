@@ -138,7 +138,7 @@ def answering(ctx, rags: dict) -> dict:
     from ragloop.evaluation.metrics import exact_match, f1_score
 
     sizes = ctx.sizes
-    questions = [e.question for e in sample_evenly(ctx.heldout, sizes.latency_questions)]
+    questions = [e.question for e in sample_evenly(ctx.heldout, sizes.quantize_timed)]
 
     def timer(rag):
         def once(r: int) -> float:
@@ -151,7 +151,7 @@ def answering(ctx, rags: dict) -> dict:
     with fixed_length(list(rags.values())):
         seconds = alternate({name: timer(rag) for name, rag in rags.items()}, sizes.rounds, progress="answering")
     speed = speed_summary(seconds, 1, baseline="fp32")
-    examples = ctx.heldout
+    examples = sample_evenly(ctx.heldout, sizes.quantize_answers)
     say(f"  answers of {len(examples)} held-out questions, decoding normally ...")
     predictions = {name: [a.answer for a in rag.answer([e.question for e in examples], k=K)]
                    for name, rag in rags.items()}
