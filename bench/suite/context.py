@@ -56,7 +56,7 @@ FULL = Sizes(dev_articles=None, quality_questions=None, index_passages=256, sear
              pq_sweep=(32, 48, 64, 96, 128, 192), scale_sizes=(10_000, 30_000, 100_000, 300_000, 1_000_000),
              hnsw_budget_s=100, train_articles=None, speed_rounds=5, speed_steps=1, rss_steps=2,
              latency_questions=4, answer_tokens=16, train_minutes=2.0, heldout=100, quantize_passages=256,
-             quantize_timed=4, quantize_answers=100, cache_calls=20)
+             quantize_timed=2, quantize_answers=100, cache_calls=20)
 
 
 def first_articles(examples: list[QAExample], n: int | None) -> set[str]:

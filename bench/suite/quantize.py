@@ -42,6 +42,7 @@ VARIANTS = ("fp32", "int8", "int8 + LM head")
 RETRIEVAL_ROWS = (("fp32 index, fp32 queries", "fp32", None), ("int8 index, int8 queries", "int8", "int8"),
                   ("int8 index, fp32 queries", "int8", None))
 K = 5
+ANSWER_BATCH = 8  # questions per RAG.answer call when scoring (k passages each)
 
 
 def pct(x: float | None) -> str:
@@ -153,7 +154,9 @@ def answering(ctx, rags: dict) -> dict:
     speed = speed_summary(seconds, 1, baseline="fp32")
     examples = sample_evenly(ctx.heldout, sizes.quantize_answers)
     say(f"  answers of {len(examples)} held-out questions, decoding normally ...")
-    predictions = {name: [a.answer for a in rag.answer([e.question for e in examples], k=K)]
+    asked = [e.question for e in examples]
+    predictions = {name: [a.answer for i in range(0, len(asked), ANSWER_BATCH)
+                          for a in rag.answer(asked[i : i + ANSWER_BATCH], k=K)]
                    for name, rag in rags.items()}
     quality = {}
     for name, preds in predictions.items():

@@ -1,7 +1,7 @@
 """ragloop side by side with its peers: one command, seven sections, markdown tables, JSON and plots.
 
-    python -m bench                    # full run, < 30 min on 2 quiet cores
-    python -m bench --quick            # the same code paths on subsets, under 5 min
+    python -m bench                    # full run, ~30 min on 2 quiet cores
+    python -m bench --quick            # the same code paths on subsets, ~7 min
     python -m bench --only search,rag  # some sections (quality, indexing, search, rag, answers, quantize, cache)
 
 1. quality   retrieval quality on the bundled SQuAD dev sample: dense vs BM25 vs hybrid, hit@k and
@@ -57,8 +57,8 @@ SECTIONS = {"quality": quality, "indexing": indexing, "search": search, "rag": r
 # indexes it is the first to need; from runs of each section with the shipped sizes.
 ESTIMATE_S = {
     "quick": {"quality": 15, "indexing": 40, "search": 40, "rag": 135, "answers": 55, "quantize": 90, "cache": 15},
-    "full": {"quality": 150, "indexing": 90, "search": 330, "rag": 240, "answers": 720, "quantize": 300,
-             "cache": 25},
+    "full": {"quality": 150, "indexing": 90, "search": 330, "rag": 240, "answers": 720, "quantize": 360,
+             "cache": 30},
 }
 DEMO_RAG = BENCH_DIR.parent / "runs" / "demo" / "rag" / "best_model"  # what the README's demo trains
 
@@ -67,7 +67,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n".join(__doc__.splitlines()[2:]))
-    p.add_argument("--quick", action="store_true", help="subsets of every workload (under 5 min on 2 cores)")
+    p.add_argument("--quick", action="store_true", help="subsets of every workload (~7 min on 2 quiet cores)")
     p.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections (default: all)")
     p.add_argument("--train-minutes", type=float, help="section 5 training budget per model (full 2, quick 0.15)")
     p.add_argument("--rag-model", metavar="DIR", help="a trained RAG model for section 6's answers (default: "
