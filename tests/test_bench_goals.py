@@ -77,6 +77,7 @@ def test_goals_table_has_one_row_per_goal_with_verdict_and_command(tmp_path):
     text = goals_table([r for r in gather(tmp_path, "", ["cache"]) if r["section"] == "cache"])
     lines = text.splitlines()
     assert lines[0] == "| goal | value | verdict | section | measured | command |"
+    assert lines[1] == "|---|---|---|---|---|---|"  # text columns, all aligned left
     assert len(lines) == 4
     assert lines[2].startswith("| repeated question (>= 10x) | 120x | met | cache |")
     assert "| **not met** |" in lines[3] and lines[3].endswith("| `python -m bench` |")

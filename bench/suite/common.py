@@ -358,8 +358,9 @@ def quiet_stderr(fds: tuple[int, ...] = (2,)) -> Iterator[None]:
 # -- reporting ------------------------------------------------------------------------------------
 
 
-def table(head: list[str], rows: list[list]) -> str:
-    rule = "|" + "|".join("---" if i == 0 else "---:" for i in range(len(head))) + "|"
+def table(head: list[str], rows: list[list], left: int = 1) -> str:
+    """A markdown table: the first `left` columns aligned left (labels), the others right (numbers)."""
+    rule = "|" + "|".join("---" if i < left else "---:" for i in range(len(head))) + "|"
     lines = ["| " + " | ".join(head) + " |", rule]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)

@@ -105,7 +105,7 @@ def goals_table(rows: list[dict]) -> str:
     from bench.suite.common import table
 
     return table(HEAD, [[r["goal"], r["value"], verdict(r["met"]), r["section"], r["measured"],
-                         f"`{r['command']}`"] for r in rows])
+                         f"`{r['command']}`"] for r in rows], left=len(HEAD))
 
 
 def sentence(entries: list[dict]) -> str:
