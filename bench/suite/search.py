@@ -36,6 +36,7 @@ from bench.suite.common import (
     say,
     table,
 )
+from bench.suite.goals import goal
 from ragloop.evaluation.metrics import has_answer
 from ragloop.retrieval.backend import DEFAULT_SEARCH_PARAMS, FaissBackend
 
@@ -245,6 +246,13 @@ def run(ctx) -> dict:
 
 
 # -- report ---------------------------------------------------------------------------------------
+
+
+def goals(res: dict) -> list[dict]:
+    """Issue 4: an IVF-PQ >= 10x smaller than Flat losing <= 3 points, per quality measure."""
+    return [goal(f"IVF-PQ >= {GOAL_RATIO:.0f}x smaller than Flat with <= {GOAL_POINTS:.0f} points of {metric} lost",
+                 f"met by {factory}" if factory else "not met by any PQ tried", factory is not None)
+            for metric, factory in res["index_types"]["goal_met_by"].items()]
 
 
 def report(res: dict) -> str:
