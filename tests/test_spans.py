@@ -14,7 +14,7 @@ from transformers.modeling_outputs import BaseModelOutput
 from ragloop import BiEncoder, Encoder, Index
 from ragloop.cli import main
 from ragloop.data.corpus import Passage
-from ragloop.generation import Generator
+from ragloop.generation import CopyHead, Generator
 from ragloop.generation.spans import copied_spans, copy_positions, fuse, row_maps, spans_from_positions
 from ragloop.model import RAG, RAGConfig
 from ragloop.serving import create_app
@@ -185,6 +185,28 @@ def test_cached_answers_keep_their_spans_and_hand_out_copies(copying_rag):
         assert next(p for p in again.passages if p["id"] == "author")["copied"] == EXPECTED
     finally:
         copying_rag.retriever.cache = None
+
+
+@pytest.mark.parametrize("mode", ["sequence", "token"])
+def test_answer_finds_spans_without_encoding_the_passages_again(tmp_path, tiny_bert_dir, bert2bert, mode):
+    """Whichever reader decodes, the spans' teacher-forced pass reuses the decoder's encoding."""
+    head = CopyHead(bert2bert.copy_head.hidden_size, bert2bert.copy_head.key.in_features)
+    head.load_state_dict(bert2bert.copy_head.state_dict())
+    with torch.no_grad():
+        head.gate.bias.fill_(-30.0)  # copies whatever its (untrained) attention points at: a non-empty answer
+    gen = Generator(bert2bert.model, bert2bert.tokenizer, copy_head=head)
+    encoder = Encoder.from_pretrained(str(tiny_bert_dir))
+    rag = RAG(Index.build([PLAYS, AUTHOR], BiEncoder(encoder), tmp_path / "idx", progress=False), encoder, gen,
+              RAGConfig(n_docs=2, mode=mode))
+    calls = []
+    hook = gen.model.get_encoder().register_forward_hook(lambda module, args, out: calls.append(1))
+    try:
+        ans = rag.answer(QUESTION, max_new_tokens=3)
+    finally:
+        hook.remove()
+    assert ans.answer and len(calls) == 1
+    spans = [p["copied"] for p in ans.passages if p["copied"]]
+    assert spans and all(p["text"][c["start"] : c["end"]] == c["text"] for p in ans.passages if (c := p["copied"]))
 
 
 def test_ragloop_answer_marks_the_copied_span(copying_rag, monkeypatch, capsys):

@@ -434,7 +434,7 @@ class RAG(torch.nn.Module):
         return answers[0] if single else answers
 
     def _answer(self, questions: list[str], k: int | None, num_beams: int, max_new_tokens: int) -> list[Answer]:
-        with torch.no_grad(), eval_mode(self):
+        with torch.no_grad(), eval_mode(self), self.generator.reusing_encodings():  # spans reuse the encoding
             ctx = self.retrieve(questions, k)
             ids = self._generate_ids(questions, ctx, num_beams, max_new_tokens)
             texts = self.generator.decode(ids)
