@@ -221,6 +221,17 @@ def test_ragloop_answer_marks_the_copied_span(copying_rag, monkeypatch, capsys):
     assert printed.count("«") == 1  # the passage it did not copy from is printed unmarked
 
 
+def test_a_span_deep_in_a_long_passage_is_printed_in_view():
+    from ragloop.cli import _snippet
+
+    text = "word " * 80 + ANSWER + " wrote it" + " and more" * 40
+    start = text.index(ANSWER)
+    shown = _snippet(text, {"start": start, "end": start + len(ANSWER), "text": ANSWER})
+    assert shown.startswith("...word ") and f"word «{ANSWER}» wrote it and more" in shown and shown.endswith("...")
+    assert len(shown) < 180
+    assert _snippet("short text", None) == "short text" and _snippet(text, None) == text[:160] + "..."
+
+
 def test_the_answer_endpoint_returns_the_copied_span(copying_rag):
     with TestClient(create_app(copying_rag, threads=1)) as client:
         r = client.post("/answer", json={"question": QUESTION})

@@ -380,7 +380,7 @@ def cmd_demo(args) -> None:
         ans = model.answer(ex.question)
         print(f"\nQ: {ex.question}\nA: {ans.answer}    (gold: {ex.answers[0]})")
         for i, p in enumerate(ans.passages, 1):
-            print(f"   [{i}] {p['title']} (score {p['score']:.2f}): {p['text'][:120]}...")
+            print(f"   [{i}] {p['title']} (score {p['score']:.2f}): {_snippet(p['text'], p.get('copied'), 120)}")
 
 
 # -- parser -----------------------------------------------------------------------------------
