@@ -13,6 +13,7 @@ The generation package, one concept a module:
     copy_head.py   `CopyHead`, the pointer-generator output, and its file
     warm_start.py  BERT2BERT from encoder checkpoints, its new layers started from them
     decoding.py    beam search / greedy, RAG-Token and RAG-Sequence decoding
+    spans.py       the characters of each passage an answer copied (from the copy head's attention)
     generator.py   this class: loading and saving, `forward` (gold-token log-probs), `encode`, `decoder_step`
 
 The offline default, `bundled:minilm-bert2bert`, has a copy head (`CopyHead`): its output mixes the
@@ -223,11 +224,11 @@ class Generator(GeneratorInputs, torch.nn.Module):
         """Within this block (no gradient), `encode` runs once per distinct source: `RAG.answer` decodes
         and then finds the copied spans (spans.py) over the same rows, which is then one decoder pass
         instead of another encoder pass too. The encodings are dropped when the block ends."""
-        self._encodings = []
+        outer, self._encodings = self._encodings, []
         try:
             yield self
         finally:
-            self._encodings = None
+            self._encodings = outer
 
     def forward(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor, labels: torch.Tensor,
                 encoder_outputs=None) -> torch.Tensor:
