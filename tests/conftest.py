@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from ragloop.generation import CopyHead
+
 DATA = Path(__file__).parent / "data"
 
 
@@ -138,3 +140,43 @@ def cross_encoder(path, num_labels=1, seed=0):
 def tiny_ce_dir(tmp_path_factory):
     """A 2-layer BERT cross-encoder (hidden 32, one relevance logit) on the MiniLM vocabulary."""
     return cross_encoder(tmp_path_factory.mktemp("tiny-ce"))
+
+
+
+class ForcedCopy(CopyHead):
+    """A copy head that copies where the test says: at each step of a teacher-forced pass its attention
+    sits wholly on the next answer token's place in the source (at the `occurrence`-th place where the
+    whole answer sits: 0 the first, -1 the last), or on position 0 ([CLS], never an answer token) in a
+    row without the answer. `gate_bias` -30 gives g ~ 1e-13 (all copy), +30 g ~ 1 (all vocabulary).
+
+        >>> gen.copy_head = ForcedCopy.like(gen.copy_head, occurrence=-1)
+    """
+
+    occurrence = -1
+
+    @classmethod
+    def like(cls, head: CopyHead, occurrence: int = -1, gate_bias: float = -30.0) -> ForcedCopy:
+        forced = cls(head.hidden_size, head.key.in_features)
+        forced.load_state_dict(head.state_dict())
+        forced.occurrence = occurrence
+        with torch.no_grad():
+            forced.gate.bias.fill_(gate_bias)
+        return forced
+
+    def copied_from(self, logits, decoder_states, keys, source_ids, copyable, labels):
+        self._source, self._labels = source_ids, labels  # what `_attention` places its weight by
+        return super().copied_from(logits, decoder_states, keys, source_ids, copyable, labels)
+
+    def _attention(self, decoder_states, keys, copyable):
+        attention, gate_logit, can_copy = super()._attention(decoder_states, keys, copyable)
+        forced = torch.zeros_like(attention)
+        forced[:, :, 0] = 1.0
+        for row, (ids, answer) in enumerate(zip(self._source.tolist(), self._labels.tolist())):
+            while answer and answer[-1] == 0:  # label padding ([PAD] is 0 in the MiniLM vocabulary)
+                answer.pop()
+            places = [s for s in range(len(ids) - len(answer) + 1) if ids[s : s + len(answer)] == answer]
+            if answer and places:
+                start, steps = places[self.occurrence], torch.arange(len(answer))
+                forced[row] = 0.0
+                forced[row, steps, start + steps] = 1.0
+        return forced, gate_logit, can_copy

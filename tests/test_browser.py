@@ -88,6 +88,36 @@ def test_the_page_shows_where_a_passage_came_from_when_the_answer_says(model, mo
     assert shown == [html.escape(f"docs/{t}.txt") for t in titles]
 
 
+def test_the_page_highlights_the_span_the_answer_copied_as_text(model, monkeypatch, tmp_path):
+    """The span is marked where the server says, counted in code points as Python counts (the emoji
+    before it is two UTF-16 units), and markup in a passage stays text."""
+    app = create_app(model, threads=1)
+    service = app.state.service
+    answer_batch = service._answer_batch
+    text = "<b>not bold</b> \U0001f3ad It was Jean-Luc God\u00e1rd, in <i>1960</i>."
+    start = text.index("Jean-Luc")
+
+    def with_a_copied_span(questions, k):  # as a generator with a copy head answers
+        results = answer_batch(questions, k)
+        for result in results:
+            for i, p in enumerate(result["passages"]):
+                p["text"] = text
+                if i == 0:
+                    p["copied"] = {"start": start, "end": start + 15, "text": text[start : start + 15]}
+        return results
+
+    monkeypatch.setattr(service.answers, "fn", with_a_copied_span)
+    with BackgroundServer(app) as s:
+        dom = dump_dom(f"{s.url}/?{urlencode({'q': 'Who made it?', 'k': 2})}", tmp_path / "profile")
+    assert 'data-state="done"' in dom, element_text(dom, "status")
+    texts = re.findall(r'<div class="text">(.*?)</div>', dom, flags=re.S)
+    assert len(texts) == 2
+    assert texts[0] == (html.escape("<b>not bold</b> \U0001f3ad It was ", quote=False)
+                        + '<mark title="the answer was copied from here">Jean-Luc God\u00e1rd</mark>'
+                        + html.escape(", in <i>1960</i>.", quote=False))
+    assert texts[1] == html.escape(text, quote=False)  # no span: plain text, nothing marked
+
+
 def test_the_page_says_when_the_server_needs_an_api_key(model, tmp_path):
     with BackgroundServer(create_app(model, threads=1, api_key="a-key-the-page-lacks")) as s:
         dom = dump_dom(f"{s.url}/?{urlencode({'q': 'Who won Super Bowl 50?'})}", tmp_path / "profile")

@@ -305,7 +305,8 @@ def test_answer_returns_text_and_passages(index, tiny_bert_dir, t5):
     rag = make_rag(index, tiny_bert_dir, t5, n_docs=2)
     ans = rag.answer(QUESTIONS[0], k=3)
     assert isinstance(ans, Answer) and ans.question == QUESTIONS[0] and isinstance(ans.answer, str)
-    assert len(ans.passages) == 3 and set(ans.passages[0]) == {"id", "title", "text", "source", "score"}
+    assert len(ans.passages) == 3 and set(ans.passages[0]) == {"id", "title", "text", "source", "score", "copied"}
+    assert all(p["copied"] is None for p in ans.passages)  # a generator without a copy head points at nothing
     assert [a.question for a in rag.answer(QUESTIONS)] == QUESTIONS
 
 

@@ -249,7 +249,18 @@ def cmd_answer(args) -> None:
             print("  (no passages found)")
         for i, p in enumerate(ans.passages, 1):
             print(f"  [{i}] {p['title']} ({p['id']}{_from(p.get('source', ''))}, score {p['score']:.3f}): "
-                  f"{p['text'][:160]}...")
+                  f"{_snippet(p['text'], p.get('copied'))}")
+
+
+def _snippet(text: str, copied: dict | None, width: int = 160) -> str:
+    """About `width` characters of a passage, with the span the answer copied «marked» and in view."""
+    if copied is None:
+        return text if len(text) <= width else text[:width] + "..."
+    start, end = copied["start"], copied["end"]
+    lo = 0 if end <= width else max(0, start - 40)
+    hi = max(lo + width, end)
+    before, after = ("..." if lo else ""), ("..." if hi < len(text) else "")
+    return f"{before}{text[lo:start]}«{text[start:end]}»{text[end:hi]}{after}"
 
 
 def cmd_serve(args) -> None:
@@ -369,7 +380,7 @@ def cmd_demo(args) -> None:
         ans = model.answer(ex.question)
         print(f"\nQ: {ex.question}\nA: {ans.answer}    (gold: {ex.answers[0]})")
         for i, p in enumerate(ans.passages, 1):
-            print(f"   [{i}] {p['title']} (score {p['score']:.2f}): {p['text'][:120]}...")
+            print(f"   [{i}] {p['title']} (score {p['score']:.2f}): {_snippet(p['text'], p.get('copied'), 120)}")
 
 
 # -- parser -----------------------------------------------------------------------------------

@@ -8,7 +8,7 @@
     >>> out = rag(["who wrote hamlet?"], ["Shakespeare"])         # out.loss: mean NLL, differentiable
     >>> out.loss.backward()                                        # reaches the question encoder and the generator
     >>> rag.generate(["who wrote hamlet?"], num_beams=4)           # ['shakespeare']
-    >>> rag.answer("who wrote hamlet?").passages[0]["title"]
+    >>> rag.answer("who wrote hamlet?").passages[0]["title"]     # and ["copied"]: the span the answer copied
     >>> rag.save_pretrained("runs/rag"); rag = RAG.from_pretrained("runs/rag")
 
 The model holds a `Retriever` (retrieval/retriever.py), the one retrieval path: its search mode
@@ -51,6 +51,7 @@ from ragloop.data.corpus import Passage
 from ragloop.errors import RagloopError
 from ragloop.generation.decoding import sequence_decode, token_beam_search
 from ragloop.generation.generator import BUNDLED_GENERATOR, IGNORE_INDEX, Generator
+from ragloop.generation.spans import copied_spans
 from ragloop.io import (
     atomic_dir,
     atomic_write_json,
@@ -209,7 +210,9 @@ class RAGOutput:
 class Answer:
     question: str
     answer: str
-    passages: list[dict]  # id, title, text, source, score (q·d), best first
+    # id, title, text, source, score (q·d), best first; copied: the span of text the answer copied
+    # ({"start", "end", "text"}: text[start:end], generation/spans.py) or None (always without a copy head)
+    passages: list[dict]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -431,14 +434,16 @@ class RAG(torch.nn.Module):
         return answers[0] if single else answers
 
     def _answer(self, questions: list[str], k: int | None, num_beams: int, max_new_tokens: int) -> list[Answer]:
-        with torch.no_grad(), eval_mode(self):
+        with torch.no_grad(), eval_mode(self), self.generator.reusing_encodings():  # spans reuse the encoding
             ctx = self.retrieve(questions, k)
-            texts = self.generator.decode(self._generate_ids(questions, ctx, num_beams, max_new_tokens))
+            ids = self._generate_ids(questions, ctx, num_beams, max_new_tokens)
+            texts = self.generator.decode(ids)
+            copied = copied_spans(self.generator, questions, ctx.passages, ids)
         scores = ctx.doc_scores.float().cpu().tolist()
         answers = [
-            Answer(q, text, [{"id": p.id, "title": p.title, "text": p.text, "source": p.source, "score": s}
-                           for p, s in zip(ps, ss)])
-            for q, text, ps, ss in zip(questions, texts, ctx.passages, scores)
+            Answer(q, text, [{"id": p.id, "title": p.title, "text": p.text, "source": p.source, "score": s,
+                              "copied": c} for p, s, c in zip(ps, ss, cs)])
+            for q, text, ps, ss, cs in zip(questions, texts, ctx.passages, scores, copied)
         ]
         return answers
 

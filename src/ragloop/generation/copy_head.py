@@ -89,6 +89,20 @@ class CopyHead(torch.nn.Module):
             log_rest = torch.where(can_copy, torch.nn.functional.logsigmoid(-gate_logit.squeeze(-1)), float("-inf"))
             return torch.logaddexp(log_gate + vocab, log_rest + log_copy)
 
+    def copied_from(self, logits: torch.Tensor, decoder_states: torch.Tensor, keys: torch.Tensor,
+                    source_ids: torch.Tensor, copyable: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Where each gold token came from, [N, T] long: the source position holding that token which
+        the copy attention weighs most, where copying gave the token more of its probability than the
+        vocabulary did ((1 - g) p_copy > g p_vocab); -1 where it did not (or the token is not in the
+        source). Arguments as `gold`."""
+        with torch.autocast(device_type=logits.device.type, enabled=False):
+            attention, gate_logit, can_copy = self._attention(decoder_states, keys, copyable)
+            weights = attention * (source_ids[:, None, :] == labels[:, :, None])
+            gate = torch.where(can_copy, torch.sigmoid(gate_logit), 1.0).squeeze(-1)
+            vocab = torch.softmax(logits.float(), dim=-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+            copied = (1 - gate) * weights.sum(-1) > gate * vocab
+            return torch.where(copied, weights.argmax(-1), -1)
+
 
 def save_copy_head(head: CopyHead, path: Path) -> None:
     """Write the head's weights to `path / COPY_HEAD_FILE`."""

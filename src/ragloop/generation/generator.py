@@ -13,6 +13,7 @@ The generation package, one concept a module:
     copy_head.py   `CopyHead`, the pointer-generator output, and its file
     warm_start.py  BERT2BERT from encoder checkpoints, its new layers started from them
     decoding.py    beam search / greedy, RAG-Token and RAG-Sequence decoding
+    spans.py       the characters of each passage an answer copied (from the copy head's attention)
     generator.py   this class: loading and saving, `forward` (gold-token log-probs), `encode`, `decoder_step`
 
 The offline default, `bundled:minilm-bert2bert`, has a copy head (`CopyHead`): its output mixes the
@@ -26,6 +27,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -74,6 +76,7 @@ class Generator(GeneratorInputs, torch.nn.Module):
         self.max_target_length = max_target_length
         self._init_inputs()
         self.lm_head_quantized = False  # set by `quantize`
+        self._encodings: list | None = None  # (input_ids, attention_mask, outputs) inside `reusing_encodings`
         self.register_buffer("_special_ids", torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long),
                              persistent=False)
         if self.pad_token_id is None or self.decoder_start_token_id is None or self.eos_token_id is None:
@@ -204,8 +207,28 @@ class Generator(GeneratorInputs, torch.nn.Module):
     # -- scoring ------------------------------------------------------------------------------
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-        """The seq2seq encoder's outputs, to reuse across decoder calls."""
-        return self.model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
+        """The seq2seq encoder's outputs, to reuse across decoder calls. Inside `reusing_encodings`,
+        a source encoded before (the same ids and mask, without gradient) gives the earlier outputs."""
+        memo = None if torch.is_grad_enabled() else self._encodings
+        if memo is not None:
+            for ids, mask, outputs in memo:
+                if ids.shape == input_ids.shape and torch.equal(ids, input_ids) and torch.equal(mask, attention_mask):
+                    return outputs
+        outputs = self.model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
+        if memo is not None:
+            memo.append((input_ids, attention_mask, outputs))
+        return outputs
+
+    @contextmanager
+    def reusing_encodings(self):
+        """Within this block (no gradient), `encode` runs once per distinct source: `RAG.answer` decodes
+        and then finds the copied spans (spans.py) over the same rows, which is then one decoder pass
+        instead of another encoder pass too. The encodings are dropped when the block ends."""
+        outer, self._encodings = self._encodings, []
+        try:
+            yield self
+        finally:
+            self._encodings = outer
 
     def forward(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor, labels: torch.Tensor,
                 encoder_outputs=None) -> torch.Tensor:

@@ -72,18 +72,28 @@ class GeneratorInputs:
     def build_inputs(self, questions: Sequence[str], passages: Sequence[Sequence[PassageLike]]) -> dict:
         """`input_ids` and `attention_mask` of shape [sum of passages, L] (row b*K + k is question b
         with its k-th passage), right-padded to the longest row, each row at most `max_source_length`."""
+        return self._pad([row for row, _ in self._rows(questions, passages)])
+
+    def passage_positions(self, questions: Sequence[str], passages: Sequence[Sequence[PassageLike]]) -> list[range]:
+        """For each row of `build_inputs(questions, passages)`, the positions that hold its passage's
+        tokens (`passage_ids`, in order; those past `max_source_length` were cut)."""
+        return [positions for _, positions in self._rows(questions, passages)]
+
+    def _rows(self, questions: Sequence[str], passages: Sequence[Sequence[PassageLike]]):
+        """(token ids, passage positions) of each row: [prefix] question passage [suffix], cut to fit."""
         if len(questions) != len(passages):
             raise RagloopError(f"{len(questions)} questions but {len(passages)} lists of passages")
         budget = self.max_source_length - len(self._prefix) - len(self._suffix)
         if budget < 1:
             raise RagloopError(f"max_source_length {self.max_source_length} leaves no room for any input token")
         q_ids = self.tokenizer([format_question(q) for q in questions], add_special_tokens=False)["input_ids"]
-        rows = [
-            self._prefix + (q + self.passage_ids(p))[:budget] + self._suffix
-            for q, ps in zip(q_ids, passages)
-            for p in ps
-        ]
-        return self._pad(rows)
+        rows = []
+        for q, ps in zip(q_ids, passages):
+            for p in ps:
+                kept = (q + self.passage_ids(p))[:budget]
+                start = len(self._prefix) + len(q)
+                rows.append((self._prefix + kept + self._suffix, range(start, len(self._prefix) + len(kept))))
+        return rows
 
     def _pad(self, rows: list[list[int]]) -> dict:
         width = max(len(r) for r in rows)

@@ -55,6 +55,7 @@ import weakref
 import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
+from copy import deepcopy
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -318,7 +319,7 @@ class RetrievalCache:
                  json.dumps(model.config.to_dict(), sort_keys=True, default=str))
 
         def copy(a: Answer) -> Answer:
-            return Answer(a.question, a.answer, [dict(p) for p in a.passages])
+            return Answer(a.question, a.answer, deepcopy(a.passages))  # a passage's `copied` span is a dict too
 
         return self.memo("answers", questions, setup, compute, _answer_size, copy)
 

@@ -7,7 +7,7 @@
 Endpoints:
     GET  /         a small page: ask a question, read the answer and its sources (`/?q=...` asks at once)
     GET  /health   status, the model and index it serves, batching and cache statistics (hits, hit rate)
-    POST /answer   {"question": str, "k": int?}                      -> answer + passages
+    POST /answer   {"question": str, "k": int?}                      -> answer + passages (+ the span copied)
     POST /search   {"question": str, "k": int?, "mode": dense|bm25|hybrid} -> ranked passages
     GET  /docs     the API described on one self-contained page (from /openapi.json; no CDN)
 
@@ -109,10 +109,21 @@ class PassageOut(BaseModel):
     source: str | None = Field(None, description="the file the passage came from (only when the index records it)")
 
 
+class CopiedOut(BaseModel):
+    start: int = Field(description="first character of the copied span in the passage text")
+    end: int = Field(description="one past its last character: the span is text[start:end]")
+    text: str
+
+
+class AnswerPassageOut(PassageOut):
+    copied: CopiedOut | None = Field(None, description="the span of the passage text the answer copied (a generator "
+                                     "with a copy head only; left out where it copied nothing from the passage)")
+
+
 class AnswerResponse(BaseModel):
     question: str
     answer: str
-    passages: list[PassageOut] = Field(description="the passages the answer was drawn from, best first")
+    passages: list[AnswerPassageOut] = Field(description="the passages the answer was drawn from, best first")
     k: int
     batch_size: int = Field(description="questions in the model call that answered this one")
     seconds: float = Field(description="time from receiving the request to the answer")
