@@ -25,6 +25,15 @@ from ragloop.retrieval.hybrid import MODES  # noqa: E402  (numpy only)
 
 DEFAULT_GENERATOR = BUNDLED_GENERATOR
 
+# How the generator reads its k passages: the names of `ragloop.model.READERS` (checked there when it
+# loads), spelled here so the CLI can offer them without importing torch.
+READER_MODES = {
+    "sequence": "RAG-Sequence: one passage for the whole answer, marginalised over the k",
+    "token": "RAG-Token: the passage may change at every answer token",
+    "fid": "Fusion-in-Decoder: the k passages encoded apart, read together by one decoder pass; the question "
+           "encoder learns by distilling the reader's per-passage likelihood",
+}
+
 
 def opt(default: Any, help: str, group: str, choices: list | None = None) -> Any:
     return field(default=default, metadata={"help": help, "group": group, "choices": choices})
@@ -45,7 +54,10 @@ class TrainConfig:
     index: str | None = opt(None, "existing index folder (default: build one from the data's contexts)", "model")
     index_type: str = opt("Flat", "FAISS factory string when building the index", "model")
     n_docs: int = opt(5, "passages retrieved per question (k)", "model")
-    rag_mode: str = opt("sequence", "marginalisation: RAG-Sequence or RAG-Token", "model", ["sequence", "token"])
+    rag_mode: str = opt("sequence", "how the generator reads the k passages: " + "; ".join(
+        f"{name}: {what}" for name, what in READER_MODES.items()), "model", list(READER_MODES))
+    distill_temperature: float = opt(1.0, "--rag_mode fid: temperature of the retriever's target, softmax over "
+                                     "passages of the answer's log-likelihood given each one alone / T", "model")
     search_mode: str = opt("dense", "which passages a question reads: dense, BM25 or hybrid first stage (p(z|x) "
                            "always comes from the question encoder)", "model", list(MODES))
     rerank: str | None = opt(None, "cross-encoder (name or path) that reorders the first stage's top "
@@ -101,6 +113,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise RagloopError(f"--{name} must not be negative (got {value})")
+        if self.distill_temperature <= 0:
+            raise RagloopError(f"--distill_temperature must be > 0 (got {self.distill_temperature})")
         if self.learning_rate <= 0 or self.warmup_steps < 0 or self.max_eval_examples < 0:
             raise RagloopError("--learning_rate must be > 0, --warmup_steps and --max_eval_examples >= 0")
 

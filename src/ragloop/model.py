@@ -2,6 +2,7 @@
 
     p(y|x) = Σ_z p(z|x) p(y|x,z)          RAG-Sequence: one passage z for the whole answer
     p(y|x) = Π_t Σ_z p(z|x) p(y_t|x,z,y<t) RAG-Token: the passage may change at every token
+    p(y|x) = Π_t p(y_t|x,z_1..z_K,y<t)     FiD (Izacard & Grave 2021): one decoder reads all k passages
 
     >>> from ragloop.model import RAG, RAGConfig
     >>> rag = RAG.from_index("runs/squad-index", generator="t5-base", config=RAGConfig(n_docs=5, mode="token"))
@@ -19,9 +20,13 @@ question encoder whatever chose the passages.
 The passage side stays frozen unless `train_passage_encoder` is set (then the retrieved passages are
 re-encoded with gradient, and `reindex` refreshes the FAISS vectors every so often).
 
-How the generator reads the k passages is a reader mode, one entry of `READERS`: its loss
-(`rag_sequence_loss`, `rag_token_loss`) and its decoder (generation/decoding.py); `RAGConfig.mode`
-names the entry, and `forward` and `generate` use it.
+How the generator reads the k passages is a reader mode, one entry of `READERS`: its loss (given the
+generator, its inputs, the answer's labels and p(z|x)) and its decoder (generation/decoding.py,
+generation/fusion.py); `RAGConfig.mode` names the entry, and `forward` and `generate` use it. The RAG
+modes train the question encoder through their marginal over p(z|x). FiD has no p(z|x) in its
+likelihood: its question encoder learns by perplexity distillation (Atlas, Izacard et al. 2022),
+KL(softmax(log p(y|x,z) / T) || p(z|x)) over the k passages (`distillation_loss`), added to the
+reader's NLL; each part trains only its own side.
 
 Saved folder:
     rag_config.json      RAGConfig, encoder specs, generator name, sha256 of every model file
@@ -44,12 +49,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from transformers.modeling_outputs import BaseModelOutput
 
 from ragloop._torch import eval_mode
 from ragloop._version import __version__
+from ragloop.config import READER_MODES
 from ragloop.data.corpus import Passage
 from ragloop.errors import RagloopError
 from ragloop.generation.decoding import sequence_decode, token_beam_search
+from ragloop.generation.fusion import fid_decode, fused_token_logprobs
 from ragloop.generation.generator import BUNDLED_GENERATOR, IGNORE_INDEX, Generator
 from ragloop.generation.spans import copied_spans
 from ragloop.io import (
@@ -84,7 +92,7 @@ class RAGConfig:
     """Plain values; saved as `rag_config.json` next to the models."""
 
     n_docs: int = 5  # passages per question (k)
-    mode: str = "sequence"  # a reader mode, a key of READERS (below): "sequence" | "token"
+    mode: str = "sequence"  # a reader mode, a key of READERS (below): "sequence" | "token" | "fid"
     max_source_length: int = 256  # generator input tokens (question + one passage)
     max_target_length: int = 32  # answer tokens, eos included
     train_passage_encoder: bool = False
@@ -98,6 +106,8 @@ class RAGConfig:
     # 20 for L2-normalised encoders, whose cosines in [-1, 1] would otherwise give a near-uniform p(z|x).
     doc_score_scale: float | None = None
     rescore_batch_size: int = 64  # generator rows per forward when RAG-Sequence re-scores candidates
+    # FiD's retriever target: softmax over the k passages of log p(answer | question, passage) / T
+    distill_temperature: float = 1.0
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -105,6 +115,8 @@ class RAGConfig:
         if self.search_mode not in SEARCH_MODES:
             raise RagloopError(f"unknown search mode {self.search_mode!r}; choose one of {', '.join(SEARCH_MODES)}")
         check_k(self.n_docs, name="n_docs")
+        if not self.distill_temperature > 0:
+            raise RagloopError(f"distill_temperature must be > 0 (got {self.distill_temperature})")
         if self.rerank_depth is not None:
             check_k(self.rerank_depth, name="rerank_depth")
             if self.rerank is None:
@@ -150,21 +162,83 @@ def rag_token_loss(doc_logprobs: torch.Tensor, token_logprobs: torch.Tensor,
     return -per_position.masked_fill(~mask, 0.0).sum(-1)
 
 
+def distillation_loss(doc_logprobs: torch.Tensor, passage_scores: torch.Tensor,
+                      temperature: float = 1.0) -> torch.Tensor:
+    """KL(p_target || p_retr) per example [B] (Atlas' perplexity distillation, Izacard et al. 2022).
+
+    doc_logprobs [B, K] = log p_retr(z|x), the retriever's; passage_scores [B, K] = log p(y|x,z) of the
+    gold answer given each passage alone, from the reader; p_target = softmax(passage_scores / T) over
+    the k passages. The target carries no gradient: only the retriever learns from this loss."""
+    target = torch.log_softmax(passage_scores.detach().float() / temperature, dim=-1)
+    return (target.exp() * (target - doc_logprobs.float())).sum(-1)
+
+
 # -- readers: how the generator reads k passages ------------------------------------------------
+
+
+@dataclass
+class ReaderLoss:
+    """What a reader's loss returns: `nll` [B], the answer's negative log-likelihood under the reader;
+    `retriever` [B], a separate loss that trains the retriever, or None where `nll` trains it too
+    (the RAG modes marginalise over p(z|x)). The model trains on their sum."""
+
+    nll: torch.Tensor
+    retriever: torch.Tensor | None = None
 
 
 @dataclass
 class Reader:
     """One reader mode: the loss that trains it and the decoder that answers with it. A new mode is
-    one entry of `READERS` (and its tests); `RAGConfig.mode` names one.
+    one entry of `READERS` (its name also in `ragloop.config.READER_MODES`) and its tests;
+    `RAGConfig.mode` names one.
 
-        loss(doc_logprobs [B, K], token_logprobs [B, K, T], target_mask [B, T]) -> NLL per example [B]
+        loss(generator, inputs, labels [B, T], doc_logprobs [B, K], config) -> ReaderLoss
         decode(generator, inputs, doc_logprobs [B, K], num_beams, max_new_tokens, config) -> ids per question
 
-    `inputs` comes from `Generator.build_inputs` (row b*K + k: question b with passage k)."""
+    `inputs` comes from `Generator.build_inputs` (row b*K + k: question b with passage k); `labels`
+    from `Generator.tokenize_targets` (pads -100)."""
 
-    loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+    loss: Callable[[Generator, dict, torch.Tensor, torch.Tensor, RAGConfig], ReaderLoss]
     decode: Callable[[Generator, dict, torch.Tensor, int, int, RAGConfig], list[list[int]]]
+
+
+def passage_token_logprobs(gen: Generator, inputs: dict, labels: torch.Tensor, k: int,
+                           encoder_outputs=None) -> torch.Tensor:
+    """log p(gold y_t | x, z, y<t) [B, K, T], each passage read on its own (0 at padded targets).
+    Give `encoder_outputs` [B*K, L, H] of `inputs` to skip the encoder."""
+    token_logprobs = gen(inputs["input_ids"], inputs["attention_mask"], labels.repeat_interleave(k, dim=0),
+                         encoder_outputs=encoder_outputs)
+    return token_logprobs.view(labels.shape[0], k, -1)
+
+
+def _marginal_loss(loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]):
+    """A RAG mode's reader loss: `loss` over each passage's gold-token log-probs; the marginal over
+    p(z|x) trains the retriever too."""
+
+    def reader_loss(gen: Generator, inputs: dict, labels: torch.Tensor, doc_logprobs: torch.Tensor,
+                    config: RAGConfig) -> ReaderLoss:
+        token_logprobs = passage_token_logprobs(gen, inputs, labels, doc_logprobs.shape[1])
+        return ReaderLoss(loss(doc_logprobs, token_logprobs, labels != IGNORE_INDEX))
+
+    return reader_loss
+
+
+def fid_loss(gen: Generator, inputs: dict, labels: torch.Tensor, doc_logprobs: torch.Tensor,
+             config: RAGConfig) -> ReaderLoss:
+    """Fusion-in-Decoder: the NLL of the answer from one decoder pass over all k passages' encoder
+    states (the reader's only gradient), and, when p(z|x) carries a gradient (the question or
+    passage encoder trains), `distillation_loss` towards the reader's likelihood of the answer given
+    each passage alone, scored under no_grad on the same encoder states (the retriever's only gradient).
+    A frozen retriever costs no distillation pass."""
+    k = doc_logprobs.shape[1]
+    encoded = gen.encode(inputs["input_ids"], inputs["attention_mask"])
+    nll = -fused_token_logprobs(gen, inputs, labels, k, encoded=encoded).sum(-1)
+    if not doc_logprobs.requires_grad:
+        return ReaderLoss(nll)
+    with torch.no_grad():
+        alone = BaseModelOutput(last_hidden_state=encoded.last_hidden_state.detach())
+        passage_scores = passage_token_logprobs(gen, inputs, labels, k, encoder_outputs=alone).sum(-1)
+    return ReaderLoss(nll, distillation_loss(doc_logprobs, passage_scores, config.distill_temperature))
 
 
 def _decode_sequence(gen: Generator, inputs: dict, doc_logprobs: torch.Tensor, num_beams: int,
@@ -177,11 +251,22 @@ def _decode_token(gen: Generator, inputs: dict, doc_logprobs: torch.Tensor, num_
     return token_beam_search(gen, inputs, doc_logprobs, num_beams, max_new_tokens)
 
 
+def _decode_fid(gen: Generator, inputs: dict, doc_logprobs: torch.Tensor, num_beams: int,
+                max_new_tokens: int, config: RAGConfig) -> list[list[int]]:
+    return fid_decode(gen, inputs, doc_logprobs.shape[1], num_beams, max_new_tokens)
+
+
 READERS: dict[str, Reader] = {
-    "sequence": Reader(loss=rag_sequence_loss, decode=_decode_sequence),  # one passage for the whole answer
-    "token": Reader(loss=rag_token_loss, decode=_decode_token),  # the passage may change at every token
+    # one passage for the whole answer
+    "sequence": Reader(loss=_marginal_loss(rag_sequence_loss), decode=_decode_sequence),
+    # the passage may change at every token
+    "token": Reader(loss=_marginal_loss(rag_token_loss), decode=_decode_token),
+    # all k passages' encoder states read by one decoder pass; the retriever learns by distillation
+    "fid": Reader(loss=fid_loss, decode=_decode_fid),
 }
 MODES = tuple(READERS)
+if set(MODES) != set(READER_MODES):  # the CLI offers READER_MODES without importing this module
+    raise RuntimeError(f"ragloop.config.READER_MODES {sorted(READER_MODES)} and model.READERS {sorted(MODES)} differ")
 
 
 # -- results --------------------------------------------------------------------------------------
@@ -200,10 +285,12 @@ class Retrieval:
 @dataclass
 class RAGOutput:
     loss: torch.Tensor  # scalar: mean of `losses`
-    losses: torch.Tensor  # [B] negative log-likelihood of each answer
+    losses: torch.Tensor  # [B] negative log-likelihood of each answer (+ the retriever's own loss, FiD)
     doc_scores: torch.Tensor  # [B, K]
     doc_logprobs: torch.Tensor  # [B, K]
     passages: list[list[Passage]] = field(default_factory=list)
+    reader_loss: torch.Tensor | None = None  # scalar, no gradient: the mean answer NLL part of `loss`
+    retriever_loss: torch.Tensor | None = None  # scalar, no gradient: FiD's distillation part (None: none)
 
 
 @dataclass
@@ -357,7 +444,8 @@ class RAG(torch.nn.Module):
     def forward(self, questions: Sequence[str], answers: Sequence[str],
                 passages: Sequence[Sequence[Passage]] | None = None,
                 doc_scores: torch.Tensor | None = None) -> RAGOutput:
-        """Negative marginal log-likelihood of `answers` under `config.mode`.
+        """Negative log-likelihood of `answers` under `config.mode` (marginal over p(z|x) in the RAG
+        modes; FiD adds its retriever's distillation loss while p(z|x) carries a gradient).
 
         Passages are retrieved unless given: `passages` is one equally long list of passages per
         question (oracle or given context), with p(z|x) uniform unless `doc_scores` [B, K] (raw
@@ -371,14 +459,14 @@ class RAG(torch.nn.Module):
             raise RagloopError(f"{len(questions)} questions but {len(answers)} answers")
         ctx = self._contexts(questions, passages, doc_scores)
         gen = self.generator
-        batch_size, k = ctx.doc_logprobs.shape
         inputs = {name: t.to(gen.device) for name, t in gen.build_inputs(questions, ctx.passages).items()}
         labels = gen.tokenize_targets(answers).to(gen.device)
-        token_logprobs = gen(inputs["input_ids"], inputs["attention_mask"], labels.repeat_interleave(k, dim=0))
-        token_logprobs = token_logprobs.view(batch_size, k, -1)
         doc_logprobs = ctx.doc_logprobs.to(gen.device)
-        losses = self.reader.loss(doc_logprobs, token_logprobs, labels != IGNORE_INDEX)
-        return RAGOutput(losses.mean(), losses, ctx.doc_scores, doc_logprobs, ctx.passages)
+        parts = self.reader.loss(gen, inputs, labels, doc_logprobs, self.config)
+        losses = parts.nll if parts.retriever is None else parts.nll + parts.retriever
+        return RAGOutput(losses.mean(), losses, ctx.doc_scores, doc_logprobs, ctx.passages,
+                         reader_loss=parts.nll.detach().mean(),
+                         retriever_loss=None if parts.retriever is None else parts.retriever.detach().mean())
 
     def reindex(self, passage_encoder: Encoder | None = None, batch_size: int = 64,
                 progress: bool | None = None) -> None:
@@ -404,7 +492,8 @@ class RAG(torch.nn.Module):
         """One answer per question, decoded the way `config.mode` models p(y|x): RAG-Token by beam
         search (greedy at num_beams=1) on the per-token marginal; RAG-Sequence by `num_beams` candidates
         from each passage (a generator with a copy head: the best beam of each passage), each re-scored
-        over all k passages. `passages`/`doc_scores` as in `forward`."""
+        over all k passages; FiD by beam search (greedy at num_beams=1) on one decoder reading all k
+        passages. `passages`/`doc_scores` as in `forward`."""
         if num_beams < 1 or max_new_tokens < 1:
             raise RagloopError(f"num_beams and max_new_tokens must be >= 1 (got {num_beams}, {max_new_tokens})")
         questions = check_questions(questions)

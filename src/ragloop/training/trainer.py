@@ -112,7 +112,8 @@ def build_model(cfg: TrainConfig, index):
     generator = Generator.from_pretrained(cfg.generator)
     rag_cfg = RAGConfig(n_docs=cfg.n_docs, mode=cfg.rag_mode, max_source_length=cfg.max_source_length,
                         max_target_length=cfg.max_target_length, train_passage_encoder=cfg.train_passage_encoder,
-                        search_mode=cfg.search_mode, rerank=cfg.rerank, rerank_depth=cfg.rerank_depth)
+                        search_mode=cfg.search_mode, rerank=cfg.rerank, rerank_depth=cfg.rerank_depth,
+                        distill_temperature=cfg.distill_temperature)
     return RAG(index, question_encoder, generator, rag_cfg)
 
 
@@ -154,7 +155,8 @@ def _check_resume_config(cfg: TrainConfig, out: Path) -> None:
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise RagloopError(f"{saved_file}: corrupt run config") from None
     now = cfg.to_dict()
-    changed = sorted(k for k in now if k not in RESUME_FREE and saved.get(k) != now[k])
+    defaults = TrainConfig().to_dict()  # a setting added since the run started was at its default then
+    changed = sorted(k for k in now if k not in RESUME_FREE and saved.get(k, defaults[k]) != now[k])
     if changed:
         raise RagloopError(f"{out}: --resume with settings that differ from the run's ({', '.join(changed)})")
 
@@ -236,6 +238,8 @@ def _train(cfg: TrainConfig, progress: bool | None) -> TrainResult:
     if not train_set:
         raise RagloopError("no training examples (check --train_file / --max_train_examples)")
     probe = train_set[0]
+    if cfg.question_encoder_lr == 0:  # frozen: no gradient computed for it (nor FiD's distillation pass)
+        model.question_encoder.requires_grad_(False)
     frozen = freeze_unused_parameters(model, lambda: model([probe.question], [probe.answers[0]]).loss)
     if frozen and main:
         log.info("frozen %d parameter tensors that get no gradient: %s", len(frozen), ", ".join(frozen))
