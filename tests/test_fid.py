@@ -303,7 +303,8 @@ def test_train_fid_from_the_command_line(squad_small, tiny_bert_dir, tiny_t5_dir
     common = ["train", "--train_file", str(squad_small), "--validation_file", str(squad_small),
               "--question_encoder", str(tiny_bert_dir), "--generator", str(tiny_t5_dir), "--n_docs", "2",
               "--batch_size", "2", "--max_steps", "2", "--eval_steps", "2", "--warmup_steps", "0",
-              "--max_eval_examples", "2", "--learning_rate", "1e-2", "--rag_mode", "fid", "--quiet"]
+              "--max_eval_examples", "2", "--learning_rate", "1e-2", "--rag_mode", "fid", "--logging_steps", "1",
+              "--quiet"]
     start = Encoder.from_pretrained(str(tiny_bert_dir)).model.state_dict()
 
     def changed(run) -> bool:
@@ -316,9 +317,14 @@ def test_train_fid_from_the_command_line(squad_small, tiny_bert_dir, tiny_t5_dir
     main(common + ["--output_dir", str(tmp_path / "fid")])
     assert "trained 2 steps" in capsys.readouterr().out
     assert changed(tmp_path / "fid")
+    logged = [r for r in map(json.loads, (tmp_path / "fid" / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert len(logged) == 2 and all(r["retriever_loss"] >= 0 for r in logged)  # a KL
+    assert all(r["loss"] == pytest.approx(r["reader_loss"] + r["retriever_loss"], abs=1e-5) for r in logged)
 
     real = model_mod.passage_token_logprobs
     calls = []
     monkeypatch.setattr(model_mod, "passage_token_logprobs", lambda *a, **kw: calls.append(1) or real(*a, **kw))
     main(common + ["--output_dir", str(tmp_path / "frozen"), "--question_encoder_lr", "0"])
     assert not changed(tmp_path / "frozen") and calls == []
+    logged = [json.loads(r) for r in (tmp_path / "frozen" / "metrics.jsonl").read_text().splitlines()]
+    assert not any("retriever_loss" in r for r in logged)

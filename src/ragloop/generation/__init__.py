@@ -1,8 +1,8 @@
 """Generation: a seq2seq generator (T5, BART, BERT2BERT) fed "question: … title: … context: …".
 
 inputs.py (formatting, collation, token cache), copy_head.py, warm_start.py, decoding.py (beam search,
-RAG-Token and RAG-Sequence decoding), spans.py (the passage characters an answer copied) and
-generator.py (the `Generator`); none imports `ragloop.model`.
+RAG-Token and RAG-Sequence decoding), fusion.py (Fusion-in-Decoder), spans.py (the passage characters an
+answer copied) and generator.py (the `Generator`); none imports `ragloop.model`.
 """
 
 from ragloop.generation.copy_head import CopyHead

@@ -55,6 +55,7 @@ LAST, BEST, INDEX, METRICS, CONFIG = "last", "best_model", "index", "metrics.jso
 # changing these between a run and its --resume would not continue the same run
 RESUME_FREE = {"resume", "max_steps", "max_train_minutes", "num_epochs", "eval_steps", "logging_steps", "output_dir",
                "max_eval_examples"}
+LOSS_PARTS = ("reader_loss", "retriever_loss")  # RAGOutput fields logged beside the loss when set (FiD)
 
 
 @dataclass
@@ -280,6 +281,8 @@ def _train(cfg: TrainConfig, progress: bool | None) -> TrainResult:
         None if progress is None else not progress))
     model.train()
     running, t0, logged_at = 0.0, time.time(), step
+    parts: dict[str, float] = {}  # this step's loss parts, when the reader reports them (FiD)
+    part_losses: dict[str, list[float]] = {}
     while step < total:
         # the same global batches on every process (seed, epoch); each process takes its share
         batches = length_grouped_batches(lengths, global_batch, cfg.seed, epoch)
@@ -293,6 +296,10 @@ def _train(cfg: TrainConfig, progress: bool | None) -> TrainResult:
                 loss = output.loss * weight if world > 1 else output.loss
                 accelerator.backward(loss)
                 running += loss.detach().float().item() / cfg.gradient_accumulation_steps
+                if output.retriever_loss is not None:  # FiD: the reader's and the retriever's part, logged apart
+                    scale = (weight if world > 1 else 1.0) / cfg.gradient_accumulation_steps
+                    for name in LOSS_PARTS:
+                        parts[name] = parts.get(name, 0.0) + getattr(output, name).float().item() * scale
                 if accelerator.sync_gradients and cfg.max_grad_norm:
                     accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
                 optimizer.step()
@@ -303,16 +310,22 @@ def _train(cfg: TrainConfig, progress: bool | None) -> TrainResult:
             step += 1
             if world > 1:  # the global batch's mean loss: the mean of the processes' weighted losses
                 running = accelerator.reduce(torch.tensor(running, device=accelerator.device), "mean").item()
+                parts = {name: accelerator.reduce(torch.tensor(value, device=accelerator.device), "mean").item()
+                         for name, value in parts.items()}
             losses.append(running)
+            for name, value in parts.items():
+                part_losses.setdefault(name, []).append(value)
             lr = scheduler.get_last_lr()[0]
             bar.update(1)
             bar.set_postfix(loss=f"{running:.4f}", lr=f"{lr:.2e}")
             if main and (step % cfg.logging_steps == 0 or step == total):
                 record = {"step": step, "epoch": epoch, "loss": round(window_mean(losses, step - logged_at), 6),
                           "lr": lr, "elapsed_s": round(time.time() - t0, 2)}
+                record.update({name: round(window_mean(values, step - logged_at), 6)
+                               for name, values in part_losses.items()})
                 _log(out, writer, record)
                 logged_at = step
-            running = 0.0
+            running, parts = 0.0, {}
             if cfg.train_passage_encoder and cfg.reindex_steps and step % cfg.reindex_steps == 0:
                 raw.reindex()
             if cfg.max_train_minutes is not None and _out_of_time(accelerator, t0, cfg.max_train_minutes):
