@@ -259,6 +259,8 @@ def test_copy_head_copies_from_every_passage(index, tiny_bert_dir, copier):
     finally:
         with torch.no_grad():
             copier.copy_head.gate.bias.copy_(bias)
+    answer = rag.answer(question[0])  # retrieval, FiD decoding and the copied spans (per passage) together
+    assert len(answer.passages) == 2 and all("copied" in p for p in answer.passages)
     out = rag(question, ["Denver Broncos"], passages=passages)
     out.loss.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in copier.copy_head.parameters())
