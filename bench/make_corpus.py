@@ -2,7 +2,7 @@
 
     python bench/make_corpus.py --out /work/cache/big                    # 100,000 documents (default)
     python bench/make_corpus.py --passages 3000 --out /tmp/corpus-small  # a quick check (~10 s)
-    ragloop index /work/cache/big/corpus.jsonl --out /work/cache/big/index --index-type Flat --no-bm25
+    ragloop index /work/cache/big/corpus.jsonl --out /work/cache/big/index --index-type Flat --chunk-words 100
     ragloop eval-retrieval /work/cache/big/index --data /work/cache/big/questions.jsonl --mode dense
 
 What it writes under --out:
@@ -21,15 +21,16 @@ What it writes under --out:
     offline with a fixed seed: the same --passages and --seed give byte-identical files.
 - questions.jsonl: every question with a gold paragraph in the corpus and its answers in it, in the
   SQuAD-like form `ragloop eval-retrieval --data` reads: {"id", "question", "answers", "title",
-  "context", "gold_doc_id", "origin"} (PhantomWiki rows add "difficulty", "type"). context is the
-  gold document's text; gold_doc_id its id in corpus.jsonl.
+  "context", "gold_doc_id", "origin"} (PhantomWiki rows add "kind"). context is the gold document's
+  text; gold_doc_id its id in corpus.jsonl.
   * SQuAD: every question of every needle paragraph (7,235 with all 1,379 paragraphs);
-  * PhantomWiki: single-hop questions with at most --max-answers answers, all in one article (the
-    person named in the question, or the one answer when the question gives its date of birth, job
-    or hobby).
+  * PhantomWiki: single-hop questions in PhantomWiki's phrasing ("Who is the mother of X?", "What is
+    the occupation of X?", "Who is the person whose date of birth is D?"), --questions-per-kind of
+    each, answered from the facts the articles state (see `phantom_questions`: PhantomWiki's own
+    Prolog question answering does not finish at this size), every answer in the one gold article.
 - questions-squad.jsonl, questions-phantomwiki.jsonl: the two parts of questions.jsonl.
-- questions-phantomwiki-multihop.jsonl: PhantomWiki's multi-hop questions (no single gold paragraph:
-  no context; "gold_titles" lists the articles of the people on the reasoning paths). hit@k only.
+- questions-phantomwiki-multihop.jsonl: two-hop questions ("What is the hobby of the sister of X?"):
+  no single gold paragraph, so no context; "gold_titles" lists the articles on the path. hit@k only.
 - stats.json, README.md: sources, licences, counts, words per document, the command.
 
 PhantomWiki needs Python >= 3.12 by its metadata but runs on 3.11 with SWI-Prolog and pyswip:
@@ -40,8 +41,8 @@ PhantomWiki needs Python >= 3.12 by its metadata but runs on 3.11 with SWI-Prolo
     /tmp/pwenv/bin/pip install pyswip nltk pydot tabulate termcolor
 
 and this script runs it as a subprocess of --phantom-python (default: $PHANTOM_PYTHON or
-/tmp/pwenv/bin/python). Its raw output is kept in OUT/phantomwiki-raw/ and reused when the
-generation arguments are the same.
+/tmp/pwenv/bin/python) for its articles. Its raw output is kept in OUT/phantomwiki-raw/ and reused
+when the generation arguments are the same.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ import hashlib
 import json
 import math
 import os
+import random
 import re
 import statistics
 import subprocess
@@ -68,8 +70,9 @@ from ragloop.evaluation.metrics import has_answer  # noqa: E402
 PHANTOM_VERSION = "1.0.3"
 TREE_SIZE = 25  # PhantomWiki's --max-family-tree-size; trees come out at ~25.3 people on average
 PEOPLE_PER_TREE = 24  # what we plan with, so the generation never falls short
-NAMED = re.compile(r" of ([A-Z][^?]*)\?$")  # "Who is the sister of Aida Wang?" -> "Aida Wang"
-BY_ATTRIBUTE = re.compile(r"^Who is the person whose (?:date of birth|occupation|hobby) is (.+)\?$")
+FACT = re.compile(r'^(\w+)\("(.*)", "(.*)"\)\.$')  # one of an article's facts: job("Aida Wang", "actor").
+RELATIONS = ("mother", "father", "son", "daughter", "brother", "sister", "husband", "wife", "friend")
+ATTRIBUTES = {"dob": "date of birth", "job": "occupation", "hobby": "hobby"}
 
 
 def squad_needles(limit: int) -> tuple[list[dict], list[dict]]:
@@ -92,11 +95,15 @@ def squad_needles(limit: int) -> tuple[list[dict], list[dict]]:
     return docs, questions
 
 
-def generate_phantomwiki(raw: Path, people: int, seed: int, per_type: int, python: str) -> dict:
-    """Run PhantomWiki (unless raw/ already holds a run with the same arguments); returns its arguments."""
+def generate_phantomwiki(raw: Path, people: int, seed: int, python: str) -> dict:
+    """Run PhantomWiki for its articles (unless raw/ already holds a run with the same arguments); returns
+    its arguments. No questions: its Prolog question answering does not scale to this size (one query
+    of its first template ran for over 9 minutes on a 104k-person universe; 400 queries were to come),
+    so the questions are drawn from the articles' facts here (`phantom_questions`). The articles do not
+    depend on --num-questions-per-type (checked: 0 and 50 write byte-identical articles.json)."""
     trees = math.ceil(people / PEOPLE_PER_TREE)
     args = ["--num-family-trees", str(trees), "--max-family-tree-size", str(TREE_SIZE), "--seed", str(seed),
-            "--num-questions-per-type", str(per_type), "--article-format", "json", "--question-format", "json"]
+            "--num-questions-per-type", "0", "--article-format", "json", "--question-format", "json"]
     params = {"phantom_wiki": PHANTOM_VERSION, "args": args}
     stamp = raw / "make_corpus-params.json"
     if stamp.exists() and json.loads(stamp.read_text()) == params and (raw / "articles.json").exists():
@@ -127,37 +134,90 @@ def article_text(markdown: str) -> str:
     return " ".join(line for line in lines if line and not line.startswith("#"))
 
 
-def phantom_questions(raw: Path, by_title: dict[str, dict], max_answers: int) -> tuple[list[dict], list[dict]]:
-    """(single-hop questions with their gold article, multi-hop questions with the titles on their paths)."""
-    single, multi = [], []
-    for n, q in enumerate(json.loads((raw / "questions.json").read_text(encoding="utf-8"))):
-        answers = [str(a) for a in q["answer"]]
-        if not answers or len(answers) > max_answers or q.get("is_aggregation_question"):
-            continue
-        row = {"id": f"pw-q{n:05d}", "question": q["question"].strip(), "answers": answers,
-               "difficulty": q["difficulty"], "type": q["type"]}
-        gold = None
-        named = NAMED.search(row["question"])
-        if named and named.group(1) in by_title:
-            gold = by_title[named.group(1)]
-        by_attribute = BY_ATTRIBUTE.match(row["question"])
-        if by_attribute and len(answers) == 1 and answers[0] in by_title:
-            gold = by_title[answers[0]]
-            if by_attribute.group(1) not in gold["text"]:
-                gold = None
-        if gold is not None and all(has_answer([a], gold["text"]) for a in answers):
-            single.append({**row, "title": gold["title"], "context": gold["text"], "gold_doc_id": gold["id"],
-                           "origin": "phantomwiki"})
-            continue
-        titles = set()
-        for trace in json.loads(q.get("solution_traces") or "[]"):
-            titles.update(v for v in trace.values() if v in by_title)
-        titles.update(a for a in answers if a in by_title)
-        if named and named.group(1) in by_title:
-            titles.add(named.group(1))
-        if not titles:  # its people fell outside the corpus
-            continue
-        multi.append({**row, "gold_titles": sorted(titles), "origin": "phantomwiki"})
+def person_facts(article: dict) -> dict[str, list[str]]:
+    """{"mother": ["Shelli Beltran"], "friend": [...], "dob": ["0295-05-30"], ...} from an article's facts."""
+    facts: dict[str, list[str]] = {}
+    for fact in article["facts"]:
+        m = FACT.match(fact)
+        if m is None:
+            raise ValueError(f"{article['title']}: a fact not of the form rel(\"a\", \"b\").: {fact!r}")
+        facts.setdefault(m.group(1), []).append(m.group(3))
+    return facts
+
+
+def phantom_questions(articles: list[dict], by_title: dict[str, dict], per_kind: int, seed: int,
+                      max_answers: int) -> tuple[list[dict], list[dict]]:
+    """Questions over the corpus's PhantomWiki people, in PhantomWiki's own phrasing, answered from the
+    facts its articles state: (single-hop, each with the one article that holds every answer; multi-hop,
+    with the articles on the path). `per_kind` of each kind, people drawn with a seeded RNG:
+
+    - relation: "Who is the mother of X?" (every answer is named in X's article)
+    - attribute: "What is the occupation of X?" (date of birth, occupation or hobby; X's article)
+    - person: "Who is the person whose date of birth is D?" (a date only one person in the corpus has;
+      that person's article)
+    - attribute_of_relation: "What is the hobby of the sister of X?" (two hops: X's article, then each
+      sister's; multi-hop, every sister in the corpus)
+    """
+    facts = {a["title"]: person_facts(a) for a in articles}
+    names = [a["title"] for a in articles]
+    dob_people: dict[str, list[str]] = {}
+    for name in names:
+        for dob in facts[name].get("dob", []):
+            dob_people.setdefault(dob, []).append(name)
+    rng = random.Random(seed)
+    single: list[dict] = []
+    multi: list[dict] = []
+    seen: set[str] = set()
+
+    def draw(kind: str, make) -> None:
+        made = 0
+        for name in rng.sample(names, len(names)):
+            if made == per_kind:
+                return
+            got = make(name, facts[name])
+            if got is None or got[0] in seen or not 0 < len(got[1]) <= max_answers:
+                continue
+            question, answers, gold = got
+            seen.add(question)
+            row = {"id": f"pw-{kind}-{made:04d}", "question": question, "answers": answers, "kind": kind}
+            if isinstance(gold, str):  # one gold article
+                doc = by_title[gold]
+                row.update(title=gold, context=doc["text"], gold_doc_id=doc["id"], origin="phantomwiki")
+                single.append(row)
+            else:
+                multi.append({**row, "gold_titles": gold, "origin": "phantomwiki"})
+            made += 1
+
+    def relation(name, f):
+        rels = [r for r in RELATIONS if r in f]
+        if not rels:
+            return None
+        r = rng.choice(rels)
+        return f"Who is the {r} of {name}?", sorted(f[r]), name
+
+    def attribute(name, f):
+        a = rng.choice(sorted(ATTRIBUTES))
+        return f"What is the {ATTRIBUTES[a]} of {name}?", f.get(a, []), name
+
+    def person(name, f):
+        dob = f.get("dob", [""])[0]
+        if dob_people.get(dob) != [name]:
+            return None
+        return f"Who is the person whose date of birth is {dob}?", [name], name
+
+    def attribute_of_relation(name, f):
+        rels = [r for r in RELATIONS if r in f]
+        if not rels:
+            return None
+        r, a = rng.choice(rels), rng.choice(sorted(ATTRIBUTES))
+        if not all(b in facts for b in f[r]):  # someone on the path is outside the corpus
+            return None
+        answers = sorted({v for b in f[r] for v in facts[b].get(a, [])})
+        return f"What is the {ATTRIBUTES[a]} of the {r} of {name}?", answers, [name, *sorted(f[r])]
+
+    for kind, make in [("relation", relation), ("attribute", attribute), ("person", person),
+                       ("attribute_of_relation", attribute_of_relation)]:
+        draw(kind, make)
     return single, multi
 
 
@@ -228,14 +288,16 @@ the top k) with no mapping.
   licence (code and generated datasets); it builds on Patrick Hohenecker's family-tree generator
   (BSD-2-Clause), hobbies from a CC0 list and job titles from the faker library (MIT). Fictional
   people with family trees, friendships, date of birth, occupation and hobby, written as templated
-  English sentences ("The mother of Aida Wang is Shelli Beltran."), and questions answered by a
-  Prolog database of the same facts. Generated offline: `{pw_args}` (people in the corpus: the first
-  {pw:,} articles in the order PhantomWiki writes them; questions whose people fell outside were dropped).
+  English sentences ("The mother of Aida Wang is Shelli Beltran."). Generated offline for its
+  articles only: `{pw_args}`; the corpus holds the first {pw:,} articles in the order PhantomWiki
+  writes them. Its questions are drawn by make_corpus.py from the facts those articles state, in
+  PhantomWiki's phrasing ({per_kind} per kind, seed {seed}): PhantomWiki's own Prolog question
+  answering did not finish at this size on 2 cores (one query ran for over 9 minutes).
 
 The haystack is synthetic text of one kind (templated biographies), not prose: a SQuAD question
-competes with {pw:,} articles about other things, so the needles are easier to find than among
-{pw:,} Wikipedia paragraphs would be. PhantomWiki questions are hard in the other way: every article
-reads alike and a name recurs in its friends' and relatives' articles.
+competes with {pw:,} articles about other things, so its needle is easier to find than it would be
+among {pw:,} Wikipedia paragraphs. A PhantomWiki question competes with articles that all read alike,
+and every name also appears in its relatives' and friends' articles.
 
 ## sha256
 
@@ -251,9 +313,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--squad-paragraphs", type=int, default=1379,
                     help="SQuAD dev paragraphs mixed in as needles (default all 1379; at most half the corpus)")
     ap.add_argument("--seed", type=int, default=1, help="PhantomWiki's seed (default 1)")
-    ap.add_argument("--questions-per-type", type=int, default=50,
-                    help="PhantomWiki questions per template (default 50)")
-    ap.add_argument("--max-answers", type=int, default=10, help="drop PhantomWiki questions with more answers")
+    ap.add_argument("--questions-per-kind", type=int, default=250,
+                    help="PhantomWiki questions of each of the four kinds (default 250)")
+    ap.add_argument("--max-answers", type=int, default=10, help="no PhantomWiki question with more answers")
     ap.add_argument("--phantom-python", default=os.environ.get("PHANTOM_PYTHON", "/tmp/pwenv/bin/python"),
                     help="a Python with phantom-wiki 1.0.3 (default $PHANTOM_PYTHON or /tmp/pwenv/bin/python)")
     args = ap.parse_args(argv)
@@ -266,7 +328,7 @@ def main(argv: list[str] | None = None) -> None:
     needles, squad_questions = squad_needles(max(1, min(args.squad_paragraphs, args.passages // 2)))
     people = args.passages - len(needles)
     raw = out / "phantomwiki-raw"
-    params = generate_phantomwiki(raw, people, args.seed, args.questions_per_type, args.phantom_python)
+    params = generate_phantomwiki(raw, people, args.seed, args.phantom_python)
     articles = json.loads((raw / "articles.json").read_text(encoding="utf-8"))
     if len(articles) < people:
         sys.exit(f"PhantomWiki wrote {len(articles)} articles, {people} needed")
@@ -280,7 +342,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("two documents share an id (identical text): refusing to write a corpus ragloop would dedupe")
 
     by_title = {d["title"]: d for d in haystack}
-    pw_single, pw_multi = phantom_questions(raw, by_title, args.max_answers)
+    pw_single, pw_multi = phantom_questions(articles[:people], by_title, args.questions_per_kind, args.seed,
+                                            args.max_answers)
     questions = squad_questions + pw_single
     in_corpus = set(ids)
     for q in questions:  # what `ragloop eval-retrieval` relies on
@@ -306,7 +369,8 @@ def main(argv: list[str] | None = None) -> None:
         "questions": len(questions), "questions_squad": len(squad_questions),
         "questions_squad_answer_not_in_context": squad_missing,
         "questions_phantomwiki": len(pw_single), "questions_phantomwiki_multihop": len(pw_multi),
-        "phantomwiki": params, "seed": args.seed, "command": command, "commit": commit, "sha256": sha,
+        "phantomwiki": params, "seed": args.seed, "questions_per_kind": args.questions_per_kind,
+        "command": command, "commit": commit, "sha256": sha,
         "seconds": round(time.perf_counter() - t0, 1),
     }
     (out / "stats.json").write_text(json.dumps(stats, indent=1) + "\n")
@@ -315,7 +379,8 @@ def main(argv: list[str] | None = None) -> None:
         total=len(corpus), pw=len(haystack), sq=len(needles), commit=commit, command=command, nq=len(questions),
         nq_sq=len(squad_questions), nq_pw=len(pw_single), nq_multi=len(pw_multi),
         pw_words=fmt(stats["words_phantomwiki"]), sq_words=fmt(stats["words_squad"]),
-        sq_long=stats["words_squad"].get("over_124", 0), pw_version=PHANTOM_VERSION, pw_args=" ".join(params["args"]),
+        sq_long=stats["words_squad"].get("over_124", 0), pw_version=PHANTOM_VERSION, per_kind=args.questions_per_kind,
+        seed=args.seed, pw_args=" ".join(params["args"]),
         sha="\n".join(f"    {v}  {k}" for k, v in sha.items())))
     print(f"{out}: {len(corpus):,} documents ({len(haystack):,} PhantomWiki + {len(needles):,} SQuAD), "
           f"{len(questions):,} questions with a gold paragraph ({len(squad_questions):,} SQuAD, {len(pw_single):,} "
