@@ -1,7 +1,7 @@
 """A retrieval corpus of ~100,000 passages with answerable questions, for index scale work (issue 14).
 
     python bench/make_corpus.py --out /work/cache/big                    # 100,000 documents (default)
-    python bench/make_corpus.py --passages 3000 --out /tmp/corpus-small  # a quick check (~10 s)
+    python bench/make_corpus.py --passages 3000 --out /tmp/corpus-small  # a quick check (~1 min)
     ragloop index /work/cache/big/corpus.jsonl --out /work/cache/big/index --index-type Flat --chunk-words 100
     ragloop eval-retrieval /work/cache/big/index --data /work/cache/big/questions.jsonl --mode dense
 
@@ -18,7 +18,7 @@ What it writes under --out:
   * the haystack: PhantomWiki articles (fictional people: family, friends, date of birth, job, hobby;
     under 125 words, so one passage each at ragloop's default 100-word chunking), filling the corpus up to
     --passages documents. PhantomWiki (https://github.com/kilian-group/phantom-wiki, MIT) is run
-    offline with a fixed seed: the same --passages and --seed give byte-identical files.
+    offline with a fixed seed: the same arguments give byte-identical files.
 - questions.jsonl: every question with a gold paragraph in the corpus and its answers in it, in the
   SQuAD-like form `ragloop eval-retrieval --data` reads: {"id", "question", "answers", "title",
   "context", "gold_doc_id", "origin"} (PhantomWiki rows add "kind"). context is the gold document's
@@ -98,9 +98,11 @@ def squad_needles(limit: int) -> tuple[list[dict], list[dict]]:
 def generate_phantomwiki(raw: Path, people: int, seed: int, python: str) -> dict:
     """Run PhantomWiki for its articles (unless raw/ already holds a run with the same arguments); returns
     its arguments. No questions: its Prolog question answering does not scale to this size (one query
-    of its first template ran for over 9 minutes on a 104k-person universe; 400 queries were to come),
+    of its first template ran for over 9 minutes on a 104k-person universe on 2 shared cores, with
+    360 of its 400 still to come),
     so the questions are drawn from the articles' facts here (`phantom_questions`). The articles do not
-    depend on --num-questions-per-type (checked: 0 and 50 write byte-identical articles.json)."""
+    depend on --num-questions-per-type (checked at 68 trees: 0 and 50 write byte-identical
+    articles.json)."""
     trees = math.ceil(people / PEOPLE_PER_TREE)
     args = ["--num-family-trees", str(trees), "--max-family-tree-size", str(TREE_SIZE), "--seed", str(seed),
             "--num-questions-per-type", "0", "--article-format", "json", "--question-format", "json"]
