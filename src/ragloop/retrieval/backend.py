@@ -158,6 +158,10 @@ class FaissBackend:
         flat = np.maximum(np.asarray(rows, dtype=np.int64).reshape(-1), 0)
         if self.exact is not None:
             out = np.asarray(self.exact[flat], dtype=np.float32)
+        elif is_fast_scan(self.index):  # FAISS 1.15 crashes reconstructing a fast-scan index read from disk
+            raise RagloopError(f"FAISS index type {self.factory!r} (4-bit fast-scan) cannot return its stored "
+                               "vectors, which RAG needs to score passages; build it with --refine disk, "
+                               "which keeps the exact vectors on disk")
         else:
             try:
                 out = self.index.reconstruct_batch(flat)
@@ -180,6 +184,14 @@ def _skip_polysemous_training(index: faiss.Index) -> None:
         inner.do_polysemous_training = False
 
 
+def is_fast_scan(index: faiss.Index) -> bool:
+    """Whether the codes are 4-bit fast-scan ("...PQ64x4fs"), under any OPQ / pre-transform."""
+    inner = faiss.downcast_index(index)
+    while isinstance(inner, faiss.IndexPreTransform):
+        inner = faiss.downcast_index(inner.index)
+    return "FastScan" in type(inner).__name__
+
+
 def set_search_params(index: faiss.Index, params: dict) -> None:
     space = faiss.ParameterSpace()
     for name, value in params.items():
@@ -189,6 +201,8 @@ def set_search_params(index: faiss.Index, params: dict) -> None:
 
 def enable_reconstruct(index: faiss.Index) -> None:
     """IVF indexes can only return stored vectors (RAG recomputes q·d from them) with a direct map."""
+    if is_fast_scan(index):
+        return  # no reconstruct for these (see FaissBackend.vectors): no direct map either
     try:
         ivf = faiss.extract_index_ivf(index)
     except RuntimeError:

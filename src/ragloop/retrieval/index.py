@@ -45,6 +45,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ragloop._version import __version__
+from ragloop.config import INDEX_CHUNK_SIZE, INDEX_REFINE_FACTOR
 from ragloop.data.corpus import Passage
 from ragloop.errors import RagloopError
 from ragloop.io import (
@@ -66,9 +67,9 @@ if TYPE_CHECKING:  # encoders import torch: loaded only where a model is used, s
 log = logging.getLogger(__name__)
 
 MANIFEST, STORE_FILE, BM25_DIR, VECTORS_FILE = "manifest.json", "passages.sqlite", "bm25", "vectors.npy"
-CHUNK_SIZE = 4096  # passages encoded, stored and added to FAISS at a time by a build
+CHUNK_SIZE, REFINE_FACTOR = INDEX_CHUNK_SIZE, INDEX_REFINE_FACTOR
 TRAIN_SIZE = 100_000  # vectors (the first ones) that train IVF centroids / PQ codebooks / OPQ rotations
-REFINE_KINDS, REFINE_DTYPES, REFINE_FACTOR = ("disk",), ("float32", "float16"), 8
+REFINE_KINDS, REFINE_DTYPES = ("disk",), ("float32", "float16")
 FORMAT = "ragloop-index"
 FORMAT_VERSION = 1
 PROBE_COSINE = 0.999
