@@ -59,7 +59,7 @@ from ragloop.io import (
 from ragloop.retrieval.backend import DEFAULT_SEARCH_PARAMS, FaissBackend
 from ragloop.retrieval.bm25 import BM25Index
 from ragloop.retrieval.store import PassageStore
-from ragloop.retrieval.vecfile import NpyAppender, open_vectors
+from ragloop.retrieval.vecfile import NpyAppender, open_vectors, read_blocks
 
 if TYPE_CHECKING:  # encoders import torch: loaded only where a model is used, so BM25 search stays light
     from ragloop.retrieval.encoders import BiEncoder, Encoder
@@ -197,13 +197,12 @@ class Index:
             rows = _write_chunks(tmp, chunks, dim, dtype, first_row=0)
             if not rows:
                 raise RagloopError("cannot build an index from an empty corpus")
-            vectors = open_vectors(tmp / VECTORS_FILE, rows, dim)
-            backend = FaissBackend.create(factory, dim, params, exact=vectors if refine else None,
-                                          refine_factor=refine["factor"] if refine else 1)
-            backend.train(vectors[:train_size])
-            for start in range(0, rows, CHUNK_SIZE):
-                backend.add(vectors[start : start + CHUNK_SIZE])
-            backend.exact = vectors = None  # the build's memmap: closed before the folder is renamed
+            # plain reads, not a memory map: pages already added do not stay in the resident set
+            no_direct_map = np.empty((0, dim), np.float32) if refine else None  # refine reads vectors.npy instead
+            backend = FaissBackend.create(factory, dim, params, exact=no_direct_map)
+            backend.train(np.concatenate(list(read_blocks(tmp / VECTORS_FILE, CHUNK_SIZE, train_size))))
+            for block in read_blocks(tmp / VECTORS_FILE, CHUNK_SIZE):
+                backend.add(block)
             if not refine:
                 (tmp / VECTORS_FILE).unlink()
             manifest = {

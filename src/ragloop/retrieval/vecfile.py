@@ -4,6 +4,8 @@
     ...     for chunk in chunks:
     ...         out.append(chunk)                       # (n, 384), any float dtype
     >>> np.load(folder / "vectors.npy", mmap_mode="r").shape   # (rows, 384), read from disk on demand
+    >>> for block in read_blocks(folder / "vectors.npy", 4096):  # plain reads: no mapped pages stay resident
+    ...     index.add(block)
     >>> with NpyAppender.extend(folder / "vectors.npy") as out:   # add rows to an existing file
     ...     out.append(more)
 
@@ -105,3 +107,18 @@ def open_vectors(path: Path, rows: int, dim: int) -> np.ndarray:
         return np.load(path, mmap_mode="r")
     except (OSError, ValueError) as e:
         raise RagloopError(f"{path}: not a readable vectors file ({str(e)[:120]})") from None
+
+
+def read_blocks(path: Path, rows_per_block: int, stop: int | None = None):
+    """Rows [0, stop) of a 2-D .npy, `rows_per_block` at a time, as float32 arrays read with plain file
+    reads: unlike a memory map, pages already used do not count in this process's resident set."""
+    rows, dim, dtype, offset = read_npy_shape(path)
+    stop = rows if stop is None else min(stop, rows)
+    with open(path, "rb") as f:
+        f.seek(offset)
+        for start in range(0, stop, rows_per_block):
+            count = min(rows_per_block, stop - start)
+            block = np.fromfile(f, dtype=dtype, count=count * dim)
+            if len(block) != count * dim:
+                raise RagloopError(f"{path}: truncated (row {start + len(block) // dim} of {rows})")
+            yield block.reshape(count, dim).astype(np.float32, copy=False)
