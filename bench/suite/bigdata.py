@@ -57,10 +57,11 @@ def load(ctx, limit: int | None, questions: int) -> Corpus:
     say(f"  {note}")
     if note not in ctx.notes:
         ctx.notes.append(note)
-    queries = ctx.quality_question_vectors[:questions]
+    examples = ctx.quality_examples[:questions]
+    queries = ctx.minilm.encode_questions([e.question for e in examples])
     return Corpus(f"{len(passages):,} bundled SQuAD dev passages (big corpus missing)",
                   np.ascontiguousarray(ctx.dev_vectors), lambda rows: [passages[r].text for r in rows], queries,
-                  [e.answers for e in ctx.quality_examples[: len(queries)]], None, False)
+                  [e.answers for e in examples], None, False)
 
 
 def _load_big(big: Path, limit: int | None, questions: int) -> Corpus:
