@@ -27,6 +27,7 @@ import numpy as np
 
 from bench.suite import bigdata
 from bench.suite.common import num, say, table
+from bench.suite.goals import goal
 from bench.suite.search import nlist_for
 
 TITLE = "Streaming index builds: peak RAM and time vs N, load time"
@@ -86,6 +87,21 @@ def report(res: dict) -> str:
                      f"{last['load_fast_s']:.2f} s, verify=\"full\" (sha256 of every file) "
                      f"{last['load_full_s']:.2f} s.")
     return "\n".join(lines)
+
+
+def goals(res: dict) -> list[dict]:
+    """Bounded: from the smallest to the largest replayed build, peak RSS grows by no more than the FAISS
+    index does plus a tenth of what the raw vectors do (everything else O(N) stays small)."""
+    replay = [r for r in res["rows"] if r["mode"] == "replay"]
+    first, last = replay[0], replay[-1]
+    what = "streaming index build: RAM bounded as the corpus grows"
+    grew = last["peak_rss_mb"] - first["peak_rss_mb"]
+    allowed = (last["faiss_mb"] - first["faiss_mb"]) + 0.1 * (last["vectors_mb"] - first["vectors_mb"])
+    value = (f"peak RSS {first['peak_rss_mb']:.0f} MiB at {first['passages']:,} -> {last['peak_rss_mb']:.0f} MiB at "
+             f"{last['passages']:,} (FAISS {last['faiss_mb']:.0f} MiB, vectors on disk {last['vectors_mb']:.0f} MiB)")
+    if len(replay) < 2 or last["passages"] < 1_000_000:
+        return [goal(what, value + "; judged at 1M passages (full run)", None)]
+    return [goal(what, value, grew <= allowed)]
 
 
 PLOTS: dict = {}
@@ -159,7 +175,8 @@ def worker(argv: list[str]) -> None:
     out = {"passages": len(index), "build_s": time.perf_counter() - start, "encode_s": spent[0],
            "peak_rss_mb": _status_mb("VmHWM"), "factory": index.factory,
            "folder_mb": sum(f.stat().st_size for f in args.out.rglob("*") if f.is_file()) / 2**20,
-           "faiss_mb": (args.out / "index.faiss").stat().st_size / 2**20}
+           "faiss_mb": (args.out / "index.faiss").stat().st_size / 2**20,
+           "vectors_mb": (args.out / "vectors.npy").stat().st_size / 2**20}
     index.close()
     if args.load:
         for verify in ("fast", "full"):
