@@ -3,6 +3,7 @@
     python -m bench                    # full run, ~30 min on 2 quiet cores
     python -m bench --quick            # the same code paths on subsets, ~7 min
     python -m bench --only search,rag  # some sections (quality, indexing, search, rag, answers, quantize, cache)
+    python -m bench --only compress,stream --big /work/cache/big   # the big-corpus sections (not in the default)
 
 1. quality   retrieval quality on the bundled SQuAD dev sample: dense vs BM25 vs hybrid, hit@k and
              gold@k for k = 1..100 (plot)
@@ -16,6 +17,10 @@
              retrieval, closed book, oracle) vs the transformers RAG classes
 6. quantize  int8 vs float32: encoding passages/s, RAG.answer latency, gold@5, answer F1 (--rag-model)
 7. cache     a repeated question through the cache vs computed (Retriever.retrieve, RAG.answer)
+8. compress  compressed indexes (IVF-PQ, OPQ, fast-scan) with and without the disk refine stage on the
+             --big real corpus: RAM bytes/passage, x smaller than Flat, recall@10, hit@10, p50, build s
+9. stream    streaming Index.build: peak RSS and time vs N (real passages, then replayed vectors to 1M),
+             load time with fast vs full checksum verification
 
 Writes bench/results/<section>.json, bench/results/*.png and bench/results/summary.md (with
 --quick: *-quick.json, *-quick.png, summary-quick.md). Comparisons alternate their sides in one
@@ -37,7 +42,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.suite import answers, cache, indexing, quality, quantize, rag_speed, search
+from bench.suite import answers, cache, compress, indexing, quality, quantize, rag_speed, search, stream
+from bench.suite.bigdata import DEFAULT_BIG
 from bench.suite.common import (
     BENCH_DIR,
     RESULTS_DIR,
@@ -52,13 +58,16 @@ from bench.suite.context import FULL, QUICK, Context
 from bench.suite.goals import gather, goals_table
 
 SECTIONS = {"quality": quality, "indexing": indexing, "search": search, "rag": rag_speed, "answers": answers,
-            "quantize": quantize, "cache": cache}
+            "quantize": quantize, "cache": cache, "compress": compress, "stream": stream}
+DEFAULT_SECTIONS = ["quality", "indexing", "search", "rag", "answers", "quantize", "cache"]
 # Seconds each section takes on 2 quiet cores (AMD EPYC, torch 2.13 CPU), including the models and
 # indexes it is the first to need; from runs of each section with the shipped sizes.
 ESTIMATE_S = {
-    "quick": {"quality": 15, "indexing": 40, "search": 40, "rag": 135, "answers": 55, "quantize": 90, "cache": 15},
+    "quick": {"quality": 15, "indexing": 40, "search": 40, "rag": 135, "answers": 55, "quantize": 90, "cache": 15,
+              "compress": 120, "stream": 120},
+    # compress and stream: guesses until a first full run on the 100k corpus replaces them
     "full": {"quality": 150, "indexing": 90, "search": 330, "rag": 240, "answers": 720, "quantize": 360,
-             "cache": 30},
+             "cache": 30, "compress": 1200, "stream": 1800},
 }
 DEMO_RAG = BENCH_DIR.parent / "runs" / "demo" / "rag" / "best_model"  # what the README's demo trains
 
@@ -68,13 +77,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n".join(__doc__.splitlines()[2:]))
     p.add_argument("--quick", action="store_true", help="subsets of every workload (~7 min on 2 quiet cores)")
-    p.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections (default: all)")
+    p.add_argument("--only", default=",".join(DEFAULT_SECTIONS),
+                   help=f"comma-separated sections (default: {', '.join(DEFAULT_SECTIONS)}; compress and stream "
+                   "need the --big corpus and long runs, so they run when named)")
     p.add_argument("--train-minutes", type=float, help="section 5 training budget per model (full 2, quick 0.15)")
     p.add_argument("--rag-model", metavar="DIR", help="a trained RAG model for section 6's answers (default: "
                    f"{DEMO_RAG.relative_to(BENCH_DIR.parent)} if it exists, else the untrained bundled generator; "
                    "'none': the bundled one)")
     p.add_argument("--threads", type=int, help="torch and FAISS threads (default: their own default)")
     p.add_argument("--out-dir", type=Path, default=RESULTS_DIR, help="where results go (default bench/results)")
+    p.add_argument("--big", type=Path, default=DEFAULT_BIG,
+                   help="the >= 100k-passage real corpus for sections compress and stream (bench/make_corpus.py on "
+                   f"branch h-corpus writes it; default {DEFAULT_BIG}, or $RAGLOOP_BENCH_BIG); without it they "
+                   "measure the bundled passages and say so")
     args = p.parse_args(argv)
     args.sections = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = [s for s in args.sections if s not in SECTIONS]
@@ -119,9 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     started, load_start = time.perf_counter(), load_average()
 
     plan = [[f"{i}. {name}", f"{ESTIMATE_S['quick'][name] / 60:.1f}", f"{ESTIMATE_S['full'][name] / 60:.1f}"]
-            for i, name in enumerate(SECTIONS, 1)]
-    plan.append(["total", f"{sum(ESTIMATE_S['quick'].values()) / 60:.1f}",
-                 f"{sum(ESTIMATE_S['full'].values()) / 60:.1f}"])
+            for i, name in enumerate(SECTIONS, 1) if name in args.sections]
+    plan.append(["total", f"{sum(ESTIMATE_S['quick'][name] for name in args.sections) / 60:.1f}",
+                 f"{sum(ESTIMATE_S['full'][name] for name in args.sections) / 60:.1f}"])
     header = [f"# ragloop side by side ({mode} run)", "",
               f"Machine: {machine_line(machine)}.", "",
               f"Command: `{command}`; {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}; "
@@ -133,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="ragloop-bench-suite-"))
     ctx = Context(sizes, work, args.quick, rag_model=args.rag_model)
+    ctx.big = args.big
     parts, times = [], []
     try:
         for i, name in enumerate(SECTIONS, 1):

@@ -49,6 +49,13 @@ def cmd_index(args) -> None:
         raise RagloopError("--add extends an index in one process; drop --num-shards/--shard-id or the launcher")
     if sharded and launched_world_size() > 1:
         raise RagloopError("under torchrun every process encodes one shard; drop --num-shards/--shard-id")
+    refining = args.refine != "none" or args.refine_factor is not None or args.refine_dtype is not None
+    if refining and (args.add or sharded or launched_world_size() > 1):
+        raise RagloopError("--refine/--refine-factor/--refine-dtype are build options of a one-process build: "
+                          "--add keeps the index's own, and sharded builds do not take them yet")
+    if not (args.add or sharded or launched_world_size() > 1):  # one process: stream the corpus
+        _index_streaming(args)
+        return
     passages = load_corpus(args.corpus, args.chunk_words, args.chunk_overlap, split=args.split)
     if args.add:
         index = Index.load(args.out)
@@ -60,9 +67,7 @@ def cmd_index(args) -> None:
         print(f"added {added} new passages to {args.out} ({len(index)} in all)")
         return
     encoder = BiEncoder.from_pretrained(args.encoder, args.question_encoder)
-    options = dict(factory=args.index_type, batch_size=args.batch_size, with_bm25=not args.no_bm25,
-                   progress=_progress(args), extra={"chunking": {"words": args.chunk_words,
-                                                                 "overlap": args.chunk_overlap}})
+    options = _index_options(args)
     if sharded:
         import torch
 
@@ -73,12 +78,34 @@ def cmd_index(args) -> None:
         print(f"encoded shard {args.shard_id} of {args.num_shards} -> {path}; once all {args.num_shards} are "
               f"built: ragloop index --out {args.out} --merge-shards")
         return
-    if launched_world_size() > 1:
-        _index_distributed(args, passages, encoder, options)
-        return
+    _index_distributed(args, passages, encoder, options)
+
+
+def _index_options(args) -> dict:
+    return dict(factory=args.index_type, batch_size=args.batch_size, with_bm25=not args.no_bm25,
+                progress=_progress(args),
+                extra={"chunking": {"words": args.chunk_words, "overlap": args.chunk_overlap}})
+
+
+def _index_streaming(args) -> None:
+    """One process, a new index: passages read, encoded and written --chunk-size at a time."""
+    import itertools
+
+    from ragloop.config import INDEX_REFINE_FACTOR
+    from ragloop.data import iter_corpus
+    from ragloop.retrieval import BiEncoder, Index
+
+    passages = iter_corpus(args.corpus, args.chunk_words, args.chunk_overlap, split=args.split)
+    first = next(passages, None)  # an empty corpus is said before the model loads
+    if first is None:
+        raise RagloopError(f"no passages found in {', '.join(args.corpus)} (is the corpus empty?)")
+    encoder = BiEncoder.from_pretrained(args.encoder, args.question_encoder)
     encoder.passage.quantize(args.quantize)
-    index = Index.build(passages, encoder, args.out, **options)
-    print(f"indexed {len(index)} passages -> {args.out} ({args.index_type}, dim {index.dim}"
+    index = Index.build(itertools.chain([first], passages), encoder, args.out, refine=args.refine,
+                        chunk_size=args.chunk_size, refine_factor=args.refine_factor or INDEX_REFINE_FACTOR,
+                        refine_dtype=args.refine_dtype or "float32", **_index_options(args))
+    refine = f", refine {args.refine} x{index.refine['factor']}" if index.refine else ""
+    print(f"indexed {len(index)} passages -> {args.out} ({args.index_type}{refine}, dim {index.dim}"
           f"{_precision(encoder.passage.quantization)})")
 
 
@@ -532,7 +559,14 @@ def cmd_train_reranker(args) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line; builds without importing torch, so `--help` answers at once."""
     from ragloop._version import __version__
-    from ragloop.config import DEFAULT_ENCODER, RerankerTrainConfig, RetrieverTrainConfig, add_config_args
+    from ragloop.config import (
+        DEFAULT_ENCODER,
+        INDEX_CHUNK_SIZE,
+        INDEX_REFINE_FACTOR,
+        RerankerTrainConfig,
+        RetrieverTrainConfig,
+        add_config_args,
+    )
 
     parser = argparse.ArgumentParser(prog="ragloop", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"ragloop {__version__}")
@@ -554,6 +588,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", help="dataset split, for a HF dataset name (default: all)")
     p.add_argument("--no-bm25", action="store_true", help="skip the BM25 index")
     p.add_argument("--add", action="store_true", help="add to the existing index at --out")
+    p.add_argument("--chunk-size", type=POSITIVE, default=INDEX_CHUNK_SIZE,
+                   help=f"passages read, encoded and written at a time: bounds peak RAM (default {INDEX_CHUNK_SIZE})")
+    g = p.add_argument_group("re-ranking from disk (compressed index types: IVF-PQ, OPQ, fast-scan PQ...x4fs)")
+    g.add_argument("--refine", choices=("none", "disk"), default="none",
+                   help="disk: keep the exact vectors in the folder (vectors.npy, memory-mapped, not in RAM) and "
+                   "re-score the index's top k x FACTOR with them; vectors for RAG are exact too")
+    g.add_argument("--refine-factor", type=POSITIVE,
+                   help=f"candidates per result to re-score (default {INDEX_REFINE_FACTOR})")
+    g.add_argument("--refine-dtype", choices=("float32", "float16"), help="vectors.npy precision (default float32)")
     _add_quantize_option(p, "the passage encoder (recorded in the manifest; queries may use either precision)")
     g = p.add_argument_group("sharded indexing (under torchrun: one shard per process, merged automatically)")
     g.add_argument("--num-shards", type=POSITIVE, help="split the encoding into N shards (with --shard-id)")

@@ -19,6 +19,8 @@ from typing import Any
 # The offline default models, named here (a leaf: no torch) and re-exported by the modules that load
 # them: `ragloop.retrieval.encoders.DEFAULT_ENCODER`, `ragloop.generation.generator.BUNDLED_GENERATOR`.
 DEFAULT_ENCODER = "bundled:all-MiniLM-L6-v2"
+INDEX_CHUNK_SIZE = 4096  # passages an index build encodes, stores and adds to FAISS at a time
+INDEX_REFINE_FACTOR = 8  # refine "disk": FAISS candidates re-scored exactly per result wanted
 BUNDLED_GENERATOR = "bundled:minilm-bert2bert"
 
 from ragloop.retrieval.hybrid import MODES  # noqa: E402  (numpy only)

@@ -274,15 +274,44 @@ def _fsync_dir(path: Path) -> None:
 # -- folders described by a JSON manifest (index, saved RAG model, checkpoint) -------------------
 
 
+SAMPLE_ABOVE = 64 << 20  # files larger than this also get a sampled digest, for the fast check on load
+SAMPLE_BLOCKS, SAMPLE_BLOCK = 16, 1 << 20
+VERIFY_MODES = ("full", "fast", "size")
+
+
+def sample_sha256(path: str | Path) -> str:
+    """sha256 of a file's size and 16 blocks of 1 MiB spread evenly over it (first and last included):
+    reads 16 MiB whatever the size, and changes when a file is swapped for another of the same size."""
+    size = os.path.getsize(path)
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        for i in range(SAMPLE_BLOCKS):
+            f.seek(max(0, size - SAMPLE_BLOCK) * i // (SAMPLE_BLOCKS - 1))
+            h.update(f.read(SAMPLE_BLOCK))
+    return h.hexdigest()
+
+
 def checksum_files(folder: Path, files: list[Path]) -> dict:
-    """{relative path: {"bytes", "sha256"}} for a manifest."""
-    return {str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in files}
+    """{relative path: {"bytes", "sha256"}} for a manifest, plus "sample_sha256" for files over 64 MiB."""
+    out = {}
+    for p in files:
+        size = p.stat().st_size
+        out[str(p.relative_to(folder))] = {"bytes": size, "sha256": sha256_file(p)}
+        if size > SAMPLE_ABOVE:
+            out[str(p.relative_to(folder))]["sample_sha256"] = sample_sha256(p)
+    return out
 
 
-def verify_files(folder: Path, files: dict, manifest_name: str, checksums: bool = True) -> None:
-    """Every file the manifest lists exists with its size and (with `checksums`) its sha256."""
+def verify_files(folder: Path, files: dict, manifest_name: str, checksums: bool | str = True) -> None:
+    """Every file the manifest lists exists with its size, and its content checked as `checksums` says:
+    True or "full": the sha256 of every file; "fast": the sha256 of files up to 64 MiB and a sampled
+    digest of larger ones (their full sha256 when the manifest has no sampled digest); False or "size":
+    sizes only. A truncated or swapped file fails every mode but "size" (which still catches truncation)."""
     from ragloop.errors import RagloopError
 
+    mode = ("full" if checksums else "size") if isinstance(checksums, bool) else checksums
+    if mode not in VERIFY_MODES:
+        raise RagloopError(f"verify must be one of {', '.join(VERIFY_MODES)} (got {checksums!r})")
     where = folder / manifest_name
     if not isinstance(files, dict):
         raise RagloopError(f"{where}: corrupt ('files' is not an object)")
@@ -295,7 +324,12 @@ def verify_files(folder: Path, files: dict, manifest_name: str, checksums: bool 
             raise RagloopError(f"{where}: corrupt (file {name!r} is outside the folder)")
         if not f.is_file():
             raise RagloopError(f"{f}: missing (listed in {manifest_name})")
-        if f.stat().st_size != meta["bytes"] or (checksums and sha256_file(f) != meta["sha256"]):
+        ok = f.stat().st_size == meta["bytes"]
+        if ok and mode == "fast" and isinstance(meta.get("sample_sha256"), str):
+            ok = sample_sha256(f) == meta["sample_sha256"]
+        elif ok and mode != "size":
+            ok = sha256_file(f) == meta["sha256"]
+        if not ok:
             raise RagloopError(f"{f}: does not match the checksum in {manifest_name} (truncated, corrupt or changed)")
 
 

@@ -556,10 +556,8 @@ class RAG(torch.nn.Module):
                 (tmp / RERANKER_DIR).mkdir()
                 self.retriever.reranker.save_into(tmp / RERANKER_DIR)
             if self._reindexed:  # the FAISS vectors changed in memory: write an index that matches them
-                built = Index.build(list(self.index.store), BiEncoder(self.question_encoder, self.passage_encoder),
-                                    tmp / INDEX_DIR, factory=self.index.factory,
-                                    search_params=self.index.manifest["index"].get("search_params"),
-                                    with_bm25=self.index.bm25 is not None, progress=False)
+                built = Index.build(self.index.store, BiEncoder(self.question_encoder, self.passage_encoder),
+                                    tmp / INDEX_DIR, progress=False, **self.index.build_options())
                 built.store.close()
             else:
                 _copy_tree(self.index.path, tmp / INDEX_DIR, link=index_inside)
@@ -584,8 +582,10 @@ class RAG(torch.nn.Module):
                     rerank_depth=r.rerank_depth if r.reranker else None)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, verify: bool = True) -> RAG:
-        """Load a folder written by `save_pretrained`; with `verify`, every file's sha256 is checked."""
+    def from_pretrained(cls, path: str | Path, verify: bool | str = "fast") -> RAG:
+        """Load a folder written by `save_pretrained`, its files checked against the manifests: `verify`
+        "fast" (sizes, sha256 up to 64 MiB, a sampled digest of larger files), "full"/True (the sha256 of
+        every file) or "size"/False (`ragloop.io.verify_files`)."""
         path = Path(path)
         meta = _read_meta(path)
         config = RAGConfig.from_dict(meta.get("config", {}), where=str(path / CONFIG_FILE))

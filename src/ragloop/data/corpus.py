@@ -107,17 +107,36 @@ def load_corpus(
 ) -> list[Passage]:
     """Read, chunk and de-duplicate. Same input, same passages, same ids."""
     sources = list(sources)
-    passages = make_passages((doc for doc, _ in iter_documents(sources, split)), chunk_size, overlap)
+    passages = list(iter_corpus(sources, chunk_size, overlap, split))
     if not passages:
         raise RagloopError(f"no passages found in {', '.join(map(str, sources))} (is the corpus empty?)")
     return passages
+
+
+def iter_corpus(
+    sources: Iterable[str | Path],
+    chunk_size: int = 100,
+    overlap: int = 0,
+    split: str | None = None,
+) -> Iterator[Passage]:
+    """`load_corpus` as a stream, for `Index.build` over corpora too big for a list: the same passages
+    in the same order, read as they are consumed. What stays O(corpus) is the duplicate check (a set of
+    every passage's content id and a dict of document ids), not the passages. An empty corpus yields
+    nothing (`load_corpus` says so)."""
+    sources = list(sources)
+    return iter_passages((doc for doc, _ in iter_documents(sources, split)), chunk_size, overlap)
 
 
 def make_passages(documents: Iterable[dict], chunk_size: int = 100, overlap: int = 0) -> list[Passage]:
     """Chunk documents ({doc_id, title, text}, optionally source and where) into passages `{doc_id}-{i}`,
     dropping exact duplicates (a document seen before, or a passage with the same title and text as an
     earlier one). Two documents with the same id and different text are an error naming both."""
-    passages: list[Passage] = []
+    return list(iter_passages(documents, chunk_size, overlap))
+
+
+def iter_passages(documents: Iterable[dict], chunk_size: int = 100, overlap: int = 0) -> Iterator[Passage]:
+    """`make_passages` one passage at a time."""
+    count = 0
     seen_text: set[str] = set()
     seen_docs: dict[str, tuple[str, str]] = {}  # doc id -> (content id of its text, where it was read)
     duplicates = repeated_docs = 0
@@ -140,10 +159,10 @@ def make_passages(documents: Iterable[dict], chunk_size: int = 100, overlap: int
                 duplicates += 1
                 continue
             seen_text.add(key)
-            passages.append(Passage(id=f"{doc_id}-{i}", title=doc["title"], text=chunk, doc_id=doc_id,
-                                    source=doc.get("source") or ""))
+            count += 1
+            yield Passage(id=f"{doc_id}-{i}", title=doc["title"], text=chunk, doc_id=doc_id,
+                          source=doc.get("source") or "")
     if repeated_docs:
         log.info("corpus: %d documents repeated with the same id and text were skipped", repeated_docs)
-    log.info("corpus: %d passages from %d documents (%d exact duplicates dropped)", len(passages),
+    log.info("corpus: %d passages from %d documents (%d exact duplicates dropped)", count,
              len(seen_docs), duplicates)
-    return passages

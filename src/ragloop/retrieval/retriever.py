@@ -133,7 +133,7 @@ class Retriever:
         return self
 
     @classmethod
-    def from_index(cls, path: str | os.PathLike, encoder: str | os.PathLike | None = None, verify: bool = True,
+    def from_index(cls, path: str | os.PathLike, encoder: str | os.PathLike | None = None, verify: bool | str = "fast",
                    rerank: str | os.PathLike | None = None, quantize: str | None = None, **kwargs) -> Retriever:
         """Open an index folder. `encoder` overrides the question encoder recorded in its manifest and
         is checked against it (another model or dimension is an error); `rerank` names a cross-encoder;
