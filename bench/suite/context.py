@@ -131,7 +131,7 @@ class Context:
     @cached_property
     def quality_question_vectors(self) -> np.ndarray:
         """Vectors of the first 1,000 section-1 questions (section 3's queries)."""
-        return self.dev_retriever.encode([e.question for e in self.quality_examples[:1000]])
+        return self.dev_retriever.question_encoder.encode([e.question for e in self.quality_examples[:1000]])
 
     # -- RAG models, sections 2, 4 and 5 ------------------------------------------------------------
 
