@@ -289,11 +289,11 @@ def cmd_demo(args) -> None:
     t_start = time.time()
     recipe = load_recipe(args.recipe)
     questions = args.questions or recipe.questions
+    print(f"recipe: {recipe.path}", flush=True)
     out = Path(args.out)
     data = demo.load_data(recipe)
     files = demo.write_data(data, out / "data")
     index_dir = out / "index"
-    print(f"recipe: {recipe.path}")
     if not demo.index_exists(index_dir):
         print(f"[1/4] indexing the contexts of {recipe.train_data.name} and {recipe.dev_data.name} ...", flush=True)
     demo.ensure_index(recipe, data, index_dir, progress=_progress(args))
@@ -302,13 +302,15 @@ def cmd_demo(args) -> None:
     print(format_table(table))
 
     cfg = demo.train_config(recipe, files.train, index_dir, out / "rag", steps=args.steps)
-    differs = ("" if cfg.max_steps == recipe.steps else
-               f" (--steps: the recipe says {recipe.steps}, so these are not the recipe's numbers)")
+    override = cfg.max_steps != recipe.steps
+    not_recipe = f"--steps {cfg.max_steps}, not the recipe's {recipe.steps}: these are not the recipe's numbers"
     run = None if args.retrain else demo.trained_earlier(cfg)
     if run is None:
         print(f"\n[2/4] training {cfg.rag_mode} RAG on {len(data.train)} questions of {recipe.train_data.name} "
-              f"(every {recipe.holdout_every}th held out: {files.heldout}) for {cfg.max_steps} steps{differs}, "
-              f"batch {cfg.batch_size}, k={cfg.n_docs}, {cfg.precision} ...", flush=True)
+              f"(every {recipe.holdout_every}th held out: {files.heldout}) for {cfg.max_steps} steps, batch "
+              f"{cfg.batch_size}, k={cfg.n_docs}, {cfg.precision} ...", flush=True)
+        if override:
+            print(f"      {not_recipe}", flush=True)
         run = demo.train_rag(cfg, progress=_progress(args))
         print(f"      model saved to {run.best_dir}")
     else:
@@ -316,7 +318,7 @@ def cmd_demo(args) -> None:
               "(--retrain to train again)")
     model = RAG.from_pretrained(run.best_dir)
 
-    trained = f"{run.steps} steps of {cfg.batch_size} in {run.seconds / 60:.1f} min of training{differs}"
+    trained = f"{run.steps} steps of {cfg.batch_size} in {run.seconds / 60:.1f} min of training"
     print(f"\n[3/4] answering {questions} held-out questions of the training articles and {questions} "
           f"questions of dev articles the model never trained on (model: {trained}) ...", flush=True)
     labels = {"rag": "retrieved (RAG)", "closed-book": "none (closed book)", "oracle": "the gold paragraph (oracle)"}
@@ -332,7 +334,8 @@ def cmd_demo(args) -> None:
         print(f"\nQ: {ex.question}\nA: {ans.answer}    (gold: {ex.answers[0]})")
         for i, p in enumerate(ans.passages, 1):
             print(f"   [{i}] {p['title']} (score {p['score']:.2f}): {p['text'][:120]}...")
-    print(f"\n{recipe.path.name}: {trained}; the demo took {(time.time() - t_start) / 60:.1f} min in all")
+    print(f"\n{recipe.path.name}: {trained}" + (f" ({not_recipe})" if override else "")
+          + f"; the demo took {(time.time() - t_start) / 60:.1f} min in all")
 
 
 # -- parser -----------------------------------------------------------------------------------

@@ -102,7 +102,7 @@ def ensure_index(recipe: Recipe, data: DemoData, index_dir: str | Path, progress
     if index_exists(index_dir):
         log.info("using the index in %s", index_dir)
     else:
-        log.info("indexing the contexts of %s and %s", recipe.train_data.name, recipe.dev_data.name)
+        log.debug("indexing the contexts of %s and %s", recipe.train_data.name, recipe.dev_data.name)
     build_index(recipe.train_config(), data.train_articles + data.dev, index_dir, progress)
     return index_dir
 
@@ -137,7 +137,7 @@ class TrainRun:
 def train_rag(cfg: TrainConfig, progress: bool | None = None) -> TrainRun:
     from ragloop.training import train
 
-    log.info("training %s RAG, k=%d, %d steps of %d (%s) -> %s", cfg.rag_mode, cfg.n_docs, cfg.max_steps,
+    log.debug("training %s RAG, k=%d, %d steps of %d (%s) -> %s", cfg.rag_mode, cfg.n_docs, cfg.max_steps,
              cfg.batch_size, cfg.precision, cfg.output_dir)
     result = train(cfg, progress=progress)
     return TrainRun(result.steps, _train_seconds(Path(cfg.output_dir)), result.best_dir, cfg)
@@ -192,7 +192,7 @@ def score(model, sets: list[tuple[str, list[QAExample]]], contexts: tuple[str, .
     for name, questions in sets:
         for context in contexts:
             row = evaluate_answers(model, questions, context, k=k, progress=progress)
-            log.info("%s, %s: F1 %.3f EM %.3f", name, context, row["f1"], row["em"])
+            log.debug("%s, %s: F1 %.3f EM %.3f", name, context, row["f1"], row["em"])
             yield {"set": name, **row}
 
 
