@@ -8,7 +8,7 @@ package (`recipes/demo.json`), and `ragloop.recipes.demo` is the pipeline that r
     >>> recipe.steps, recipe.train["n_docs"]
     (300, 2)
     >>> cfg = recipe.train_config(train_file="train.jsonl", output_dir="runs/rag")   # a TrainConfig
-    >>> fid = recipe.with_train(rag_mode="token", n_docs=5)   # the same recipe, other settings
+    >>> token = recipe.with_train(rag_mode="token", n_docs=5)   # the same recipe, other settings
 
 A file's sections:
 
