@@ -615,7 +615,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "recipe's; default: the recipe's)")
     p.add_argument("--questions", type=POSITIVE, help="questions to score in each held-out set (default: the "
                    "recipe's)")
-    p.add_argument("--retrain", action="store_true", help="train again even if runs/demo holds a model")
+    p.add_argument("--retrain", action="store_true",
+                   help="train again even if --out holds a model trained with the same settings")
     p.set_defaults(func=cmd_demo)
     return parser
 
