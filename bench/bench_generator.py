@@ -22,22 +22,16 @@ import json
 import platform
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from ragloop.cli import DEMO_RECIPE, quiet_libraries, split_heldout
-from ragloop.config import TrainConfig
-from ragloop.data import load_qa
-from ragloop.data.bundled import SQUAD_DEV, SQUAD_TRAIN, bundled_path
-from ragloop.data.corpus import make_passages
-from ragloop.data.qa import sample_evenly
-from ragloop.evaluation import evaluate_answers
+from ragloop.cli import quiet_libraries
 from ragloop.generation import BUNDLED_GENERATOR, Generator
 from ragloop.generation.generator import CopyHead
 from ragloop.model import RAG
-from ragloop.retrieval import BiEncoder, Index
-from ragloop.training import train
+from ragloop.recipes import demo, load_recipe
 from ragloop.training.trainer import cpu_has_bf16
 
 
@@ -80,17 +74,12 @@ def main() -> None:
         args.minutes, args.questions = 1.0, 20
 
     work = Path(tempfile.mkdtemp(prefix="ragloop-bench-gen-"))
-    train_file, dev_file = bundled_path(SQUAD_TRAIN), bundled_path(SQUAD_DEV)
-    train_qa, dev_qa = load_qa(train_file), load_qa(dev_file)
-    train_part, held_qa = split_heldout(train_qa)
-    sets = {"held-out q": sample_evenly(held_qa, args.questions), "new articles": sample_evenly(dev_qa, args.questions)}
-    train_jsonl = work / "train.jsonl"
-    train_jsonl.write_text("".join(json.dumps({"id": e.id, "title": e.title, "context": e.context,
-                                               "question": e.question, "answers": e.answers}) + "\n"
-                                   for e in train_part))
-    docs = ({"doc_id": e.doc_id, "title": e.title, "text": e.context} for e in train_qa + dev_qa)
-    index = Index.load(args.index) if args.index else Index.build(make_passages(docs), BiEncoder.from_pretrained(),
-                                                                   work / "index", progress=False)
+    recipe = load_recipe()  # the demo's recipe and split, through its pipeline
+    data = demo.load_data(recipe)
+    held, new = demo.eval_sets(data, args.questions)
+    sets = {"held-out q": held[1], "new articles": new[1]}
+    files = demo.write_data(data, work / "data")
+    index_dir = demo.ensure_index(recipe, data, args.index or work / "index", progress=False)
     candidates = {  # name: generator (new parameters at 10x the learning rate, the default)
         "MiniLM BERT2BERT + copy head (default)": BUNDLED_GENERATOR,
         "MiniLM BERT2BERT, no copy head": bert2bert_without_copy(work / "bert2bert"),
@@ -99,23 +88,21 @@ def main() -> None:
     }
     rows = []
     for i, (name, generator) in enumerate(candidates.items()):
-        scale = args.minutes / 15  # the demo's recipe is planned for 15 minutes
-        recipe = DEMO_RECIPE | {"logging_steps": 50}
-        cfg = TrainConfig(train_file=str(train_jsonl), index=str(index.path), generator=generator,
-                          max_steps=round(700 * scale), max_train_minutes=args.minutes,
-                          eval_steps=100_000, precision="bf16" if cpu_has_bf16() else "auto",
-                          output_dir=str(work / f"run-{i}"), **recipe)
+        # a time budget, the same for each candidate, over a schedule planned as the recipe's first demo
+        # was (700 steps in 15 minutes); bf16 autocast where the CPU has it, as the README's table was run
+        cfg = demo.train_config(recipe, files.train, index_dir, work / f"run-{i}",
+                                steps=round(700 * args.minutes / 15))
+        cfg = replace(cfg, generator=generator, max_train_minutes=args.minutes, logging_steps=50,
+                      precision="bf16" if cpu_has_bf16() else "auto")
         t0 = time.time()
-        result = train(cfg, progress=False)
+        run = demo.train_rag(cfg, progress=False)
         seconds = time.time() - t0
-        model = RAG.from_pretrained(result.best_dir)
-        row = {"generator": name, "steps": result.steps, "train_s": round(seconds),
+        model = RAG.from_pretrained(run.best_dir)
+        row = {"generator": name, "steps": run.steps, "train_s": round(seconds),
                "params_M": round(sum(p.numel() for p in model.generator.parameters()) / 1e6, 1)}
-        for set_name, questions in sets.items():
-            for context in ("rag", "closed-book", "oracle"):
-                res = evaluate_answers(model, questions, context, progress=False)
-                row[f"{set_name}: {context} F1"] = res["f1"]
-                row[f"{set_name}: {context} EM"] = res["em"]
+        for res in demo.score(model, list(sets.items()), progress=False):
+            row[f"{res['set']}: {res['context']} F1"] = res["f1"]
+            row[f"{res['set']}: {res['context']} EM"] = res["em"]
         rows.append(row)
         print(json.dumps(row), flush=True)
 

@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "src"))
 import torch  # noqa: E402
 
 from ragloop.data import load_qa  # noqa: E402
-from ragloop.data.bundled import SQUAD_DEV, SQUAD_TRAIN, bundled_path  # noqa: E402
+from ragloop.data.bundled import SQUAD_DEV, bundled_path  # noqa: E402
 from ragloop.data.qa import sample_evenly  # noqa: E402
 from ragloop.evaluation import evaluate_answers, evaluate_retrieval  # noqa: E402
 from ragloop.io import atomic_write_json  # noqa: E402
@@ -98,13 +98,11 @@ def cost(index: Index, reranker: Reranker, n: int, depths=(20, 50, 100)) -> list
 
 
 def answers(rag_dir: Path, reranker: Reranker, questions: int, depth: int) -> list[dict]:
-    from ragloop.cli import split_heldout
     from ragloop.model import RAG
+    from ragloop.recipes import demo, load_recipe
 
     model = RAG.from_pretrained(rag_dir)
-    _, held = split_heldout(load_qa(bundled_path(SQUAD_TRAIN)))
-    sets = (("held-out questions, trained articles", sample_evenly(held, questions)),
-            ("dev articles never trained on", sample_evenly(load_qa(bundled_path(SQUAD_DEV)), questions)))
+    sets = demo.eval_sets(demo.load_data(load_recipe()), questions)  # the demo's held-out and new-article sets
     first = model.retriever.describe()["mode"]
     out = []
     for stage in (None, reranker):

@@ -88,7 +88,7 @@ def test_search_shows_sources_and_says_when_nothing_is_found(index_dir, squad_sm
     (["search", "i", "q", "-k", "0"], "argument -k: must be at least 1"),
     (["eval-retrieval", "i", "--data", "d.json", "-k", "1", "x"], "argument -k: expected a whole number, got 'x'"),
     (["serve", "m", "--max-wait-ms", "inf"], "argument --max-wait-ms: must be a finite number"),
-    (["demo", "--minutes", "0"], "argument --minutes: must be above 0"),
+    (["demo", "--steps", "0"], "argument --steps: must be at least 1"),
 ])
 def test_bad_numbers_are_refused_before_anything_runs(args, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

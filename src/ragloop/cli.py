@@ -314,100 +314,66 @@ def cmd_serve(args) -> None:
     serve(app, log_level="warning" if args.quiet else "info", sock=sock)
 
 
-# the fresh cross-attention needs a high learning rate; the pretrained question encoder a gentle one
-# (at 1e-4 it collapsed: every question retrieved the same passages)
-DEMO_RECIPE = dict(n_docs=2, batch_size=8, learning_rate=1e-4, question_encoder_lr=1e-5, warmup_steps=50,
-                   max_source_length=192, logging_steps=25)
-HOLDOUT_EVERY = 5  # the demo holds out every 5th question of each training article
-
-
-def split_heldout(examples: list, every: int = HOLDOUT_EVERY) -> tuple[list, list]:
-    """(train, held out): every `every`-th question of each article is held out, so held-out
-    questions ask about articles the model trained on, with answers it never saw."""
-    seen: dict[str, int] = {}
-    train, held = [], []
-    for ex in examples:
-        i = seen[ex.title] = seen.get(ex.title, -1) + 1
-        (held if i % every == every - 1 else train).append(ex)
-    return train, held
-
-
-def write_qa_jsonl(path: Path, examples: list) -> None:
-    from ragloop.io import atomic_write_bytes
-
-    rows = [{"id": e.id, "title": e.title, "context": e.context, "question": e.question, "answers": e.answers}
-            for e in examples]
-    atomic_write_bytes(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
-
-
 def cmd_demo(args) -> None:
-    """The main job on the bundled data, offline: index SQuAD train + dev contexts with MiniLM, train
-    RAG (MiniLM question encoder + MiniLM-BERT2BERT generator) on the train articles for a fixed
-    time, then score held-out dev questions with retrieval, closed book and oracle, and answer a few
-    with their sources."""
-    from ragloop.config import TrainConfig
-    from ragloop.data import load_qa
-    from ragloop.data.bundled import SQUAD_DEV, SQUAD_TRAIN, bundled_path
-    from ragloop.data.corpus import make_passages
-    from ragloop.data.qa import sample_evenly
-    from ragloop.evaluation import evaluate_answers, evaluate_retrieval
+    """The main job on the bundled data, offline: the pinned recipe (or --recipe FILE) through
+    `ragloop.recipes.demo`: index the SQuAD train + dev contexts, train RAG on the train articles for the
+    recipe's fixed number of steps, score held-out questions and dev questions with retrieval, closed
+    book and the gold paragraph, and answer a few with their sources."""
+    import time
+
     from ragloop.model import RAG
-    from ragloop.retrieval import BiEncoder, Index, Retriever
-    from ragloop.training import train
-    from ragloop.training.trainer import cpu_has_bf16
+    from ragloop.recipes import demo, load_recipe
 
+    t_start = time.time()
+    recipe = load_recipe(args.recipe)
+    questions = args.questions or recipe.questions
+    print(f"recipe: {recipe.path}", flush=True)
     out = Path(args.out)
-    train_file, dev_file = bundled_path(SQUAD_TRAIN), bundled_path(SQUAD_DEV)
-    train_qa, dev_qa = load_qa(train_file), load_qa(dev_file)
-    train_part, held_qa = split_heldout(train_qa)
-    (out / "data").mkdir(parents=True, exist_ok=True)
-    write_qa_jsonl(out / "data" / "train.jsonl", train_part)
-    write_qa_jsonl(out / "data" / "heldout.jsonl", held_qa)
+    data = demo.load_data(recipe)
+    files = demo.write_data(data, out / "data")
     index_dir = out / "index"
-    if not (index_dir / "manifest.json").is_file():
-        print(f"[1/4] indexing the contexts of {train_file.name} and {dev_file.name} (all-MiniLM-L6-v2) ...",
-              flush=True)
-        docs = ({"doc_id": e.doc_id, "title": e.title, "text": e.context, "source": e.source}
-                for e in train_qa + dev_qa)
-        Index.build(make_passages(docs), BiEncoder.from_pretrained(), index_dir, progress=_progress(args))
-    retriever = Retriever.from_index(index_dir)
-    probe = sample_evenly(dev_qa, 1000)
-    print(f"      {len(retriever.index)} passages; retrieval on {len(probe)} dev questions:")
-    print(format_table([evaluate_retrieval(retriever, probe, (1, 5, 20), m, progress=False)
-                        for m in MODES]))
+    if not demo.index_exists(index_dir):
+        print(f"[1/4] indexing the contexts of {recipe.train_data.name} and {recipe.dev_data.name} ...", flush=True)
+    demo.ensure_index(recipe, data, index_dir, progress=_progress(args))
+    table = demo.retrieval_table(recipe, data, index_dir)
+    print(f"      {index_dir}; retrieval on {table[0]['questions']} dev questions:")
+    print(format_table(table))
 
-    best = out / "rag" / "best_model"
-    if args.retrain or not (best / "rag_config.json").is_file():
-        print(f"\n[2/4] training RAG on {len(train_part)} questions of {train_file.name} (every "
-              f"{HOLDOUT_EVERY}th held out: {out / 'data' / 'heldout.jsonl'}) for {args.minutes:g} minutes ...",
-              flush=True)
-        cfg = TrainConfig(train_file=str(out / "data" / "train.jsonl"), index=str(index_dir),
-                          output_dir=str(out / "rag"), max_train_minutes=args.minutes, max_steps=args.steps,
-                          eval_steps=10**9, precision="bf16" if cpu_has_bf16() else "auto", **DEMO_RECIPE)
-        result = train(cfg, progress=_progress(args))
-        print(f"      {result.steps} steps; model saved to {result.best_dir}")
+    cfg = demo.train_config(recipe, files.train, index_dir, out / "rag", steps=args.steps)
+    override = cfg.max_steps != recipe.steps
+    not_recipe = f"--steps {cfg.max_steps}, not the recipe's {recipe.steps}: these are not the recipe's numbers"
+    run = None if args.retrain else demo.trained_earlier(cfg)
+    if run is None:
+        print(f"\n[2/4] training {cfg.rag_mode} RAG on {len(data.train)} questions of {recipe.train_data.name} "
+              f"(every {recipe.holdout_every}th held out: {files.heldout}) for {cfg.max_steps} steps, batch "
+              f"{cfg.batch_size}, k={cfg.n_docs}, {cfg.precision} ...", flush=True)
+        if override:
+            print(f"      {not_recipe}", flush=True)
+        run = demo.train_rag(cfg, progress=_progress(args))
+        print(f"      model saved to {run.best_dir}")
     else:
-        print(f"\n[2/4] using the model trained earlier in {best} (--retrain to train again)")
-    model = RAG.from_pretrained(best)
+        print(f"\n[2/4] using the model trained earlier with these settings in {run.best_dir} "
+              "(--retrain to train again)")
+    model = RAG.from_pretrained(run.best_dir)
 
-    sets = (("held-out questions, trained articles", sample_evenly(held_qa, args.questions)),
-            ("dev articles never trained on", sample_evenly(dev_qa, args.questions)))
-    print(f"\n[3/4] answering {args.questions} held-out questions of the training articles and {args.questions} "
-          "questions of dev articles the model never trained on ...", flush=True)
-    print(f"| questions | passages read | EM | F1 | hit@{model.config.n_docs} |\n|---|---|---|---|---|")
-    for name, questions in sets:
-        for context, label in (("rag", "retrieved (RAG)"), ("closed-book", "none (closed book)"),
-                               ("oracle", "the gold paragraph (oracle)")):
-            res = evaluate_answers(model, questions, context, progress=_progress(args))
-            hit = res.get(f"hit@{model.config.n_docs}", "")
-            print(f"| {name} ({len(questions)}) | {label} | {res['em']:.3f} | {res['f1']:.3f} | {hit} |", flush=True)
+    trained = f"{run.steps} steps of {cfg.batch_size} in {run.seconds / 60:.1f} min of training"
+    print(f"\n[3/4] answering {questions} held-out questions of the training articles and {questions} "
+          f"questions of dev articles the model never trained on (model: {trained}) ...", flush=True)
+    labels = {"rag": "retrieved (RAG)", "closed-book": "none (closed book)", "oracle": "the gold paragraph (oracle)"}
+    hit = f"hit@{model.config.n_docs}"
+    print(f"| questions | passages read | EM | F1 | {hit} |\n|---|---|---|---|---|")
+    for row in demo.score(model, demo.eval_sets(data, questions), progress=_progress(args)):
+        print(f"| {row['set']} ({row['questions']}) | {labels[row['context']]} | {row['em']:.3f} | {row['f1']:.3f} "
+              f"| {row.get(hit, '')} |", flush=True)
 
-    print("\n[4/4] sample answers with their sources:")
-    for ex in sample_evenly(dev_qa, 4)[1:]:
-        ans = model.answer(ex.question)
+    if recipe.sample_answers:
+        print("\n[4/4] sample answers with their sources:")
+    for ex, ans in demo.sample_answers(model, data, recipe.sample_answers):
         print(f"\nQ: {ex.question}\nA: {ans.answer}    (gold: {ex.answers[0]})")
         for i, p in enumerate(ans.passages, 1):
             print(f"   [{i}] {p['title']} (score {p['score']:.2f}): {_snippet(p['text'], p.get('copied'), 120)}")
+    print(f"\n{recipe.path.name}: {trained}" + (f" ({not_recipe})" if override else "")
+          + f"; the demo took {(time.time() - t_start) / 60:.1f} min in all")
 
 
 # -- parser -----------------------------------------------------------------------------------
@@ -695,10 +661,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", parents=[common], help="index, train, evaluate and answer on the bundled SQuAD data")
     p.add_argument("--out", default="runs/demo", help="where the index and the model go (default runs/demo)")
-    p.add_argument("--minutes", type=_number(0.0, above=True), default=15.0, help="training budget (default 15)")
-    p.add_argument("--steps", type=POSITIVE, default=700, help="planned steps: the learning rate decays over them")
-    p.add_argument("--questions", type=POSITIVE, default=200, help="questions to score in each held-out set")
-    p.add_argument("--retrain", action="store_true", help="train again even if runs/demo holds a model")
+    p.add_argument("--recipe", metavar="FILE",
+                   help="a recipe file (JSON: models, k, learning rates, batch, steps, data; see "
+                        "ragloop/recipes/demo.json; default: the pinned demo recipe)")
+    p.add_argument("--steps", type=POSITIVE,
+                   help="train this many steps instead of the recipe's (the output says the numbers are not the "
+                        "recipe's; default: the recipe's)")
+    p.add_argument("--questions", type=POSITIVE, help="questions to score in each held-out set (default: the "
+                   "recipe's)")
+    p.add_argument("--retrain", action="store_true",
+                   help="train again even if --out holds a model trained with the same settings")
     p.set_defaults(func=cmd_demo)
     return parser
 
