@@ -93,11 +93,11 @@ def token_beam_search(gen: Generator, inputs: dict, doc_logprobs: torch.Tensor, 
         beam_scores = new_scores
         if all(done):
             break
-        if past is not None:
+        if past is not None and nb > 1:  # greedy keeps every row where it is: nothing to reorder
             if hasattr(past, "reorder_cache"):
                 order = (torch.arange(batch_size, device=gen.device).view(-1, 1) * nb + source)  # [B, nb]
                 order = (order.unsqueeze(-1) * k + torch.arange(k, device=gen.device)).reshape(-1)
-                past.reorder_cache(order)
+                _reorder_prefix_cache(past, order)
             else:  # a legacy tuple cache: recompute from the full prefix instead
                 past = None
     results = []
@@ -108,6 +108,15 @@ def token_beam_search(gen: Generator, inputs: dict, doc_logprobs: torch.Tensor, 
                                for i, s in enumerate(beam_scores[b].tolist()) if s > float("-inf"))
         results.append(max(finished[b], key=lambda item: item[0])[1] if finished[b] else [])
     return results
+
+
+def _reorder_prefix_cache(past, order: torch.Tensor) -> None:
+    """Move the decoder cache's rows to the beams they continue in. Only the self-attention part
+    depends on the prefix: row (question, beam, passage) cross-attends to passage (question,
+    passage) whichever beam it holds, so an encoder-decoder cache's cross-attention keys and values
+    (the passage length long, against at most max_new_tokens for the prefix) stay where they are."""
+    self_attention = getattr(past, "self_attention_cache", None)
+    (past if self_attention is None else self_attention).reorder_cache(order)
 
 
 def sequence_decode(gen: Generator, inputs: dict, doc_logprobs: torch.Tensor, num_beams: int,

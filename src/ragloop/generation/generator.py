@@ -25,6 +25,7 @@ the passage before its fresh cross-attention has learnt to read. Any generator c
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import os
@@ -287,7 +288,7 @@ class Generator(GeneratorInputs, torch.nn.Module):
     def _cache_arg(self) -> str:
         """The model's name for the decoder cache: `cache` in transformers >= 5.x (where the older
         `past_key_values` raises a FutureWarning per call), `past_key_values` before."""
-        return "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+        return _cache_arg(type(self.model))
 
     def _copy_inputs(self, encoder_outputs, input_ids: torch.Tensor | None, attention_mask: torch.Tensor,
                      keys: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -297,6 +298,11 @@ class Generator(GeneratorInputs, torch.nn.Module):
             keys = self.copy_keys(encoder_outputs)
         copyable = attention_mask.bool() & ~torch.isin(input_ids, self._special_ids)
         return keys, copyable
+
+
+@functools.cache
+def _cache_arg(model_class: type) -> str:  # read once per class, not at every decoding step
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
 
 
 def _read_settings(path: Path) -> dict:
