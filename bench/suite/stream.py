@@ -1,6 +1,6 @@
 """Section 7 "stream": peak RAM and time of a streaming `Index.build` as the corpus grows, and load time.
 
-    python -m bench --only stream --big /work/cache/big    # real 10k / 30k, replayed 100k / 300k / 1M
+    python -m bench --only stream --big /work/cache/big    # real 5k / 10k, replayed 100k / 300k / 1M
     python -m bench --only stream --quick                   # real 1k, replayed 20k
 
 Each build runs alone in a fresh process (`python -m bench.suite.stream`, one JSON line back), so its peak
@@ -38,7 +38,7 @@ def run(ctx) -> dict:
     big = getattr(ctx, "big", None) or bigdata.DEFAULT_BIG
     reason = bigdata.missing_reason(big)
     corpus_file = big / "corpus.jsonl"
-    real_sizes, replay_sizes = ((1_000,), (20_000,)) if ctx.quick else ((10_000, 30_000), (100_000, 300_000, 1_000_000))
+    real_sizes, replay_sizes = ((1_000,), (20_000,)) if ctx.quick else ((5_000, 10_000), (100_000, 300_000, 1_000_000))
     if reason is not None:  # the bundled dev passages stand in, written as a corpus file
         say(f"  big corpus not used: {reason}; real rows use the bundled SQuAD dev passages")
         corpus_file = ctx.work / "dev-corpus.jsonl"
