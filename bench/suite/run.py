@@ -114,6 +114,23 @@ def quiet() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
+def earlier_part(path: Path, i: int, module) -> str | None:
+    """A section this run skipped, as its latest results file reports it (so a run with --only keeps the
+    summary whole); None when there is no such file. The figures are that run's, and say so."""
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    note = (f"*Not run this time: from `{record.get('command', '?')}` on {str(record.get('date', '?'))[:10]} "
+            f"(commit {record.get('machine', {}).get('ragloop_commit', '?')}); results: `bench/results/{path.name}`.*")
+    try:
+        body = module.report(record["result"])
+    except (KeyError, TypeError, ValueError, IndexError) as e:  # an older layout the report no longer reads
+        body = f"(this section's report cannot read that file's layout: {type(e).__name__}: {e})"
+    suffix = path.stem[len(record.get("section", "")):]  # "" or "-quick"
+    plots = [f"![{stem}]({stem}{suffix}.png)" for stem in module.PLOTS if (path.parent / f"{stem}{suffix}.png").is_file()]
+    return "\n".join([f"## {i}. {module.TITLE}", "", note, "", body, *(["", *plots] if plots else []), ""])
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
@@ -153,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for i, name in enumerate(SECTIONS, 1):
             if name not in args.sections:
+                earlier = earlier_part(args.out_dir / f"{name}{suffix}.json", i, SECTIONS[name])
+                if earlier:
+                    parts.append(earlier)
                 continue
             module = SECTIONS[name]
             say(f"\n== {i}. {module.TITLE} ==")
