@@ -127,7 +127,8 @@ def earlier_part(path: Path, i: int, module) -> str | None:
     except (KeyError, TypeError, ValueError, IndexError) as e:  # an older layout the report no longer reads
         body = f"(this section's report cannot read that file's layout: {type(e).__name__}: {e})"
     suffix = path.stem[len(record.get("section", "")):]  # "" or "-quick"
-    plots = [f"![{stem}]({stem}{suffix}.png)" for stem in module.PLOTS if (path.parent / f"{stem}{suffix}.png").is_file()]
+    plots = [f"![{stem}]({stem}{suffix}.png)" for stem in module.PLOTS
+             if (path.parent / f"{stem}{suffix}.png").is_file()]
     return "\n".join([f"## {i}. {module.TITLE}", "", note, "", body, *(["", *plots] if plots else []), ""])
 
 
