@@ -101,7 +101,14 @@ def goals(res: dict) -> list[dict]:
              f"{last['passages']:,} (FAISS {last['faiss_mb']:.0f} MiB, vectors on disk {last['vectors_mb']:.0f} MiB)")
     if len(replay) < 2 or last["passages"] < 1_000_000:
         return [goal(what, value + "; judged at 1M passages (full run)", None)]
-    return [goal(what, value, grew <= allowed)]
+    # a replayed build loads no encoder: bound the real thing by adding the largest real build's whole peak
+    # (the model and one chunk's activations), which does not grow with N
+    real_peak = max(r["peak_rss_mb"] for r in res["rows"] if r["mode"] == "real")
+    bound = last["peak_rss_mb"] + real_peak
+    fits = goal("1M passages indexable in 24 GB", f"peak RSS {last['peak_rss_mb']:,.0f} MiB replayed + "
+                f"{real_peak:,.0f} MiB for the encoder (the largest real build's peak) = {bound:,.0f} MiB "
+                f"at {last['passages']:,}", bound <= 24 * 1024)
+    return [goal(what, value, grew <= allowed), fits]
 
 
 PLOTS: dict = {}
