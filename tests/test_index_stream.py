@@ -94,6 +94,27 @@ def test_fast_verify_reads_samples_of_large_files_and_still_catches_changes(tmp_
         Index.load(tmp_path / "i", verify="quick")
 
 
+def test_fast_verify_is_a_sample_full_verify_reads_everything(tmp_path, passages, encoder, monkeypatch):
+    """The documented limit of the default: a change between the sampled blocks of a large file passes
+    "fast" (sizes and the sampled digest agree); "full" hashes every byte and finds it."""
+    import ragloop.io
+
+    monkeypatch.setattr(ragloop.io, "SAMPLE_ABOVE", 1000)
+    monkeypatch.setattr(ragloop.io, "SAMPLE_BLOCK", 16)  # 16 blocks of 16 bytes: most of the file unsampled
+    Index.build(passages, encoder, tmp_path / "i", with_bm25=False)
+    faiss_file = tmp_path / "i" / "index.faiss"
+    data = bytearray(faiss_file.read_bytes())
+    size, blocks = len(data), ragloop.io.SAMPLE_BLOCKS
+    starts = [(size - 16) * i // (blocks - 1) for i in range(blocks)]
+    sampled = {o for start in starts for o in range(start, start + 16)}
+    spot = next(o for o in range(size // 3, size) if o not in sampled)
+    data[spot] ^= 0xFF
+    faiss_file.write_bytes(bytes(data))
+    Index.load(tmp_path / "i", verify="fast")  # passes: the change is outside the sample
+    with pytest.raises(RagloopError, match=r"index\.faiss: does not match the checksum"):
+        Index.load(tmp_path / "i", verify="full")
+
+
 def test_cli_streams_with_refine_and_add_keeps_the_vectors_in_step(tmp_path, squad_small, tiny_bert_dir, capsys):
     out = tmp_path / "idx"
     assert main(["index", str(squad_small), "--out", str(out), "--encoder", str(tiny_bert_dir), "--index-type",
@@ -112,3 +133,18 @@ def test_cli_streams_with_refine_and_add_keeps_the_vectors_in_step(tmp_path, squ
     empty.write_text("")
     assert main(["index", str(empty), "--out", str(tmp_path / "e")]) == 2
     assert "no passages found" in capsys.readouterr().err
+    assert main(["index", str(doc), "--out", str(tmp_path / "f"), "--refine-factor", "4"]) == 2  # no --refine disk
+    assert "add --refine disk" in capsys.readouterr().err and not (tmp_path / "f").exists()
+
+
+def test_the_training_sample_spreads_over_the_whole_corpus(tmp_path):
+    from ragloop.retrieval.vecfile import NpyAppender, sample_rows
+
+    with NpyAppender(tmp_path / "v.npy", 2) as out:  # row i holds (i, -i): a corpus sorted by something
+        for start in range(0, 1000, 64):
+            rows = np.arange(start, min(start + 64, 1000), dtype=np.float32)
+            out.append(np.stack([rows, -rows], axis=1))
+    picked = sample_rows(tmp_path / "v.npy", 5)[:, 0].tolist()
+    assert picked == [0.0, 250.0, 500.0, 749.0, 999.0]  # the end of the file as well as its start
+    everything = sample_rows(tmp_path / "v.npy", 5000)
+    assert everything.dtype == np.float32 and everything[:, 0].tolist() == list(range(1000))

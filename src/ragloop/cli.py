@@ -53,6 +53,8 @@ def cmd_index(args) -> None:
     if refining and (args.add or sharded or launched_world_size() > 1):
         raise RagloopError("--refine/--refine-factor/--refine-dtype are build options of a one-process build: "
                           "--add keeps the index's own, and sharded builds do not take them yet")
+    if args.refine == "none" and (args.refine_factor is not None or args.refine_dtype is not None):
+        raise RagloopError("--refine-factor/--refine-dtype set how the disk refine stage works: add --refine disk")
     if not (args.add or sharded or launched_world_size() > 1):  # one process: stream the corpus
         _index_streaming(args)
         return

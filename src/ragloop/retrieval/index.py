@@ -13,7 +13,8 @@ the FAISS candidates, so RAM holds only the codes:
 
 Builds stream: `passages` may be any iterable (a generator over a million passages); they are encoded
 `chunk_size` at a time, each chunk's vectors appended to vectors.npy and its passages to the SQLite store,
-then FAISS is trained on the first `train_size` vectors and filled chunk by chunk from the file. Peak
+then FAISS is trained on `train_size` vectors spread evenly over the file (all of them in a smaller
+corpus) and filled chunk by chunk from the file. Peak
 RAM is one chunk plus the FAISS index (plus the training sample, and BM25, which bm25s builds in memory
 from all texts: skip it with `with_bm25=False` for the largest corpora).
 
@@ -59,7 +60,7 @@ from ragloop.io import (
 from ragloop.retrieval.backend import DEFAULT_SEARCH_PARAMS, FaissBackend
 from ragloop.retrieval.bm25 import BM25Index
 from ragloop.retrieval.store import PassageStore
-from ragloop.retrieval.vecfile import NpyAppender, open_vectors, read_blocks
+from ragloop.retrieval.vecfile import NpyAppender, open_vectors, read_blocks, sample_rows
 
 if TYPE_CHECKING:  # encoders import torch: loaded only where a model is used, so BM25 search stays light
     from ragloop.retrieval.encoders import BiEncoder, Encoder
@@ -68,7 +69,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST, STORE_FILE, BM25_DIR, VECTORS_FILE = "manifest.json", "passages.sqlite", "bm25", "vectors.npy"
 CHUNK_SIZE, REFINE_FACTOR = INDEX_CHUNK_SIZE, INDEX_REFINE_FACTOR
-TRAIN_SIZE = 100_000  # vectors (the first ones) that train IVF centroids / PQ codebooks / OPQ rotations
+TRAIN_SIZE = 100_000  # vectors (spread evenly over the corpus) that train IVF centroids / PQ codebooks / OPQ
 REFINE_KINDS, REFINE_DTYPES = ("disk",), ("float32", "float16")
 FORMAT = "ragloop-index"
 FORMAT_VERSION = 1
@@ -190,8 +191,8 @@ class Index:
     def _build(cls, chunks: Iterable[tuple[list[Passage], np.ndarray]], dim: int, factory: str, encoder: dict,
                out_dir: Path, params: dict, with_bm25: bool, extra: dict | None, refine: dict | None,
                train_size: int) -> Index:
-        """Every build: passages and vectors to disk chunk by chunk, then FAISS trained on the first
-        `train_size` vectors and filled from the file, then BM25, checksums and the manifest."""
+        """Every build: passages and vectors to disk chunk by chunk, then FAISS trained on `train_size`
+        vectors spread over the file and filled from it, then BM25, checksums and the manifest."""
         with atomic_dir(out_dir, may_replace=check_replaceable) as tmp:
             dtype = refine["dtype"] if refine else "float32"
             rows = _write_chunks(tmp, chunks, dim, dtype, first_row=0)
@@ -200,7 +201,8 @@ class Index:
             # plain reads, not a memory map: pages already added do not stay in the resident set
             no_direct_map = np.empty((0, dim), np.float32) if refine else None  # refine reads vectors.npy instead
             backend = FaissBackend.create(factory, dim, params, exact=no_direct_map)
-            backend.train(np.concatenate(list(read_blocks(tmp / VECTORS_FILE, CHUNK_SIZE, train_size))))
+            if not backend.index.is_trained:  # Flat / HNSW need no sample
+                backend.train(sample_rows(tmp / VECTORS_FILE, train_size))
             for block in read_blocks(tmp / VECTORS_FILE, CHUNK_SIZE):
                 backend.add(block)
             if not refine:
@@ -378,7 +380,7 @@ def check_chunk_size(chunk_size: int, train_size: int) -> None:
     if chunk_size < 1:
         raise RagloopError(f"--chunk-size must be at least 1 (got {chunk_size})")
     if train_size < 1:
-        raise RagloopError(f"--train-size must be at least 1 (got {train_size})")
+        raise RagloopError(f"train_size must be at least 1 (got {train_size})")
 
 
 def refine_settings(kind: str | None, factor: int = REFINE_FACTOR, dtype: str = "float32") -> dict | None:

@@ -109,6 +109,20 @@ def open_vectors(path: Path, rows: int, dim: int) -> np.ndarray:
         raise RagloopError(f"{path}: not a readable vectors file ({str(e)[:120]})") from None
 
 
+def sample_rows(path: Path, count: int) -> np.ndarray:
+    """`count` rows spread evenly over the whole file (all of them, in order, when it holds no more), as
+    float32: a training sample that sees the end of a sorted corpus as well as its start."""
+    rows, dim, _, _ = read_npy_shape(path)
+    if count >= rows:
+        return np.concatenate(list(read_blocks(path, 65_536))) if rows else np.zeros((0, dim), np.float32)
+    picks = np.unique(np.linspace(0, rows - 1, count).round().astype(np.int64))
+    mapped = np.load(path, mmap_mode="r")
+    try:
+        return np.asarray(mapped[picks], dtype=np.float32)
+    finally:
+        del mapped
+
+
 def read_blocks(path: Path, rows_per_block: int, stop: int | None = None):
     """Rows [0, stop) of a 2-D .npy, `rows_per_block` at a time, as float32 arrays read with plain file
     reads: unlike a memory map, pages already used do not count in this process's resident set."""
