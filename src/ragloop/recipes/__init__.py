@@ -155,20 +155,13 @@ def _check_train(train: dict, path: Path) -> None:
     for key, value in train.items():
         f = allowed[key]
         _check_type(value, str(f.type), path, f"train.{key}")
-        choices = _mode_choices() if key == "rag_mode" else f.metadata.get("choices")
+        choices = f.metadata.get("choices")  # rag_mode's are config.READER_MODES, checked against model.READERS
         if choices and value not in choices:
             raise RagloopError(f"{path}: train.{key}: {value!r} is not one of {', '.join(map(str, choices))}")
     try:
         TrainConfig(**train)
     except RagloopError as e:
         raise RagloopError(f"{path}: train: {e}") from None
-
-
-def _mode_choices() -> tuple[str, ...]:
-    """The reader modes the installed ragloop knows (the model's table of readers)."""
-    from ragloop.model import MODES
-
-    return tuple(MODES)
 
 
 _TYPES = {"int": (int, "a whole number"), "float": ((int, float), "a number"), "str": (str, "a string"),

@@ -230,6 +230,9 @@ class Index:
         Returns the number added. Without `encoder`, the manifest's encoders (quantized if the build
         was); a given one must match the build's precision."""
         check_batch_size(batch_size)
+        if self.changed_in_memory and self.refine:
+            raise RagloopError(f"{self.path}: its vectors were re-encoded in memory (reencode) but its vectors.npy on "
+                              "disk holds the old ones; adding now would mix the two: load the folder again first")
         built = self.manifest["encoder"]["passage"].get("quantize")
         if encoder is None:  # the recorded encoders, quantized as the build was
             encoder = self.load_encoder()
