@@ -1,4 +1,4 @@
-"""ragloop side by side with its peers: one command, seven sections, markdown tables, JSON and plots.
+"""ragloop side by side with its peers: one command, nine sections, markdown tables, JSON and plots.
 
     python -m bench                    # full run, ~30 min on 2 quiet cores
     python -m bench --quick            # the same code paths on subsets, ~7 min
@@ -87,8 +87,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--threads", type=int, help="torch and FAISS threads (default: their own default)")
     p.add_argument("--out-dir", type=Path, default=RESULTS_DIR, help="where results go (default bench/results)")
     p.add_argument("--big", type=Path, default=DEFAULT_BIG,
-                   help="the >= 100k-passage real corpus for sections compress and stream (bench/make_corpus.py on "
-                   f"branch h-corpus writes it; default {DEFAULT_BIG}, or $RAGLOOP_BENCH_BIG); without it they "
+                   help="the >= 100k-passage real corpus for sections compress and stream (bench/make_corpus.py "
+                   f"writes it, then `ragloop index` its index/; default {DEFAULT_BIG}, or $RAGLOOP_BENCH_BIG); "
+                   "without it they "
                    "measure the bundled passages and say so")
     args = p.parse_args(argv)
     args.sections = [s.strip() for s in args.only.split(",") if s.strip()]
