@@ -123,5 +123,8 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer, schedul
             scaler.load_state_dict(_torch_load(path / "scaler.pt"))
         set_rng_state(_torch_load(path / rng_file), rng_json)
     except (RuntimeError, OSError, KeyError, ValueError, TypeError) as e:
-        raise RagloopError(f"{path}: checkpoint does not fit this model ({str(e).splitlines()[0][:200]})") from None
+        hint = ("; a run with --question_encoder_lr 0 begun before ragloop froze that encoder outright (its "
+                "optimizer still held the encoder's parameters) resumes only with the version that began it"
+                if "parameter group" in str(e) else "")
+        raise RagloopError(f"{path}: checkpoint does not fit this model ({str(e).splitlines()[0][:200]}){hint}") from None
     return state
