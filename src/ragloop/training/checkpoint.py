@@ -126,5 +126,6 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer, schedul
         hint = ("; a run with --question_encoder_lr 0 begun before ragloop froze that encoder outright (its "
                 "optimizer still held the encoder's parameters) resumes only with the version that began it"
                 if "parameter group" in str(e) else "")
-        raise RagloopError(f"{path}: checkpoint does not fit this model ({str(e).splitlines()[0][:200]}){hint}") from None
+        first = str(e).splitlines()[0][:200]
+        raise RagloopError(f"{path}: checkpoint does not fit this model ({first}){hint}") from None
     return state
