@@ -14,6 +14,7 @@ from transformers.modeling_outputs import BaseModelOutput
 from ragloop import BiEncoder, Encoder, Index
 from ragloop.cli import main
 from ragloop.data.corpus import Passage
+from ragloop.errors import RagloopError
 from ragloop.generation import CopyHead, Generator
 from ragloop.generation.spans import copied_spans, copy_positions, fuse, row_maps, spans_from_positions
 from ragloop.model import RAG, RAGConfig
@@ -130,6 +131,20 @@ def test_a_fused_source_maps_positions_to_the_right_passage(bert2bert):
     gen.copy_head.occurrence = 1
     title = copy_positions(gen, fused_ids, fused_mask, [answer_ids(gen)], encoder_outputs=fused)[0]
     assert title and spans_from_positions(title, position_map, texts) == [None, None]
+
+
+def test_fid_answers_find_their_spans_over_the_fused_source(bert2bert):
+    """What RAG.answer does for the fid reader (`fused=True`): one pass over the question's passages side
+    by side, so the forced head's "last place of the answer" is in the second passage only, where a
+    row-by-row pass finds one in each passage."""
+    gen = forced(bert2bert)
+    first = Passage("first", "One", f"It was {ANSWER} who wrote it.")
+    start = first.text.index(ANSWER)
+    row_by_row = copied_spans(gen, [QUESTION], [[first, AUTHOR]], [answer_ids(gen)])
+    assert row_by_row == [[{"start": start, "end": start + len(ANSWER), "text": ANSWER}, EXPECTED]]
+    assert copied_spans(gen, [QUESTION], [[first, AUTHOR]], [answer_ids(gen)], fused=True) == [[None, EXPECTED]]
+    with pytest.raises(RagloopError, match="same number of passages"):
+        copied_spans(gen, [QUESTION, QUESTION], [[first, AUTHOR], [AUTHOR]], [answer_ids(gen)] * 2, fused=True)
 
 
 def test_spans_merge_neighbouring_positions_and_take_the_longest_run():

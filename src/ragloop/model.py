@@ -196,10 +196,12 @@ class Reader:
         decode(generator, inputs, doc_logprobs [B, K], num_beams, max_new_tokens, config) -> ids per question
 
     `inputs` comes from `Generator.build_inputs` (row b*K + k: question b with passage k); `labels`
-    from `Generator.tokenize_targets` (pads -100)."""
+    from `Generator.tokenize_targets` (pads -100). `fused`: the decoder reads a question's k encodings
+    side by side (FiD), so the copied spans of an answer are found over that fused source too."""
 
     loss: Callable[[Generator, dict, torch.Tensor, torch.Tensor, RAGConfig], ReaderLoss]
     decode: Callable[[Generator, dict, torch.Tensor, int, int, RAGConfig], list[list[int]]]
+    fused: bool = False
 
 
 def passage_token_logprobs(gen: Generator, inputs: dict, labels: torch.Tensor, k: int,
@@ -262,7 +264,7 @@ READERS: dict[str, Reader] = {
     # the passage may change at every token
     "token": Reader(loss=_marginal_loss(rag_token_loss), decode=_decode_token),
     # all k passages' encoder states read by one decoder pass; the retriever learns by distillation
-    "fid": Reader(loss=fid_loss, decode=_decode_fid),
+    "fid": Reader(loss=fid_loss, decode=_decode_fid, fused=True),
 }
 MODES = tuple(READERS)
 if set(MODES) != set(READER_MODES):  # the CLI offers READER_MODES without importing this module
@@ -527,7 +529,7 @@ class RAG(torch.nn.Module):
             ctx = self.retrieve(questions, k)
             ids = self._generate_ids(questions, ctx, num_beams, max_new_tokens)
             texts = self.generator.decode(ids)
-            copied = copied_spans(self.generator, questions, ctx.passages, ids)
+            copied = copied_spans(self.generator, questions, ctx.passages, ids, fused=self.reader.fused)
         scores = ctx.doc_scores.float().cpu().tolist()
         answers = [
             Answer(q, text, [{"id": p.id, "title": p.title, "text": p.text, "source": p.source, "score": s,

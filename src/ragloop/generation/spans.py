@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ragloop.errors import RagloopError
 from ragloop.generation.inputs import PassageLike, format_passage
 
 if TYPE_CHECKING:
@@ -140,12 +141,17 @@ def spans_from_positions(positions: Iterable[int], position_map: PositionMap,
 
 
 def copied_spans(gen: Generator, questions: Sequence[str], passages: Sequence[Sequence[PassageLike]],
-                 answers: Sequence[Sequence[int]]) -> list[list[Span | None]]:
+                 answers: Sequence[Sequence[int]], fused: bool = False) -> list[list[Span | None]]:
     """For each question b and each of its passages: the span of the passage's text that answer b
-    (token ids, as decoded) copied, or None. All None for a generator without a copy head."""
+    (token ids, as decoded) copied, or None. All None for a generator without a copy head. `fused`:
+    the answer was written from a question's k encodings side by side (Fusion-in-Decoder), so the
+    teacher-forced pass reads that fused source, as the reader did, and one copy distribution spans
+    all k passages."""
     if gen.copy_head is None:
         log.debug("generator %r has no copy head: answers carry no copied spans", gen.name)
         return [[None] * len(ps) for ps in passages]
+    if fused:
+        return _fused_copied_spans(gen, questions, passages, answers)
     rows = [answers[b] for b, ps in enumerate(passages) for _ in ps]
     inputs = gen.build_inputs(questions, passages)
     positions = copy_positions(gen, inputs["input_ids"], inputs["attention_mask"], rows)
@@ -157,3 +163,21 @@ def copied_spans(gen: Generator, questions: Sequence[str], passages: Sequence[Se
         out.append(found)
         row += len(ps)
     return out
+
+
+def _fused_copied_spans(gen: Generator, questions: Sequence[str], passages: Sequence[Sequence[PassageLike]],
+                        answers: Sequence[Sequence[int]]) -> list[list[Span | None]]:
+    from ragloop.generation.fusion import fuse as fuse_states
+
+    k = len(passages[0]) if passages else 0
+    if any(len(ps) != k for ps in passages):
+        raise RagloopError("a fused (FiD) source needs the same number of passages for every question")
+    if k == 0:
+        return [[] for _ in passages]
+    inputs = gen.build_inputs(questions, passages)
+    states, fused_inputs = fuse_states(gen.encode(inputs["input_ids"], inputs["attention_mask"]), inputs, k)
+    positions = copy_positions(gen, fused_inputs["input_ids"], fused_inputs["attention_mask"], answers,
+                               encoder_outputs=states)
+    maps, width = row_maps(gen, questions, passages), inputs["input_ids"].shape[1]
+    return [spans_from_positions(positions[b], fuse(maps[b * k:(b + 1) * k], width), [p.text for p in ps])
+            for b, ps in enumerate(passages)]
