@@ -118,10 +118,12 @@ def test_fast_verify_is_a_sample_full_verify_reads_everything(tmp_path, passages
 def test_cli_streams_with_refine_and_add_keeps_the_vectors_in_step(tmp_path, squad_small, tiny_bert_dir, capsys):
     out = tmp_path / "idx"
     assert main(["index", str(squad_small), "--out", str(out), "--encoder", str(tiny_bert_dir), "--index-type",
-                 "IVF2,Flat", "--refine", "disk", "--refine-factor", "3", "--chunk-size", "5", "-q"]) == 0
+                 "IVF2,Flat", "--refine", "disk", "--refine-factor", "3", "--chunk-size", "5", "--nprobe", "2",
+                 "-q"]) == 0
     assert "refine disk x3" in capsys.readouterr().out
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["index"]["refine"]["factor"] == 3 and "vectors.npy" in manifest["files"]
+    assert manifest["index"]["search_params"]["nprobe"] == 2 and Index.load(out).backend.index.nprobe == 2
     doc = tmp_path / "new.md"
     doc.write_text("# Zanzibar\n\nZanzibar is an archipelago off the coast of Tanzania.")
     assert main(["index", str(doc), "--out", str(out), "--add", "-q"]) == 0
@@ -129,6 +131,8 @@ def test_cli_streams_with_refine_and_add_keeps_the_vectors_in_step(tmp_path, squ
     assert len(index) == manifest["passages"] + 1 == len(np.load(out / "vectors.npy", mmap_mode="r"))
     assert main(["index", str(doc), "--out", str(out), "--add", "--refine", "disk"]) == 2
     assert "--refine" in capsys.readouterr().err
+    assert main(["index", str(doc), "--out", str(out), "--add", "--nprobe", "8"]) == 2
+    assert "--nprobe is a build option" in capsys.readouterr().err
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     assert main(["index", str(empty), "--out", str(tmp_path / "e")]) == 2

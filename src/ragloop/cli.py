@@ -53,6 +53,8 @@ def cmd_index(args) -> None:
     if refining and (args.add or sharded or launched_world_size() > 1):
         raise RagloopError("--refine/--refine-factor/--refine-dtype are build options of a one-process build: "
                           "--add keeps the index's own, and sharded builds do not take them yet")
+    if args.add and args.nprobe:
+        raise RagloopError("--nprobe is a build option: --add keeps the index's own search settings")
     if args.refine == "none" and (args.refine_factor is not None or args.refine_dtype is not None):
         raise RagloopError("--refine-factor/--refine-dtype set how the disk refine stage works: add --refine disk")
     if not (args.add or sharded or launched_world_size() > 1):  # one process: stream the corpus
@@ -85,7 +87,7 @@ def cmd_index(args) -> None:
 
 def _index_options(args) -> dict:
     return dict(factory=args.index_type, batch_size=args.batch_size, with_bm25=not args.no_bm25,
-                progress=_progress(args),
+                progress=_progress(args), search_params={"nprobe": args.nprobe} if args.nprobe else None,
                 extra={"chunking": {"words": args.chunk_words, "overlap": args.chunk_overlap}})
 
 
@@ -556,6 +558,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", help="dataset split, for a HF dataset name (default: all)")
     p.add_argument("--no-bm25", action="store_true", help="skip the BM25 index")
     p.add_argument("--add", action="store_true", help="add to the existing index at --out")
+    p.add_argument("--nprobe", type=POSITIVE, default=None,
+                   help="IVF lists a search visits, kept in the manifest (default 16); more finds more of the true "
+                   "top k, which a refine stage can only re-rank, not add")
     p.add_argument("--chunk-size", type=POSITIVE, default=INDEX_CHUNK_SIZE,
                    help=f"passages read, encoded and written at a time: bounds peak RAM (default {INDEX_CHUNK_SIZE})")
     g = p.add_argument_group("re-ranking from disk (compressed index types: IVF-PQ, OPQ, fast-scan PQ...x4fs)")
