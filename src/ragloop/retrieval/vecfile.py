@@ -116,11 +116,14 @@ def sample_rows(path: Path, count: int) -> np.ndarray:
     if count >= rows:
         return np.concatenate(list(read_blocks(path, 65_536))) if rows else np.zeros((0, dim), np.float32)
     picks = np.unique(np.linspace(0, rows - 1, count).round().astype(np.int64))
-    mapped = np.load(path, mmap_mode="r")
-    try:
-        return np.asarray(mapped[picks], dtype=np.float32)
-    finally:
-        del mapped
+    # plain block reads, not a memory map: mapped pages would count in the resident set (at 1M passages
+    # a spread sample touches most of the file's pages)
+    out, start = [], 0
+    for block in read_blocks(path, 65_536):
+        inside = picks[(picks >= start) & (picks < start + len(block))]
+        out.append(block[inside - start])
+        start += len(block)
+    return np.concatenate(out)
 
 
 def read_blocks(path: Path, rows_per_block: int, stop: int | None = None):
