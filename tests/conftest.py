@@ -37,6 +37,16 @@ def _tokenizer():
     return AutoTokenizer.from_pretrained(minilm_dir())
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and OpenMP threads crawl when other jobs share the cores.
+    A module that runs tiny models opts in: `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory) -> Path:
     """A 2-layer BERT (hidden 32) as a sentence-transformers-style folder: mean pooling, normalised."""

@@ -18,13 +18,7 @@ QUESTIONS = ["Which NFL team represented the AFC at Super Bowl 50?", "Where did 
 ANSWERS = ["Denver Broncos", "Levi's Stadium in Santa Clara"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and OpenMP threads crawl when other jobs share the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

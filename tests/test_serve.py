@@ -33,12 +33,7 @@ QUESTIONS = ["Who won Super Bowl 50?", "Where did Super Bowl 50 take place?", "W
              "What river flows through Warsaw?", "How many people live in Warsaw?"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

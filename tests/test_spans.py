@@ -29,12 +29,7 @@ START = AUTHOR.text.index(ANSWER)
 EXPECTED = {"start": START, "end": START + len(ANSWER), "text": ANSWER}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
