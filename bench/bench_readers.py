@@ -36,6 +36,7 @@ if __package__ in (None, ""):  # run as a script (python bench/bench_readers.py)
 from bench.suite.common import machine_info, machine_line, say, source_version, table  # noqa: E402
 from ragloop.cli import quiet_libraries  # noqa: E402
 from ragloop.evaluation import evaluate_retrieval  # noqa: E402
+from ragloop.io import atomic_write_bytes  # noqa: E402
 from ragloop.model import MODES, RAG  # noqa: E402
 from ragloop.recipes import demo, load_recipe  # noqa: E402
 from ragloop.retrieval import Retriever  # noqa: E402
@@ -133,16 +134,18 @@ def main() -> None:
         f"per set; hit@{args.k} of the untrained question encoder ...")
     hit_before = dense_hits(Retriever.from_index(index_dir), sets, args.k)
 
-    runs = [run_one(recipe, mode, encoder, args, files, index_dir, sets, latency_qs)
-            for mode in modes for encoder in ENCODERS]
     res = {"date": dt.date.today().isoformat(), "machine": machine_info(), "commit": source_version(),
            "recipe": str(recipe.path), "steps": args.steps or recipe.steps, "recipe_steps": recipe.steps,
            "k": args.k, "questions": args.questions, "latency_questions": len(latency_qs) - WARMUP,
            "skipped_modes": [m for m in args.modes.split() if m not in MODES], "hit_before": hit_before,
-           "runs": runs}
+           "runs": []}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2) + "\n")
+    for mode in modes:
+        for encoder in ENCODERS:
+            res["runs"].append(run_one(recipe, mode, encoder, args, files, index_dir, sets, latency_qs))
+            # after every run, so an interrupted bench keeps what it measured
+            atomic_write_bytes(out, (json.dumps(res, indent=2) + "\n").encode())
     print(f"{machine_line(res['machine'])}\n{res['steps']} steps of {recipe.train['batch_size']} per run "
           f"({recipe.path.name}, k={args.k}); {args.questions} questions per set: held-out questions of the "
           "training articles and questions of dev articles never trained on\n")

@@ -26,7 +26,7 @@ def test_the_pinned_demo_recipe_trains_a_fixed_number_of_steps_in_fp32():
     assert recipe.train["precision"] == "fp32" and recipe.train["rag_mode"] == "sequence"
     assert recipe.train_data.is_file() and recipe.dev_data.is_file() and recipe.holdout_every == 5
     cfg = demo.train_config(recipe, "t.jsonl", "idx", "out")
-    assert (cfg.max_steps, cfg.max_train_minutes, cfg.n_docs, cfg.batch_size) == (recipe.steps, None, 2, 8)
+    assert (cfg.max_steps, cfg.max_train_minutes, cfg.n_docs, cfg.batch_size) == (recipe.steps, None, 5, 8)
     assert (cfg.train_file, cfg.index, cfg.output_dir) == ("t.jsonl", "idx", "out")
     assert demo.train_config(recipe, "t.jsonl", "idx", "out", steps=7).max_steps == 7
 
