@@ -50,7 +50,9 @@ class Crash(Exception):
     pass
 
 
-def test_resume_continues_the_same_run_exactly(cfg, tmp_path, monkeypatch):
+@pytest.mark.parametrize("mode", ["sequence", "fid"])  # fid: with the retriever's distillation loss
+def test_resume_continues_the_same_run_exactly(mode, cfg, tmp_path, monkeypatch):
+    cfg = replace(cfg, rag_mode=mode)
     straight = train(replace(cfg, output_dir=str(tmp_path / "straight")), progress=False)
     assert straight.steps == 4 and len(straight.losses) == 4
 
