@@ -23,7 +23,7 @@ def test_the_pinned_demo_recipe_trains_a_fixed_number_of_steps_in_fp32():
     recipe = load_recipe()
     assert recipe.path == pinned_recipe()
     assert recipe.steps == recipe.train["max_steps"] > 0
-    assert recipe.train["precision"] == "fp32" and recipe.train["rag_mode"] == "sequence"
+    assert recipe.train["precision"] == "fp32" and recipe.train["rag_mode"] == "fid"
     assert recipe.train_data.is_file() and recipe.dev_data.is_file() and recipe.holdout_every == 5
     cfg = demo.train_config(recipe, "t.jsonl", "idx", "out")
     assert (cfg.max_steps, cfg.max_train_minutes, cfg.n_docs, cfg.batch_size) == (recipe.steps, None, 5, 8)
@@ -121,7 +121,7 @@ def test_with_train_changes_are_checked_like_a_file():
     recipe = load_recipe()
     token = recipe.with_train(rag_mode="token", n_docs=5, question_encoder_lr=0)
     assert (token.train["rag_mode"], token.train["n_docs"], token.steps) == ("token", 5, recipe.steps)
-    assert recipe.train["rag_mode"] == "sequence"  # the original is unchanged
+    assert recipe.train["rag_mode"] == "fid"  # the original is unchanged
     with pytest.raises(RagloopError, match="train.n_docs: expected a whole number"):
         recipe.with_train(n_docs="5")
     with pytest.raises(RagloopError, match="unknown key 'train.k'"):
