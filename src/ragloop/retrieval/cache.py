@@ -56,6 +56,7 @@ import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from copy import deepcopy
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -65,7 +66,7 @@ from ragloop.errors import RagloopError
 from ragloop.io import atomic_write_bytes
 
 if TYPE_CHECKING:
-    from ragloop.model import RAG
+    from ragloop.model import RAG, Answer
     from ragloop.retrieval.index import Index
     from ragloop.retrieval.retriever import Retrieved, Retriever
 
@@ -309,8 +310,6 @@ class RetrievalCache:
     def answers(self, model: RAG, questions: list[str], k: int | None, num_beams: int, max_new_tokens: int,
                 compute: Callable[[list[str]], list]) -> list:
         """`RAG.answer` through the cache; `compute` answers the questions that are not cached."""
-        from ragloop.model import Answer
-
         if not self.cache_answers:
             return compute(questions)
         retriever = model.retriever
@@ -318,8 +317,8 @@ class RetrievalCache:
                  _mode_setup(retriever, retriever.mode), _reranker_setup(retriever, k or model.config.n_docs),
                  json.dumps(model.config.to_dict(), sort_keys=True, default=str))
 
-        def copy(a: Answer) -> Answer:
-            return Answer(a.question, a.answer, deepcopy(a.passages))  # a passage's `copied` span is a dict too
+        def copy(a: Answer) -> Answer:  # a passage's `copied` span is a dict too
+            return replace(a, passages=deepcopy(a.passages))
 
         return self.memo("answers", questions, setup, compute, _answer_size, copy)
 
