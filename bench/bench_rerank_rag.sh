@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # What reranked candidates do to a trained RAG model's answers, and the training curves the README shows.
-# Trains the demo's pinned recipe (as RAG-Sequence, k=2) through its pipeline (ragloop.recipes.demo) for a fixed 150 steps instead
-# of the recipe's own, then scores 100 held-out questions of the training articles and 100 questions of dev
-# articles, with and without the reranker
+# Trains the demo's pinned recipe (as RAG-Sequence, k=2) through its pipeline (ragloop.recipes.demo) for a
+# fixed 150 steps instead of the recipe's own, then scores 100 held-out questions of the training articles and
+# 100 questions of dev articles, with and without the reranker
 # (runs/reranker, from `ragloop train-reranker --output_dir runs/reranker`). About 15 min on 2 cores.
 #   bash bench/bench_rerank_rag.sh        -> bench/results/rerank-rag.json, runs/rr-demo/rag/metrics.png
 set -euo pipefail
