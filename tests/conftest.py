@@ -15,7 +15,7 @@ import torch
 
 from ragloop.generation import CopyHead
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parent / "fixtures"
 
 
 @pytest.fixture(autouse=True)

@@ -8,11 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from rag_system import RAG, RAGRetriever, save_state_dict
+from ragloop import BiEncoder, Index, Passage, load_corpus
 
-from rag_system import RAG, RAGRetriever, save_state_dict  # noqa: E402
-from ragloop import BiEncoder, Index, Passage, load_corpus  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")

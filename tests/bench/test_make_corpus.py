@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ragloop import load_corpus, load_qa
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _module():

@@ -4,16 +4,11 @@ the goals the quantize and cache sections derive from their results (fake result
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # the bench package lives at the repository root, next to src/
-    sys.path.insert(0, str(ROOT))
-
-from bench.suite.goals import EXPECTED, gather, goal, goals_table, records, verdict  # noqa: E402
+from bench.suite.goals import EXPECTED, gather, goal, goals_table, records, verdict
 
 
 def write_record(folder: Path, name: str, suffix: str, result: dict, command: str = "python -m bench") -> None:

@@ -16,7 +16,7 @@ from ragloop.data.qa import QAExample
 from ragloop.errors import RagloopError
 from ragloop.recipes import demo, load_recipe, pinned_recipe
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_pinned_demo_recipe_trains_a_fixed_number_of_steps_in_fp32():
