@@ -13,6 +13,7 @@ import os
 import sys
 from pathlib import Path
 
+from ragloop.constants import CACHE_MAX_ENTRIES
 from ragloop.errors import RagloopError
 from ragloop.retrieval.hybrid import FUSIONS, MODES
 
@@ -419,7 +420,6 @@ def _number(low: float, high: float | None = None, above: bool = False):
 
 POSITIVE = _whole(1)
 NON_NEGATIVE = _whole(0)
-DEFAULT_CACHE_ENTRIES = 4096  # retrieval/cache.py's default; spelled here so --help never imports it
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -454,7 +454,7 @@ def _add_rerank_options(p: argparse.ArgumentParser) -> None:
 
 def _add_cache_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("cache (repeated questions answered from memory; retrieval/cache.py)")
-    g.add_argument("--cache-size", type=NON_NEGATIVE, default=DEFAULT_CACHE_ENTRIES, metavar="N",
+    g.add_argument("--cache-size", type=NON_NEGATIVE, default=CACHE_MAX_ENTRIES, metavar="N",
                    help="questions' results and answers remembered at most (LRU, also at most 64 MiB)")
     g.add_argument("--no-cache", action="store_true", help="compute every answer and search afresh")
 

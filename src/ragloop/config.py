@@ -16,25 +16,15 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-# The offline default models, named here (a leaf: no torch) and re-exported by the modules that load
-# them: `ragloop.retrieval.encoders.DEFAULT_ENCODER`, `ragloop.generation.generator.BUNDLED_GENERATOR`.
-DEFAULT_ENCODER = "bundled:all-MiniLM-L6-v2"
-INDEX_CHUNK_SIZE = 4096  # passages an index build encodes, stores and adds to FAISS at a time
-INDEX_REFINE_FACTOR = 8  # refine "disk": FAISS candidates re-scored exactly per result wanted
-BUNDLED_GENERATOR = "bundled:minilm-bert2bert"
-
-from ragloop.retrieval.hybrid import MODES  # noqa: E402  (numpy only)
-
-DEFAULT_GENERATOR = BUNDLED_GENERATOR
-
-# How the generator reads its k passages: the names of `ragloop.model.READERS` (checked there when it
-# loads), spelled here so the CLI can offer them without importing torch.
-READER_MODES = {
-    "sequence": "RAG-Sequence: one passage for the whole answer, marginalised over the k",
-    "token": "RAG-Token: the passage may change at every answer token",
-    "fid": "Fusion-in-Decoder: the k passages encoded apart, read together by one decoder pass; the question "
-           "encoder learns by distilling the reader's per-passage likelihood",
-}
+from ragloop.constants import (  # noqa: F401  (re-exported: older code imports them from here)
+    BUNDLED_GENERATOR,
+    DEFAULT_ENCODER,
+    DEFAULT_GENERATOR,
+    INDEX_CHUNK_SIZE,
+    INDEX_REFINE_FACTOR,
+    READER_MODES,
+)
+from ragloop.constants import SEARCH_MODES as MODES
 
 
 def opt(default: Any, help: str, group: str, choices: list | None = None) -> Any:

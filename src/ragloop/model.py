@@ -53,7 +53,7 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from ragloop._torch import eval_mode
 from ragloop._version import __version__
-from ragloop.config import READER_MODES
+from ragloop.constants import READER_MODES, score_scale
 from ragloop.data.corpus import Passage
 from ragloop.errors import RagloopError
 from ragloop.generation.decoding import sequence_decode, token_beam_search
@@ -84,7 +84,6 @@ QUESTION_DIR, PASSAGE_DIR, GENERATOR_DIR, INDEX_DIR = "question_encoder", "passa
 RERANKER_DIR = "reranker"
 ENCODER_FILE = "ragloop_encoder.json"
 FORMAT, FORMAT_VERSION = "ragloop-rag", 1
-NORMALIZED_SCORE_SCALE = 20.0
 
 
 @dataclass
@@ -388,9 +387,7 @@ class RAG(torch.nn.Module):
 
     @property
     def score_scale(self) -> float:
-        if self.config.doc_score_scale is not None:
-            return float(self.config.doc_score_scale)
-        return NORMALIZED_SCORE_SCALE if self.question_encoder.spec.normalize else 1.0
+        return score_scale(self.question_encoder.spec.normalize, self.config.doc_score_scale)
 
     # -- retrieval ------------------------------------------------------------------------------
 

@@ -62,6 +62,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ragloop.constants import CACHE_MAX_BYTES, CACHE_MAX_ENTRIES
 from ragloop.errors import RagloopError
 from ragloop.io import atomic_write_bytes
 
@@ -72,8 +73,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_ENTRIES = 4096
-DEFAULT_MAX_BYTES = 64 << 20
+DEFAULT_MAX_ENTRIES, DEFAULT_MAX_BYTES = CACHE_MAX_ENTRIES, CACHE_MAX_BYTES
 KINDS = ("results", "embeddings", "answers")
 ENTRY_OVERHEAD = 256  # bytes charged per entry beyond its arrays and strings (key, tuple, dict slots)
 

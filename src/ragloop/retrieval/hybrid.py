@@ -13,9 +13,9 @@ import math
 
 import numpy as np
 
+from ragloop.constants import SEARCH_MODES as MODES  # noqa: F401  (re-exported: FAISS, BM25, or both fused)
 from ragloop.errors import RagloopError
 
-MODES = ("dense", "bm25", "hybrid")  # the search modes: FAISS, BM25, or both fused here
 FUSIONS = ("rrf", "score")
 
 

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ragloop.constants import FUSION_DEPTH, RERANK_DEPTH
 from ragloop.data.corpus import Passage
 from ragloop.errors import RagloopError
 from ragloop.retrieval.hybrid import MODES, check_fusion, fuse
@@ -37,8 +38,6 @@ if TYPE_CHECKING:  # encoders and the reranker import torch; BM25-only search ne
     from ragloop.retrieval.encoders import Encoder
     from ragloop.retrieval.rerank import Reranker
 
-FUSION_DEPTH = 100  # each list hybrid fuses is at least this deep
-RERANK_DEPTH = 20  # first-stage candidates a reranker rescores, unless told otherwise
 
 
 @dataclass

@@ -45,6 +45,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ragloop._version import __version__
+from ragloop.constants import CACHE_MAX_ENTRIES
 from ragloop.errors import RagloopError
 from ragloop.model import CONFIG_FILE, RAG
 from ragloop.retrieval.index import MANIFEST
@@ -58,7 +59,7 @@ log = logging.getLogger(__name__)
 MAX_QUESTION_CHARS = 1000
 MAX_K = 100
 DEFAULT_SEARCH_K = 5
-DEFAULT_CACHE_SIZE = 4096
+DEFAULT_CACHE_SIZE = CACHE_MAX_ENTRIES
 # a question of MAX_QUESTION_CHARS written as JSON escapes is ~12 KB; anything far over that is refused unread
 MAX_BODY_BYTES = 64 * 1024
 

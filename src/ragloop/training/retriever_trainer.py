@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from ragloop.config import RetrieverTrainConfig
+from ragloop.constants import score_scale
 from ragloop.data.corpus import Passage, make_passages
 from ragloop.data.qa import load_qa
 from ragloop.errors import RagloopError
@@ -156,7 +157,7 @@ def train_retriever(cfg: RetrieverTrainConfig, progress: bool | None = None) -> 
     passages, items = build_items(examples, cfg.chunk_words, cfg.hard_negatives, where=cfg.train_file)
     q_enc, p_enc = load_towers(cfg)
     shared = q_enc is p_enc
-    scale = cfg.scale if cfg.scale is not None else (20.0 if p_enc.spec.normalize else 1.0)
+    scale = score_scale(p_enc.spec.normalize, cfg.scale)
     q_tokens = q_enc.tokenize([it.question for it in items])
     p_tokens = p_enc.tokenize([p.title for p in passages], [p.text for p in passages])
 
