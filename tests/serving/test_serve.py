@@ -24,8 +24,8 @@ from ragloop.cli import main
 from ragloop.generation import Generator
 from ragloop.model import RAG, RAGConfig
 from ragloop.serving import MicroBatcher, create_app
-from ragloop.serving.app import MAX_BODY_BYTES, MAX_QUESTION_CHARS
 from ragloop.serving.guard import RequestGuard
+from ragloop.serving.schemas import MAX_BODY_BYTES, MAX_QUESTION_CHARS
 from ragloop.serving.server import api_key_for, is_loopback, listen
 
 QUESTIONS = ["Who won Super Bowl 50?", "Where did Super Bowl 50 take place?", "What is the capital of Poland?",

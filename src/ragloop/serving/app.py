@@ -12,12 +12,10 @@ Endpoints:
     GET  /docs     the API described on one self-contained page (from /openapi.json; no CDN)
 
 Concurrent /answer requests are micro-batched into one `RAG.answer(list_of_questions)` call, and
-concurrent /search requests into one `Retriever.search(list_of_questions, k, mode)` call (see
-`batcher.py`); every model call runs on one worker thread, with a fixed number of torch and FAISS
-threads, so the event loop stays responsive and the cores are not oversubscribed. The question
-encoder is loaded and run once before the app is returned, so the first request does not wait for it.
-Bodies must be `application/json`, at most MAX_BODY_BYTES, UTF-8; with an API key, requests must
-send it (see `guard.py`).
+concurrent /search requests into one `Retriever.search(list_of_questions, k, mode)` call, on one model
+thread (`service.py`, `batcher.py`). Bodies must be `application/json`, at most MAX_BODY_BYTES, UTF-8;
+with an API key, requests must send it (`guard.py`). The request and response bodies and their limits
+are in `schemas.py`; this module wires them to the routes and shapes the errors.
 
 What the server reads is fixed when it starts: no request field names a file or a folder, and
 nothing is unpickled (the model and index folders hold safetensors, FAISS, SQLite and JSON).
@@ -26,251 +24,42 @@ nothing is unpickled (the model and index folders hold safetensors, FAISS, SQLit
 from __future__ import annotations
 
 import base64
-import concurrent.futures
 import hashlib
 import logging
 import math
-import os
 import re
 import time
 from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Literal
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ragloop._version import __version__
 from ragloop.constants import CACHE_MAX_ENTRIES
 from ragloop.errors import RagloopError
-from ragloop.model import CONFIG_FILE, RAG
-from ragloop.retrieval.index import MANIFEST
+from ragloop.model import RAG
 from ragloop.retrieval.retriever import Retriever
-from ragloop.serving.batcher import MicroBatcher
 from ragloop.serving.docs import DOCS_CSP, docs_page
 from ragloop.serving.guard import RequestGuard, check_api_key, clip
+from ragloop.serving.schemas import (
+    DEFAULT_SEARCH_K,
+    MAX_BODY_BYTES,
+    AnswerRequest,
+    AnswerResponse,
+    SearchRequest,
+    SearchResponse,
+)
+from ragloop.serving.service import Service
 
 log = logging.getLogger(__name__)
 
-MAX_QUESTION_CHARS = 1000
-MAX_K = 100
-DEFAULT_SEARCH_K = 5
 DEFAULT_CACHE_SIZE = CACHE_MAX_ENTRIES
-# a question of MAX_QUESTION_CHARS written as JSON escapes is ~12 KB; anything far over that is refused unread
-MAX_BODY_BYTES = 64 * 1024
 
-# -- request and response bodies ------------------------------------------------------------------
-
-QuestionText = Annotated[str, Field(strict=True, description=f"the question, 1 to {MAX_QUESTION_CHARS} characters",
-                                    examples=["Who won Super Bowl 50?"])]
-
-
-def _check_question(value: str) -> str:
-    if not value.strip():
-        raise ValueError("question is empty (or only whitespace)")
-    if len(value) > MAX_QUESTION_CHARS:
-        raise ValueError(f"question has {len(value)} characters; the limit is {MAX_QUESTION_CHARS}")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("question is not valid Unicode text (it holds a lone surrogate)") from None
-    return value
-
-
-class AnswerRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    question: QuestionText
-    k: int | None = Field(None, strict=True, ge=1, le=MAX_K,
-                          description="passages to read (default: the model's n_docs; at most the index size)")
-
-    _question = field_validator("question")(_check_question)
-
-
-class SearchRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    question: QuestionText
-    k: int | None = Field(None, strict=True, ge=1, le=MAX_K,
-                          description=f"passages to return (default {DEFAULT_SEARCH_K}; at most the index size)")
-    mode: Literal["dense", "bm25", "hybrid"] = Field("dense", description="dense (FAISS), bm25, or hybrid (fused)")
-
-    _question = field_validator("question")(_check_question)
-
-
-class PassageOut(BaseModel):
-    id: str
-    title: str
-    text: str
-    score: float = Field(description="q·d, the score the model weighs the passage by")
-    source: str | None = Field(None, description="the file the passage came from (only when the index records it)")
-
-
-class CopiedOut(BaseModel):
-    start: int = Field(description="first character of the copied span in the passage text")
-    end: int = Field(description="one past its last character: the span is text[start:end]")
-    text: str
-
-
-class AnswerPassageOut(PassageOut):
-    copied: CopiedOut | None = Field(None, description="the span of the passage text the answer copied (a generator "
-                                     "with a copy head only; left out where it copied nothing from the passage)")
-
-
-class AnswerResponse(BaseModel):
-    question: str
-    answer: str
-    passages: list[AnswerPassageOut] = Field(description="the passages the answer was drawn from, best first")
-    k: int
-    batch_size: int = Field(description="questions in the model call that answered this one")
-    seconds: float = Field(description="time from receiving the request to the answer")
-
-
-class HitOut(PassageOut):
-    doc_id: str
-    score: float = Field(description="the search mode's score (inner product, BM25, or fused)")
-
-
-class SearchResponse(BaseModel):
-    question: str
-    mode: str
-    k: int
-    hits: list[HitOut]
-    batch_size: int = Field(description="questions in the search call that answered this one")
-
-
-# -- what is served -------------------------------------------------------------------------------
-
-
-def available_cores() -> int:
-    """The cores this process may run on (its CPU affinity; all of the machine's where that is unknown)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def _set_threads(threads: int) -> None:
-    """Runs first on the model thread: torch's and FAISS's OpenMP thread counts are per calling thread."""
-    import faiss
-    import torch
-
-    torch.set_num_threads(threads)
-    faiss.omp_set_num_threads(threads)
-
-
-class Service:
-    """A RAG model (answer + search) or an index alone (search only), and the batchers in front of it.
-
-    Every model call (answers, searches, the warm-up) runs on one thread with `threads` torch/FAISS
-    threads (default: the cores available to the process)."""
-
-    def __init__(self, model: RAG | None, retriever: Retriever, name: str, max_batch: int = 16,
-                 max_wait_ms: float = 10.0, num_beams: int = 1, max_new_tokens: int = 32,
-                 threads: int | None = None, cache_size: int | None = None) -> None:
-        self.model, self.retriever, self.name = model, retriever, name
-        if cache_size and retriever.cache is None:  # repeated questions from memory (retrieval/cache.py)
-            from ragloop.retrieval.cache import RetrievalCache
-
-            retriever.cache = RetrievalCache(max_entries=cache_size)
-        self.num_beams, self.max_new_tokens = num_beams, max_new_tokens
-        self.threads = available_cores() if threads is None else threads
-        if self.threads < 1:
-            raise RagloopError(f"threads must be at least 1 (got {self.threads})")
-        if model is not None:
-            model.eval()
-        self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ragloop-model",
-                                                              initializer=_set_threads, initargs=(self.threads,))
-        self.answers = MicroBatcher(self._answer_batch, max_batch=max_batch, max_wait_ms=max_wait_ms,
-                                    executor=self.executor)
-        self.searches = MicroBatcher(self._search_batch, max_batch=max_batch, max_wait_ms=max_wait_ms,
-                                     executor=self.executor)
-        try:
-            self.executor.submit(self._warm_up).result()
-        except BaseException:
-            self.executor.shutdown(wait=False)
-            raise
-        self.started = time.time()
-
-    @classmethod
-    def load(cls, source: str | Path | RAG | Retriever, quantize: str | None = None, **kwargs) -> Service:
-        """From a RAG model or a Retriever object, or a folder holding either (decided by its files);
-        `quantize="int8"` quantizes its models for inference (ragloop/quantize.py) before the warm-up."""
-        if isinstance(source, RAG):
-            return cls(source.quantize(quantize), source.retriever, "RAG", **kwargs)
-        if isinstance(source, Retriever):
-            return cls(None, source.quantize(quantize), "index", **kwargs)
-        path = Path(source)
-        if not path.is_dir():
-            raise RagloopError(f"{path}: no such folder (expected a saved RAG model or an index folder)")
-        if (path / CONFIG_FILE).is_file():
-            model = RAG.from_pretrained(path).quantize(quantize)
-            return cls(model, model.retriever, path.name, **kwargs)
-        if (path / MANIFEST).is_file():
-            return cls(None, Retriever.from_index(path, quantize=quantize), path.name, **kwargs)
-        raise RagloopError(f"{path}: neither a saved RAG model (no {CONFIG_FILE}) nor an index (no {MANIFEST})")
-
-    @property
-    def passages(self) -> int:
-        return len(self.retriever.index)
-
-    def _warm_up(self) -> None:
-        """On the model thread, before the server says it is ready: load the question encoder (an index
-        folder loads it lazily) and encode once, so the first dense search pays for neither."""
-        start = time.perf_counter()
-        try:
-            self.retriever.question_encoder.encode(["warm-up question"], progress=False)
-        except OSError as e:  # transformers' word for a model it cannot find or read
-            raise RagloopError(f"{self.retriever.index.path}: cannot load the question encoder: {e}") from None
-        log.info("question encoder ready in %.1f s (%d threads)", time.perf_counter() - start, self.threads)
-
-    def _answer_batch(self, questions: list[str], k: int | None) -> list[dict]:
-        """Runs on the model thread: one `RAG.answer` call for a whole batch."""
-        answers = self.model.answer(questions, k=k, num_beams=self.num_beams, max_new_tokens=self.max_new_tokens)
-        return [{**a.to_dict(), "k": len(a.passages), "batch_size": len(questions)} for a in answers]
-
-    def _search_batch(self, questions: list[str], key: tuple[int, str]) -> list[dict]:
-        """Runs on the model thread: one `Retriever.search` call for a batch sharing (k, mode)."""
-        k, mode = key
-        rows = self.retriever.search(questions, k=k, mode=mode)
-        return [{"hits": [hit.to_dict() for hit in row], "batch_size": len(questions)} for row in rows]
-
-    async def stop(self) -> None:
-        await self.answers.stop()
-        await self.searches.stop()
-        self.executor.shutdown(wait=False, cancel_futures=True)
-
-    def info(self) -> dict:
-        index = self.retriever.index
-        model = None
-        if self.model is not None:
-            cfg = self.model.config
-            model = {"name": self.name, "rag_mode": cfg.mode, "n_docs": cfg.n_docs, "search_mode": cfg.search_mode,
-                     "generator": self.model.generator.name, "question_encoder": self.model.question_encoder.spec.name,
-                     "quantize": self.model.quantization, "lm_head_quantized": self.model.generator.lm_head_quantized}
-        return {
-            "status": "ok",
-            "ragloop_version": __version__,
-            "serving": "rag" if self.model is not None else "index",
-            "endpoints": ["/answer", "/search"] if self.model is not None else ["/search"],
-            "model": model,
-            "retrieval": self.retriever.describe(),
-            "index": {"passages": self.passages, "dim": index.dim,
-                      "factory": index.manifest["index"]["factory"], "bm25": index.bm25 is not None},
-            "limits": {"max_question_chars": MAX_QUESTION_CHARS, "max_k": min(MAX_K, self.passages)},
-            "threads": self.threads,
-            "batching": {"max_batch": self.answers.max_batch, "max_wait_ms": self.answers.max_wait * 1000,
-                         "answer": self.answers.stats.to_dict(), "search": self.searches.stats.to_dict()},
-            "cache": self.retriever.cache.stats() if self.retriever.cache is not None else None,
-            "uptime_s": round(time.time() - self.started, 1),
-        }
-
-
-# -- the app --------------------------------------------------------------------------------------
+# -- errors and the page --------------------------------------------------------------------------
 
 
 def _json_safe(value):
@@ -318,6 +107,10 @@ def _page() -> tuple[str, str]:
 PAGE_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
 
 
+
+# -- the app --------------------------------------------------------------------------------------
+
+
 def create_app(source: str | Path | RAG | Retriever, *, max_batch: int = 16, max_wait_ms: float = 10.0,
                num_beams: int = 1, max_new_tokens: int = 32, threads: int | None = None,
                api_key: str | None = None, max_body_bytes: int = MAX_BODY_BYTES,
@@ -341,7 +134,20 @@ def create_app(source: str | Path | RAG | Retriever, *, max_batch: int = 16, max
                            num_beams=num_beams, max_new_tokens=max_new_tokens, threads=threads, cache_size=cache_size)
     if rerank or rerank_depth:
         service.retriever.set_reranker(rerank or service.retriever.reranker, rerank_depth)
-    page, csp = _page()
+
+    # docs_url=None: FastAPI's Swagger and ReDoc pages load their scripts from a CDN; /docs is ours
+    app = FastAPI(title="ragloop", version=__version__, lifespan=_lifespan(service, quantize), docs_url=None,
+                  redoc_url=None, description="Retrieval-augmented answers with their sources, and passage search.")
+    app.state.service = service
+    app.add_middleware(RequestGuard, api_key=api_key, max_body_bytes=max_body_bytes)
+    _add_error_handlers(app)
+    _add_pages(app, api_key=api_key is not None, max_body_bytes=max_body_bytes)
+    _add_api(app, service)
+    return app
+
+
+def _lifespan(service: Service, quantize: str | None):
+    """Logs what is served once the server starts; stops the batchers and the model thread when it stops."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -350,11 +156,11 @@ def create_app(source: str | Path | RAG | Retriever, *, max_batch: int = 16, max
         yield
         await service.stop()
 
-    # docs_url=None: FastAPI's Swagger and ReDoc pages load their scripts from a CDN; /docs is ours
-    app = FastAPI(title="ragloop", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
-                  description="Retrieval-augmented answers with their sources, and passage search.")
-    app.state.service = service
-    app.add_middleware(RequestGuard, api_key=api_key, max_body_bytes=max_body_bytes)
+    return lifespan
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """422s shaped like FastAPI's validation errors, which never echo the input nor fail to encode it."""
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -366,9 +172,10 @@ def create_app(source: str | Path | RAG | Retriever, *, max_batch: int = 16, max
         detail = [{"type": "ragloop_error", "loc": ["body"], "msg": clip(str(exc), 300)}]
         return JSONResponse(status_code=422, content={"detail": _json_safe(detail)})
 
-    def check_k(k: int | None) -> None:
-        if k is not None and k > service.passages:
-            raise _invalid("k", f"k is {k} but the index holds only {service.passages} passages")
+
+def _add_pages(app: FastAPI, api_key: bool, max_body_bytes: int) -> None:
+    """GET / (the question page) and GET /docs (the API from /openapi.json), outside the schema."""
+    page, csp = _page()
 
     @app.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse, include_in_schema=False)
     async def index_page() -> HTMLResponse:
@@ -376,8 +183,18 @@ def create_app(source: str | Path | RAG | Retriever, *, max_batch: int = 16, max
 
     @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
     async def docs() -> HTMLResponse:
-        return HTMLResponse(docs_page(app.openapi(), api_key=api_key is not None, max_body_bytes=max_body_bytes),
+        return HTMLResponse(docs_page(app.openapi(), api_key=api_key, max_body_bytes=max_body_bytes),
                             headers={"Content-Security-Policy": DOCS_CSP, **PAGE_HEADERS})
+
+
+def _check_k(service: Service, k: int | None) -> None:
+    if k is not None and k > service.passages:
+        raise _invalid("k", f"k is {k} but the index holds only {service.passages} passages")
+
+
+def _add_api(app: FastAPI, service: Service) -> None:
+    """GET /health, POST /answer and POST /search (route handlers carry no docstring: FastAPI would
+    publish it in /openapi.json)."""
 
     @app.get("/health", summary="Status, the model and index served, batching statistics")
     async def health() -> dict:
@@ -392,18 +209,16 @@ def create_app(source: str | Path | RAG | Retriever, *, max_batch: int = 16, max
         if service.model is None:
             raise HTTPException(503, detail="this server serves an index, not a RAG model: /answer needs a "
                                             "generator; start it with a saved RAG model folder, or use /search")
-        check_k(body.k)
+        _check_k(service, body.k)
         start = time.perf_counter()
         result = await service.answers.submit(body.question, key=body.k)
         return {**result, "seconds": round(time.perf_counter() - start, 4)}
 
     @app.post("/search", response_model=SearchResponse, response_model_exclude_none=True, summary="Search the index")
     async def search(body: SearchRequest) -> dict:
-        check_k(body.k)
+        _check_k(service, body.k)
         k = body.k if body.k is not None else min(DEFAULT_SEARCH_K, service.passages)
         if body.mode != "dense" and service.retriever.index.bm25 is None:
             raise _invalid("mode", f"mode {body.mode!r} needs BM25, and this index was built without it")
         result = await service.searches.submit(body.question, key=(k, body.mode))
         return {"question": body.question, "mode": body.mode, "k": k, **result}
-
-    return app

@@ -13,6 +13,8 @@ from __future__ import annotations
 import html
 import json
 
+from ragloop.serving.schemas import MAX_BODY_BYTES
+
 DOCS_CSP = "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 
 
@@ -63,7 +65,7 @@ def _fields_table(ref: str | None, components: dict) -> str:
             f"{rows}</table>")
 
 
-def docs_page(schema: dict, api_key: bool = False, max_body_bytes: int = 64 * 1024) -> str:
+def docs_page(schema: dict, api_key: bool = False, max_body_bytes: int = MAX_BODY_BYTES) -> str:
     """The API described on one page from its OpenAPI schema, with no script and nothing from outside
     (FastAPI's /docs loads Swagger UI from a CDN, which an offline machine cannot reach)."""
     components = schema.get("components", {}).get("schemas", {})

@@ -1,0 +1,106 @@
+"""The bodies the HTTP API reads and writes (pydantic models), and the limits every request is held to.
+
+    >>> from ragloop.serving.schemas import AnswerRequest, MAX_QUESTION_CHARS
+    >>> AnswerRequest(question="Who won Super Bowl 50?", k=3).k
+    3
+    >>> AnswerRequest(question=" ")          # doctest: +SKIP
+    ValidationError: ... question is empty (or only whitespace)
+
+The limits are written here once: the request models check them, the service reports them on /health,
+the guard (`guard.py`) and the docs page (`docs.py`) use MAX_BODY_BYTES. The response models are what
+/openapi.json and /docs describe; the routes themselves are in `app.py`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MAX_QUESTION_CHARS = 1000
+MAX_K = 100
+DEFAULT_SEARCH_K = 5
+# a question of MAX_QUESTION_CHARS written as JSON escapes is ~12 KB; anything far over that is refused unread
+MAX_BODY_BYTES = 64 * 1024
+
+# -- requests -------------------------------------------------------------------------------------
+
+QuestionText = Annotated[str, Field(strict=True, description=f"the question, 1 to {MAX_QUESTION_CHARS} characters",
+                                    examples=["Who won Super Bowl 50?"])]
+
+
+def _check_question(value: str) -> str:
+    if not value.strip():
+        raise ValueError("question is empty (or only whitespace)")
+    if len(value) > MAX_QUESTION_CHARS:
+        raise ValueError(f"question has {len(value)} characters; the limit is {MAX_QUESTION_CHARS}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("question is not valid Unicode text (it holds a lone surrogate)") from None
+    return value
+
+
+class _QuestionBody(BaseModel):
+    """What both requests share: a question, checked by `_check_question`, and no unknown fields."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    question: QuestionText
+
+    _question = field_validator("question")(_check_question)
+
+
+class AnswerRequest(_QuestionBody):
+    k: int | None = Field(None, strict=True, ge=1, le=MAX_K,
+                          description="passages to read (default: the model's n_docs; at most the index size)")
+
+
+class SearchRequest(_QuestionBody):
+    k: int | None = Field(None, strict=True, ge=1, le=MAX_K,
+                          description=f"passages to return (default {DEFAULT_SEARCH_K}; at most the index size)")
+    mode: Literal["dense", "bm25", "hybrid"] = Field("dense", description="dense (FAISS), bm25, or hybrid (fused)")
+
+
+# -- responses ------------------------------------------------------------------------------------
+
+
+class PassageOut(BaseModel):
+    id: str
+    title: str
+    text: str
+    score: float = Field(description="q·d, the score the model weighs the passage by")
+    source: str | None = Field(None, description="the file the passage came from (only when the index records it)")
+
+
+class CopiedOut(BaseModel):
+    start: int = Field(description="first character of the copied span in the passage text")
+    end: int = Field(description="one past its last character: the span is text[start:end]")
+    text: str
+
+
+class AnswerPassageOut(PassageOut):
+    copied: CopiedOut | None = Field(None, description="the span of the passage text the answer copied (a generator "
+                                     "with a copy head only; left out where it copied nothing from the passage)")
+
+
+class AnswerResponse(BaseModel):
+    question: str
+    answer: str
+    passages: list[AnswerPassageOut] = Field(description="the passages the answer was drawn from, best first")
+    k: int
+    batch_size: int = Field(description="questions in the model call that answered this one")
+    seconds: float = Field(description="time from receiving the request to the answer")
+
+
+class HitOut(PassageOut):
+    doc_id: str
+    score: float = Field(description="the search mode's score (inner product, BM25, or fused)")
+
+
+class SearchResponse(BaseModel):
+    question: str
+    mode: str
+    k: int
+    hits: list[HitOut]
+    batch_size: int = Field(description="questions in the search call that answered this one")
