@@ -1,6 +1,6 @@
 """What every request passes before the API sees it: the API key, the body's type, size and encoding.
 
-    >>> app.add_middleware(RequestGuard, api_key="s3cret", max_body_bytes=64 * 1024)
+    >>> app.add_middleware(RequestGuard, api_key="s3cret", max_body_bytes=MAX_BODY_BYTES)
 
 In order, a request is refused with
     401  when the server has an API key and the request does not send it (`Authorization: Bearer KEY`;
@@ -21,6 +21,8 @@ import hmac
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+
+from ragloop.serving.schemas import MAX_BODY_BYTES
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -48,7 +50,7 @@ def check_api_key(key: str) -> str:
 class RequestGuard:
     """ASGI middleware: authentication and body checks in front of the app (see the module docstring)."""
 
-    def __init__(self, app: ASGIApp, api_key: str | None = None, max_body_bytes: int = 64 * 1024) -> None:
+    def __init__(self, app: ASGIApp, api_key: str | None = None, max_body_bytes: int = MAX_BODY_BYTES) -> None:
         self.app = app
         self.key = check_api_key(api_key).encode("ascii") if api_key is not None else None
         self.max_body = max_body_bytes
@@ -67,55 +69,55 @@ class RequestGuard:
         if scope["method"] not in BODY_METHODS:
             await self.app(scope, receive, send)
             return
-
-        media_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
-        if media_type != b"application/json":
-            got = headers.get(b"content-type", b"").decode("latin-1")
-            await _error(send, 415, "unsupported_media_type", ["header", "content-type"],
-                         f"the body must be JSON sent as Content-Type: application/json (got {clip(got)!r})"
-                         if got else "the body must be JSON sent as Content-Type: application/json (got none)")
+        if not await self._headers_accepted(headers, send):
             return
-        length = headers.get(b"content-length")
-        if length is not None:
-            if not length.strip().isdigit():
-                await _error(send, 400, "bad_content_length", ["header", "content-length"],
-                             "Content-Length is not a number")
-                return
-            if int(length) > self.max_body:
-                await self._too_large(send)
-                return
-
-        chunks, size = [], 0
-        while True:  # the whole body, at most max_body bytes of it (a chunked body has no length up front)
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body:
-                await self._too_large(send)
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
+        body = await self._read_body(receive, send)
+        if body is None:
+            return
         try:
             body.decode("utf-8")
         except UnicodeDecodeError as e:
             await _error(send, 422, "body_not_utf8", ["body"],
                          f"body is not valid UTF-8 JSON (byte {e.start}: {e.reason})")
             return
+        await self.app(scope, _replay(body, receive), send)
 
-        replayed = False
+    async def _headers_accepted(self, headers: dict[bytes, bytes], send: Send) -> bool:
+        """The body's declared type and length: False (and the refusal sent) for a wrong one."""
+        media_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+        if media_type != b"application/json":
+            got = headers.get(b"content-type", b"").decode("latin-1")
+            await _error(send, 415, "unsupported_media_type", ["header", "content-type"],
+                         f"the body must be JSON sent as Content-Type: application/json (got {clip(got)!r})"
+                         if got else "the body must be JSON sent as Content-Type: application/json (got none)")
+            return False
+        length = headers.get(b"content-length")
+        if length is not None:
+            if not length.strip().isdigit():
+                await _error(send, 400, "bad_content_length", ["header", "content-length"],
+                             "Content-Length is not a number")
+                return False
+            if int(length) > self.max_body:
+                await self._too_large(send)
+                return False
+        return True
 
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()  # after the body: the disconnect, when it comes
-
-        await self.app(scope, replay, send)
+    async def _read_body(self, receive: Receive, send: Send) -> bytes | None:
+        """The whole body, at most max_body bytes of it (a chunked body has no length up front); None
+        when the client left or the body was too large (and the 413 sent)."""
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                await self._too_large(send)
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
 
     def _authorized(self, headers: dict[bytes, bytes]) -> bool:
         scheme, _, token = headers.get(b"authorization", b"").partition(b" ")
@@ -125,6 +127,20 @@ class RequestGuard:
     async def _too_large(self, send: Send) -> None:
         await _error(send, 413, "body_too_large", ["body"],
                      f"the body is over {self.max_body} bytes (a question is at most a few kilobytes)")
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A `receive` for the app that gives it the body already read, then whatever `receive` brings."""
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()  # after the body: the disconnect, when it comes
+
+    return replay
 
 
 def _headers(scope: Scope) -> dict[bytes, bytes]:
