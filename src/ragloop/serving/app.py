@@ -47,7 +47,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ragloop._version import __version__
 from ragloop.constants import CACHE_MAX_ENTRIES
 from ragloop.errors import RagloopError
-from ragloop.model import CONFIG_FILE, RAG
+from ragloop.model import RAG
+from ragloop.model_io import CONFIG_FILE
 from ragloop.retrieval.index import MANIFEST
 from ragloop.retrieval.retriever import Retriever
 from ragloop.serving.batcher import MicroBatcher
