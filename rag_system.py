@@ -1,4 +1,4 @@
-"""The original entry point, kept working:
+"""The original script's interface (rag_system.py), kept working over ragloop:
 
     python rag_system.py --dataset_name squad --batch_size 8 --learning_rate 5e-5 --num_epochs 3 --warmup_steps 500
 
@@ -15,6 +15,11 @@ Here `question_encoder` / `context_encoder` are Hugging Face encoders (e.g. `DPR
 `DPRContextEncoder`, or any `AutoModel`), `index` a ragloop index (folder or `ragloop.Index`) built
 with that context encoder, `generator` a seq2seq model and `tokenizer` its tokenizer (the encoders
 bring their own tokenizers through `encoder_tokenizer=`, or share the generator's vocabulary).
+
+Two classes are called RAG: `rag_system.RAG` is `OriginalRAG`, this file's class with the original
+constructor RAG(retriever, generator, tokenizer) and `generate_answer`; it is a subclass of the library's
+model, `ragloop.RAG` (`ragloop.model.RAG`: built by `from_index` / `from_pretrained`, answering with
+`answer`), which new code should use.
 """
 
 from __future__ import annotations
@@ -27,14 +32,14 @@ import torch
 
 from ragloop.data.corpus import Passage
 from ragloop.generation import Generator
-from ragloop.model import RAG as _RAG
+from ragloop.model import RAG as RagloopRAG
 from ragloop.model import RAGConfig
 from ragloop.retrieval import Encoder, Index, Retriever
 from ragloop.retrieval.encoders import EncoderSpec
 
 BEST_STATE_DICT = "best_rag_model.pth"
 
-__all__ = ["RAG", "RAGRetriever", "main"]
+__all__ = ["RAG", "OriginalRAG", "RAGRetriever", "main"]
 
 
 def _as_encoder(model, tokenizer) -> Encoder:
@@ -69,8 +74,10 @@ class RAGRetriever:
         return self.retriever.retrieve(questions, k).passages
 
 
-class RAG(_RAG):
-    """The original constructor shape: RAG(retriever, generator, tokenizer); a ragloop RAG model."""
+class OriginalRAG(RagloopRAG):
+    """The original script's RAG, exported here as `rag_system.RAG`: the constructor
+    RAG(retriever, generator, tokenizer) over a `RAGRetriever`, and `generate_answer`. It is a
+    `ragloop.RAG` (the library's model) underneath, so everything that one does works on it too."""
 
     def __init__(self, retriever: RAGRetriever, generator, tokenizer, n_docs: int = 5, mode: str = "sequence") -> None:
         gen = generator if isinstance(generator, Generator) else Generator(generator, tokenizer)
@@ -85,7 +92,10 @@ class RAG(_RAG):
         return self.generate([question], num_beams=num_beams, passages=passages, doc_scores=torch.zeros(1, 1))[0]
 
 
-def save_state_dict(model: _RAG, path: Path) -> None:
+RAG = OriginalRAG  # the name the original script exported: `from rag_system import RAG`
+
+
+def save_state_dict(model: RagloopRAG, path: Path) -> None:
     """`best_rag_model.pth` as in the original: a plain state dict, readable with weights_only=True."""
     import io
 
@@ -114,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
 
         cfg = config_from_args(args)
         result = train(cfg, progress=False if args.quiet else None)
-        best = _RAG.from_pretrained(result.best_dir)
+        best = RagloopRAG.from_pretrained(result.best_dir)
         save_state_dict(best, Path(cfg.output_dir) / BEST_STATE_DICT)
         f1 = f"{result.best_f1:.4f}" if result.best_f1 is not None else "n/a"
         print(f"trained {result.steps} steps; best dev F1 {f1}; best model: {result.best_dir} "

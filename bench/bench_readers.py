@@ -8,7 +8,7 @@ recipe and split (`ragloop.recipes.demo`). A bench script, not a test.
 
 Every run trains the same fixed number of steps (--steps, default the recipe's) with the recipe
 unchanged except its reader mode (`rag_mode`), k (`n_docs`, --k) and, for "frozen", a question encoder
-learning rate of 0. A mode the installed ragloop does not know (not in `ragloop.model.MODES`) is
+learning rate of 0. A mode the installed ragloop does not know (not in `ragloop.constants.READER_MODES`) is
 skipped with a message. Each trained model is scored on --questions held-out questions of the training
 articles and --questions questions of dev articles never trained on, each with retrieved passages
 (RAG), none (closed book) and the gold paragraph (oracle): F1 and EM (`evaluate_answers`). Retrieval:
@@ -35,9 +35,10 @@ if __package__ in (None, ""):  # run as a script (python bench/bench_readers.py)
 
 from bench.suite.common import machine_info, machine_line, say, source_version, table  # noqa: E402
 from ragloop.cli import quiet_libraries  # noqa: E402
+from ragloop.constants import READER_MODES as MODES  # noqa: E402
 from ragloop.evaluation import evaluate_retrieval  # noqa: E402
 from ragloop.io import atomic_write_bytes  # noqa: E402
-from ragloop.model import MODES, RAG  # noqa: E402
+from ragloop.model import RAG  # noqa: E402
 from ragloop.recipes import demo, load_recipe  # noqa: E402
 from ragloop.retrieval import Retriever  # noqa: E402
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from rag_system import RAG, RAGRetriever, save_state_dict
+import ragloop
+from rag_system import RAG, OriginalRAG, RAGRetriever, save_state_dict
 from ragloop import BiEncoder, Index, Passage, load_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,6 +56,10 @@ def test_original_shapes_answer_and_state_dict_round_trip(parts, tmp_path):
     fresh.eval()
     with torch.no_grad():
         assert fresh(q, a).loss.item() == pytest.approx(model(q, a).loss.item(), rel=1e-6)
+
+
+def test_the_original_rag_is_named_apart_from_the_library_model():
+    assert RAG is OriginalRAG and issubclass(OriginalRAG, ragloop.RAG) and OriginalRAG is not ragloop.RAG
 
 
 def _rag_system(*args, cwd, env=None):

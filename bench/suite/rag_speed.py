@@ -71,8 +71,8 @@ def stage_targets(side: Side) -> list[tuple[str, object, str]]:
     from transformers import DPRQuestionEncoder, RagRetriever, T5ForConditionalGeneration
     from transformers.models.rag.modeling_rag import RagSequenceForGeneration, RagTokenForGeneration
 
-    from ragloop import model as rag_module
     from ragloop.generation import Generator
+    from ragloop.generation import readers as rag_module
     from ragloop.retrieval import Index, PassageStore
 
     t5 = side.generator_model()

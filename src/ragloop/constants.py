@@ -48,3 +48,7 @@ def score_scale(normalized: bool, given: float | None = None) -> float:
 # -- caches ----------------------------------------------------------------------------------------
 CACHE_MAX_ENTRIES = 4096  # a question cache's default bound in entries ...
 CACHE_MAX_BYTES = 64 << 20  # ... and in bytes
+
+# Passages whose token ids a generator keeps (generation/inputs.py), least recently used dropped first: a
+# long-running server reads ever new passages. ~5 KB an entry at 128 tokens, so at most ~40 MB.
+PASSAGE_TOKEN_CACHE_ENTRIES = 8192

@@ -10,12 +10,13 @@ import pytest
 import torch
 from transformers.modeling_outputs import BaseModelOutput
 
-import ragloop.model as model_mod
+import ragloop.generation.readers as readers
 from ragloop import BiEncoder, Encoder, Index, Passage, RagloopError, load_corpus
 from ragloop.config import READER_MODES, TrainConfig
 from ragloop.generation import Generator
 from ragloop.generation.fusion import fuse
-from ragloop.model import RAG, RAGConfig, distillation_loss, fid_loss
+from ragloop.generation.readers import distillation_loss, fid_loss
+from ragloop.model import RAG, RAGConfig
 
 QUESTIONS = ["Which NFL team represented the AFC at Super Bowl 50?", "Where did Super Bowl 50 take place?"]
 ANSWERS = ["Denver Broncos", "Levi's Stadium in Santa Clara"]
@@ -184,7 +185,7 @@ def test_frozen_question_encoder_costs_no_distillation(index, tiny_bert_dir, t5,
     def no_second_pass(*args, **kwargs):
         raise AssertionError("a frozen retriever needs no per-passage scoring")
 
-    monkeypatch.setattr(model_mod, "passage_token_logprobs", no_second_pass)
+    monkeypatch.setattr(readers, "passage_token_logprobs", no_second_pass)
     out = rag(QUESTIONS, ANSWERS)
     assert out.retriever_loss is None and not out.doc_logprobs.requires_grad
     out.loss.backward()
@@ -266,7 +267,7 @@ def test_copy_head_copies_from_every_passage(index, tiny_bert_dir, copier):
 
 
 def test_modes_are_spelled_once_and_bad_settings_fail_clearly():
-    assert set(model_mod.READERS) == set(READER_MODES)
+    assert set(readers.READERS) == set(READER_MODES)
     assert TrainConfig(rag_mode="fid").rag_mode == "fid"
     with pytest.raises(RagloopError, match="fid"):
         RAGConfig(mode="fusion")
@@ -318,9 +319,9 @@ def test_train_fid_from_the_command_line(squad_small, tiny_bert_dir, tiny_t5_dir
     assert len(logged) == 2 and all(r["retriever_loss"] >= 0 for r in logged)  # a KL
     assert all(r["loss"] == pytest.approx(r["reader_loss"] + r["retriever_loss"], abs=1e-5) for r in logged)
 
-    real = model_mod.passage_token_logprobs
+    real = readers.passage_token_logprobs
     calls = []
-    monkeypatch.setattr(model_mod, "passage_token_logprobs", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    monkeypatch.setattr(readers, "passage_token_logprobs", lambda *a, **kw: calls.append(1) or real(*a, **kw))
     main(common + ["--output_dir", str(tmp_path / "frozen"), "--question_encoder_lr", "0"])
     assert not changed(tmp_path / "frozen") and calls == []
     logged = [json.loads(r) for r in (tmp_path / "frozen" / "metrics.jsonl").read_text().splitlines()]

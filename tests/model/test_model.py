@@ -12,7 +12,8 @@ import torch
 from ragloop import BiEncoder, Encoder, Index, Passage, RagloopError, load_corpus
 from ragloop.generation import Generator
 from ragloop.generation.decoding import cut_at_eos
-from ragloop.model import RAG, Answer, RAGConfig, rag_sequence_loss, rag_token_loss
+from ragloop.generation.readers import rag_sequence_loss, rag_token_loss
+from ragloop.model import RAG, Answer, RAGConfig
 
 QUESTIONS = ["Which NFL team represented the AFC at Super Bowl 50?", "Where did Super Bowl 50 take place?"]
 ANSWERS = ["Denver Broncos", "Levi's Stadium in Santa Clara"]

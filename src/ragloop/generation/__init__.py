@@ -2,7 +2,8 @@
 
 inputs.py (formatting, collation, token cache), copy_head.py, warm_start.py, decoding.py (beam search,
 RAG-Token and RAG-Sequence decoding), fusion.py (Fusion-in-Decoder), spans.py (the passage characters an
-answer copied) and generator.py (the `Generator`); none imports `ragloop.model`.
+answer copied), generator.py (the `Generator`) and readers.py (the reader modes: losses and decoders, one
+entry of `READERS` each); none imports `ragloop.model`.
 """
 
 from ragloop.generation.copy_head import CopyHead

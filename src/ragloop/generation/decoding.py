@@ -15,18 +15,43 @@ part; RAG-Sequence takes its candidates from transformers' `generate` when there
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Sequence
+from typing import Protocol
 
 import torch
 from transformers.modeling_outputs import BaseModelOutput
 
 from ragloop._torch import eval_mode
 
-if TYPE_CHECKING:
-    from ragloop.generation.generator import Generator
+
+class Decodable(Protocol):
+    """What decoding needs of a generator (`ragloop.generation.generator.Generator` is one): decoding is
+    called by the generator and the readers, and never calls back into them."""
+
+    model: torch.nn.Module  # the seq2seq model: its own `generate` gives RAG-Sequence candidates
+    copy_head: torch.nn.Module | None
+
+    @property
+    def device(self) -> torch.device: ...
+    @property
+    def eos_token_id(self) -> int: ...
+    @property
+    def pad_token_id(self) -> int: ...
+    @property
+    def decoder_start_token_id(self) -> int: ...
+
+    def __call__(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor, labels: torch.Tensor,
+                 encoder_outputs=None) -> torch.Tensor: ...  # log p(gold y_t | x, y<t) [N, T]
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor): ...
+    def copy_keys(self, encoder_outputs) -> torch.Tensor | None: ...
+    def decoder_step(self, encoder_outputs, attention_mask: torch.Tensor, tokens: torch.Tensor, past=None,
+                     input_ids: torch.Tensor | None = None, copy_keys: torch.Tensor | None = None): ...
+    def pad_labels(self, sequences: Sequence[Sequence[int]]) -> torch.Tensor: ...
+    def modules(self) -> Iterator[torch.nn.Module]: ...  # `eval_mode` switches them to eval and back
+    def eval(self): ...
 
 
-def beam_search(gen: Generator, inputs: dict, num_beams: int = 1, max_new_tokens: int = 32,
+def beam_search(gen: Decodable, inputs: dict, num_beams: int = 1, max_new_tokens: int = 32,
                 encoded=None) -> list[list[int]]:
     """The best beam (greedy at num_beams=1) of each row of `inputs` (from `build_inputs`), read on
     its own; the copy head takes part. Give `encoded` (from `encode`) to skip the encoder. Runs in
@@ -38,13 +63,13 @@ def beam_search(gen: Generator, inputs: dict, num_beams: int = 1, max_new_tokens
                                  max_new_tokens, encoded=encoded)
 
 
-def token_beam_search(gen: Generator, inputs: dict, doc_logprobs: torch.Tensor, num_beams: int,
-                       max_new_tokens: int, length_penalty: float = 1.0, encoded=None) -> list[list[int]]:
+def token_beam_search(gen: Decodable, inputs: dict, doc_logprobs: torch.Tensor, num_beams: int,
+                      max_new_tokens: int, length_penalty: float = 1.0, encoded=None) -> list[list[int]]:
     """Beam search (greedy when num_beams=1) on the RAG-Token marginal
     log Σ_z p(z|x) p(y_t|x,z,y<t): the encoder runs once (or not at all, given `encoded`), the
     decoder once per step for every (question, beam, passage) row, reusing its key/value cache."""
     batch_size, k = doc_logprobs.shape
-    nb, eos, pad = num_beams, gen.eos_token_id, gen.pad_token_id
+    nb = num_beams
     if encoded is None:
         encoded = gen.encode(inputs["input_ids"], inputs["attention_mask"])
     expand = torch.arange(batch_size * k, device=gen.device).view(batch_size, 1, k).expand(-1, nb, -1).reshape(-1)
@@ -68,29 +93,9 @@ def token_beam_search(gen: Generator, inputs: dict, doc_logprobs: torch.Tensor, 
         vocab = logprobs.shape[-1]
         marginal = torch.logsumexp(logprobs.view(batch_size, nb, k, vocab) + prior, dim=2)  # [B, nb, V]
         top_scores, top_ids = (beam_scores.unsqueeze(-1) + marginal).view(batch_size, -1).topk(2 * nb, dim=1)
-        source = torch.arange(nb, device=gen.device).repeat(batch_size, 1)
-        tokens = torch.full((batch_size, nb), pad, dtype=torch.long, device=gen.device)
-        new_scores = torch.full((batch_size, nb), float("-inf"), device=gen.device)
-        length = step + 1
-        for b in range(batch_size):
-            if done[b]:
-                continue
-            j = 0
-            for rank, (score, flat) in enumerate(zip(top_scores[b].tolist(), top_ids[b].tolist())):
-                beam, token = divmod(flat, vocab)
-                if token == eos:
-                    if rank < nb:
-                        finished[b].append((score / length**length_penalty, seqs[b, beam, 1:].tolist() + [eos]))
-                    continue
-                source[b, j], tokens[b, j], new_scores[b, j] = beam, token, score
-                j += 1
-                if j == nb:
-                    break
-            if len(finished[b]) >= nb:
-                best_live = new_scores[b].max().item() / length**length_penalty
-                done[b] = best_live <= min(s for s, _ in finished[b])
+        source, tokens, beam_scores = _advance_beams(gen, top_scores, top_ids, seqs, vocab, step + 1,
+                                                     length_penalty, finished, done)
         seqs = torch.cat([seqs.gather(1, source.unsqueeze(-1).expand_as(seqs)), tokens.unsqueeze(-1)], dim=-1)
-        beam_scores = new_scores
         if all(done):
             break
         if past is not None and nb > 1:  # greedy keeps every row where it is: nothing to reorder
@@ -100,8 +105,47 @@ def token_beam_search(gen: Generator, inputs: dict, doc_logprobs: torch.Tensor, 
                 _reorder_prefix_cache(past, order)
             else:  # a legacy tuple cache: recompute from the full prefix instead
                 past = None
-    results = []
+    return _best_sequences(seqs, beam_scores, finished, done, length_penalty)
+
+
+def _advance_beams(gen: Decodable, top_scores: torch.Tensor, top_ids: torch.Tensor, seqs: torch.Tensor, vocab: int,
+                   length: int, length_penalty: float, finished: list[list[tuple[float, list[int]]]],
+                   done: list[bool]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One step of every question's beams from its 2·nb best (beam, token) continuations: a continuation
+    ending in eos among the nb best finishes (into `finished`), the nb best others go on. A question is
+    `done` once nb beams finished and no live beam can beat them. Returns (the beam each new beam
+    continues [B, nb], its new token [B, nb], its score [B, nb])."""
+    batch_size, nb = seqs.shape[:2]
+    eos = gen.eos_token_id
+    source = torch.arange(nb, device=gen.device).repeat(batch_size, 1)
+    tokens = torch.full((batch_size, nb), gen.pad_token_id, dtype=torch.long, device=gen.device)
+    new_scores = torch.full((batch_size, nb), float("-inf"), device=gen.device)
     for b in range(batch_size):
+        if done[b]:
+            continue
+        j = 0
+        for rank, (score, flat) in enumerate(zip(top_scores[b].tolist(), top_ids[b].tolist())):
+            beam, token = divmod(flat, vocab)
+            if token == eos:
+                if rank < nb:
+                    finished[b].append((score / length**length_penalty, seqs[b, beam, 1:].tolist() + [eos]))
+                continue
+            source[b, j], tokens[b, j], new_scores[b, j] = beam, token, score
+            j += 1
+            if j == nb:
+                break
+        if len(finished[b]) >= nb:
+            best_live = new_scores[b].max().item() / length**length_penalty
+            done[b] = best_live <= min(s for s, _ in finished[b])
+    return source, tokens, new_scores
+
+
+def _best_sequences(seqs: torch.Tensor, beam_scores: torch.Tensor, finished: list[list[tuple[float, list[int]]]],
+                    done: list[bool], length_penalty: float) -> list[list[int]]:
+    """Each question's best finished beam, its live beams counted as finished where the search ran out
+    of steps before it was done ([] where no beam ever lived)."""
+    results = []
+    for b in range(len(finished)):
         if not done[b]:
             length = seqs.shape[-1] - 1
             finished[b].extend((s / length**length_penalty, seqs[b, i, 1:].tolist())
@@ -119,7 +163,7 @@ def _reorder_prefix_cache(past, order: torch.Tensor) -> None:
     (past if self_attention is None else self_attention).reorder_cache(order)
 
 
-def sequence_decode(gen: Generator, inputs: dict, doc_logprobs: torch.Tensor, num_beams: int,
+def sequence_decode(gen: Decodable, inputs: dict, doc_logprobs: torch.Tensor, num_beams: int,
                     max_new_tokens: int, rescore_batch_size: int = 64) -> list[list[int]]:
     """RAG-Sequence ("thorough") decoding: beam (or greedy) candidates from each passage, each
     candidate re-scored as log Σ_z p(z|x) p(y|x,z) over all k passages, `rescore_batch_size`
@@ -137,7 +181,7 @@ def sequence_decode(gen: Generator, inputs: dict, doc_logprobs: torch.Tensor, nu
     return best
 
 
-def _sequence_candidates(gen: Generator, inputs: dict, encoded, batch_size: int, k: int, num_beams: int,
+def _sequence_candidates(gen: Decodable, inputs: dict, encoded, batch_size: int, k: int, num_beams: int,
                          max_new_tokens: int) -> list[list[tuple[int, ...]]]:
     """Each question's distinct candidates, in the order its passages gave them."""
     if gen.copy_head is None:
@@ -146,7 +190,8 @@ def _sequence_candidates(gen: Generator, inputs: dict, encoded, batch_size: int,
                                  max_new_tokens=max_new_tokens, do_sample=False)
         candidates, per_row = out[:, 1:].tolist(), k * num_beams  # drop the decoder start token
     else:  # transformers' generate knows nothing of the copy head: the best beam of each passage
-        candidates, per_row = gen.generate(inputs, num_beams, max_new_tokens, encoded=encoded), k
+        with torch.no_grad():
+            candidates, per_row = beam_search(gen, inputs, num_beams, max_new_tokens, encoded=encoded), k
     per_question: list[list[tuple[int, ...]]] = [[] for _ in range(batch_size)]
     for i, row in enumerate(candidates):
         cand = tuple(cut_at_eos(row, gen.eos_token_id))
@@ -156,7 +201,7 @@ def _sequence_candidates(gen: Generator, inputs: dict, encoded, batch_size: int,
     return per_question
 
 
-def _rescore(gen: Generator, inputs: dict, encoded, doc_logprobs: torch.Tensor,
+def _rescore(gen: Decodable, inputs: dict, encoded, doc_logprobs: torch.Tensor,
              pairs: list[tuple[int, tuple[int, ...]]], batch_size: int) -> torch.Tensor:
     """log Σ_z p(z|x) p(y|x,z) of each (question, candidate) pair [P], reusing the encoder's states."""
     k = doc_logprobs.shape[1]

@@ -16,6 +16,7 @@ The generation package, one concept a module:
     fusion.py      Fusion-in-Decoder: the k passages' encoder states fused, one decoder pass reads them
     spans.py       the characters of each passage an answer copied (from the copy head's attention)
     generator.py   this class: loading and saving, `forward` (gold-token log-probs), `encode`, `decoder_step`
+    readers.py     the reader modes (RAG-Sequence, RAG-Token, FiD): each one's loss and decoder, `READERS`
 
 The offline default, `bundled:minilm-bert2bert`, has a copy head (`CopyHead`): its output mixes the
 vocabulary softmax with a copy distribution over the source tokens, so it can answer with words of
@@ -61,7 +62,8 @@ GENERATOR_FILE = "ragloop_generator.json"
 
 class Generator(GeneratorInputs, torch.nn.Module):
     """A seq2seq model (T5, BART, a BERT2BERT `EncoderDecoderModel`, ...) and its tokenizer; its
-    inputs come from `GeneratorInputs` (inputs.py), its searches from decoding.py.
+    inputs come from `GeneratorInputs` (inputs.py), its searches from decoding.py (which it calls, and
+    which never calls back).
 
     `forward` returns the log-probability of each gold target token, [N, T] (0 at padded positions),
     which is all the RAG losses need.

@@ -7,7 +7,8 @@
     >>> gen.decode(gen.generate(batch))                                              # one text a row
 
 The question comes first, so truncating to `max_source_length` only ever cuts the passage. Passages
-are tokenised once and cached by passage id and content; a question is tokenised once per call and
+are tokenised once and cached by passage id and content (the `PASSAGE_TOKEN_CACHE_ENTRIES` most recently
+used, ragloop/constants.py); a question is tokenised once per call and
 joined to each of its passages' cached ids, with the tokenizer's own special tokens around the pair
 (`… </s>` for T5, `[CLS] … [SEP]` for BERT-style tokenizers). A WordPiece decode gets the spaces it
 adds inside numbers and hyphenated words taken out again (`join_wordpiece_punctuation`).
@@ -18,11 +19,14 @@ A passage is anything with `id`, `title`, `text`: the generator never knows wher
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 from collections.abc import Sequence
+from contextlib import suppress
 from typing import Protocol
 
 import torch
 
+from ragloop.constants import PASSAGE_TOKEN_CACHE_ENTRIES
 from ragloop.errors import RagloopError
 
 IGNORE_INDEX = -100
@@ -54,16 +58,25 @@ class GeneratorInputs:
     def _init_inputs(self) -> None:
         self._prefix, self._suffix = _special_affixes(self.tokenizer)
         self._wordpiece = is_wordpiece(self.tokenizer)
-        self._passage_cache: dict[tuple[str, int], list[int]] = {}
+        self._passage_cache: OrderedDict[tuple[str, int], list[int]] = OrderedDict()
+        self.passage_cache_size = PASSAGE_TOKEN_CACHE_ENTRIES
 
     def passage_ids(self, passage: PassageLike) -> list[int]:
         """Token ids of " title: … context: …" (no special tokens), cached by passage id and content
-        (a given context or another index may reuse an id for another text)."""
+        (a given context or another index may reuse an id for another text); the cache keeps the
+        `passage_cache_size` most recently used passages."""
         key = (passage.id, hash((passage.title, passage.text)))
-        ids = self._passage_cache.get(key)
-        if ids is None:
-            ids = self.tokenizer(format_passage(passage.title, passage.text), add_special_tokens=False)["input_ids"]
-            self._passage_cache[key] = ids
+        cache = self._passage_cache
+        ids = cache.get(key)
+        if ids is not None:
+            with suppress(KeyError):  # another thread may have just dropped it
+                cache.move_to_end(key)
+            return ids
+        ids = self.tokenizer(format_passage(passage.title, passage.text), add_special_tokens=False)["input_ids"]
+        cache[key] = ids
+        with suppress(KeyError):
+            while len(cache) > self.passage_cache_size:
+                cache.popitem(last=False)
         return ids
 
     def clear_cache(self) -> None:

@@ -23,7 +23,8 @@ from pathlib import Path
 
 from ragloop._version import __version__
 from ragloop.errors import RagloopError
-from ragloop.model import CONFIG_FILE, RAG
+from ragloop.model import RAG
+from ragloop.model_io import CONFIG_FILE
 from ragloop.retrieval.index import MANIFEST
 from ragloop.retrieval.retriever import Retriever
 from ragloop.serving.batcher import MicroBatcher

@@ -1,0 +1,173 @@
+"""Readers: how the generator reads a question's k passages. One entry of `READERS` per reader mode
+(`RAGConfig.mode`), each a loss that trains it and a decoder that answers with it.
+
+    p(y|x) = Σ_z p(z|x) p(y|x,z)          RAG-Sequence: one passage z for the whole answer
+    p(y|x) = Π_t Σ_z p(z|x) p(y_t|x,z,y<t) RAG-Token: the passage may change at every token
+    p(y|x) = Π_t p(y_t|x,z_1..z_K,y<t)     FiD (Izacard & Grave 2021): one decoder reads all k passages
+
+    >>> from ragloop.generation.readers import READERS
+    >>> reader = READERS["token"]
+    >>> inputs = gen.build_inputs(questions, passages)            # row b*K + k: question b, passage k
+    >>> parts = reader.loss(gen, inputs, gen.tokenize_targets(answers), doc_logprobs, config)
+    >>> (parts.nll if parts.retriever is None else parts.nll + parts.retriever).mean().backward()
+    >>> gen.decode(reader.decode(gen, inputs, doc_logprobs, 4, 32, config))   # one answer a question
+
+`doc_logprobs` [B, K] is log p(z|x) of each question's passages (the RAG model computes it from the
+question encoder). The RAG modes train the question encoder through their marginal over p(z|x). FiD
+has no p(z|x) in its likelihood: its question encoder learns by perplexity distillation (Atlas,
+Izacard et al. 2022), KL(softmax(log p(y|x,z) / T) || p(z|x)) over the k passages
+(`distillation_loss`), added to the reader's NLL; each part trains only its own side.
+
+A new reader mode is one entry of `READERS`, its name and description in
+`ragloop.constants.READER_MODES` (a test checks they agree), and its tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from transformers.modeling_outputs import BaseModelOutput
+
+from ragloop.generation.decoding import sequence_decode, token_beam_search
+from ragloop.generation.fusion import fid_decode, fused_token_logprobs
+from ragloop.generation.generator import IGNORE_INDEX, Generator
+
+if TYPE_CHECKING:
+    from ragloop.config import RAGConfig
+
+__all__ = ["READERS", "Reader", "ReaderLoss", "distillation_loss", "fid_loss", "passage_token_logprobs",
+           "rag_sequence_loss", "rag_token_loss"]
+
+
+# -- losses ---------------------------------------------------------------------------------------
+
+
+def rag_sequence_loss(doc_logprobs: torch.Tensor, token_logprobs: torch.Tensor,
+                      target_mask: torch.Tensor) -> torch.Tensor:
+    """−log Σ_z p(z|x) Π_t p(y_t|x,z,y<t), per example [B].
+
+    doc_logprobs [B, K] = log p(z|x); token_logprobs [B, K, T] = log p(gold y_t|x,z,y<t);
+    target_mask [B, T] is true at real target positions. Computed in float32.
+    """
+    mask = target_mask.bool().unsqueeze(1)
+    seq = token_logprobs.float().masked_fill(~mask, 0.0).sum(-1)  # [B, K]
+    return -torch.logsumexp(doc_logprobs.float() + seq, dim=1)
+
+
+def rag_token_loss(doc_logprobs: torch.Tensor, token_logprobs: torch.Tensor,
+                   target_mask: torch.Tensor) -> torch.Tensor:
+    """−Σ_t log Σ_z p(z|x) p(y_t|x,z,y<t), per example [B]. Same shapes as `rag_sequence_loss`."""
+    mask = target_mask.bool()
+    tokens = token_logprobs.float().masked_fill(~mask.unsqueeze(1), 0.0)
+    per_position = torch.logsumexp(doc_logprobs.float().unsqueeze(-1) + tokens, dim=1)  # [B, T]
+    return -per_position.masked_fill(~mask, 0.0).sum(-1)
+
+
+def distillation_loss(doc_logprobs: torch.Tensor, passage_scores: torch.Tensor,
+                      temperature: float = 1.0) -> torch.Tensor:
+    """KL(p_target || p_retr) per example [B] (Atlas' perplexity distillation, Izacard et al. 2022).
+
+    doc_logprobs [B, K] = log p_retr(z|x), the retriever's; passage_scores [B, K] = log p(y|x,z) of the
+    gold answer given each passage alone, from the reader; p_target = softmax(passage_scores / T) over
+    the k passages. The target carries no gradient: only the retriever learns from this loss."""
+    target = torch.log_softmax(passage_scores.detach().float() / temperature, dim=-1)
+    return (target.exp() * (target - doc_logprobs.float())).sum(-1)
+
+
+# -- readers: how the generator reads k passages ------------------------------------------------
+
+
+@dataclass
+class ReaderLoss:
+    """What a reader's loss returns: `nll` [B], the answer's negative log-likelihood under the reader;
+    `retriever` [B], a separate loss that trains the retriever, or None where `nll` trains it too
+    (the RAG modes marginalise over p(z|x)). The model trains on their sum."""
+
+    nll: torch.Tensor
+    retriever: torch.Tensor | None = None
+
+
+@dataclass
+class Reader:
+    """One reader mode: the loss that trains it and the decoder that answers with it. A new mode is
+    one entry of `READERS` (its name and description also in `ragloop.constants.READER_MODES`,
+    which the CLI reads without torch) and its tests;
+    `RAGConfig.mode` names one.
+
+        loss(generator, inputs, labels [B, T], doc_logprobs [B, K], config) -> ReaderLoss
+        decode(generator, inputs, doc_logprobs [B, K], num_beams, max_new_tokens, config) -> ids per question
+
+    `inputs` comes from `Generator.build_inputs` (row b*K + k: question b with passage k); `labels`
+    from `Generator.tokenize_targets` (pads -100). `fused`: the decoder reads a question's k encodings
+    side by side (FiD), so the copied spans of an answer are found over that fused source too."""
+
+    loss: Callable[[Generator, dict, torch.Tensor, torch.Tensor, RAGConfig], ReaderLoss]
+    decode: Callable[[Generator, dict, torch.Tensor, int, int, RAGConfig], list[list[int]]]
+    fused: bool = False
+
+
+def passage_token_logprobs(gen: Generator, inputs: dict, labels: torch.Tensor, k: int,
+                           encoder_outputs=None) -> torch.Tensor:
+    """log p(gold y_t | x, z, y<t) [B, K, T], each passage read on its own (0 at padded targets).
+    Give `encoder_outputs` [B*K, L, H] of `inputs` to skip the encoder."""
+    token_logprobs = gen(inputs["input_ids"], inputs["attention_mask"], labels.repeat_interleave(k, dim=0),
+                         encoder_outputs=encoder_outputs)
+    return token_logprobs.view(labels.shape[0], k, -1)
+
+
+def _marginal_loss(loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]):
+    """A RAG mode's reader loss: `loss` over each passage's gold-token log-probs; the marginal over
+    p(z|x) trains the retriever too."""
+
+    def reader_loss(gen: Generator, inputs: dict, labels: torch.Tensor, doc_logprobs: torch.Tensor,
+                    config: RAGConfig) -> ReaderLoss:
+        token_logprobs = passage_token_logprobs(gen, inputs, labels, doc_logprobs.shape[1])
+        return ReaderLoss(loss(doc_logprobs, token_logprobs, labels != IGNORE_INDEX))
+
+    return reader_loss
+
+
+def fid_loss(gen: Generator, inputs: dict, labels: torch.Tensor, doc_logprobs: torch.Tensor,
+             config: RAGConfig) -> ReaderLoss:
+    """Fusion-in-Decoder: the NLL of the answer from one decoder pass over all k passages' encoder
+    states (the reader's only gradient), and, when p(z|x) carries a gradient (the question or
+    passage encoder trains), `distillation_loss` towards the reader's likelihood of the answer given
+    each passage alone, scored under no_grad on the same encoder states (the retriever's only gradient).
+    A frozen retriever costs no distillation pass."""
+    k = doc_logprobs.shape[1]
+    encoded = gen.encode(inputs["input_ids"], inputs["attention_mask"])
+    nll = -fused_token_logprobs(gen, inputs, labels, k, encoded=encoded).sum(-1)
+    if not doc_logprobs.requires_grad:
+        return ReaderLoss(nll)
+    with torch.no_grad():
+        alone = BaseModelOutput(last_hidden_state=encoded.last_hidden_state.detach())
+        passage_scores = passage_token_logprobs(gen, inputs, labels, k, encoder_outputs=alone).sum(-1)
+    return ReaderLoss(nll, distillation_loss(doc_logprobs, passage_scores, config.distill_temperature))
+
+
+def _decode_sequence(gen: Generator, inputs: dict, doc_logprobs: torch.Tensor, num_beams: int,
+                     max_new_tokens: int, config: RAGConfig) -> list[list[int]]:
+    return sequence_decode(gen, inputs, doc_logprobs, num_beams, max_new_tokens, config.rescore_batch_size)
+
+
+def _decode_token(gen: Generator, inputs: dict, doc_logprobs: torch.Tensor, num_beams: int,
+                  max_new_tokens: int, config: RAGConfig) -> list[list[int]]:
+    return token_beam_search(gen, inputs, doc_logprobs, num_beams, max_new_tokens)
+
+
+def _decode_fid(gen: Generator, inputs: dict, doc_logprobs: torch.Tensor, num_beams: int,
+                max_new_tokens: int, config: RAGConfig) -> list[list[int]]:
+    return fid_decode(gen, inputs, doc_logprobs.shape[1], num_beams, max_new_tokens)
+
+
+READERS: dict[str, Reader] = {
+    # one passage for the whole answer
+    "sequence": Reader(loss=_marginal_loss(rag_sequence_loss), decode=_decode_sequence),
+    # the passage may change at every token
+    "token": Reader(loss=_marginal_loss(rag_token_loss), decode=_decode_token),
+    # all k passages' encoder states read by one decoder pass; the retriever learns by distillation
+    "fid": Reader(loss=fid_loss, decode=_decode_fid, fused=True),
+}
