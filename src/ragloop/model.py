@@ -35,6 +35,7 @@ import torch
 
 from ragloop import model_io
 from ragloop._torch import eval_mode
+from ragloop.answer_cache import cached_answers
 from ragloop.constants import READER_MODES as MODES  # RAGConfig's choices (it moves to ragloop.config)
 from ragloop.constants import score_scale
 from ragloop.data.corpus import Passage
@@ -346,15 +347,12 @@ class RAG(torch.nn.Module):
     def answer(self, question_or_questions: str | Sequence[str], k: int | None = None, num_beams: int = 1,
                max_new_tokens: int = 32) -> Answer | list[Answer]:
         """Retrieve, generate, and return the answer with the passages it was drawn from. With a cache on
-        the retriever (`model.retriever.cache`, see retrieval/cache.py), a question asked before with the
+        the retriever (`model.retriever.cache`, see answer_cache.py), a question asked before with the
         same k and decoding settings, of the same weights and index, is answered from it."""
         single = isinstance(question_or_questions, str)
         questions = check_questions(question_or_questions)
-        if self.retriever.cache is not None:
-            answers = self.retriever.cache.answers(self, questions, k, num_beams, max_new_tokens,
-                                                   lambda qs: self._answer(qs, k, num_beams, max_new_tokens))
-        else:
-            answers = self._answer(questions, k, num_beams, max_new_tokens)
+        answers = cached_answers(self, questions, k, num_beams, max_new_tokens,
+                                 lambda qs: self._answer(qs, k, num_beams, max_new_tokens))
         return answers[0] if single else answers
 
     def _answer(self, questions: list[str], k: int | None, num_beams: int, max_new_tokens: int) -> list[Answer]:

@@ -210,6 +210,24 @@ def test_rag_answer_is_cached_per_question_and_weights(index, encoder, tiny_bert
     assert rag.retriever.cache.stats()["answers"]["hits"] == 2
 
 
+def test_answers_false_leaves_answers_uncached_and_retrieval_cached(index, encoder, tiny_bert_dir, tiny_t5_dir,
+                                                                   tmp_path):
+    from ragloop import Generator
+
+    rag = RAG(index, Encoder.from_pretrained(str(tiny_bert_dir)), Generator.from_pretrained(str(tiny_t5_dir)),
+              RAGConfig(n_docs=2))
+    rag.retriever.cache = RetrievalCache(answers=False, directory=tmp_path / "c", max_disk_bytes=1 << 20)
+    calls = []
+    real = rag._answer
+    rag._answer = lambda qs, *a: calls.append(list(qs)) or real(qs, *a)
+    rag.answer(QUESTIONS[0], max_new_tokens=2)
+    rag.answer(QUESTIONS[0], max_new_tokens=2)
+    assert calls == [QUESTIONS[:1]] * 2
+    stats = rag.retriever.cache.stats()
+    assert stats["answers"] == {"hits": 0, "misses": 0, "hit_rate": None}
+    assert stats["disk"]["max_bytes"] == 1 << 20
+
+
 def test_eval_retrieval_reuses_its_disk_cache_and_a_changed_index_misses(index, squad_small, tmp_path, capsys,
                                                                         monkeypatch):
     cache_dir = tmp_path / "cache"

@@ -10,11 +10,11 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
+from ragloop.contexts import rag_contexts
 from ragloop.data.corpus import Passage
 from ragloop.data.qa import QAExample
 from ragloop.evaluation.metrics import exact_match, f1_score, has_answer
 from ragloop.evaluation.retrieval import answers_not_in_context
-from ragloop.retrieval.cache import rag_contexts
 
 CONTEXTS = ("rag", "closed-book", "oracle")
 

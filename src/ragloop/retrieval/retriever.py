@@ -15,6 +15,10 @@ the server, `rag_system.py`, the benchmarks) calls `Retriever.retrieve`. It runs
 Scores are the last stage's: inner products (dense), BM25 scores, fused scores (hybrid) or the
 reranker's logits. The RAG model passes its own question vectors (`vectors=`), so a question is
 encoded once, and recomputes q·d over the rows it gets back for p(z|x).
+
+With a cache (`cache=RetrievalCache(...)` or `cache_size=N`), `retrieve` wraps its own search with it:
+results and question vectors are remembered per question under keys built in cache.py, and only the
+questions missing from it are searched, in one batch. A caller's own `vectors=` are never served from it.
 """
 
 from __future__ import annotations
@@ -27,18 +31,17 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ragloop.cache import module_state
 from ragloop.constants import FUSION_DEPTH, RERANK_DEPTH
 from ragloop.data.corpus import Passage
 from ragloop.errors import RagloopError
+from ragloop.retrieval.cache import RESULT_FIELDS, RetrievalCache, results_settings, results_setup
 from ragloop.retrieval.hybrid import MODES, check_fusion, fuse
 from ragloop.retrieval.index import Index
 
 if TYPE_CHECKING:  # encoders and the reranker import torch; BM25-only search never needs them
-    from ragloop.retrieval.cache import RetrievalCache
     from ragloop.retrieval.encoders import Encoder
     from ragloop.retrieval.rerank import Reranker
-
-
 
 @dataclass
 class Hit:
@@ -108,8 +111,6 @@ class Retriever:
         _check_mode(mode)
         check_fusion(fusion, weight)
         if cache is None and cache_size is not None:
-            from ragloop.retrieval.cache import RetrievalCache
-
             cache = RetrievalCache(max_entries=cache_size)
         self.cache = cache
         self.index = index
@@ -211,8 +212,46 @@ class Retriever:
             raise RagloopError(f"vectors have shape {np.shape(vectors)}; {len(questions)} questions against "
                                f"{self.index.path} need ({len(questions)}, {self.index.dim})")
         if self.cache is not None and vectors is None:  # a caller's own vectors are never served from a cache
-            return self.cache.retrieve(self, questions, k, mode, fill, progress)
+            return self._retrieve_cached(questions, k, mode, fill, progress)
         return self._retrieve(questions, k, mode, vectors, fill, progress)
+
+    def _retrieve_cached(self, questions: list[str], k: int, mode: str, fill: bool,
+                         progress: bool | None) -> Retrieved:
+        """`_retrieve` through `self.cache`: remembered rows per question, the missing ones searched together
+        (from the disk store first, when the cache has one: questions found there are not even encoded)."""
+        dense = mode != "bm25" or fill
+
+        def encode(missing: list[str]) -> np.ndarray | None:
+            return self._question_vectors(missing, progress) if dense else None
+
+        def search(missing: list[str]) -> list:
+            settings = results_settings(self, k, mode, fill) if self.cache.disk is not None else None
+            if settings is None:
+                got = self._retrieve(missing, k, mode, encode(missing), fill, progress)
+            else:
+                def compute(qs: list[str]) -> dict:
+                    got = self._retrieve(qs, k, mode, encode(qs), fill, progress)
+                    return {"rows": got.rows, "scores": got.scores}
+
+                stored = self.cache.disk.lookup(settings, missing, compute, RESULT_FIELDS)
+                got = Retrieved(stored["rows"], stored["scores"], self.passages(stored["rows"]))
+            return [(got.rows[b].copy(), got.scores[b].copy(), tuple(got.passages[b])) for b in range(len(missing))]
+
+        rows = self.cache.get_many("results", results_setup(self, k, mode, fill), questions, search)
+        return Retrieved(np.stack([r[0] for r in rows]).copy(), np.stack([r[1] for r in rows]).copy(),
+                         [list(r[2]) for r in rows])
+
+    def _question_vectors(self, questions: list[str], progress: bool | None) -> np.ndarray:
+        """The question encoder's vectors, remembered in `self.cache` while the encoder is in eval mode."""
+        encoder = self.question_encoder
+
+        def encode(missing: list[str]) -> list:
+            return list(encoder.encode(missing, batch_size=128, progress=progress, desc="encoding questions"))
+
+        if encoder.training:  # weights change every step: remembering them would only push out the rest
+            return np.stack(encode(questions))
+        vectors = self.cache.get_many("embeddings", module_state(encoder), questions, encode)
+        return np.stack(vectors).astype(np.float32, copy=True)
 
     def _retrieve(self, questions: list[str], k: int, mode: str, vectors: np.ndarray | None, fill: bool,
                   progress: bool | None) -> Retrieved:
@@ -224,7 +263,7 @@ class Retriever:
         scores, rows = self._first_stage(questions, depth, mode, vectors)
         if fill and (rows < 0).any():
             rows, scores = _fill_missing(rows, scores, self.index.search(vectors, depth)[1], self.index.path)
-        passages = self._passages(rows)
+        passages = self.passages(rows)
         if self.reranker is not None:
             scores, rows, passages = self._rerank(questions, passages, rows, progress)
         return Retrieved(rows[:, :k], scores[:, :k], [ps[:k] for ps in passages])
@@ -250,7 +289,8 @@ class Retriever:
         scores = np.where(rows >= 0, scores, -np.inf).astype(np.float32)
         return scores, rows.astype(np.int64)
 
-    def _passages(self, rows: np.ndarray) -> list[list[Passage]]:
+    def passages(self, rows: np.ndarray) -> list[list[Passage]]:
+        """The index's passages at `rows` [B, K], per question, skipping -1 (nothing found)."""
         wanted = sorted({int(r) for r in rows.reshape(-1) if r >= 0})
         by_row = dict(zip(wanted, self.index.store.get_rows(wanted)))
         return [[by_row[int(r)] for r in row if r >= 0] for row in rows]
