@@ -60,15 +60,8 @@ from ragloop.generation.decoding import sequence_decode, token_beam_search
 from ragloop.generation.fusion import fid_decode, fused_token_logprobs
 from ragloop.generation.generator import BUNDLED_GENERATOR, IGNORE_INDEX, Generator
 from ragloop.generation.spans import copied_spans
-from ragloop.io import (
-    atomic_dir,
-    atomic_write_json,
-    checksum_files,
-    legacy_name,
-    only_replace,
-    read_manifest_json,
-    verify_files,
-)
+from ragloop.io import atomic_dir, atomic_write_json
+from ragloop.manifest import checksum_files, legacy_name, only_replace, read_manifest_json, verify_files
 from ragloop.retrieval.encoders import BiEncoder, Encoder
 from ragloop.retrieval.hybrid import MODES as SEARCH_MODES
 from ragloop.retrieval.index import Index
