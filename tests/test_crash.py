@@ -363,7 +363,7 @@ class Payload:
 
 
 def test_checkpoint_with_a_pickled_object_is_refused(tmp_path):
-    from ragloop.io import checksum_files
+    from ragloop.manifest import checksum_files
 
     path = tmp_path / "last"
     small_checkpoint(path)

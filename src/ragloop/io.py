@@ -7,6 +7,13 @@ target; what it left beside it is tidied by the next writer or reader of that ta
 target missing while a dead writer's `.NAME.old-PID-HOST` exists is renamed back, a dead writer's
 temporaries are removed. Only writers on this machine are judged (by PID); what a process on another
 machine sharing the folder left is never touched.
+
+    >>> atomic_write_json("runs/rag/summary.json", {"em": 0.41})
+    >>> with atomic_dir("runs/index") as tmp:      # a folder: written in tmp, renamed into place at the end
+    ...     (tmp / "index.faiss").write_bytes(data)
+    >>> recover("runs/index")                      # what a killed writer of runs/index left, tidied
+
+Folders described by a JSON manifest (sizes and digests checked on load) are `ragloop.manifest`.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import socket
 import tempfile
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -47,25 +54,28 @@ def _writing_to(target: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def atomic_dir(target: str | Path, may_replace=lambda p: True) -> Iterator[Path]:
+def atomic_dir(target: str | Path, may_replace: Callable[[Path], object] = lambda p: True) -> Iterator[Path]:
     """Yield a fresh temporary folder beside `target`; on success it replaces `target` by rename.
 
-    On any error the temporary folder is removed and `target` is untouched. The old `target` is
-    moved aside first and deleted only after the new one is in place.
+    `may_replace(target)` is called before an existing `target` is replaced; it raises to refuse
+    (`ragloop.manifest.only_replace`). On any error the temporary folder is removed and `target` is
+    untouched. The old `target` is moved aside first and deleted only after the new one is in place.
+
+        >>> with atomic_dir("runs/index") as tmp:
+        ...     (tmp / "manifest.json").write_text("{}")
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     recover(target)
     with _writing_to(target):
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-{HOST}-", dir=target.parent))
+        tmp = _temp_beside(target, folder=True)
         old = None
         try:
-            os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it 0700: others could not read the result
             yield tmp
             _fsync_tree(tmp)
             if target.exists():
                 may_replace(target)
-                old = target.parent / f".{target.name}.old-{os.getpid()}-{HOST}"
+                old = target.parent / _this_writers(target, "old")
                 if old.exists():
                     _remove(old)
                 os.rename(target, old)
@@ -87,19 +97,36 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     recover(path)
     with _writing_to(path):
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-{HOST}-", dir=path.parent)
+        tmp = _temp_beside(path, folder=False)
         try:
-            with os.fdopen(fd, "wb") as f:
-                os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes it 0600, whatever the umask
+            with open(tmp, "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
             _fsync_dir(path.parent)
         except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+            _remove(tmp)
             raise
+
+
+def _temp_beside(target: Path, folder: bool) -> Path:
+    """A new empty file or folder beside `target`, named `.NAME.tmp-PID-HOST-XXXX` (what `_leftovers` reads),
+    with the mode a plain create under the umask gives: mkstemp/mkdtemp make it 0600/0700, and others could
+    not read the result."""
+    prefix = _this_writers(target, "tmp") + "-"
+    if folder:
+        tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
+    else:
+        fd, name = tempfile.mkstemp(prefix=prefix, dir=target.parent)
+        os.close(fd)
+        tmp = Path(name)
+    try:
+        os.chmod(tmp, (0o777 if folder else 0o666) & ~current_umask())
+    except BaseException:
+        _remove(tmp)
+        raise
+    return tmp
 
 
 _umask_lock = threading.Lock()
@@ -124,11 +151,13 @@ def current_umask() -> int:
     return mask
 
 
-def atomic_write_json(path: str | Path, obj) -> None:
+def atomic_write_json(path: str | Path, obj: object) -> None:
+    """Write `obj` as indented JSON with sorted keys and a final newline, atomically (`atomic_write_bytes`)."""
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8"))
 
 
 def sha256_file(path: str | Path, block: int = 1 << 20) -> str:
+    """The hex sha256 of a file's content, read `block` bytes at a time."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(block):
@@ -177,28 +206,40 @@ def interrupted_hint(target: str | Path) -> str:
     return f"; an interrupted write left the previous version in {max((p for p, _ in olds), key=_mtime)}"
 
 
+def _this_writers(target: Path, kind: str) -> str:
+    """`.NAME.old-PID-HOST` or `.NAME.tmp-PID-HOST` (mkstemp/mkdtemp add `-XXXX`): this process's "old" copy
+    or temporary beside `target`, as `_parse_leftover` reads it back."""
+    return f".{target.name}.{kind}-{os.getpid()}-{HOST}"
+
+
+def _parse_leftover(target: Path, name: str) -> tuple[str, int, str] | None:
+    """("old" or "tmp", writer's PID, writer's host) when `name` is what `_this_writers` makes for `target`.
+
+    An older ragloop's `.NAME.old-PID` counts as this machine's; its `.NAME.tmp-XXXX` (no PID), and every
+    other name, give None."""
+    for kind in ("old", "tmp"):
+        prefix = f".{target.name}.{kind}-"
+        if name.startswith(prefix):
+            pid, _, rest = name[len(prefix):].partition("-")
+            host = (rest or HOST) if kind == "old" else rest.rpartition("-")[0]  # tmp: HOST-XXXX
+            return (kind, int(pid), host) if pid.isdigit() and host else None
+    return None
+
+
 def _leftovers(target: Path) -> tuple[list[tuple[Path, bool]], list[tuple[Path, bool]]]:
     """([(.NAME.old-PID-HOST, stale)], [(.NAME.tmp-PID-HOST-XXXX, stale)]) beside `target`; stale: its writer
     ran on this machine and is gone. Names of other forms (older ragloop: `.NAME.tmp-XXXX`) are left alone."""
-    old_prefix, tmp_prefix = f".{target.name}.old-", f".{target.name}.tmp-"
-    olds: list[tuple[Path, bool]] = []
-    tmps: list[tuple[Path, bool]] = []
+    found: dict[str, list[tuple[Path, bool]]] = {"old": [], "tmp": []}
     try:
         entries = [e.name for e in os.scandir(target.parent)]
     except OSError:
-        return olds, tmps
+        return found["old"], found["tmp"]
     mine = _writing.get(os.path.abspath(target), 0) > 0
     for name in entries:
-        if name.startswith(old_prefix):
-            pid, _, host = name[len(old_prefix):].partition("-")  # PID-HOST, or PID alone (older ragloop)
-            if pid.isdigit():
-                olds.append((target.parent / name, _stale(int(pid), host or HOST, mine)))
-        elif name.startswith(tmp_prefix):
-            pid, _, rest = name[len(tmp_prefix):].partition("-")
-            host = rest.rpartition("-")[0]
-            if pid.isdigit() and host:
-                tmps.append((target.parent / name, _stale(int(pid), host, mine)))
-    return olds, tmps
+        if parsed := _parse_leftover(target, name):
+            kind, pid, host = parsed
+            found[kind].append((target.parent / name, _stale(pid, host, mine)))
+    return found["old"], found["tmp"]
 
 
 def _stale(pid: int, host: str, writing: bool) -> bool:
@@ -248,130 +289,20 @@ def _fsync_tree(folder: Path) -> None:
     """fsync every file and folder under `folder`, so the rename never publishes unwritten data."""
     for root, _dirs, files in os.walk(folder):
         for name in files:
-            _fsync_file(Path(root) / name)
+            if not (Path(root) / name).is_symlink():
+                _fsync(Path(root) / name)
         _fsync_dir(Path(root))
 
 
-def _fsync_file(path: Path) -> None:
-    if path.is_symlink():
-        return
+def _fsync_dir(path: Path) -> None:
+    """fsync a folder (its entries: a rename in it is durable); best effort, as not every OS allows it."""
+    with contextlib.suppress(OSError):
+        _fsync(path)
+
+
+def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-# -- folders described by a JSON manifest (index, saved RAG model, checkpoint) -------------------
-
-
-SAMPLE_ABOVE = 64 << 20  # files larger than this also get a sampled digest, for the fast check on load
-SAMPLE_BLOCKS, SAMPLE_BLOCK = 16, 1 << 20
-VERIFY_MODES = ("full", "fast", "size")
-
-
-def sample_sha256(path: str | Path) -> str:
-    """sha256 of a file's size and 16 blocks of 1 MiB spread evenly over it (first and last included):
-    reads 16 MiB whatever the size, and changes when a file is swapped for another of the same size."""
-    size = os.path.getsize(path)
-    h = hashlib.sha256(str(size).encode())
-    with open(path, "rb") as f:
-        for i in range(SAMPLE_BLOCKS):
-            f.seek(max(0, size - SAMPLE_BLOCK) * i // (SAMPLE_BLOCKS - 1))
-            h.update(f.read(SAMPLE_BLOCK))
-    return h.hexdigest()
-
-
-def checksum_files(folder: Path, files: list[Path]) -> dict:
-    """{relative path: {"bytes", "sha256"}} for a manifest, plus "sample_sha256" for files over 64 MiB."""
-    out = {}
-    for p in files:
-        size = p.stat().st_size
-        out[str(p.relative_to(folder))] = {"bytes": size, "sha256": sha256_file(p)}
-        if size > SAMPLE_ABOVE:
-            out[str(p.relative_to(folder))]["sample_sha256"] = sample_sha256(p)
-    return out
-
-
-def verify_files(folder: Path, files: dict, manifest_name: str, checksums: bool | str = True) -> None:
-    """Every file the manifest lists exists with its size, and its content checked as `checksums` says:
-    True or "full": the sha256 of every file; "fast": the sha256 of files up to 64 MiB and a sampled
-    digest of larger ones (their full sha256 when the manifest has no sampled digest); False or "size":
-    sizes only. A truncated or swapped file fails every mode but "size" (which still catches truncation)."""
-    from ragloop.errors import RagloopError
-
-    mode = ("full" if checksums else "size") if isinstance(checksums, bool) else checksums
-    if mode not in VERIFY_MODES:
-        raise RagloopError(f"verify must be one of {', '.join(VERIFY_MODES)} (got {checksums!r})")
-    where = folder / manifest_name
-    if not isinstance(files, dict):
-        raise RagloopError(f"{where}: corrupt ('files' is not an object)")
-    for name, meta in files.items():
-        if not isinstance(meta, dict) or not isinstance(meta.get("bytes"), int) or not isinstance(
-                meta.get("sha256"), str):
-            raise RagloopError(f"{where}: corrupt (bad entry for {name!r})")
-        f = folder / name
-        if Path(name).is_absolute() or ".." in Path(name).parts:
-            raise RagloopError(f"{where}: corrupt (file {name!r} is outside the folder)")
-        if not f.is_file():
-            raise RagloopError(f"{f}: missing (listed in {manifest_name})")
-        ok = f.stat().st_size == meta["bytes"]
-        if ok and mode == "fast" and isinstance(meta.get("sample_sha256"), str):
-            ok = sample_sha256(f) == meta["sample_sha256"]
-        elif ok and mode != "size":
-            ok = sha256_file(f) == meta["sha256"]
-        if not ok:
-            raise RagloopError(f"{f}: does not match the checksum in {manifest_name} (truncated, corrupt or changed)")
-
-
-def legacy_name(name: str) -> str:
-    """What a file or format was called before the project was renamed from ragsys: read, never written."""
-    return name.replace("ragloop", "ragsys", 1)
-
-
-def read_manifest_json(folder: Path, name: str, fmt: str, version: int, what: str, hint: str = "") -> dict:
-    """Read `folder/name`, a JSON object whose "format" is `fmt` and "format_version" at most `version`."""
-    from ragloop.errors import RagloopError
-
-    folder = Path(folder)
-    recover(folder)  # a write of this folder killed between its renames: the previous version is back
-    if not folder.is_dir():
-        raise RagloopError(f"{folder}: no such {what} folder{interrupted_hint(folder)}")
-    f = folder / name
-    if not f.is_file():
-        raise RagloopError(f"{folder}: not a {what} (no {name}){hint}")
-    try:
-        meta = json.loads(f.read_bytes().decode("utf-8"))
-    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, huge numbers
-        raise RagloopError(f"{f}: corrupt {name} ({str(e)[:200]})") from None
-    except OSError as e:
-        raise RagloopError(f"{f}: cannot read ({e.strerror or e})") from None
-    if not isinstance(meta, dict) or meta.get("format") not in (fmt, legacy_name(fmt)):
-        raise RagloopError(f"{f}: not a {what} {name}")
-    if not isinstance(meta.get("format_version", 0), int):
-        raise RagloopError(f"{f}: corrupt {name} (format_version is not a number)")
-    if meta.get("format_version", 0) > version:
-        raise RagloopError(f"{f}: format {meta['format_version']} is newer than this ragloop reads")
-    return meta
-
-
-def only_replace(marker: str, what: str):
-    """A `may_replace` check for `atomic_dir`: only an empty folder or one holding `marker` is replaced."""
-
-    def check(target: Path) -> None:
-        from ragloop.errors import RagloopError
-
-        if target.is_dir() and (not any(target.iterdir()) or (target / marker).is_file()):
-            return
-        raise RagloopError(f"{target}: exists and is not a {what}; refusing to overwrite it")
-
-    return check

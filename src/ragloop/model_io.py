@@ -31,15 +31,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ragloop._version import __version__
 from ragloop.errors import RagloopError
 from ragloop.generation.generator import Generator
-from ragloop.io import (
-    atomic_dir,
-    atomic_write_json,
-    checksum_files,
-    legacy_name,
-    only_replace,
-    read_manifest_json,
-    verify_files,
-)
+from ragloop.io import atomic_dir, atomic_write_json
+from ragloop.manifest import checksum_files, legacy_name, only_replace, read_manifest_json, verify_files
 from ragloop.retrieval.encoders import BiEncoder, Encoder
 from ragloop.retrieval.index import Index
 
@@ -113,7 +106,7 @@ def saved_config(model: SavableRAG) -> dict:
 def load_parts(path: str | Path, verify: bool | str, make_config: Callable[[dict, str], Any]) -> dict:
     """The parts of a folder `save_rag` wrote, as the RAG constructor's keyword arguments (index,
     question_encoder, generator, config, passage_encoder, reranker), its files checked against the
-    manifests first (`verify`: see `ragloop.io.verify_files`). `make_config(values, where)` turns the
+    manifests first (`verify`: see `ragloop.manifest.verify_files`). `make_config(values, where)` turns the
     saved config into the model's config (`RAGConfig.from_dict`), which says whether to load a reranker."""
     path = Path(path)
     meta = _read_meta(path)

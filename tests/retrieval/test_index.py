@@ -217,7 +217,7 @@ def test_index_from_before_sources_loads_and_grows(tmp_path, passages, encoder):
     still searches, and `add` gives it the column."""
     import sqlite3
 
-    from ragloop.io import checksum_files
+    from ragloop.manifest import checksum_files
 
     folder = Index.build(passages[:5], encoder, tmp_path / "old").path
     db = sqlite3.connect(folder / "passages.sqlite")

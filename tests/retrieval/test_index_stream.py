@@ -71,8 +71,9 @@ def test_a_generator_builds_and_an_empty_or_repeating_one_is_a_clear_error(tmp_p
 def test_fast_verify_reads_samples_of_large_files_and_still_catches_changes(tmp_path, passages, encoder,
                                                                               monkeypatch):
     import ragloop.io
+    import ragloop.manifest
 
-    monkeypatch.setattr(ragloop.io, "SAMPLE_ABOVE", 1000)  # every file here counts as large
+    monkeypatch.setattr(ragloop.manifest, "SAMPLE_ABOVE", 1000)  # every file here counts as large
     Index.build(passages, encoder, tmp_path / "i", with_bm25=False, factory="HNSW8")
     files = json.loads((tmp_path / "i" / "manifest.json").read_text())["files"]
     assert all("sample_sha256" in meta for meta in files.values())
@@ -97,14 +98,14 @@ def test_fast_verify_reads_samples_of_large_files_and_still_catches_changes(tmp_
 def test_fast_verify_is_a_sample_full_verify_reads_everything(tmp_path, passages, encoder, monkeypatch):
     """The documented limit of the default: a change between the sampled blocks of a large file passes
     "fast" (sizes and the sampled digest agree); "full" hashes every byte and finds it."""
-    import ragloop.io
+    import ragloop.manifest
 
-    monkeypatch.setattr(ragloop.io, "SAMPLE_ABOVE", 1000)
-    monkeypatch.setattr(ragloop.io, "SAMPLE_BLOCK", 16)  # 16 blocks of 16 bytes: most of the file unsampled
+    monkeypatch.setattr(ragloop.manifest, "SAMPLE_ABOVE", 1000)
+    monkeypatch.setattr(ragloop.manifest, "SAMPLE_BLOCK", 16)  # 16 blocks of 16 bytes: most of the file unsampled
     Index.build(passages, encoder, tmp_path / "i", with_bm25=False)
     faiss_file = tmp_path / "i" / "index.faiss"
     data = bytearray(faiss_file.read_bytes())
-    size, blocks = len(data), ragloop.io.SAMPLE_BLOCKS
+    size, blocks = len(data), ragloop.manifest.SAMPLE_BLOCKS
     starts = [(size - 16) * i // (blocks - 1) for i in range(blocks)]
     sampled = {o for start in starts for o in range(start, start + 16)}
     spot = next(o for o in range(size // 3, size) if o not in sampled)

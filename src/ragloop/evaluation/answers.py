@@ -13,8 +13,10 @@ from tqdm.auto import tqdm
 from ragloop.contexts import rag_contexts
 from ragloop.data.corpus import Passage
 from ragloop.data.qa import QAExample
+from ragloop.errors import RagloopError
 from ragloop.evaluation.metrics import exact_match, f1_score, has_answer
 from ragloop.evaluation.retrieval import answers_not_in_context
+from ragloop.retrieval.retriever import check_k
 
 CONTEXTS = ("rag", "closed-book", "oracle")
 
@@ -28,35 +30,49 @@ def given_passages(batch: list[QAExample], context: str) -> list[list[Passage]] 
     return None
 
 
+def check_answer_args(examples: list[QAExample], context: str, k: int | None) -> None:
+    """RagloopError for a `context` not in CONTEXTS, an oracle run over an example without its paragraph
+    (naming the first such example), or a `k` below 1 (None: the model's n_docs)."""
+    if context not in CONTEXTS:
+        raise RagloopError(f"context must be one of {', '.join(CONTEXTS)} (got {context!r})")
+    if k is not None:
+        check_k(k)
+    if context == "oracle":
+        for i, ex in enumerate(examples):
+            if not ex.context:
+                raise RagloopError(f"{ex.source or 'examples'}: oracle evaluation needs each question's context "
+                                   f"paragraph; question {ex.id!r} (example {i}) has none")
+
+
 @torch.inference_mode()
 def evaluate_answers(model, examples: list[QAExample], context: str = "rag", k: int | None = None,
                      batch_size: int = 16, num_beams: int = 1, progress: bool | None = None) -> dict:
     """EM/F1 (max over gold answers) and, with retrieval, hit@k of the passages the model read; "quantize"
-    when the model is quantized."""
-    if context not in CONTEXTS:
-        raise ValueError(f"unknown context {context!r}")
-    if context == "oracle" and any(not ex.context for ex in examples):
-        raise ValueError("oracle evaluation needs examples with their context paragraph")
+    when the model is quantized. `k`: passages read per question (None: the model's n_docs). The model is
+    put in eval mode and back in its training mode afterwards, also when generation fails."""
+    check_answer_args(examples, context, k)
+    em = f1 = hits = 0.0
+    k = model.config.n_docs if k is None else k
+    disable = None if progress is None else not progress
     was_training = model.training
     model.eval()
-    em = f1 = hits = 0.0
-    k = k or model.config.n_docs
-    disable = None if progress is None else not progress
-    for start in tqdm(range(0, len(examples), batch_size), desc=f"evaluating ({context})", disable=disable,
-                      leave=False):
-        batch = examples[start : start + batch_size]
-        questions = [e.question for e in batch]
-        passages = given_passages(batch, context)
-        if passages is None:  # from the on-disk retrieval cache when the model's retriever has one
-            passages, doc_scores = rag_contexts(model, questions, k)
-            hits += sum(any(has_answer(ex.answers, p.text) for p in ps) for ex, ps in zip(batch, passages))
-        else:
-            doc_scores = torch.zeros(len(batch), 1)
-        predictions = model.generate(questions, num_beams=num_beams, passages=passages, doc_scores=doc_scores)
-        for ex, pred in zip(batch, predictions):
-            em += exact_match(pred, ex.answers)
-            f1 += f1_score(pred, ex.answers)
-    model.train(was_training)
+    try:
+        for start in tqdm(range(0, len(examples), batch_size), desc=f"evaluating ({context})", disable=disable,
+                          leave=False):
+            batch = examples[start : start + batch_size]
+            questions = [e.question for e in batch]
+            passages = given_passages(batch, context)
+            if passages is None:  # from the on-disk retrieval cache when the model's retriever has one
+                passages, doc_scores = rag_contexts(model, questions, k)
+                hits += sum(any(has_answer(ex.answers, p.text) for p in ps) for ex, ps in zip(batch, passages))
+            else:
+                doc_scores = torch.zeros(len(batch), 1)
+            predictions = model.generate(questions, num_beams=num_beams, passages=passages, doc_scores=doc_scores)
+            for ex, pred in zip(batch, predictions):
+                em += exact_match(pred, ex.answers)
+                f1 += f1_score(pred, ex.answers)
+    finally:
+        model.train(was_training)
     n = max(len(examples), 1)
     result = {"context": context, "questions": len(examples), "em": round(em / n, 4), "f1": round(f1 / n, 4)}
     if getattr(model, "quantization", None):  # a quantized model's scores are reported as such

@@ -49,7 +49,7 @@ from ragloop.generation.inputs import (
     join_wordpiece_punctuation,
 )
 from ragloop.generation.warm_start import bert2bert, warm_start_new_layers, warm_started_parameters
-from ragloop.io import legacy_name
+from ragloop.manifest import legacy_name
 from ragloop.quiet import quiet_transformers
 
 __all__ = [  # what callers import from here; most of it lives in the modules named in the docstring

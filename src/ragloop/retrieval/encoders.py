@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from ragloop.config import DEFAULT_ENCODER  # noqa: F401 (re-exported: the default's home is config)
 from ragloop.errors import RagloopError
-from ragloop.io import legacy_name
+from ragloop.manifest import legacy_name
 from ragloop.quiet import quiet_transformers
 
 log = logging.getLogger(__name__)

@@ -49,14 +49,8 @@ from ragloop._version import __version__
 from ragloop.config import INDEX_CHUNK_SIZE, INDEX_REFINE_FACTOR
 from ragloop.data.corpus import Passage
 from ragloop.errors import RagloopError
-from ragloop.io import (
-    atomic_dir,
-    atomic_write_json,
-    checksum_files,
-    only_replace,
-    read_manifest_json,
-    verify_files,
-)
+from ragloop.io import atomic_dir, atomic_write_json
+from ragloop.manifest import checksum_files, only_replace, read_manifest_json, verify_files
 from ragloop.retrieval.backend import DEFAULT_SEARCH_PARAMS, FaissBackend
 from ragloop.retrieval.bm25 import BM25Index
 from ragloop.retrieval.store import PassageStore

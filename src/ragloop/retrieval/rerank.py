@@ -28,7 +28,8 @@ from tqdm.auto import tqdm
 
 from ragloop.data.corpus import Passage
 from ragloop.errors import RagloopError
-from ragloop.io import atomic_dir, atomic_write_json, only_replace
+from ragloop.io import atomic_dir, atomic_write_json
+from ragloop.manifest import only_replace
 from ragloop.quiet import quiet_transformers
 from ragloop.retrieval.encoders import resolve_source
 from ragloop.retrieval.index import bm25_text

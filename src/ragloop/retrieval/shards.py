@@ -25,7 +25,8 @@ import numpy as np
 from ragloop._version import __version__
 from ragloop.data.corpus import Passage
 from ragloop.errors import RagloopError
-from ragloop.io import atomic_dir, atomic_write_json, checksum_files, only_replace, read_manifest_json, verify_files
+from ragloop.io import atomic_dir, atomic_write_json
+from ragloop.manifest import checksum_files, only_replace, read_manifest_json, verify_files
 from ragloop.retrieval.backend import FaissBackend
 from ragloop.retrieval.encoders import BiEncoder
 from ragloop.retrieval.index import (

@@ -22,7 +22,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
 from ragloop.errors import RagloopError
-from ragloop.io import atomic_dir, atomic_write_json, checksum_files, interrupted_hint, recover, verify_files
+from ragloop.io import atomic_dir, atomic_write_json, interrupted_hint, recover
+from ragloop.manifest import checksum_files, verify_files
 
 STATE_FILE = "trainer_state.json"
 

@@ -31,7 +31,8 @@ from ragloop.data.bundled import SQUAD_TRAIN, bundled_path
 from ragloop.data.corpus import Passage, make_passages
 from ragloop.data.qa import load_qa, sample_evenly
 from ragloop.errors import RagloopError
-from ragloop.io import atomic_dir, atomic_write_json, only_replace
+from ragloop.io import atomic_dir, atomic_write_json
+from ragloop.manifest import only_replace
 from ragloop.retrieval.bm25 import BM25Index
 from ragloop.retrieval.encoders import Encoder
 from ragloop.retrieval.index import bm25_text

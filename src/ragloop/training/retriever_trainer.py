@@ -37,7 +37,8 @@ from ragloop.constants import score_scale
 from ragloop.data.corpus import Passage, make_passages
 from ragloop.data.qa import load_qa
 from ragloop.errors import RagloopError
-from ragloop.io import atomic_dir, atomic_write_json, only_replace
+from ragloop.io import atomic_dir, atomic_write_json
+from ragloop.manifest import only_replace
 from ragloop.retrieval.encoders import BiEncoder, Encoder, resolve_source
 from ragloop.training.negatives import TrainItem, build_items
 from ragloop.training.steps import run_steps, total_steps
