@@ -18,3 +18,4 @@ test: install
 
 lint:
 	$(PYTHON) -m ruff check .
+	lint-imports  # the layer contract and no import cycles ([tool.importlinter] in pyproject.toml)
