@@ -1,7 +1,7 @@
 """A retrieval corpus of ~100,000 passages with answerable questions, for index scale work (issue 14).
 
-    python bench/make_corpus.py --out /work/cache/big                    # 100,000 documents (default)
-    python bench/make_corpus.py --passages 3000 --out /tmp/corpus-small  # a quick check (~1 min)
+    python -m bench.scripts.make_corpus --out /work/cache/big                    # 100,000 documents (default)
+    python -m bench.scripts.make_corpus --passages 3000 --out /tmp/corpus-small  # a quick check (~1 min)
     ragloop index /work/cache/big/corpus.jsonl --out /work/cache/big/index --index-type Flat --chunk-words 100
     ragloop eval-retrieval /work/cache/big/index --data /work/cache/big/questions.jsonl --mode dense
 
@@ -60,12 +60,11 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "src"))
+from ragloop.data.bundled import SQUAD_DEV, bundled_path
+from ragloop.data.records import content_id
+from ragloop.evaluation.metrics import has_answer
 
-from ragloop.data.bundled import SQUAD_DEV, bundled_path  # noqa: E402
-from ragloop.data.records import content_id  # noqa: E402
-from ragloop.evaluation.metrics import has_answer  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 PHANTOM_VERSION = "1.0.3"
 TREE_SIZE = 25  # PhantomWiki's --max-family-tree-size; trees come out at ~25.3 people on average
@@ -253,7 +252,7 @@ def word_stats(docs: list[dict]) -> dict:
 
 README = """# Retrieval corpus: {total:,} documents ({pw:,} PhantomWiki articles + {sq:,} SQuAD paragraphs)
 
-Made by `bench/make_corpus.py` in the ragloop repository (commit {commit}):
+Made by `python -m bench.scripts.make_corpus` in the ragloop repository (commit {commit}):
 
     {command}
 
@@ -364,7 +363,7 @@ def main(argv: list[str] | None = None) -> None:
                                 text=True).stdout.strip() or "?"
     except OSError:
         commit = "?"
-    command = "python bench/make_corpus.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python -m bench.scripts.make_corpus " + " ".join(sys.argv[1:] if argv is None else argv)
     stats = {
         "documents": len(corpus), "phantomwiki_articles": len(haystack), "squad_paragraphs": len(needles),
         "words_phantomwiki": word_stats(haystack), "words_squad": word_stats(needles),
