@@ -34,6 +34,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
+from bench.suite.tables import num, say, table  # noqa: E402, F401  (re-exported: the sections import them from here)
+
 BENCH_DIR = Path(__file__).resolve().parents[1]
 RESULTS_DIR = BENCH_DIR / "results"
 
@@ -99,10 +101,6 @@ def load_average() -> float:
 def maxrss_mb() -> float:
     """Peak resident set size of this process so far, MiB (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 # -- timing ---------------------------------------------------------------------------------------
@@ -355,26 +353,7 @@ def quiet_stderr(fds: tuple[int, ...] = (2,)) -> Iterator[None]:
             os.close(copy)
 
 
-# -- reporting ------------------------------------------------------------------------------------
-
-
-def table(head: list[str], rows: list[list], left: int = 1) -> str:
-    """A markdown table: the first `left` columns aligned left (labels), the others right (numbers)."""
-    rule = "|" + "|".join("---" if i < left else "---:" for i in range(len(head))) + "|"
-    lines = ["| " + " | ".join(head) + " |", rule]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def num(x: float, digits: int = 1) -> str:
-    """1,234.5-style numbers; small ones keep significant digits."""
-    if x is None:
-        return "—"
-    if abs(x) >= 100:
-        return f"{x:,.0f}"
-    if abs(x) >= 10:
-        return f"{x:,.{digits}f}"
-    return f"{x:.{max(digits, 2)}f}" if abs(x) >= 0.01 else f"{x:.2g}"
+# -- reporting (table, num and say live in bench.suite.tables; re-exported here) ------------------------
 
 
 def pyplot():

@@ -1,6 +1,6 @@
 """Section 6 "compress": compressed indexes that keep their recall, on real embeddings.
 
-    python -m bench --only compress --big /work/cache/big      # >= 100k real passages (python -m bench.scripts.make_corpus)
+    python -m bench --only compress --big /work/cache/big  # >= 100k real passages (bench.scripts.make_corpus)
     python -m bench --only compress --quick                     # first 20k of them (or the bundled 2k)
 
 Flat, IVF-PQ, OPQ + IVF-PQ and 4-bit fast-scan IVF-PQ, each without and with the disk refine stage

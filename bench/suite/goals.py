@@ -29,6 +29,8 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+from bench.suite.tables import table
+
 log = logging.getLogger(__name__)
 
 # Issue 14's goals, by the section that measures them: one "not measured" row each until it has run.
@@ -102,8 +104,6 @@ def gather(out_dir: Path, suffix: str, order: list[str],
 
 
 def goals_table(rows: list[dict]) -> str:
-    from bench.suite.common import table
-
     return table(HEAD, [[r["goal"], r["value"], verdict(r["met"]), r["section"], r["measured"],
                          f"`{r['command']}`"] for r in rows], left=len(HEAD))
 

@@ -87,10 +87,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--threads", type=int, help="torch and FAISS threads (default: their own default)")
     p.add_argument("--out-dir", type=Path, default=RESULTS_DIR, help="where results go (default bench/results)")
     p.add_argument("--big", type=Path, default=DEFAULT_BIG,
-                   help="the >= 100k-passage real corpus for sections compress and stream (python -m bench.scripts.make_corpus "
-                   f"writes it, then `ragloop index` its index/; default {DEFAULT_BIG}, or $RAGLOOP_BENCH_BIG); "
-                   "without it they "
-                   "measure the bundled passages and say so")
+                   help="the >= 100k-passage real corpus for sections compress and stream (`python -m "
+                   "bench.scripts.make_corpus` writes it, then `ragloop index` its index/; default "
+                   f"{DEFAULT_BIG}, or $RAGLOOP_BENCH_BIG); without it they measure the bundled passages and say so")
     args = p.parse_args(argv)
     args.sections = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = [s for s in args.sections if s not in SECTIONS]
