@@ -125,3 +125,20 @@ def test_shipped_experiments_load_and_their_stored_results_pass():
         assert exp.figures
         rows = check(exp, exp.results_path())
         assert all(r.ok for r in rows), report([r for r in rows if not r.ok])
+
+
+def test_every_experiment_has_a_module_that_runs_it():
+    """`python -m bench.experiments --only NAME` imports bench.experiments.<name> and calls its run(exp, path)."""
+    import importlib
+    import inspect
+
+    for exp in load_experiments().values():
+        module = importlib.import_module(exp.module)
+        assert list(inspect.signature(module.run).parameters) == ["exp", "results"], exp.module
+
+
+def test_list_names_every_experiment(capsys):
+    assert cli.main(["--list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("readers", "rerank", "rerank-rag", "warm-start", "generator"):
+        assert f"| {name} |" in out
