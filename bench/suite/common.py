@@ -158,6 +158,16 @@ def alternate(variants: dict[str, Callable[[int], float | None]], rounds: int, w
     return dict(seconds)
 
 
+def single_query_seconds(search: Callable, queries: np.ndarray, k: int, n: int = 100) -> list[float]:
+    """Seconds of `search(q[None, :], k)` for each of the first `n` query vectors, one per call."""
+    out = []
+    for q in queries[:n]:
+        start = time.perf_counter()
+        search(q[None, :], k)
+        out.append(time.perf_counter() - start)
+    return out
+
+
 def speed_summary(seconds: dict[str, list[float]], units: float, baseline: str) -> dict:
     """Per variant: median seconds, units/s (from the median) and the median of the per-round ratios
     of its throughput to `baseline`'s (>1: faster than the baseline)."""
