@@ -1,5 +1,4 @@
-"""`python -m bench.experiments [--only NAMES] [--check] [--results-dir DIR]`: run the experiments and
-check their figures against the expected ones (bench/experiments/expected/*.json).
+"""Run the experiments and check their figures against the expected ones (bench/experiments/expected/).
 
     python -m bench.experiments --list                    # the experiments, their recipes and results files
     python -m bench.experiments --check                   # re-check the stored results only (no training)
