@@ -7,13 +7,14 @@
 
 Workload: `ragloop serve MODEL` runs in a subprocess on 127.0.0.1 (its own process, so the clients
 do not share its interpreter); N asyncio clients (httpx, one connection each) post bundled SQuAD
-v1.1 dev questions to POST /answer (or, with --endpoint search, dense POST /search to a server of
-the model's index folder alone) back to back, each sending its next request when the last one is
-answered. A level stops after 3,000 requests (quick: 300) or 60 s (quick: 10 s), whichever comes first
-(requests still in flight then are cancelled and not counted). Latency is per request, measured at
-the client; the mean batch size is read from the server's /health counters before and after.
+v1.1 dev questions to POST /answer (or, with --serve-endpoint search, dense POST /search to a server
+of the model's index folder alone) back to back, each sending its next request when the last one is
+answered. A level stops after 3,000 requests (quick: 300; --serve-requests) or 60 s (quick: 10 s;
+--serve-seconds), whichever comes first (requests still in flight then are cancelled and not counted).
+Latency is per request, measured at the client; the mean batch size is read from the server's /health
+counters before and after.
 
-Without --model the server loads a tiny RAG folder built here: a 2-layer BERT (hidden 32) question
+Without --serve-model the server loads a tiny RAG folder built here: a 2-layer BERT (hidden 32) question
 and passage encoder over the first --serve-passages bundled dev passages, and an untrained 2-layer T5
 (d_model 32) that always writes the full 32 tokens; it measures the serving machinery (HTTP,
 validation, batching, threads) with little model time. A real model spends far more per batch, which
@@ -221,14 +222,18 @@ def options(group) -> None:
     group.add_argument("--serve-max-wait-ms", type=float, default=10.0, help="the server's --max-wait-ms (default 10)")
     group.add_argument("--serve-compare-unbatched", action="store_true", help="the levels again with --max-batch 1")
     group.add_argument("--serve-passages", type=int, default=500, help="passages in the tiny model's index")
+    group.add_argument("--serve-requests", type=int, help="requests per level at most (default 3000; quick 300)")
+    group.add_argument("--serve-seconds", type=float, help="time limit per level, <= 600 (default 60; quick 10)")
     group.add_argument("--serve-endpoint", choices=["answer", "search"], default="answer",
                        help="answer (default), or dense search on a server of the model's index folder alone")
 
 
 def run(ctx) -> dict:
     a = ctx.args
+    limits = LIMITS["quick" if ctx.quick else "full"]
     args = SimpleNamespace(endpoint=a.serve_endpoint, clients=a.serve_clients, max_wait_ms=a.serve_max_wait_ms,
-                           threads=a.threads, **LIMITS["quick" if ctx.quick else "full"])
+                           threads=a.threads, requests=a.serve_requests or limits["requests"],
+                           seconds=min(a.serve_seconds or limits["seconds"], 600.0))
     if a.serve_model is None:
         say(f"building a tiny RAG model over {a.serve_passages} bundled passages ...")
         model = build_tiny_model(ctx.work / "serve", a.serve_passages)
