@@ -1,6 +1,6 @@
 """The big real corpus the compress and stream sections measure on (`python -m bench --big DIR`).
 
-DIR is what bench/make_corpus.py writes, corpus.jsonl (>= 100k passages of ~100 words) and
+DIR is what `python -m bench.scripts.make_corpus` writes, corpus.jsonl (>= 100k passages of ~100 words) and
 questions.jsonl ({"question", "answers", ...}), plus index/, a Flat ragloop index of the corpus (MiniLM;
 `ragloop index DIR/corpus.jsonl --out DIR/index --index-type Flat --chunk-words 100`, about 1.5 hours on
 2 cores; its manifest appears only when the build has finished). Without it, the sections fall back to the 2,001 bundled
@@ -42,7 +42,7 @@ def missing_reason(big: Path) -> str | None:
     """Why `big` cannot be used, or None."""
     for name in ("corpus.jsonl", "questions.jsonl", "index/manifest.json"):  # a manifest: the build finished
         if not (big / name).exists():
-            return (f"{big / name} is missing (create it with `python bench/make_corpus.py --out {big}` and "
+            return (f"{big / name} is missing (create it with `python -m bench.scripts.make_corpus --out {big}` and "
                     f"`ragloop index {big}/corpus.jsonl --out {big}/index --index-type Flat --chunk-words 100`, "
                     "or pass --big DIR)")
     return None

@@ -34,6 +34,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
+from bench.suite.tables import num, say, table  # noqa: E402, F401  (re-exported: the sections import them from here)
+
 BENCH_DIR = Path(__file__).resolve().parents[1]
 RESULTS_DIR = BENCH_DIR / "results"
 
@@ -101,10 +103,6 @@ def maxrss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 # -- timing ---------------------------------------------------------------------------------------
 
 
@@ -158,6 +156,16 @@ def alternate(variants: dict[str, Callable[[int], float | None]], rounds: int, w
             say(f"  {progress} round {r + 1}/{rounds}: "
                 + ", ".join(f"{n} {seconds[n][-1]:.3f} s" for n in names))
     return dict(seconds)
+
+
+def single_query_seconds(search: Callable, queries: np.ndarray, k: int, n: int = 100) -> list[float]:
+    """Seconds of `search(q[None, :], k)` for each of the first `n` query vectors, one per call."""
+    out = []
+    for q in queries[:n]:
+        start = time.perf_counter()
+        search(q[None, :], k)
+        out.append(time.perf_counter() - start)
+    return out
 
 
 def speed_summary(seconds: dict[str, list[float]], units: float, baseline: str) -> dict:
@@ -355,26 +363,7 @@ def quiet_stderr(fds: tuple[int, ...] = (2,)) -> Iterator[None]:
             os.close(copy)
 
 
-# -- reporting ------------------------------------------------------------------------------------
-
-
-def table(head: list[str], rows: list[list], left: int = 1) -> str:
-    """A markdown table: the first `left` columns aligned left (labels), the others right (numbers)."""
-    rule = "|" + "|".join("---" if i < left else "---:" for i in range(len(head))) + "|"
-    lines = ["| " + " | ".join(head) + " |", rule]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def num(x: float, digits: int = 1) -> str:
-    """1,234.5-style numbers; small ones keep significant digits."""
-    if x is None:
-        return "—"
-    if abs(x) >= 100:
-        return f"{x:,.0f}"
-    if abs(x) >= 10:
-        return f"{x:,.{digits}f}"
-    return f"{x:.{max(digits, 2)}f}" if abs(x) >= 0.01 else f"{x:.2g}"
+# -- reporting (table, num and say live in bench.suite.tables; re-exported here) ------------------------
 
 
 def pyplot():

@@ -1,6 +1,6 @@
 """Section 6 "compress": compressed indexes that keep their recall, on real embeddings.
 
-    python -m bench --only compress --big /work/cache/big      # >= 100k real passages (bench/make_corpus.py)
+    python -m bench --only compress --big /work/cache/big  # >= 100k real passages (bench.scripts.make_corpus)
     python -m bench --only compress --quick                     # first 20k of them (or the bundled 2k)
 
 Flat, IVF-PQ, OPQ + IVF-PQ and 4-bit fast-scan IVF-PQ, each without and with the disk refine stage
@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 from bench.suite import bigdata
-from bench.suite.common import faiss_bytes, num, percentile, quiet_stderr, say, table
+from bench.suite.common import faiss_bytes, num, percentile, quiet_stderr, say, single_query_seconds, table
 from bench.suite.goals import goal
 from bench.suite.search import nlist_for
 from ragloop.evaluation.metrics import has_answer
@@ -82,11 +82,7 @@ def run(ctx) -> dict:
                 continue  # no IVF: the probe setting changes nothing
             name = factory + (f" + refine disk x{refine}" if refine else "") + (f", nprobe {nprobe}" if wider else "")
             _, found = backend.search(queries, K)
-            lat = []
-            for q in queries[:100]:
-                t0 = time.perf_counter()
-                backend.search(q[None, :], K)
-                lat.append(time.perf_counter() - t0)
+            lat = single_query_seconds(backend.search, queries, K)
             if truth is None:
                 truth = found
             hits = [any(has_answer(ans, text) for text in corpus.texts([r for r in row if r >= 0]))

@@ -64,6 +64,13 @@ def first_articles(examples: list[QAExample], n: int | None) -> set[str]:
     return set(titles if n is None else titles[:n])
 
 
+def articles_of(bundled: str, n: int | None) -> list[QAExample]:
+    """The questions of the first `n` articles (None: all) of a bundled QA file."""
+    examples = load_qa(bundled_path(bundled))
+    titles = first_articles(examples, n)
+    return [e for e in examples if e.title in titles]
+
+
 @dataclass
 class Context:
     sizes: Sizes
@@ -76,9 +83,7 @@ class Context:
 
     @cached_property
     def dev_examples(self) -> list[QAExample]:
-        examples = load_qa(bundled_path(SQUAD_DEV))
-        titles = first_articles(examples, self.sizes.dev_articles)
-        return [e for e in examples if e.title in titles]
+        return articles_of(SQUAD_DEV, self.sizes.dev_articles)
 
     @cached_property
     def dev_passages(self) -> list[Passage]:
@@ -92,9 +97,7 @@ class Context:
 
     @cached_property
     def train_examples(self) -> list[QAExample]:
-        examples = load_qa(bundled_path(SQUAD_TRAIN))
-        titles = first_articles(examples, self.sizes.train_articles)
-        return [e for e in examples if e.title in titles]
+        return articles_of(SQUAD_TRAIN, self.sizes.train_articles)
 
     @cached_property
     def heldout(self) -> list[QAExample]:

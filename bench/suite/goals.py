@@ -1,8 +1,8 @@
 """Goals: one-line verdicts that sections attach to their results, gathered into one table.
 
 A section module may define `goals(result) -> list[dict]`; `python -m bench` calls it on the
-section's result and stores the list in the section's JSON (`bench/results/<section>[-quick].json`,
-under "result" -> "goals"), before `report(result)` runs (which may print them):
+section's result and stores the list in the section's JSON (`bench/results/<section>.json`; with
+--quick under `bench/results/quick/`), under "result" -> "goals", before `report(result)` runs (which may print them):
 
     from bench.suite.goals import goal
 
@@ -14,7 +14,7 @@ Each entry is {"goal": what is aimed at, bound included; "value": what the run m
 "met": true / false, or null when the run cannot judge it (the value says why)}. A section that
 cannot define `goals` (e.g. a script writing its own record) may put the same list in its result.
 
-At the end of a run, `gather(out_dir, suffix, order)` reads every section record of that mode in
+At the end of a run, `gather(out_dir, suffix, order)` reads every section record in
 `out_dir` (this run's and earlier runs' files), so the table covers all sections whatever `--only`
 ran, each row with the command and date that produced it. A record without a "goals" list (written
 before its section had goals) gets them from its module's `goals(result)` when the module has one.
@@ -28,6 +28,8 @@ import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
+
+from bench.suite.tables import table
 
 log = logging.getLogger(__name__)
 
@@ -68,18 +70,20 @@ def records(out_dir: Path, suffix: str) -> dict[str, dict]:
 
 
 def gather(out_dir: Path, suffix: str, order: list[str],
-           recompute: dict[str, Callable[[dict], list[dict]]] | None = None) -> list[dict]:
+           recompute: dict[str, Callable[[dict], list[dict]]] | None = None, quick: bool | None = None) -> list[dict]:
     """Goal rows of every section record in out_dir (see the module docstring): sections in `order`
     first, then the others by name; `recompute` maps a section to its `goals` function, used for a
-    record that lacks a "goals" list."""
+    record that lacks a "goals" list; `quick` (default: a "-quick" suffix) names the command of a section
+    not measured yet."""
     recompute = recompute or {}
+    quick = bool(suffix) if quick is None else quick
     found = records(out_dir, suffix)
     rows = []
     names = [n for n in order if n in found or n in EXPECTED]
     names += sorted(n for n in (*found, *EXPECTED) if n not in names)
     for name in names:
         record = found.get(name)
-        where = {"section": name, "command": f"python -m bench{' --quick' if suffix else ''} --only {name}"}
+        where = {"section": name, "command": f"python -m bench{' --quick' if quick else ''} --only {name}"}
         if record is None:
             rows.append(goal(EXPECTED[name], "not measured yet", None) | where | {"measured": ""})
             continue
@@ -102,8 +106,6 @@ def gather(out_dir: Path, suffix: str, order: list[str],
 
 
 def goals_table(rows: list[dict]) -> str:
-    from bench.suite.common import table
-
     return table(HEAD, [[r["goal"], r["value"], verdict(r["met"]), r["section"], r["measured"],
                          f"`{r['command']}`"] for r in rows], left=len(HEAD))
 

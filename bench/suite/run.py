@@ -1,9 +1,10 @@
-"""ragloop side by side with its peers: one command, nine sections, markdown tables, JSON and plots.
+"""ragloop measured: one command, twelve sections, markdown tables, JSON and plots.
 
     python -m bench                    # full run, ~30 min on 2 quiet cores
     python -m bench --quick            # the same code paths on subsets, ~7 min
     python -m bench --only search,rag  # some sections (quality, indexing, search, rag, answers, quantize, cache)
     python -m bench --only compress,stream --big /work/cache/big   # the big-corpus sections (not in the default)
+    python -m bench --only retrieval,serve,startup    # ragloop alone: vs the bare limit, HTTP load, start-up
 
 1. quality   retrieval quality on the bundled SQuAD dev sample: dense vs BM25 vs hybrid, hit@k and
              gold@k for k = 1..100 (plot)
@@ -21,9 +22,13 @@
              --big real corpus: RAM bytes/passage, x smaller than Flat, recall@10, hit@10, p50, build s
 9. stream    streaming Index.build: peak RSS and time vs N (real passages, then replayed vectors to 1M),
              load time with fast vs full checksum verification
+10. retrieval ragloop Index.build and Retriever.search vs the bare encoder + FAISS limit, stage by stage
+11. serve     `ragloop serve` under 1, 10, 50 clients: req/s, p50/p95, micro-batch sizes
+12. startup   `ragloop --help`, `--version`, BM25 and dense `search`: whole processes, start to exit
 
-Writes bench/results/<section>.json, bench/results/*.png and bench/results/summary.md (with
---quick: *-quick.json, *-quick.png, summary-quick.md). Comparisons alternate their sides in one
+Sections 8-12 run when named. Writes bench/results/<section>.json, bench/results/*.png and
+bench/results/summary.md (with --quick: the same names under bench/results/quick/, which git
+ignores: only full runs are kept). Comparisons alternate their sides in one
 process (A B, B A, ...), report medians of >= 5 rounds and medians of the per-round ratios. The
 summary opens with a Goals table: every section's goals (bench/suite/goals.py), from this run or
 from the latest results of sections it did not run.
@@ -42,7 +47,20 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.suite import answers, cache, compress, indexing, quality, quantize, rag_speed, search, stream
+from bench.suite import (
+    answers,
+    cache,
+    compress,
+    indexing,
+    quality,
+    quantize,
+    rag_speed,
+    retrieval,
+    search,
+    serve,
+    startup,
+    stream,
+)
 from bench.suite.bigdata import DEFAULT_BIG
 from bench.suite.common import (
     BENCH_DIR,
@@ -58,17 +76,19 @@ from bench.suite.context import FULL, QUICK, Context
 from bench.suite.goals import gather, goals_table
 
 SECTIONS = {"quality": quality, "indexing": indexing, "search": search, "rag": rag_speed, "answers": answers,
-            "quantize": quantize, "cache": cache, "compress": compress, "stream": stream}
+            "quantize": quantize, "cache": cache, "compress": compress, "stream": stream, "retrieval": retrieval,
+            "serve": serve, "startup": startup}
 DEFAULT_SECTIONS = ["quality", "indexing", "search", "rag", "answers", "quantize", "cache"]
 # Seconds each section takes on 2 quiet cores (AMD EPYC, torch 2.13 CPU), including the models and
 # indexes it is the first to need; from runs of each section with the shipped sizes.
 ESTIMATE_S = {
     "quick": {"quality": 15, "indexing": 40, "search": 40, "rag": 135, "answers": 55, "quantize": 90, "cache": 15,
-              "compress": 120, "stream": 120},
+              "compress": 120, "stream": 120, "retrieval": 90, "serve": 60, "startup": 30},
     # compress and stream: guesses until a first full run on the 100k corpus replaces them
     "full": {"quality": 150, "indexing": 90, "search": 330, "rag": 240, "answers": 720, "quantize": 360,
-             "cache": 30, "compress": 1200, "stream": 1800},
+             "cache": 30, "compress": 1200, "stream": 1800, "retrieval": 360, "serve": 240, "startup": 60},
 }
+QUICK_DIR = "quick"  # quick runs write under bench/results/quick/ (git-ignored: bench/.gitignore)
 DEMO_RAG = BENCH_DIR.parent / "runs" / "demo" / "rag" / "best_model"  # what the README's demo trains
 
 
@@ -85,13 +105,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    f"{DEMO_RAG.relative_to(BENCH_DIR.parent)} if it exists, else the untrained bundled generator; "
                    "'none': the bundled one)")
     p.add_argument("--threads", type=int, help="torch and FAISS threads (default: their own default)")
-    p.add_argument("--out-dir", type=Path, default=RESULTS_DIR, help="where results go (default bench/results)")
+    p.add_argument("--out-dir", type=Path, help="where results go (default bench/results, with --quick "
+                   f"bench/results/{QUICK_DIR})")
     p.add_argument("--big", type=Path, default=DEFAULT_BIG,
-                   help="the >= 100k-passage real corpus for sections compress and stream (bench/make_corpus.py "
-                   f"writes it, then `ragloop index` its index/; default {DEFAULT_BIG}, or $RAGLOOP_BENCH_BIG); "
-                   "without it they "
-                   "measure the bundled passages and say so")
+                   help="the >= 100k-passage real corpus for sections compress and stream (`python -m "
+                   "bench.scripts.make_corpus` writes it, then `ragloop index` its index/; default "
+                   f"{DEFAULT_BIG}, or $RAGLOOP_BENCH_BIG); without it they measure the bundled passages and say so")
+    for name, module in SECTIONS.items():
+        if hasattr(module, "options"):  # a section's own flags, prefixed with its name
+            module.options(p.add_argument_group(f"section {name}"))
     args = p.parse_args(argv)
+    args.out_dir = args.out_dir or (RESULTS_DIR / QUICK_DIR if args.quick else RESULTS_DIR)
     args.sections = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = [s for s in args.sections if s not in SECTIONS]
     if unknown:
@@ -122,15 +146,70 @@ def earlier_part(path: Path, i: int, module) -> str | None:
         return None
     record = json.loads(path.read_text())
     note = (f"*Not run this time: from `{record.get('command', '?')}` on {str(record.get('date', '?'))[:10]} "
-            f"(commit {record.get('machine', {}).get('ragloop_commit', '?')}); results: `bench/results/{path.name}`.*")
+            f"(commit {record.get('machine', {}).get('ragloop_commit', '?')}); results: `{path.name}`.*")
     try:
         body = module.report(record["result"])
     except (KeyError, TypeError, ValueError, IndexError) as e:  # an older layout the report no longer reads
         body = f"(this section's report cannot read that file's layout: {type(e).__name__}: {e})"
-    suffix = path.stem[len(record.get("section", "")):]  # "" or "-quick"
-    plots = [f"![{stem}]({stem}{suffix}.png)" for stem in module.PLOTS
-             if (path.parent / f"{stem}{suffix}.png").is_file()]
+    plots = [f"![{stem}]({stem}.png)" for stem in module.PLOTS if (path.parent / f"{stem}.png").is_file()]
     return "\n".join([f"## {i}. {module.TITLE}", "", note, "", body, *(["", *plots] if plots else []), ""])
+
+
+def run_section(i: int, name: str, ctx: Context, run: dict) -> tuple[str, list[str]]:
+    """Run one section, write its record and plots; its markdown part and its run-time row."""
+    module = SECTIONS[name]
+    say(f"\n== {i}. {module.TITLE} ==")
+    t0, load0 = time.perf_counter(), load_average()
+    result = module.run(ctx)
+    if hasattr(module, "goals"):
+        result["goals"] = module.goals(result)
+    elapsed = time.perf_counter() - t0
+    record = {"section": name, "title": module.TITLE, "mode": run["mode"], "command": run["command"],
+              "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "machine": run["machine"],
+              "load_average_1min": {"start": load0, "end": load_average()}, "elapsed_s": elapsed, "result": result}
+    out_dir = run["out_dir"]
+    (out_dir / f"{name}.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+    md = [f"## {i}. {module.TITLE}", "", module.report(result)]
+    for stem, plot in module.PLOTS.items():
+        plot(result, out_dir / f"{stem}.png")
+        md += ["", f"![{stem}]({stem}.png)"]
+    md += ["", f"*Section time {elapsed / 60:.1f} min; results: `{name}.json`.*", ""]
+    time_row = [f"{i}. {name}", f"{ESTIMATE_S[run['mode']][name] / 60:.1f}", f"{elapsed / 60:.1f}",
+                f"{load0:.1f} / {load_average():.1f}"]
+    return "\n".join(md), time_row
+
+
+def header(args: argparse.Namespace, run: dict, load_start: float) -> list[str]:
+    machine = run["machine"]
+    return [f"# ragloop side by side ({run['mode']} run)", "", f"Machine: {machine_line(machine)}.", "",
+            f"Command: `{run['command']}`; {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}; "
+            f"1-min load average at start {load_start:.1f} on {machine['cores']} cores.", ""]
+
+
+def plan(sections: list[str]) -> str:
+    rows = [[f"{i}. {name}", f"{ESTIMATE_S['quick'][name] / 60:.1f}", f"{ESTIMATE_S['full'][name] / 60:.1f}"]
+            for i, name in enumerate(SECTIONS, 1) if name in sections]
+    rows.append(["total", f"{sum(ESTIMATE_S['quick'][name] for name in sections) / 60:.1f}",
+                 f"{sum(ESTIMATE_S['full'][name] for name in sections) / 60:.1f}"])
+    return "Estimated minutes on 2 quiet cores:\n\n" + table(["section", "quick", "full"], rows) + "\n"
+
+
+def footer(times: list[list[str]], started: float, load_start: float, cores: int) -> list[str]:
+    times = [*times, ["total", "", f"{(time.perf_counter() - started) / 60:.1f}", ""]]
+    busy = max([load_start, load_average()]) > cores
+    return ["## Run time", "",
+            table(["section", "estimate, quiet 2 cores (min)", "this run (min)", "load avg start / end"], times),
+            "", f"1-min load average {load_start:.1f} at start, {load_average():.1f} at end on {cores} cores"
+            + (": other work shared the CPU, so times are longer and noisier than on a quiet machine (ratios "
+               "less so: both sides of a round see the same load)." if busy else "."), ""]
+
+
+def goals_part(out_dir: Path) -> list[str]:
+    rows = gather(out_dir, "", list(SECTIONS), {name: m.goals for name, m in SECTIONS.items() if hasattr(m, "goals")},
+                  quick=out_dir.name == QUICK_DIR)
+    return ["## Goals", "", "Every section's goals, from this run or, for sections it did not run, from the latest "
+            f"`{out_dir.name}/<section>.json` (the command and date that produced each are in the row).", "",
+            goals_table(rows), ""]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,78 +222,33 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
         faiss.omp_set_num_threads(args.threads)
-    mode = "quick" if args.quick else "full"
     sizes = QUICK if args.quick else FULL
     if args.train_minutes is not None:
         sizes = dataclasses.replace(sizes, train_minutes=args.train_minutes)
-    suffix = "-quick" if args.quick else ""
-    command = " ".join(["python -m bench", *argv])
-    machine = machine_info() | {"ragloop_commit": source_version()}
+    run = {"mode": "quick" if args.quick else "full", "command": " ".join(["python -m bench", *argv]),
+           "machine": machine_info() | {"ragloop_commit": source_version()}, "out_dir": args.out_dir}
     started, load_start = time.perf_counter(), load_average()
-
-    plan = [[f"{i}. {name}", f"{ESTIMATE_S['quick'][name] / 60:.1f}", f"{ESTIMATE_S['full'][name] / 60:.1f}"]
-            for i, name in enumerate(SECTIONS, 1) if name in args.sections]
-    plan.append(["total", f"{sum(ESTIMATE_S['quick'][name] for name in args.sections) / 60:.1f}",
-                 f"{sum(ESTIMATE_S['full'][name] for name in args.sections) / 60:.1f}"])
-    header = [f"# ragloop side by side ({mode} run)", "",
-              f"Machine: {machine_line(machine)}.", "",
-              f"Command: `{command}`; {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}; "
-              f"1-min load average at start {load_start:.1f} on {machine['cores']} cores.", ""]
-    print("\n".join(header))
-    print("Estimated minutes on 2 quiet cores:\n")
-    print(table(["section", "quick", "full"], plan) + "\n", flush=True)
-
+    head = header(args, run, load_start)
+    print("\n".join(head) + "\n" + plan(args.sections), flush=True)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="ragloop-bench-suite-"))
     ctx = Context(sizes, work, args.quick, rag_model=args.rag_model)
-    ctx.big = args.big
+    ctx.big, ctx.args = args.big, args
     parts, times = [], []
     try:
         for i, name in enumerate(SECTIONS, 1):
-            if name not in args.sections:
-                earlier = earlier_part(args.out_dir / f"{name}{suffix}.json", i, SECTIONS[name])
-                if earlier:
-                    parts.append(earlier)
-                continue
-            module = SECTIONS[name]
-            say(f"\n== {i}. {module.TITLE} ==")
-            t0, load0 = time.perf_counter(), load_average()
-            result = module.run(ctx)
-            if hasattr(module, "goals"):
-                result["goals"] = module.goals(result)
-            elapsed = time.perf_counter() - t0
-            times.append([f"{i}. {name}", f"{ESTIMATE_S[mode][name] / 60:.1f}", f"{elapsed / 60:.1f}",
-                          f"{load0:.1f} / {load_average():.1f}"])
-            record = {"section": name, "title": module.TITLE, "mode": mode, "command": command,
-                      "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "machine": machine,
-                      "load_average_1min": {"start": load0, "end": load_average()}, "elapsed_s": elapsed,
-                      "result": result}
-            (args.out_dir / f"{name}{suffix}.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
-            md = [f"## {i}. {module.TITLE}", "", module.report(result)]
-            for stem, plot in module.PLOTS.items():
-                path = args.out_dir / f"{stem}{suffix}.png"
-                plot(result, path)
-                md += ["", f"![{stem}]({path.name})"]
-            md += ["", f"*Section time {elapsed / 60:.1f} min; results: `bench/results/{name}{suffix}.json`.*", ""]
-            parts.append("\n".join(md))
-            print(parts[-1], flush=True)
+            if name in args.sections:
+                part, row = run_section(i, name, ctx, run)
+                times.append(row)
+                print(part, flush=True)
+            else:
+                part = earlier_part(args.out_dir / f"{name}.json", i, SECTIONS[name])
+            if part:
+                parts.append(part)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-    total = time.perf_counter() - started
-    times.append(["total", "", f"{total / 60:.1f}", ""])
-    busy = max([load_start, load_average()]) > machine["cores"]
-    footer = ["## Run time", "",
-              table(["section", "estimate, quiet 2 cores (min)", "this run (min)", "load avg start / end"], times),
-              "", f"1-min load average {load_start:.1f} at start, {load_average():.1f} at end on "
-              f"{machine['cores']} cores" + (": other work shared the CPU, so times are longer and noisier than on "
-              "a quiet machine (ratios less so: both sides of a round see the same load)." if busy else "."), ""]
-    rows = gather(args.out_dir, suffix, list(SECTIONS),
-                  {name: m.goals for name, m in SECTIONS.items() if hasattr(m, "goals")})
-    goals = ["## Goals", "", f"Every section's goals, from this run or, for sections it did not run, from the latest "
-             f"`bench/results/<section>{suffix}.json` (the command and date that produced each are in the row).", "",
-             goals_table(rows), ""]
-    print("\n".join(goals + footer))
-    (args.out_dir / f"summary{suffix}.md").write_text("\n".join(header + goals + parts + footer))
-    say(f"results -> {args.out_dir}/ (summary{suffix}.md, *{suffix}.json, *{suffix}.png)")
+    tail = goals_part(args.out_dir), footer(times, started, load_start, run["machine"]["cores"])
+    print("\n".join(tail[0] + tail[1]))
+    (args.out_dir / "summary.md").write_text("\n".join(head + tail[0] + parts + tail[1]))
+    say(f"results -> {args.out_dir}/ (summary.md, <section>.json, *.png)")
     return 0

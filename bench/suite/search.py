@@ -34,6 +34,7 @@ from bench.suite.common import (
     quiet_stderr,
     rotated,
     say,
+    single_query_seconds,
     table,
 )
 from bench.suite.goals import goal
@@ -140,11 +141,7 @@ def index_types(ctx) -> dict:
         index, build_s, empty = build_like_ragloop(factory, vectors)
         total = faiss_bytes(index)
         _, found = index.search(queries, K)
-        lat = []
-        for q in queries[:100]:
-            start = time.perf_counter()
-            index.search(q[None, :], K)
-            lat.append(time.perf_counter() - start)
+        lat = single_query_seconds(index.search, queries, K)
         if truth is None:
             truth = found
         hits = [any(has_answer(ex.answers, passages[r].text) for r in row if r >= 0)

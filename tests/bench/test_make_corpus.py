@@ -1,21 +1,17 @@
-"""bench/make_corpus.py on a fake PhantomWiki run: what it writes is what `ragloop index` and
+"""bench/scripts/make_corpus.py on a fake PhantomWiki run: what it writes is what `ragloop index` and
 `ragloop eval-retrieval` read, every question's gold paragraph is in the corpus and holds its answers,
 and a rerun is identical."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 from ragloop import load_corpus, load_qa
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 def _module():
-    spec = importlib.util.spec_from_file_location("make_corpus", ROOT / "bench" / "make_corpus.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from bench.scripts import make_corpus
+
+    return make_corpus
 
 
 def _person(i: int, names: list[str]) -> dict:

@@ -1,8 +1,8 @@
-#!/usr/bin/env python
-"""Retrieval throughput: ragloop against the bare model / FAISS limit it is built on.
+"""Section "retrieval": ragloop indexing and search against the bare model / FAISS limit it is built on.
 
-    python bench/bench_retrieval.py            # full: the whole bundled SQuAD dev sample (~2,000 passages)
-    python bench/bench_retrieval.py --quick    # a subset, about two minutes on 2 quiet cores
+    python -m bench --only retrieval            # full: the whole bundled SQuAD dev sample (~2,000 passages)
+    python -m bench --quick --only retrieval    # a subset, about two minutes on 2 quiet cores
+    python -m bench --only retrieval --retrieval-naive   # also a bare loop with batches in input order
 
 Workload: the bundled SQuAD v1.1 dev sample chunked with `ragloop.data.load_corpus` (100 words), the
 offline default encoder (all-MiniLM-L6-v2: mean pooling, L2-normalised, max_length 256), a Flat
@@ -19,57 +19,47 @@ inner-product FAISS index, k=5.
    question per call. BM25 and hybrid are measured for information (no bare baseline).
 
 Where the time goes inside ragloop is read off the real calls: the functions they go through are
-wrapped with timers for the duration of one call (`Spans`; a few wrapped calls per question or
-batch, microseconds in all). Variants run alternately (A B, B A, ...) after a warm-up; tables show
-medians over repetitions. Results are also written to bench/results/retrieval.json
-(retrieval-quick.json with --quick).
+wrapped with timers for the duration of one call (`Spans`). Variants run alternately (A B, B A, ...)
+after a warm-up; tables show medians over repetitions (3 builds, 5 search rounds).
 """
 
 from __future__ import annotations
 
-import argparse
-import datetime as dt
-import json
 import shutil
-import sys
-import tempfile
-import time
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
-if __package__ in (None, ""):  # run as a script (python bench/bench_retrieval.py): find the bench package
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import faiss
+import numpy as np
 
-import faiss  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import transformers  # noqa: E402
-
-import ragloop  # noqa: E402
-import ragloop.io  # noqa: E402
-from bench.suite.common import (  # noqa: E402  (measurement helpers shared with the suite)
+import ragloop
+import ragloop.io
+from bench.suite.common import (
     BareEncoder,
     Spans,
     encoder_targets,
     load_average,
-    machine_info,
     median,
     paired_ratios,
     percentile,
     rotated,
     say,
-    source_version,
     split_encode,
     table,
     timed,
 )
-from ragloop.data import load_corpus, load_qa  # noqa: E402
-from ragloop.data.bundled import SQUAD_DEV, bundled_path  # noqa: E402
-from ragloop.retrieval import BiEncoder, BM25Index, Encoder, Index, PassageStore, Retriever  # noqa: E402
-from ragloop.retrieval.backend import FaissBackend  # noqa: E402
+from ragloop.data import load_corpus, load_qa
+from ragloop.data.bundled import SQUAD_DEV, bundled_path
+from ragloop.retrieval import BiEncoder, BM25Index, Encoder, Index, PassageStore, Retriever
+from ragloop.retrieval.backend import FaissBackend
 
-BENCH_DIR = Path(__file__).resolve().parent
+TITLE = "Retrieval: ragloop vs the bare model / FAISS limit"
+PLOTS: dict = {}
+SIZES = {"full": {"passages": 0, "questions": 512, "single": 150},  # passages 0: all of them
+         "quick": {"passages": 128, "questions": 128, "single": 30}}
+RUN = {"batch_size": 64, "k": 5, "index_repeats": 3, "search_repeats": 5}  # batch as `ragloop index`
 GOAL = 0.90  # ragloop should reach at least 90% of each bare baseline's throughput
 LIMIT = "bare encoder+FAISS"
 
@@ -181,81 +171,74 @@ def vector_agreement(index_dir: Path, bare_vectors: np.ndarray) -> float:
 # -- 2. search ------------------------------------------------------------------------------------
 
 
-def bench_search(questions: list[str], single: list[str], index_dir: Path, bare: BareEncoder, args) -> dict:
-    retriever = Retriever.from_index(index_dir)
-    load_s, _ = timed(lambda: retriever.question_encoder)  # loads the model named in the manifest
-    flat = faiss.read_index(str(index_dir / FaissBackend.FILE))
-    k = args.k
-
+def search_variants(retriever: Retriever, flat: faiss.Index, bare: BareEncoder, k: int) -> tuple[dict, dict]:
+    """(batched, one question per call): each variant by name, the bare limit first."""
     def bare_search(qs: list[str]):
         return flat.search(bare.encode(qs, batch_size=128), k)
 
     batched = {
-        LIMIT: lambda qs: bare_search(qs),
+        LIMIT: bare_search,
         "ragloop retrieve dense": lambda qs: retriever.retrieve(qs, k, "dense"),
         "ragloop search dense": lambda qs: retriever.search(qs, k, "dense"),
         "ragloop retrieve bm25": lambda qs: retriever.retrieve(qs, k, "bm25"),
         "ragloop retrieve hybrid": lambda qs: retriever.retrieve(qs, k, "hybrid"),
     }
-    one = {
-        LIMIT: lambda q: bare_search([q]),
-        "ragloop retrieve dense": lambda q: retriever.retrieve([q], k, "dense"),
-        "ragloop search dense": lambda q: retriever.search(q, k, "dense"),
-        "ragloop retrieve bm25": lambda q: retriever.retrieve([q], k, "bm25"),
-        "ragloop retrieve hybrid": lambda q: retriever.retrieve([q], k, "hybrid"),
-    }
+    one = {name: (lambda q, fn=fn: fn([q])) for name, fn in batched.items()}
+    one["ragloop search dense"] = lambda q: retriever.search(q, k, "dense")
+    return batched, one
 
+
+def search_round(batched: dict, one: dict, questions: list[str], single: list[str], rep: int) -> dict:
+    """One round: batched q/s of each variant, then one question at a time (every variant answers
+    question i before any answers question i+1, so a burst of load from another process hits all of
+    them alike): q/s, p50 and p95 ms."""
+    names = list(batched)
+    out: dict[str, dict[str, float]] = {}
+    for name in rotated(names, rep):
+        out[name] = {"batched": len(questions) / timed(batched[name], questions)[0]}
+    latencies: dict[str, list[float]] = defaultdict(list)
+    for i, q in enumerate(single):
+        for name in rotated(names, rep + i):
+            latencies[name].append(timed(one[name], q)[0])
+    for name in names:
+        out[name].update(single=len(single) / sum(latencies[name]), p50=percentile(latencies[name], 50) * 1e3,
+                         p95=percentile(latencies[name], 95) * 1e3)
+    return out
+
+
+def bench_search(questions: list[str], single: list[str], index_dir: Path, bare: BareEncoder, args) -> dict:
+    retriever = Retriever.from_index(index_dir)
+    load_s, _ = timed(lambda: retriever.question_encoder)  # loads the model named in the manifest
+    flat = faiss.read_index(str(index_dir / FaissBackend.FILE))
+    batched, one = search_variants(retriever, flat, bare, args.k)
     say(f"\nsearch: {len(questions)} questions batched, {len(single)} one at a time: warm-up ...")
     for name in batched:
         batched[name](questions[:32])
         for q in single[:5]:
             one[name](q)
-
-    qps: dict[str, dict[str, list[float]]] = {"batched": defaultdict(list), "single": defaultdict(list)}
-    p50: dict[str, list[float]] = defaultdict(list)
-    p95: dict[str, list[float]] = defaultdict(list)
-    names = list(batched)
-    stages: list[dict] = []
+    rounds, stages = [], []
     for rep in range(args.search_repeats):
-        for name in rotated(names, rep):
-            s, _ = timed(batched[name], questions)
-            qps["batched"][name].append(len(questions) / s)
-        # one question at a time: every variant answers question i before any answers question i+1,
-        # so a burst of load from another process hits all of them alike
-        latencies: dict[str, list[float]] = defaultdict(list)
-        for i, q in enumerate(single):
-            for name in rotated(names, rep + i):
-                latencies[name].append(timed(one[name], q)[0])
-        for name in names:
-            qps["single"][name].append(len(single) / sum(latencies[name]))
-            p50[name].append(percentile(latencies[name], 50) * 1e3)
-            p95[name].append(percentile(latencies[name], 95) * 1e3)
-        stages.append(single_question_stages(retriever, bare, flat, single, k))
+        rounds.append(search_round(batched, one, questions, single, rep))
+        stages.append(single_question_stages(retriever, bare, flat, single, args.k))
         say(f"  rep {rep + 1}/{args.search_repeats}: " + ", ".join(
-            f"{n.replace('ragloop ', '')} {qps['batched'][n][-1]:.0f}/{qps['single'][n][-1]:.0f} q/s" for n in names))
-
+            f"{n.replace('ragloop ', '')} {r['batched']:.0f}/{r['single']:.0f} q/s" for n, r in rounds[-1].items()))
+    per = {key: {n: [r[n][key] for r in rounds] for n in batched} for key in ("batched", "single", "p50", "p95")}
+    qps = {mode: per[mode] for mode in ("batched", "single")}
     result = {
-        "questions_batched": len(questions),
-        "questions_single": len(single),
-        "k": k,
-        "repeats": args.search_repeats,
-        "question_encoder_load_s": load_s,
-        "qps": {mode: dict(v) for mode, v in qps.items()},
+        "questions_batched": len(questions), "questions_single": len(single), "k": args.k,
+        "repeats": args.search_repeats, "question_encoder_load_s": load_s, "qps": qps,
         "median_qps": {mode: {n: median(v) for n, v in d.items()} for mode, d in qps.items()},
-        "single_p50_ms": {n: median(v) for n, v in p50.items()},
-        "single_p95_ms": {n: median(v) for n, v in p95.items()},
+        "single_p50_ms": {n: median(v) for n, v in per["p50"].items()},
+        "single_p95_ms": {n: median(v) for n, v in per["p95"].items()},
         "single_question_ms_by_stage": {
-            name: {key: median([st[name][key] for st in stages]) for key in stages[0][name]} for name in stages[0]
-        },
-        "top_k_agreement": rows_agreement(retriever.retrieve(questions, k, "dense").rows, bare_search(questions)[1]),
+            name: {key: median([st[name][key] for st in stages]) for key in stages[0][name]} for name in stages[0]},
+        "top_k_agreement": rows_agreement(retriever.retrieve(questions, args.k, "dense").rows,
+                                          batched[LIMIT](questions)[1]),
+        "ratio_per_repeat": {mode: {n: paired_ratios(v, qps[mode][LIMIT]) for n, v in qps[mode].items()
+                                    if "dense" in n or n == LIMIT} for mode in ("batched", "single")},
     }
-    result["ratio_per_repeat"] = {
-        mode: {n: paired_ratios(v, qps[mode][LIMIT]) for n, v in qps[mode].items() if "dense" in n or n == LIMIT}
-        for mode in ("batched", "single")
-    }
-    result["ratio_to_bare"] = {
-        mode: {n: median(v) for n, v in d.items()} for mode, d in result["ratio_per_repeat"].items()
-    }
+    result["ratio_to_bare"] = {mode: {n: median(v) for n, v in d.items()}
+                               for mode, d in result["ratio_per_repeat"].items()}
     retriever.index.store.close()
     return result
 
@@ -316,21 +299,16 @@ def stage_name(key: str) -> str:
     return "  ↳ " + key.split("/", 1)[1] if "/" in key else key
 
 
-def report(results: dict) -> str:
-    m, ix, se = results["machine"], results["indexing"], results["search"]
-    load = results["load_average_1min"]
-    out = [
-        f"## Machine\n\n{m['cpu']}, {m['cores']} cores (torch threads {m['torch_threads']}, "
-        f"faiss threads {m['faiss_threads']}); Python {m['python']}, torch {m['torch']}, faiss {m['faiss']}, "
-        f"transformers {m['transformers']}, tokenizers {m['tokenizers']}, bm25s {m['bm25s']}, "
-        f"ragloop {m['ragloop']} (commit {m['ragloop_commit']})",
-        f"\nCommand: `{results['command']}`. Workload: bundled SQuAD dev sample in 100-word passages, "
-        f"all-MiniLM-L6-v2, batch {ix['batch_size']}, max_length {ix['max_length']}, Flat inner-product index. "
-        f"1-min load average {load['start']:.1f} at start, {load['end']:.1f} at end"
-        + (f" (above {m['cores']}: other work shared the CPU, expect noise)" if max(load.values()) > m["cores"]
-           else ""),
-    ]
+def report(res: dict) -> str:
+    ix, se, load = res["indexing"], res["search"], res["load_average_1min"]
+    workload = (f"Workload: bundled SQuAD dev sample in 100-word passages, all-MiniLM-L6-v2, batch {ix['batch_size']}, "
+                f"max_length {ix['max_length']}, Flat inner-product index; 1-min load average {load['start']:.1f} "
+                f"at start, {load['end']:.1f} at end.")
+    return "\n".join([workload, *report_indexing(ix), *report_search(se)])
 
+
+def report_indexing(ix: dict) -> list[str]:
+    out: list[str] = []
     pps, med, best = ix["passages_per_s"], ix["median_seconds"], ix["best_seconds"]
     names = {
         "bare": "bare forward, length-sorted batches (**the limit**)",
@@ -340,7 +318,7 @@ def report(results: dict) -> str:
     ratio, per_repeat = ix["ratio_to_bare"], ix["ratio_per_repeat"]
     rows = [[names[n], f"{med[n]:.2f}", f"{best[n]:.2f}", f"{pps[n]:.1f}", f"{ratio[n]:.3f}",
              " ".join(f"{r:.3f}" for r in per_repeat[n])] for n in pps]
-    out += [f"\n## Indexing: {ix['passages']} passages, median of {ix['repeats']}\n",
+    out += [f"\n### Indexing: {ix['passages']} passages, median of {ix['repeats']}\n",
             table(["path", "median s", "best s", "passages/s", "vs limit", "vs limit, each repetition"], rows),
             f"\nragloop / limit = **{ratio['ragloop']:.3f}** ({verdict(ratio['ragloop'])}; median of the ratios of "
             "back-to-back runs); vectors stored by ragloop vs the bare ones: max |diff| "
@@ -350,9 +328,14 @@ def report(results: dict) -> str:
     rows = [[stage_name(s), f"{v:.3f}", f"{100 * v / total:.1f}%"] for s, v in stages.items()]
     limit = med["bare"]
     rows.append(["*bare forward (the limit), for comparison*", f"{limit:.3f}", f"{100 * limit / total:.1f}%"])
-    out += [f"\n### Where `Index.build` spends its time (median seconds; build total {total:.2f} s)\n",
+    out += [f"\n#### Where `Index.build` spends its time (median seconds; build total {total:.2f} s)\n",
             table(["stage", "seconds", "share of build"], rows)]
 
+    return out
+
+
+def report_search(se: dict) -> list[str]:
+    out: list[str] = []
     rows = []
     for n in se["median_qps"]["batched"]:
         rb, rs = se["median_qps"]["batched"][n], se["median_qps"]["single"][n]
@@ -361,7 +344,7 @@ def report(results: dict) -> str:
         rows.append([n + (" (**the limit**)" if n == LIMIT else ""), f"{rb:.1f}", vs["batched"], f"{rs:.1f}",
                      vs["single"], f"{se['single_p50_ms'][n]:.2f}", f"{se['single_p95_ms'][n]:.2f}"])
     agree = se["top_k_agreement"]
-    out += [f"\n## Search: k={se['k']}, {se['questions_batched']} questions batched, {se['questions_single']} "
+    out += [f"\n### Search: k={se['k']}, {se['questions_batched']} questions batched, {se['questions_single']} "
             f"one per call, median of {se['repeats']}\n",
             table(["path", "batched q/s", "vs limit", "single q/s", "vs limit", "single p50 ms", "single p95 ms"],
                   rows),
@@ -373,88 +356,45 @@ def report(results: dict) -> str:
     keys = list(st["ragloop"])
     rows = [[stage_name(s), f"{st['ragloop'][s]:.3f}", f"{st['bare'][s]:.3f}" if s in st["bare"] else "—"]
             for s in keys]
-    out += ["\n### One question, `Retriever.search(q)` vs the bare path (ms per question: median over "
+    out += ["\n#### One question, `Retriever.search(q)` vs the bare path (ms per question: median over "
             f"{se['repeats']} extra passes, stage timers on)\n",
             table(["stage", "ragloop ms", "bare ms"], rows)]
-    return "\n".join(out)
 
 
-# -- main -----------------------------------------------------------------------------------------
+    return out
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="subset sizes (128 passages, 128 + 30 questions)")
-    size = p.add_argument_group("sizes (defaults: full run; --quick shrinks the ones not given)")
-    size.add_argument("--passages", type=int, help="passages to index (full: all, ~2,000)")
-    size.add_argument("--questions", type=int, help="questions searched as one batch (full: 512)")
-    size.add_argument("--single", type=int, help="questions searched one per call (full: 150)")
-    rep = p.add_argument_group("repetitions")
-    rep.add_argument("--index-repeats", type=int, default=3, help="index builds per variant (default 3)")
-    rep.add_argument("--search-repeats", type=int, default=5, help="search rounds per variant (default 5)")
-    run = p.add_argument_group("run")
-    run.add_argument("--batch-size", type=int, default=64, help="passages per forward (default 64, as `ragloop index`)")
-    run.add_argument("-k", type=int, default=5, help="passages per question (default 5)")
-    run.add_argument("--threads", type=int, help="torch and FAISS threads (default: their own default)")
-    run.add_argument("--naive", action="store_true", help="also time a bare loop with batches in input order")
-    run.add_argument("--out", type=Path, help="JSON results (default: bench/results/retrieval.json, "
-                     "retrieval-quick.json with --quick)")
-    args = p.parse_args(argv)
-    full = {"passages": 0, "questions": 512, "single": 150}
-    quick = {"passages": 128, "questions": 128, "single": 30}
-    for name, value in (quick if args.quick else full).items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
-    if args.out is None:
-        args.out = BENCH_DIR / "results" / ("retrieval-quick.json" if args.quick else "retrieval.json")
-    return args
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    args = parse_args(argv)
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-        faiss.omp_set_num_threads(args.threads)
-    started, load_start, commit = time.perf_counter(), load_average(), source_version()
-    passages, questions = load_workload(args.passages or None, args.questions)
-    single = questions[: args.single]
-
+def run(ctx) -> dict:
+    sizes = SIZES["quick" if ctx.quick else "full"]
+    args = SimpleNamespace(**RUN, naive=getattr(ctx.args, "retrieval_naive", False))
+    load_start = load_average()
+    passages, questions = load_workload(sizes["passages"] or None, sizes["questions"])
     load_s, encoder = timed(BiEncoder.from_pretrained)
     spec = encoder.passage.spec
     assert spec.pooling == "mean", spec  # the bare baseline implements mean pooling only
     bare = BareEncoder(spec.max_length, spec.normalize)
-
-    workdir = Path(tempfile.mkdtemp(prefix="ragloop-bench-"))
+    workdir = ctx.work / "retrieval"
+    workdir.mkdir(parents=True, exist_ok=True)
     try:
         indexing = bench_indexing(passages, encoder, bare, args, workdir)
         # the retriever loads its own question encoder from the manifest, as a user's would
-        search = bench_search(questions, single, Path(indexing.pop("index_dir")), bare, args)
+        search = bench_search(questions, questions[: sizes["single"]], Path(indexing.pop("index_dir")), bare, args)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-
-    results = {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(["python bench/bench_retrieval.py", *argv]),
-        "machine": machine_info() | {"ragloop_commit": commit},
-        "load_average_1min": {"start": load_start, "end": load_average()},
-        "encoder_load_s": load_s,
-        "indexing": indexing,
-        "search": search,
-        "wall_s": time.perf_counter() - started,
-    }
-    if source_version() != commit:
-        say(f"warning: the source changed during the run ({commit} -> {source_version()}); "
-            f"the numbers are for {commit}, as imported at the start")
-    print(report(results))
-    print(f"\n(wall time {results['wall_s']:.0f} s)")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    say(f"results -> {args.out}")
-    return 0
+    return {"encoder_load_s": load_s, "indexing": indexing, "search": search,
+            "load_average_1min": {"start": load_start, "end": load_average()}}
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def options(group) -> None:
+    group.add_argument("--retrieval-naive", action="store_true",
+                       help="also time a bare loop with batches in input order")
+
+
+def goals(res: dict) -> list[dict]:
+    from bench.suite.goals import goal
+
+    ix = res["indexing"]["ratio_to_bare"]["ragloop"]
+    one = res["search"]["ratio_to_bare"]["single"]["ragloop search dense"]
+    return [goal(f"indexing passages/s vs the bare limit (>= {GOAL:.2f}x)", f"{ix:.3f}x", ix >= GOAL),
+            goal(f"`Retriever.search`, one question per call, vs the bare limit (>= {GOAL:.2f}x)", f"{one:.3f}x",
+                 one >= GOAL)]

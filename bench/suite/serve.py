@@ -1,50 +1,46 @@
-#!/usr/bin/env python
-"""HTTP serving under load: throughput, latency and micro-batch sizes of `ragloop serve` at 1, 10, 50 clients.
+"""Section "serve": throughput, latency and micro-batch sizes of `ragloop serve` at 1, 10, 50 clients.
 
-    python bench/bench_serve.py                          # a tiny model built on the fly; <= 60 s per level
-    python bench/bench_serve.py --quick                  # <= 10 s and 300 requests per level
-    python bench/bench_serve.py --model runs/demo/rag/best_model --compare-unbatched
-    python bench/bench_serve.py --quick --endpoint search --compare-unbatched   # /search on the index alone
+    python -m bench --only serve                  # a tiny model built on the fly; <= 60 s per level
+    python -m bench --quick --only serve          # <= 10 s and 300 requests per level
+    python -m bench --only serve --serve-model runs/demo/rag/best_model --serve-compare-unbatched
+    python -m bench --quick --only serve --serve-endpoint search --serve-compare-unbatched   # /search, index alone
 
 Workload: `ragloop serve MODEL` runs in a subprocess on 127.0.0.1 (its own process, so the clients
 do not share its interpreter); N asyncio clients (httpx, one connection each) post bundled SQuAD
-v1.1 dev questions to POST /answer (or, with --endpoint search, dense POST /search to a server of
-the model's index folder alone) back to back, each sending its next request when the last one is
-answered. A level stops after --requests requests or --seconds seconds, whichever comes first
-(requests still in flight then are cancelled and not counted). Latency is per request, measured at
-the client; the mean batch size is read from the server's /health counters before and after.
+v1.1 dev questions to POST /answer (or, with --serve-endpoint search, dense POST /search to a server
+of the model's index folder alone) back to back, each sending its next request when the last one is
+answered. A level stops after 3,000 requests (quick: 300; --serve-requests) or 60 s (quick: 10 s;
+--serve-seconds), whichever comes first (requests still in flight then are cancelled and not counted).
+Latency is per request, measured at the client; the mean batch size is read from the server's /health
+counters before and after.
 
-Without --model the server loads a tiny RAG folder built here: a 2-layer BERT (hidden 32) question
-and passage encoder over the first --passages bundled dev passages, and an untrained 2-layer T5
+Without --serve-model the server loads a tiny RAG folder built here: a 2-layer BERT (hidden 32) question
+and passage encoder over the first --serve-passages bundled dev passages, and an untrained 2-layer T5
 (d_model 32) that always writes the full 32 tokens; it measures the serving machinery (HTTP,
 validation, batching, threads) with little model time. A real model spends far more per batch, which
-is where micro-batching pays. Results go to bench/results/serve[-search][-quick].json.
+is where micro-batching pays.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import datetime as dt
 import json
 import os
-import platform
-import shutil
 import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 
-BENCH_DIR = Path(__file__).resolve().parent
+from bench.suite.tables import say, table
 
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+TITLE = "HTTP serving under load"
+PLOTS: dict = {}
+LIMITS = {"full": {"requests": 3000, "seconds": 60.0}, "quick": {"requests": 300, "seconds": 10.0}}  # per level
 
 
 def build_tiny_model(out: Path, passages: int) -> Path:
@@ -192,7 +188,7 @@ async def run_level(url: str, clients: int, questions: list[str], max_requests: 
     }
 
 
-def bench_server(model: Path, args: argparse.Namespace, questions: list[str], max_batch: int) -> list[dict]:
+def bench_server(model: Path, args: SimpleNamespace, questions: list[str], max_batch: int) -> list[dict]:
     rows = []
     served = model / "index" if args.endpoint == "search" else model  # /search: the index folder alone
     with Server(served, max_batch, args.max_wait_ms, args.threads) as server:
@@ -211,74 +207,43 @@ def bench_server(model: Path, args: argparse.Namespace, questions: list[str], ma
     return rows
 
 
-def table(rows: list[dict]) -> str:
-    lines = ["| max batch | clients | requests | errors | throughput (req/s) | p50 (ms) | p95 (ms) | mean batch size |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['max_batch']} | {r['clients']} | {r['requests']} | {r['errors']} | "
-                     f"{r['throughput_rps']:.1f} | {r['p50_ms']} | {r['p95_ms']} | {r['mean_batch_size']} |")
-    return "\n".join(lines)
+def report(res: dict) -> str:
+    head = ["endpoint", "max batch", "clients", "requests", "errors", "throughput (req/s)", "p50 (ms)", "p95 (ms)",
+            "mean batch size"]
+    rows = [[r["endpoint"], r["max_batch"], r["clients"], r["requests"], r["errors"], f"{r['throughput_rps']:.1f}",
+             r["p50_ms"], r["p95_ms"], r["mean_batch_size"]] for r in res["levels"]]
+    return f"Model: {res['model']}; {res['settings']}.\n\n" + table(head, rows)
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", type=Path, help="a saved RAG folder (default: build a tiny one)")
-    p.add_argument("--quick", action="store_true", help="<= 10 s and 300 requests per level")
-    p.add_argument("--clients", type=int, nargs="+", default=[1, 10, 50], help="levels (default 1 10 50)")
-    p.add_argument("--requests", type=int, help="requests per level at most (default 3000; quick 300)")
-    p.add_argument("--seconds", type=float, help="time limit per level (default 60; quick 10)")
-    p.add_argument("--max-batch", type=int, default=16, help="the server's --max-batch (default 16)")
-    p.add_argument("--max-wait-ms", type=float, default=10.0, help="the server's --max-wait-ms (default 10)")
-    p.add_argument("--compare-unbatched", action="store_true", help="run the levels again with --max-batch 1")
-    p.add_argument("--passages", type=int, default=500, help="passages in the tiny model's index (default 500)")
-    p.add_argument("--threads", type=int, help="the server's --threads (default: the cores it may use)")
-    p.add_argument("--endpoint", choices=["answer", "search"], default="answer",
-                   help="answer (default), or dense search on a server of the model's index folder alone")
-    p.add_argument("--out", type=Path, help="JSON results (default bench/results/serve.json, serve-quick.json "
-                   "with --quick)")
-    args = p.parse_args(argv)
-    args.requests = args.requests or (300 if args.quick else 3000)
-    args.seconds = min(args.seconds or (10.0 if args.quick else 60.0), 600.0)
-    name = "serve" + ("-search" if args.endpoint == "search" else "") + ("-quick" if args.quick else "")
-    args.out = args.out or BENCH_DIR / "results" / f"{name}.json"
-    return args
+def options(group) -> None:
+    group.add_argument("--serve-model", type=Path, help="a saved RAG folder (default: build a tiny one)")
+    group.add_argument("--serve-clients", type=int, nargs="+", default=[1, 10, 50], help="levels (default 1 10 50)")
+    group.add_argument("--serve-max-batch", type=int, default=16, help="the server's --max-batch (default 16)")
+    group.add_argument("--serve-max-wait-ms", type=float, default=10.0, help="the server's --max-wait-ms (default 10)")
+    group.add_argument("--serve-compare-unbatched", action="store_true", help="the levels again with --max-batch 1")
+    group.add_argument("--serve-passages", type=int, default=500, help="passages in the tiny model's index")
+    group.add_argument("--serve-requests", type=int, help="requests per level at most (default 3000; quick 300)")
+    group.add_argument("--serve-seconds", type=float, help="time limit per level, <= 600 (default 60; quick 10)")
+    group.add_argument("--serve-endpoint", choices=["answer", "search"], default="answer",
+                       help="answer (default), or dense search on a server of the model's index folder alone")
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    args = parse_args(argv)
-    started, load_start = time.perf_counter(), os.getloadavg()[0]
-    workdir = Path(tempfile.mkdtemp(prefix="ragloop-bench-serve-"))
-    try:
-        if args.model is None:
-            say(f"building a tiny RAG model over {args.passages} bundled passages ...")
-            model = build_tiny_model(workdir, args.passages)
-        else:
-            model = args.model
-        questions = load_questions()
-        rows = bench_server(model, args, questions, args.max_batch)
-        if args.compare_unbatched and args.max_batch != 1:
-            rows += bench_server(model, args, questions, 1)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    results = {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(["python bench/bench_serve.py", *argv]),
-        "model": str(args.model) if args.model else f"tiny (2-layer BERT-32 + T5-32, {args.passages} passages)",
-        "machine": {"cpu_count": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        "load_average_1min": {"start": load_start, "end": os.getloadavg()[0]},
-        "settings": {"requests_per_level": args.requests, "seconds_per_level": args.seconds},
-        "levels": rows,
-        "wall_s": round(time.perf_counter() - started, 1),
-    }
-    print(table(rows))
-    print(f"\n(1-min load average {load_start:.2f} -> {results['load_average_1min']['end']:.2f}; "
-          f"wall time {results['wall_s']:.0f} s)")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    say(f"results -> {args.out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def run(ctx) -> dict:
+    a = ctx.args
+    limits = LIMITS["quick" if ctx.quick else "full"]
+    args = SimpleNamespace(endpoint=a.serve_endpoint, clients=a.serve_clients, max_wait_ms=a.serve_max_wait_ms,
+                           threads=a.threads, requests=a.serve_requests or limits["requests"],
+                           seconds=min(a.serve_seconds or limits["seconds"], 600.0))
+    if a.serve_model is None:
+        say(f"building a tiny RAG model over {a.serve_passages} bundled passages ...")
+        model = build_tiny_model(ctx.work / "serve", a.serve_passages)
+    else:
+        model = a.serve_model
+    questions = load_questions()
+    rows = bench_server(model, args, questions, a.serve_max_batch)
+    if a.serve_compare_unbatched and a.serve_max_batch != 1:
+        rows += bench_server(model, args, questions, 1)
+    return {"model": str(a.serve_model) if a.serve_model else
+            f"tiny (2-layer BERT-32 + T5-32, {a.serve_passages} passages)",
+            "settings": {"requests_per_level": args.requests, "seconds_per_level": args.seconds},
+            "levels": rows}

@@ -1,7 +1,7 @@
 """A retrieval corpus of ~100,000 passages with answerable questions, for index scale work (issue 14).
 
-    python bench/make_corpus.py --out /work/cache/big                    # 100,000 documents (default)
-    python bench/make_corpus.py --passages 3000 --out /tmp/corpus-small  # a quick check (~1 min)
+    python -m bench.scripts.make_corpus --out /work/cache/big                    # 100,000 documents (default)
+    python -m bench.scripts.make_corpus --passages 3000 --out /tmp/corpus-small  # a quick check (~1 min)
     ragloop index /work/cache/big/corpus.jsonl --out /work/cache/big/index --index-type Flat --chunk-words 100
     ragloop eval-retrieval /work/cache/big/index --data /work/cache/big/questions.jsonl --mode dense
 
@@ -60,12 +60,11 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "src"))
+from ragloop.data.bundled import SQUAD_DEV, bundled_path
+from ragloop.data.records import content_id
+from ragloop.evaluation.metrics import has_answer
 
-from ragloop.data.bundled import SQUAD_DEV, bundled_path  # noqa: E402
-from ragloop.data.records import content_id  # noqa: E402
-from ragloop.evaluation.metrics import has_answer  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 PHANTOM_VERSION = "1.0.3"
 TREE_SIZE = 25  # PhantomWiki's --max-family-tree-size; trees come out at ~25.3 people on average
@@ -147,6 +146,47 @@ def person_facts(article: dict) -> dict[str, list[str]]:
     return facts
 
 
+class PhantomQuestions:
+    """Question makers over PhantomWiki people sharing one seeded RNG (see `phantom_questions`). Each maker
+    takes (name, facts) and gives (question, answers, gold title or titles), or None to skip the person."""
+
+    def __init__(self, articles: list[dict], seed: int) -> None:
+        self.facts = {a["title"]: person_facts(a) for a in articles}
+        self.names = [a["title"] for a in articles]
+        self.dob_people: dict[str, list[str]] = {}
+        for name in self.names:
+            for dob in self.facts[name].get("dob", []):
+                self.dob_people.setdefault(dob, []).append(name)
+        self.rng = random.Random(seed)
+
+    def relation(self, name: str, f: dict):
+        rels = [r for r in RELATIONS if r in f]
+        if not rels:
+            return None
+        r = self.rng.choice(rels)
+        return f"Who is the {r} of {name}?", sorted(f[r]), name
+
+    def attribute(self, name: str, f: dict):
+        a = self.rng.choice(sorted(ATTRIBUTES))
+        return f"What is the {ATTRIBUTES[a]} of {name}?", f.get(a, []), name
+
+    def person(self, name: str, f: dict):
+        dob = f.get("dob", [""])[0]
+        if self.dob_people.get(dob) != [name]:
+            return None
+        return f"Who is the person whose date of birth is {dob}?", [name], name
+
+    def attribute_of_relation(self, name: str, f: dict):
+        rels = [r for r in RELATIONS if r in f]
+        if not rels:
+            return None
+        r, a = self.rng.choice(rels), self.rng.choice(sorted(ATTRIBUTES))
+        if not all(b in self.facts for b in f[r]):  # someone on the path is outside the corpus
+            return None
+        answers = sorted({v for b in f[r] for v in self.facts[b].get(a, [])})
+        return f"What is the {ATTRIBUTES[a]} of the {r} of {name}?", answers, [name, *sorted(f[r])]
+
+
 def phantom_questions(articles: list[dict], by_title: dict[str, dict], per_kind: int, seed: int,
                       max_answers: int) -> tuple[list[dict], list[dict]]:
     """Questions over the corpus's PhantomWiki people, in PhantomWiki's own phrasing, answered from the
@@ -160,23 +200,16 @@ def phantom_questions(articles: list[dict], by_title: dict[str, dict], per_kind:
     - attribute_of_relation: "What is the hobby of the sister of X?" (two hops: X's article, then each
       sister's; multi-hop, every sister in the corpus)
     """
-    facts = {a["title"]: person_facts(a) for a in articles}
-    names = [a["title"] for a in articles]
-    dob_people: dict[str, list[str]] = {}
-    for name in names:
-        for dob in facts[name].get("dob", []):
-            dob_people.setdefault(dob, []).append(name)
-    rng = random.Random(seed)
+    maker = PhantomQuestions(articles, seed)
     single: list[dict] = []
     multi: list[dict] = []
     seen: set[str] = set()
-
-    def draw(kind: str, make) -> None:
+    for kind in ("relation", "attribute", "person", "attribute_of_relation"):
         made = 0
-        for name in rng.sample(names, len(names)):
+        for name in maker.rng.sample(maker.names, len(maker.names)):
             if made == per_kind:
-                return
-            got = make(name, facts[name])
+                break
+            got = getattr(maker, kind)(name, maker.facts[name])
             if got is None or got[0] in seen or not 0 < len(got[1]) <= max_answers:
                 continue
             question, answers, gold = got
@@ -189,37 +222,6 @@ def phantom_questions(articles: list[dict], by_title: dict[str, dict], per_kind:
             else:
                 multi.append({**row, "gold_titles": gold, "origin": "phantomwiki"})
             made += 1
-
-    def relation(name, f):
-        rels = [r for r in RELATIONS if r in f]
-        if not rels:
-            return None
-        r = rng.choice(rels)
-        return f"Who is the {r} of {name}?", sorted(f[r]), name
-
-    def attribute(name, f):
-        a = rng.choice(sorted(ATTRIBUTES))
-        return f"What is the {ATTRIBUTES[a]} of {name}?", f.get(a, []), name
-
-    def person(name, f):
-        dob = f.get("dob", [""])[0]
-        if dob_people.get(dob) != [name]:
-            return None
-        return f"Who is the person whose date of birth is {dob}?", [name], name
-
-    def attribute_of_relation(name, f):
-        rels = [r for r in RELATIONS if r in f]
-        if not rels:
-            return None
-        r, a = rng.choice(rels), rng.choice(sorted(ATTRIBUTES))
-        if not all(b in facts for b in f[r]):  # someone on the path is outside the corpus
-            return None
-        answers = sorted({v for b in f[r] for v in facts[b].get(a, [])})
-        return f"What is the {ATTRIBUTES[a]} of the {r} of {name}?", answers, [name, *sorted(f[r])]
-
-    for kind, make in [("relation", relation), ("attribute", attribute), ("person", person),
-                       ("attribute_of_relation", attribute_of_relation)]:
-        draw(kind, make)
     return single, multi
 
 
@@ -253,7 +255,7 @@ def word_stats(docs: list[dict]) -> dict:
 
 README = """# Retrieval corpus: {total:,} documents ({pw:,} PhantomWiki articles + {sq:,} SQuAD paragraphs)
 
-Made by `bench/make_corpus.py` in the ragloop repository (commit {commit}):
+Made by `python -m bench.scripts.make_corpus` in the ragloop repository (commit {commit}):
 
     {command}
 
@@ -307,8 +309,8 @@ and every name also appears in its relatives' and friends' articles.
 """
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m bench.scripts.make_corpus", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--passages", type=int, default=100_000, help="documents in corpus.jsonl (default 100000)")
     ap.add_argument("--out", type=Path, required=True, help="folder to write")
@@ -323,10 +325,11 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.passages < 2:
         ap.error("--passages must be at least 2")
-    t0 = time.perf_counter()
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
+    return args
 
+
+def build(args: argparse.Namespace, out: Path) -> dict:
+    """The corpus and its questions, checked: what `ragloop index` and `ragloop eval-retrieval` rely on."""
     needles, squad_questions = squad_needles(max(1, min(args.squad_paragraphs, args.passages // 2)))
     people = args.passages - len(needles)
     raw = out / "phantomwiki-raw"
@@ -342,7 +345,6 @@ def main(argv: list[str] | None = None) -> None:
     ids = [d["id"] for d in corpus]
     if len(set(ids)) != len(ids):
         sys.exit("two documents share an id (identical text): refusing to write a corpus ragloop would dedupe")
-
     by_title = {d["title"]: d for d in haystack}
     pw_single, pw_multi = phantom_questions(articles[:people], by_title, args.questions_per_kind, args.seed,
                                             args.max_answers)
@@ -352,41 +354,57 @@ def main(argv: list[str] | None = None) -> None:
         assert q["gold_doc_id"] in in_corpus and q["gold_doc_id"] == content_id(q["context"]), q["id"]
     pw_missing = [q["id"] for q in pw_single if not has_answer(q["answers"], q["context"])]
     assert not pw_missing, pw_missing[:5]
-    # a few SQuAD answers are not whole-token spans of their paragraph after normalisation ("1970s" in
-    # "1970s-era"): ragloop eval-retrieval counts them as answers_not_in_context; kept, as everywhere else
-    squad_missing = sum(not has_answer(q["answers"], q["context"]) for q in squad_questions)
+    return {"corpus": corpus, "haystack": haystack, "needles": needles, "params": params, "questions": questions,
+            "squad_questions": squad_questions, "pw_single": pw_single, "pw_multi": pw_multi}
 
-    sha = {name: write_jsonl(out / name, rows) for name, rows in [
-        ("corpus.jsonl", corpus), ("questions.jsonl", questions), ("questions-squad.jsonl", squad_questions),
-        ("questions-phantomwiki.jsonl", pw_single), ("questions-phantomwiki-multihop.jsonl", pw_multi)]}
+
+def describe(args: argparse.Namespace, out: Path, b: dict, sha: dict, command: str, seconds: float) -> dict:
+    """stats.json and README.md beside the data; the stats."""
     try:
         commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
                                 text=True).stdout.strip() or "?"
     except OSError:
         commit = "?"
-    command = "python bench/make_corpus.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    corpus, haystack, needles = b["corpus"], b["haystack"], b["needles"]
+    # a few SQuAD answers are not whole-token spans of their paragraph after normalisation ("1970s" in
+    # "1970s-era"): ragloop eval-retrieval counts them as answers_not_in_context; kept, as everywhere else
+    squad_missing = sum(not has_answer(q["answers"], q["context"]) for q in b["squad_questions"])
     stats = {
         "documents": len(corpus), "phantomwiki_articles": len(haystack), "squad_paragraphs": len(needles),
         "words_phantomwiki": word_stats(haystack), "words_squad": word_stats(needles),
-        "questions": len(questions), "questions_squad": len(squad_questions),
+        "questions": len(b["questions"]), "questions_squad": len(b["squad_questions"]),
         "questions_squad_answer_not_in_context": squad_missing,
-        "questions_phantomwiki": len(pw_single), "questions_phantomwiki_multihop": len(pw_multi),
-        "phantomwiki": params, "seed": args.seed, "questions_per_kind": args.questions_per_kind,
-        "command": command, "commit": commit, "sha256": sha,
-        "seconds": round(time.perf_counter() - t0, 1),
+        "questions_phantomwiki": len(b["pw_single"]), "questions_phantomwiki_multihop": len(b["pw_multi"]),
+        "phantomwiki": b["params"], "seed": args.seed, "questions_per_kind": args.questions_per_kind,
+        "command": command, "commit": commit, "sha256": sha, "seconds": round(seconds, 1),
     }
     (out / "stats.json").write_text(json.dumps(stats, indent=1) + "\n")
     fmt = lambda s: ", ".join(f"{k} {v}" for k, v in s.items())  # noqa: E731
     (out / "README.md").write_text(README.format(
-        total=len(corpus), pw=len(haystack), sq=len(needles), commit=commit, command=command, nq=len(questions),
-        nq_sq=len(squad_questions), nq_pw=len(pw_single), nq_multi=len(pw_multi),
-        pw_words=fmt(stats["words_phantomwiki"]), sq_words=fmt(stats["words_squad"]),
+        total=len(corpus), pw=len(haystack), sq=len(needles), commit=commit, command=command,
+        nq=len(b["questions"]), nq_sq=len(b["squad_questions"]), nq_pw=len(b["pw_single"]),
+        nq_multi=len(b["pw_multi"]), pw_words=fmt(stats["words_phantomwiki"]), sq_words=fmt(stats["words_squad"]),
         sq_long=stats["words_squad"].get("over_124", 0), pw_version=PHANTOM_VERSION, per_kind=args.questions_per_kind,
-        seed=args.seed, pw_args=" ".join(params["args"]),
+        seed=args.seed, pw_args=" ".join(b["params"]["args"]),
         sha="\n".join(f"    {v}  {k}" for k, v in sha.items())))
-    print(f"{out}: {len(corpus):,} documents ({len(haystack):,} PhantomWiki + {len(needles):,} SQuAD), "
-          f"{len(questions):,} questions with a gold paragraph ({len(squad_questions):,} SQuAD, {len(pw_single):,} "
-          f"PhantomWiki), {len(pw_multi):,} multi-hop; {stats['seconds']:.0f} s")
+    return stats
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    t0 = time.perf_counter()
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    b = build(args, out)
+    sha = {name: write_jsonl(out / name, rows) for name, rows in [
+        ("corpus.jsonl", b["corpus"]), ("questions.jsonl", b["questions"]),
+        ("questions-squad.jsonl", b["squad_questions"]), ("questions-phantomwiki.jsonl", b["pw_single"]),
+        ("questions-phantomwiki-multihop.jsonl", b["pw_multi"])]}
+    command = "python -m bench.scripts.make_corpus " + " ".join(sys.argv[1:] if argv is None else argv)
+    stats = describe(args, out, b, sha, command, time.perf_counter() - t0)
+    print(f"{out}: {len(b['corpus']):,} documents ({len(b['haystack']):,} PhantomWiki + {len(b['needles']):,} "
+          f"SQuAD), {len(b['questions']):,} questions with a gold paragraph ({len(b['squad_questions']):,} SQuAD, "
+          f"{len(b['pw_single']):,} PhantomWiki), {len(b['pw_multi']):,} multi-hop; {stats['seconds']:.0f} s")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,120 @@
+"""Experiment "rerank": what a cross-encoder reranking stage buys and costs.
+
+    python -m bench.experiments --only rerank
+
+The reranker (settings.reranker, default runs/reranker) is trained with `ragloop train-reranker`'s
+defaults on the bundled train articles if that folder does not hold one; it never sees the dev articles.
+
+1. Retrieval quality on the recipe's dev questions (evaluate.retrieval_questions, spread evenly; the
+   dev index settings.index: dev articles, MiniLM, Flat, built if missing): gold@k, hit@k (evaluate.
+   retrieval_k) and mrr@10 for dense, BM25 and hybrid, each with and without the reranker over its top
+   settings.depth.
+2. Cost: milliseconds the reranking stage adds per question (one question per call, k=5, hybrid first
+   stage) at each of settings.cost_depths; the median of settings.cost_questions calls, after a warm-up.
+"""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench.experiments.pipeline import stamp, write_results
+from bench.suite.tables import say, table
+
+
+def ensure_reranker(folder: str) -> None:
+    """Train a reranker into `folder` with `ragloop train-reranker`'s defaults unless one is there."""
+    if (Path(folder) / "config.json").is_file():
+        return
+    say(f"training a reranker into {folder} (ragloop train-reranker, its defaults) ...")
+    subprocess.run([sys.executable, "-m", "ragloop", "train-reranker", "--output_dir", folder], check=True)
+
+
+def dev_index(path: Path):
+    from ragloop.data import load_corpus
+    from ragloop.data.bundled import SQUAD_DEV, bundled_path
+    from ragloop.retrieval import BiEncoder, Index
+
+    if (path / "manifest.json").is_file():
+        return Index.load(path)
+    say(f"building {path} from {SQUAD_DEV} (all-MiniLM-L6-v2, Flat) ...")
+    return Index.build(load_corpus([bundled_path(SQUAD_DEV)]), BiEncoder.from_pretrained(), path)
+
+
+def dev_questions(recipe, n: int) -> list:
+    from ragloop.data import load_qa
+    from ragloop.data.qa import sample_evenly
+
+    return sample_evenly(load_qa(recipe.dev_data), n)
+
+
+def quality(index, reranker, examples: list, ks: tuple[int, ...], depth: int) -> list[dict]:
+    from ragloop.evaluation import evaluate_retrieval
+    from ragloop.retrieval import Retriever
+    from ragloop.retrieval.hybrid import MODES
+
+    rows = []
+    for mode in MODES:
+        for stage in (None, reranker):
+            retriever = Retriever(index, mode=mode)
+            if stage is not None:
+                retriever.set_reranker(stage, depth)
+            start = time.perf_counter()
+            result = evaluate_retrieval(retriever, examples, ks, mode, progress=None)
+            result["seconds"] = round(time.perf_counter() - start, 1)
+            result["name"] = f"{mode} + rerank@{depth}" if stage is not None else mode
+            say(f"  {result['name']}: gold@1 {result['gold@1']:.3f} ({result['seconds']} s)")
+            rows.append(result)
+    return rows
+
+
+def cost(index, reranker, questions: list[str], depths: list[int]) -> list[dict]:
+    from ragloop.retrieval import Retriever
+
+    plain = Retriever(index, mode="hybrid")
+    out = []
+    for depth in depths:
+        reranked = Retriever(index, mode="hybrid")
+        reranked.set_reranker(reranker, depth)
+        for q in questions[:3]:  # warm-up
+            plain.retrieve([q], 5), reranked.retrieve([q], 5)
+        added = []
+        for q in questions[3:]:
+            t0 = time.perf_counter()
+            plain.retrieve([q], 5)
+            t1 = time.perf_counter()
+            reranked.retrieve([q], 5)
+            added.append(((time.perf_counter() - t1) - (t1 - t0)) * 1000)
+        out.append({"depth": depth, "questions": len(added), "added_ms_p50": round(statistics.median(added), 1),
+                    "added_ms_mean": round(statistics.fmean(added), 1)})
+        say(f"  depth {depth}: +{out[-1]['added_ms_p50']} ms per question (p50)")
+    return out
+
+
+def rows_table(rows: list[dict], cols: list[str], head: list[str]) -> str:
+    return table(head, [[f"{r[c]:.3f}" if isinstance(r[c], float) else r[c] for c in cols] for r in rows])
+
+
+def run(exp, results: Path) -> None:
+    from ragloop.cli import quiet_libraries
+    from ragloop.retrieval.rerank import Reranker
+
+    quiet_libraries()
+    recipe, s = exp.recipe(), exp.settings
+    ensure_reranker(s["reranker"])
+    reranker = Reranker.from_pretrained(s["reranker"])
+    index = dev_index(Path(s["index"]))
+    res = {**stamp(exp), "reranker": s["reranker"], "index": s["index"], "passages": len(index)}
+    examples = dev_questions(recipe, recipe.retrieval_questions)
+    res["quality"] = rows = quality(index, reranker, examples, recipe.retrieval_k, s["depth"])
+    cols = ["name"] + [f"{m}@{k}" for m in ("gold", "hit") for k in recipe.retrieval_k] + ["mrr@10", "seconds"]
+    print(f"Retrieval quality, {len(examples)} dev questions, rerank depth {s['depth']}\n")
+    print(rows_table(rows, cols, ["retrieval", *cols[1:-1], "seconds (all questions)"]))
+    timed = [e.question for e in dev_questions(recipe, s["cost_questions"] + 3)]
+    res["cost"] = rows = cost(index, reranker, timed, s["cost_depths"])
+    print("\nWhat reranking adds per question (hybrid first stage, k=5)\n")
+    print(rows_table(rows, ["depth", "added_ms_p50", "added_ms_mean"], ["depth", "ms added, p50", "ms added, mean"]))
+    write_results(results, res)
