@@ -5,7 +5,7 @@ experiment's recipe (recipes/readers.json) and the demo's split.
 
 Every run trains the recipe's fixed steps with only its reader mode (`rag_mode`), k (`n_docs`,
 settings.k) and, for "frozen", a question encoder learning rate of 0 changed. A mode the installed
-ragloop does not know (not in `ragloop.model.MODES`) is skipped with a message. Each trained model is
+ragloop does not know (not in `ragloop.constants.READER_MODES`) is skipped with a message. Each trained model is
 scored on evaluate.questions held-out questions of the training articles and as many of dev articles
 never trained on, each with retrieved passages (RAG), none (closed book) and the gold paragraph
 (oracle): F1 and EM. Retrieval: dense hit@k of the untrained question encoder and of the trained one.
@@ -89,7 +89,7 @@ def markdown(res: dict) -> str:
 
 
 def run(exp, results: Path) -> None:
-    from ragloop.model import MODES
+    from ragloop.constants import READER_MODES as MODES
     from ragloop.recipes import demo
     from ragloop.retrieval import Retriever
 

@@ -52,9 +52,9 @@ def dev_questions(recipe, n: int) -> list:
 
 
 def quality(index, reranker, examples: list, ks: tuple[int, ...], depth: int) -> list[dict]:
+    from ragloop.constants import SEARCH_MODES as MODES
     from ragloop.evaluation import evaluate_retrieval
     from ragloop.retrieval import Retriever
-    from ragloop.retrieval.hybrid import MODES
 
     rows = []
     for mode in MODES:
