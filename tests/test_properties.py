@@ -219,21 +219,9 @@ def run_cli(args: list[str]) -> tuple[int, str]:
 
 
 @pytest.fixture(scope="module")
-def previous_index(tmp_path_factory, squad_small, tiny_bert_dir) -> Path:
-    out = tmp_path_factory.mktemp("prev") / "idx"
-    assert main(["index", str(squad_small), "--out", str(out), "--encoder", str(tiny_bert_dir), "-q"]) == 0
-    return out
-
-
-@pytest.fixture(scope="module")
-def rag_dir(tmp_path_factory, previous_index, tiny_bert_dir, tiny_t5_dir) -> Path:
-    from ragloop import RAG, Encoder, Generator, RAGConfig
-
-    path = tmp_path_factory.mktemp("rag") / "model"
-    with Index.load(previous_index) as index:
-        RAG(index, Encoder.from_pretrained(str(tiny_bert_dir)), Generator.from_pretrained(str(tiny_t5_dir)),
-            RAGConfig(n_docs=2)).save_pretrained(path)
-    return path
+def previous_index(tiny_index) -> Path:
+    """The shared index folder (conftest.py), copied where a command may replace it."""
+    return tiny_index.path
 
 
 @contextlib.contextmanager

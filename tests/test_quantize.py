@@ -15,23 +15,6 @@ def _float_linears(module: torch.nn.Module) -> int:
     return sum(type(m) is torch.nn.Linear for m in module.modules())
 
 
-@pytest.fixture(scope="module")
-def index(tmp_path_factory, squad_small, tiny_bert_dir):
-    from ragloop import BiEncoder, Index, load_corpus
-
-    return Index.build(load_corpus([squad_small]), BiEncoder.from_pretrained(tiny_bert_dir),
-                       tmp_path_factory.mktemp("q") / "idx", progress=False)
-
-
-@pytest.fixture(scope="module")
-def rag_dir(tmp_path_factory, index, tiny_t5_dir):
-    from ragloop.model import RAG, RAGConfig
-
-    out = tmp_path_factory.mktemp("q") / "rag"
-    RAG.from_index(index, generator=tiny_t5_dir, config=RAGConfig(n_docs=2)).save_pretrained(out)
-    return out
-
-
 def test_int8_minilm_retrieves_like_float32_on_real_text(squad_small):
     """The real encoder: each vector stays close to its float32 twin, and questions find the same paragraph."""
     from ragloop.data import load_qa

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ragloop import load_corpus
 from ragloop.generation import Generator
 from ragloop.generation.decoding import token_beam_search
 
@@ -29,9 +28,9 @@ def generators(tiny_t5_dir, tiny_bert_dir) -> dict[str, Generator]:
 
 
 @pytest.fixture(scope="module")
-def passages(squad_small):
-    corpus = load_corpus([squad_small])
-    return [corpus[0:K], corpus[K : 2 * K]]
+def passages(passages):
+    """Two questions' K passages each, from the shared `passages` (conftest.py)."""
+    return [passages[0:K], passages[K : 2 * K]]
 
 
 class Uncached:

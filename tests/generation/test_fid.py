@@ -11,7 +11,7 @@ import torch
 from transformers.modeling_outputs import BaseModelOutput
 
 import ragloop.generation.readers as readers
-from ragloop import BiEncoder, Encoder, Index, Passage, RagloopError, load_corpus
+from ragloop import Encoder, Passage, RagloopError
 from ragloop.config import READER_MODES, TrainConfig
 from ragloop.generation import Generator
 from ragloop.generation.fusion import fuse
@@ -31,12 +31,6 @@ PASSAGES = [
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def index(tmp_path_factory, squad_small, tiny_bert_dir) -> Index:
-    encoder = BiEncoder(Encoder.from_pretrained(str(tiny_bert_dir)))
-    return Index.build(load_corpus([squad_small]), encoder, tmp_path_factory.mktemp("fid") / "idx", progress=False)
 
 
 @pytest.fixture(scope="module")

@@ -166,11 +166,10 @@ class DecodedRAG(RAG):
 
 
 @pytest.fixture(scope="module")
-def copying_rag(tmp_path_factory, tiny_bert_dir, bert2bert) -> RAG:
-    encoder = Encoder.from_pretrained(str(tiny_bert_dir))
-    index = Index.build([PLAYS, AUTHOR], BiEncoder(encoder), tmp_path_factory.mktemp("spans") / "idx", progress=False)
+def copying_rag(tmp_path_factory, tiny_encoder, bert2bert) -> RAG:
+    index = Index.build([PLAYS, AUTHOR], tiny_encoder, tmp_path_factory.mktemp("spans") / "idx", progress=False)
     gen = forced(bert2bert)
-    rag = DecodedRAG(index, encoder, gen, RAGConfig(n_docs=2, max_source_length=gen.max_source_length))
+    rag = DecodedRAG(index, tiny_encoder.question, gen, RAGConfig(n_docs=2, max_source_length=gen.max_source_length))
     rag.decoded = answer_ids(gen)
     return rag
 

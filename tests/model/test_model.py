@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from ragloop import BiEncoder, Encoder, Index, Passage, RagloopError, load_corpus
+from ragloop import Encoder, Passage, RagloopError
 from ragloop.generation import Generator
 from ragloop.generation.decoding import cut_at_eos
 from ragloop.generation.readers import rag_sequence_loss, rag_token_loss
@@ -22,15 +22,10 @@ ANSWERS = ["Denver Broncos", "Levi's Stadium in Santa Clara"]
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def passage_encoder(tiny_bert_dir) -> Encoder:
-    return Encoder.from_pretrained(str(tiny_bert_dir))
-
-
-@pytest.fixture(scope="module")
-def index(tmp_path_factory, squad_small, passage_encoder) -> Index:
-    return Index.build(load_corpus([squad_small]), BiEncoder(passage_encoder), tmp_path_factory.mktemp("rag") / "idx",
-                       progress=False)
+@pytest.fixture
+def passage_encoder(encoder) -> Encoder:
+    """The passage side of the shared `index` (conftest.py)."""
+    return encoder.passage
 
 
 @pytest.fixture(scope="module")
@@ -172,6 +167,7 @@ def test_given_passages_use_a_uniform_prior(index, tiny_bert_dir, t5):
         rag(QUESTIONS, ANSWERS, passages=[gold[0], []])
 
 
+@pytest.mark.own_copy  # re-encodes the index
 def test_train_passage_encoder_gets_gradient_and_reindexes(index, tiny_bert_dir, t5, tmp_path):
     trained = Encoder.from_pretrained(str(tiny_bert_dir))
     rag = RAG(index, Encoder.from_pretrained(str(tiny_bert_dir)), t5,

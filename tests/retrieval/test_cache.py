@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from ragloop import BiEncoder, Encoder, Index, Passage, Retriever, load_corpus
+from ragloop import Encoder, Index, Passage, Retriever, load_corpus
 from ragloop.cli import main
 from ragloop.model import RAG, RAGConfig
 from ragloop.retrieval.cache import RetrievalCache
@@ -26,14 +26,10 @@ class ByLength:
         return [np.array([self.sign * len(p.text) for p in ps], dtype=np.float32) for ps in passages]
 
 
-@pytest.fixture(scope="module")
-def encoder(tiny_bert_dir):
-    return BiEncoder.from_pretrained(str(tiny_bert_dir))
-
-
 @pytest.fixture
-def index(tmp_path, squad_small, encoder):
-    return Index.build(load_corpus([squad_small])[:8], encoder, tmp_path / "idx", progress=False)
+def index(eight_passage_index):
+    """Fresh for every test, which may add to it or re-encode it: 8 passages by `encoder` (conftest.py)."""
+    return eight_passage_index
 
 
 def counting(retriever, monkeypatch):
@@ -164,6 +160,7 @@ def test_reencode_and_swapping_the_index_invalidate(index, encoder, tiny_bert_di
     assert got.passages[0][0].id in {p.id for p in other.store}
 
 
+@pytest.mark.own_copy  # steps the encoder's weights
 def test_question_vectors_are_cached_for_the_eval_encoder_and_keyed_by_its_weights(index, encoder):
     cache = RetrievalCache()
     r = Retriever(index, encoder.question, cache=cache)

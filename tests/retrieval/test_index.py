@@ -8,23 +8,14 @@ import faiss
 import numpy as np
 import pytest
 
-from ragloop import BiEncoder, Index, Passage, RagloopError, Retriever, load_corpus
+from ragloop import BiEncoder, Index, Passage, RagloopError, Retriever
 from ragloop.retrieval.hybrid import fuse
 
 
-@pytest.fixture(scope="module")
-def passages(squad_small):
-    return load_corpus([squad_small])
-
-
-@pytest.fixture(scope="module")
-def encoder(tiny_bert_dir):
-    return BiEncoder.from_pretrained(str(tiny_bert_dir))
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory, passages, encoder):
-    return Index.build(passages, encoder, tmp_path_factory.mktemp("idx") / "index")
+@pytest.fixture
+def built(index):
+    """The shared index of `passages` by `encoder` (conftest.py)."""
+    return index
 
 
 def test_build_writes_manifest_store_and_rows_line_up(built, passages, encoder):

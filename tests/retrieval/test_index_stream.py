@@ -5,21 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from ragloop import BiEncoder, Index, Passage, RagloopError, Retriever, load_corpus
+from ragloop import Index, Passage, RagloopError, Retriever
 from ragloop.cli import main
 from ragloop.retrieval.index import encoder_entry, with_default_search_params
 
 QUESTIONS = ["Which team won Super Bowl 50?", "Where is Warsaw?", "Who were the Normans?"]
-
-
-@pytest.fixture(scope="module")
-def passages(squad_small):
-    return load_corpus([squad_small])
-
-
-@pytest.fixture(scope="module")
-def encoder(tiny_bert_dir):
-    return BiEncoder.from_pretrained(str(tiny_bert_dir))
 
 
 def test_streamed_build_equals_the_in_memory_build(tmp_path, passages, encoder, monkeypatch):

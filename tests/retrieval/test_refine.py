@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from ragloop import BiEncoder, Index, Passage, RagloopError
+from ragloop import Index, Passage, RagloopError
 from ragloop.retrieval.index import refine_settings
 
 DIM, K = 32, 10
@@ -134,16 +134,9 @@ def test_bad_refine_options_are_clear_errors():
     assert refine_settings("none") is None
 
 
-@pytest.fixture(scope="module")
-def corpus(squad_small):
-    from ragloop import load_corpus
-
-    return load_corpus([squad_small])
-
-
-@pytest.fixture(scope="module")
-def encoder(tiny_bert_dir):
-    return BiEncoder.from_pretrained(str(tiny_bert_dir))
+@pytest.fixture
+def corpus(passages):
+    return passages
 
 
 def test_add_to_a_refined_index_keeps_vectors_in_step(tmp_path, corpus, encoder):

@@ -199,12 +199,9 @@ def test_train_reranker_command(squad_small, tiny_ce_dir, tiny_bert_dir, tmp_pat
 # -- the stage wired through ragloop: search, evaluation, the RAG model, the server ------------------
 
 
-@pytest.fixture(scope="module")
-def small_index(tmp_path_factory, squad_small, tiny_bert_dir):
-    from ragloop import BiEncoder, Index, load_corpus
-
-    return Index.build(load_corpus([squad_small]), BiEncoder.from_pretrained(tiny_bert_dir),
-                       tmp_path_factory.mktemp("rr") / "idx", progress=False)
+@pytest.fixture
+def small_index(index):
+    return index
 
 
 def _one_line_error(capsys) -> str:

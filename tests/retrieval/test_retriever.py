@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ragloop import BiEncoder, Encoder, Index, RagloopError, Retriever, load_corpus
+from ragloop import Encoder, RagloopError, Retriever
 from ragloop.evaluation import evaluate_retrieval
 from ragloop.model import RAG, RAGConfig
 
@@ -25,12 +25,6 @@ class ByLength:
 
     def save_pretrained(self, path):
         raise AssertionError("not saved in these tests")
-
-
-@pytest.fixture(scope="module")
-def index(tmp_path_factory, squad_small, tiny_bert_dir):
-    return Index.build(load_corpus([squad_small]), BiEncoder.from_pretrained(str(tiny_bert_dir)),
-                       tmp_path_factory.mktemp("r") / "idx", progress=False)
 
 
 QUESTIONS = ["Which team won Super Bowl 50?", "Where is the Vistula river?"]

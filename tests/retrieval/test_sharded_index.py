@@ -10,24 +10,15 @@ import sys
 import numpy as np
 import pytest
 
-from ragloop import BiEncoder, Index, RagloopError, load_corpus
+from ragloop import BiEncoder, Index, RagloopError
 from ragloop.cli import main
 from ragloop.retrieval.shards import build_shard, merge_shards, shard_bounds, shard_path, shards_root
 
 
-@pytest.fixture(scope="module")
-def passages(squad_small):
-    return load_corpus([squad_small])
-
-
-@pytest.fixture(scope="module")
-def encoder(tiny_bert_dir):
-    return BiEncoder.from_pretrained(str(tiny_bert_dir))
-
-
-@pytest.fixture(scope="module")
-def single(tmp_path_factory, passages, encoder):
-    return Index.build(passages, encoder, tmp_path_factory.mktemp("single") / "index", progress=False)
+@pytest.fixture
+def single(index):
+    """The single-process index of `passages` by `encoder`: the shared one (conftest.py)."""
+    return index
 
 
 QUESTIONS = ["Which team won Super Bowl 50?", "Where is Warsaw?", "What is the Amazon rainforest?"]

@@ -12,9 +12,7 @@ from urllib.parse import urlencode
 import pytest
 import torch
 
-from ragloop import BiEncoder, Encoder, Index, load_corpus
-from ragloop.generation import Generator
-from ragloop.model import RAG, RAGConfig
+from ragloop.model import RAG
 from ragloop.serving import BackgroundServer, create_app
 
 pytestmark = pytest.mark.browser
@@ -26,12 +24,10 @@ if CHROMIUM is None:
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory, squad_small, tiny_bert_dir, tiny_t5_dir) -> RAG:
+def model(tiny_rag_dir) -> RAG:
+    """The shared saved RAG folder (conftest.py: tiny BERT retriever over squad_small, tiny T5, k=2), loaded."""
     torch.set_num_threads(1)
-    encoder = Encoder.from_pretrained(str(tiny_bert_dir))
-    index = Index.build(load_corpus([squad_small]), BiEncoder(encoder), tmp_path_factory.mktemp("browser") / "idx",
-                        progress=False)
-    return RAG(index, encoder, Generator.from_pretrained(str(tiny_t5_dir)), RAGConfig(n_docs=2))
+    return RAG.from_pretrained(tiny_rag_dir)
 
 
 @pytest.fixture(scope="module")

@@ -19,10 +19,9 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ragloop import BiEncoder, Encoder, Index, RagloopError, load_corpus
+from ragloop import Index, RagloopError
 from ragloop.cli import main
-from ragloop.generation import Generator
-from ragloop.model import RAG, RAGConfig
+from ragloop.model import RAG
 from ragloop.serving import MicroBatcher, create_app
 from ragloop.serving.guard import RequestGuard
 from ragloop.serving.schemas import MAX_BODY_BYTES, MAX_QUESTION_CHARS
@@ -37,25 +36,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def rag_dir(tmp_path_factory, squad_small, tiny_bert_dir, tiny_t5_dir):
-    """A saved RAG folder: tiny BERT retriever over the small SQuAD sample, tiny T5 generator, k=2."""
-    root = tmp_path_factory.mktemp("serve")
-    encoder = Encoder.from_pretrained(str(tiny_bert_dir))
-    index = Index.build(load_corpus([squad_small]), BiEncoder(encoder), root / "idx", progress=False)
-    rag = RAG(index, Encoder.from_pretrained(str(tiny_bert_dir)), Generator.from_pretrained(str(tiny_t5_dir)),
-              RAGConfig(n_docs=2))
-    rag.save_pretrained(root / "rag")
-    return root / "rag"
+def model(tiny_rag_dir) -> RAG:
+    """The shared saved RAG folder (conftest.py: tiny BERT retriever over squad_small, tiny T5, k=2), loaded."""
+    return RAG.from_pretrained(tiny_rag_dir)
 
 
 @pytest.fixture(scope="module")
-def model(rag_dir) -> RAG:
-    return RAG.from_pretrained(rag_dir)
-
-
-@pytest.fixture(scope="module")
-def client(rag_dir):
-    with TestClient(create_app(rag_dir, threads=1)) as c:
+def client(tiny_rag_dir):
+    with TestClient(create_app(tiny_rag_dir, threads=1)) as c:
         yield c
 
 
