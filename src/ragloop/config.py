@@ -193,8 +193,6 @@ class FlatConfig:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 
-_RAG_FLAGS = {name: f.name for name, f, _ in flat_fields(RAGConfig)}  # flag -> RAGConfig field
-
 
 @dataclass
 class TrainConfig(FlatConfig):
@@ -255,6 +253,9 @@ class TrainConfig(FlatConfig):
         if name == "rag" or name not in _RAG_FLAGS:  # "rag": not set yet (a copy being built)
             raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
         return getattr(self.rag, _RAG_FLAGS[name])
+
+
+_RAG_FLAGS = {name: f.name for name, f, parent in flat_fields(TrainConfig) if parent}  # flag -> RAGConfig field
 
 
 @dataclass

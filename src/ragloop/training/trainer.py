@@ -42,7 +42,7 @@ from ragloop.training.batching import length_grouped_batches
 from ragloop.training.distributed import rank_share
 from ragloop.training.evaluate_save import evaluate_and_save, record, tensorboard, window_mean
 from ragloop.training.optim import cpu_has_bf16  # noqa: F401  (re-exported: bench scripts import it from here)
-from ragloop.training.setup import BEST, LAST, Run, setup
+from ragloop.training.setup import BEST, LAST, Run, seed_everything, setup  # noqa: F401  (seed_everything: as above)
 
 log = logging.getLogger(__name__)
 
