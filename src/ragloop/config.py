@@ -7,8 +7,8 @@ original `rag_system.py` (`--batch_size`); the dashed spelling (`--batch-size`) 
 no torch, so `ragloop --help` stays light.
 
     >>> cfg = TrainConfig(train_file="train.json", max_steps=100, rag=RAGConfig(n_docs=2, mode="fid"))
-    >>> cfg = TrainConfig.from_dict({"train_file": "train.json", "n_docs": 2, "rag_mode": "fid"})  # flat
-    >>> cfg.replace(n_docs=3).rag.n_docs
+    >>> cfg = TrainConfig(train_file="train.json", max_steps=100, n_docs=2, rag_mode="fid")  # the same, by flag
+    >>> dataclasses.replace(cfg, n_docs=3).rag.n_docs
     3
     >>> parser = argparse.ArgumentParser(); add_config_args(parser, TrainConfig)
     >>> TrainConfig(batch_size=0)
@@ -19,6 +19,8 @@ no torch, so `ragloop --help` stays light.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import json
 import math
 from dataclasses import Field, asdict, dataclass, field, fields
@@ -147,9 +149,36 @@ def flat_fields(cls: type) -> list[tuple[str, Field, str | None]]:
     return out
 
 
+def spread(cls: type[C]) -> type[C]:
+    """Let a config's constructor (and so `dataclasses.replace`) take its nested configs' settings by flag
+    name too: `TrainConfig(n_docs=2, rag_mode="fid")` is `TrainConfig(rag=RAGConfig(n_docs=2, mode="fid"))`
+    (on top of a `rag=` given alongside). An error names the flag."""
+    init = cls.__init__
+    flags = {name: (parent, f.name) for name, f, parent in flat_fields(cls) if parent}
+    factories = {f.name: f.default_factory for f in fields(cls) if f.metadata.get("nested")}
+
+    @functools.wraps(init)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        spread_out: dict[str, dict[str, Any]] = {}
+        for name in [k for k in kwargs if k in flags]:
+            parent, field_name = flags[name]
+            spread_out.setdefault(parent, {})[field_name] = kwargs.pop(name)
+        for parent, values in spread_out.items():
+            base = kwargs.get(parent) or factories[parent]()
+            try:
+                kwargs[parent] = dataclasses.replace(base, **values)
+            except ConfigError as e:
+                flag_of = {f: name for name, (p, f) in flags.items() if p == parent}
+                raise e.renamed(f"--{flag_of.get(e.name, e.name)}") from None
+        init(self, *args, **kwargs)
+
+    cls.__init__ = __init__
+    return cls
+
+
 class FlatConfig:
-    """What the training configs share: a flat view by flag names (`to_dict`, `from_dict`, `replace`),
-    which is also the saved format (`save`, `load`), and their checks."""
+    """What the training configs share: a flat view by flag names (`to_dict`, `from_dict`), which is also
+    the saved format (`save`, `load`), and their checks."""
 
     def __post_init__(self) -> None:
         check_fields(self, "--{}")
@@ -162,26 +191,7 @@ class FlatConfig:
     def from_dict(cls: type[C], values: dict) -> C:
         """From flag names (a saved config, a recipe's section, the command line); unknown keys (a setting
         since removed) are ignored."""
-        own: dict[str, Any] = {}
-        nested: dict[str, dict[str, Any]] = {}
-        for name, f, parent in flat_fields(cls):
-            if name in values:
-                (nested.setdefault(parent, {}) if parent else own)[f.name] = values[name]
-        for parent, kwargs in nested.items():
-            nested_cls = next(f.default_factory for f in fields(cls) if f.name == parent)
-            try:
-                own[parent] = nested_cls(**kwargs)
-            except ConfigError as e:  # named as the flag the value came from
-                flags = {f.name: name for name, f, p in flat_fields(cls) if p == parent}
-                raise e.renamed(f"--{flags.get(e.name, e.name)}") from None
-        return cls(**own)
-
-    def replace(self: C, **changes: Any) -> C:
-        """The same config with some values changed, by flag name (`n_docs=3`, `rag_mode="fid"`)."""
-        unknown = sorted(set(changes) - {name for name, _, _ in flat_fields(type(self))})
-        if unknown:
-            raise RagloopError(f"unknown {type(self).__name__} settings {unknown}")
-        return self.from_dict({**self.to_dict(), **changes})
+        return cls(**{name: values[name] for name, _, _ in flat_fields(cls) if name in values})
 
     def save(self, path: str | Path) -> None:
         from ragloop.io import atomic_write_json
@@ -194,12 +204,14 @@ class FlatConfig:
 
 
 
+@spread
 @dataclass
 class TrainConfig(FlatConfig):
-    """`ragloop train`: see `ragloop.training.trainer`. The model's settings are a `RAGConfig` in `rag`:
-    `TrainConfig(rag=RAGConfig(n_docs=2, mode="fid"), ...)`, or flat by flag name through
-    `TrainConfig.from_dict({"n_docs": 2, "rag_mode": "fid", ...})` and `cfg.replace(n_docs=3)`.
-    The saved `train_config.json` is flat (flag names), as the flags are."""
+    """`ragloop train`: see `ragloop.training.trainer`. The model's settings are a `RAGConfig` in `rag`,
+    set either way: `TrainConfig(rag=RAGConfig(n_docs=2, mode="fid"))` or by flag name,
+    `TrainConfig(n_docs=2, rag_mode="fid")` (also `dataclasses.replace(cfg, n_docs=3)` and
+    `TrainConfig.from_dict`); read them as `cfg.rag.n_docs` (`cfg.n_docs` still answers). The saved
+    `train_config.json` is flat (flag names), as the flags are."""
 
     # data
     dataset_name: str = opt("squad", "Hugging Face dataset name (needs the hub); ignored with --train_file", "data")

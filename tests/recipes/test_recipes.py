@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -169,8 +170,8 @@ def test_a_finished_run_is_reused_only_with_the_same_config(tmp_path):
         {"step": 4, "dev_f1": 0.1})))
     run = demo.trained_earlier(cfg)
     assert (run.steps, run.seconds, run.best_dir) == (4, 9.5, out / "best_model")
-    assert demo.trained_earlier(cfg.replace(n_docs=3)) is None  # other settings: trained again
-    assert demo.trained_earlier(cfg.replace(max_steps=8)) is None
+    assert demo.trained_earlier(replace(cfg, n_docs=3)) is None  # other settings: trained again
+    assert demo.trained_earlier(replace(cfg, max_steps=8)) is None
     (out / "metrics.jsonl").write_text(json.dumps({"step": 2, "loss": 3.0, "elapsed_s": 5.0}) + "\n")
     assert demo.trained_earlier(cfg) is None  # interrupted before its last step
 

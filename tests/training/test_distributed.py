@@ -7,13 +7,14 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
 from ragloop import RagloopError
-from ragloop.config import RAGConfig, TrainConfig
+from ragloop.config import TrainConfig
 from ragloop.training import train
 from ragloop.training.checkpoint import load_checkpoint, rng_state, save_checkpoint
 from ragloop.training.distributed import freeze_unused_parameters, rank_share
@@ -35,8 +36,8 @@ def test_rank_share_splits_a_global_batch_exactly():
 @pytest.fixture
 def cfg(tmp_path, squad_small, tiny_bert_dir, tiny_t5_dir):
     return TrainConfig(train_file=str(squad_small), question_encoder=str(tiny_bert_dir), generator=str(tiny_t5_dir),
-                       rag=RAGConfig(n_docs=2), batch_size=4, max_steps=4, eval_steps=2, logging_steps=1,
-                       warmup_steps=1, learning_rate=1e-3, output_dir=str(tmp_path / "run"))
+                       n_docs=2, batch_size=4, max_steps=4, eval_steps=2, logging_steps=1, warmup_steps=1,
+                       learning_rate=1e-3, output_dir=str(tmp_path / "run"))
 
 
 def test_parameters_without_gradient_are_frozen(cfg):
@@ -73,13 +74,13 @@ def test_checkpoint_keeps_every_process_rng_state(tmp_path):
 
 
 def test_resume_needs_the_same_number_of_processes(cfg):
-    train(cfg.replace(max_steps=2), progress=False)
+    train(replace(cfg, max_steps=2), progress=False)
     state_file = Path(cfg.output_dir) / "last" / "trainer_state.json"
     state = json.loads(state_file.read_text())
     assert state["num_processes"] == 1
     state_file.write_text(json.dumps({**state, "num_processes": 2}))  # as if a 2-process run wrote it
     with pytest.raises(RagloopError, match="written by a run of 2 process.*this run has 1"):
-        train(cfg.replace(resume=True), progress=False)
+        train(replace(cfg, resume=True), progress=False)
 
 
 def _without_dropout(src, dst, keys):
@@ -94,6 +95,7 @@ def _without_dropout(src, dst, keys):
 # with dropout that crashes after its step-2 checkpoint and resumes, against a straight one.
 SCRIPT = textwrap.dedent("""
     import json, os, sys
+    from dataclasses import replace
 
     from ragloop.cli import main
     from ragloop.config import TrainConfig
@@ -103,7 +105,7 @@ SCRIPT = textwrap.dedent("""
     job = json.loads(sys.argv[1])
     assert main(["train", *job["cli"]]) == 0
 
-    cfg = TrainConfig.from_dict(job["cfg"])
+    cfg = TrainConfig(**job["cfg"])
     seen, real_share = [], trainer_mod.rank_share
 
     def recording_share(batch, rank, world):
@@ -112,7 +114,7 @@ SCRIPT = textwrap.dedent("""
         return mine, weight
 
     trainer_mod.rank_share = recording_share
-    straight = train(cfg.replace(output_dir=job["straight"]), progress=False)
+    straight = train(replace(cfg, output_dir=job["straight"]), progress=False)
     trainer_mod.rank_share = real_share
     with open(job["seen"] % os.environ["RANK"], "w") as f:
         json.dump(seen, f)
@@ -133,7 +135,7 @@ SCRIPT = textwrap.dedent("""
     except Crash:
         pass
     trainer_mod.evaluate_and_save = real
-    resumed = train(cfg.replace(resume=True), progress=False)
+    resumed = train(replace(cfg, resume=True), progress=False)
     if os.environ["RANK"] == "0":
         with open(job["result"], "w") as f:
             json.dump({"straight": straight.losses, "resumed": resumed.losses}, f)
@@ -149,11 +151,11 @@ def test_two_processes_train_like_one_with_the_global_batch(mode, tmp_path, cfg,
     common = dict(train_file=str(squad_small), validation_file=str(squad_small), max_eval_examples=2,
                   question_encoder=str(bert), generator=str(t5), n_docs=2, max_steps=4, eval_steps=2,
                   logging_steps=1, warmup_steps=1, learning_rate=1e-3, rag_mode=mode)
-    one = train(TrainConfig.from_dict({**common, "batch_size": 8, "output_dir": str(tmp_path / "one")}), progress=False)
+    one = train(TrainConfig(**common, batch_size=8, output_dir=str(tmp_path / "one")), progress=False)
 
     ddp = tmp_path / "ddp"
     cli = [f"--{k}={v}" for k, v in common.items()] + ["--batch_size=4", f"--output_dir={ddp}", "-q"]
-    job = {"cli": cli, "cfg": cfg.replace(output_dir=str(tmp_path / "crashed"), rag_mode=mode).to_dict(),
+    job = {"cli": cli, "cfg": replace(cfg, output_dir=str(tmp_path / "crashed"), rag_mode=mode).to_dict(),
            "straight": str(tmp_path / "straight"), "result": str(tmp_path / "result.json"),
            "seen": str(tmp_path / "seen-%s.json")}
     (tmp_path / "job.py").write_text(SCRIPT)

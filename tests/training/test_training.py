@@ -2,11 +2,12 @@
 
 import json
 import sys
+from dataclasses import replace
 
 import pytest
 
 from ragloop import RagloopError
-from ragloop.config import RAGConfig, TrainConfig
+from ragloop.config import TrainConfig
 from ragloop.training import batching, evaluate_save, train
 from ragloop.training import trainer as trainer_mod
 
@@ -24,8 +25,8 @@ def test_length_grouped_batches_cover_everything_deterministically():
 @pytest.fixture
 def cfg(tmp_path, squad_small, tiny_bert_dir, tiny_t5_dir):
     return TrainConfig(train_file=str(squad_small), validation_file=str(squad_small),
-                       question_encoder=str(tiny_bert_dir), generator=str(tiny_t5_dir), rag=RAGConfig(n_docs=2),
-                       batch_size=4, max_steps=4, eval_steps=2, logging_steps=1, warmup_steps=1, max_eval_examples=4,
+                       question_encoder=str(tiny_bert_dir), generator=str(tiny_t5_dir), n_docs=2, batch_size=4,
+                       max_steps=4, eval_steps=2, logging_steps=1, warmup_steps=1, max_eval_examples=4,
                        learning_rate=1e-3, output_dir=str(tmp_path / "run"))
 
 
@@ -51,8 +52,8 @@ class Crash(Exception):
 
 @pytest.mark.parametrize("mode", ["sequence", "fid"])  # fid: with the retriever's distillation loss
 def test_resume_continues_the_same_run_exactly(mode, cfg, tmp_path, monkeypatch):
-    cfg = cfg.replace(rag_mode=mode)
-    straight = train(cfg.replace(output_dir=str(tmp_path / "straight")), progress=False)
+    cfg = replace(cfg, rag_mode=mode)
+    straight = train(replace(cfg, output_dir=str(tmp_path / "straight")), progress=False)
     assert straight.steps == 4 and len(straight.losses) == 4
 
     real_save = evaluate_save.save_checkpoint
@@ -65,24 +66,24 @@ def test_resume_continues_the_same_run_exactly(mode, cfg, tmp_path, monkeypatch)
     with pytest.raises(Crash):
         train(cfg, progress=False)
     monkeypatch.setattr(evaluate_save, "save_checkpoint", real_save)
-    resumed = train(cfg.replace(resume=True), progress=False)
+    resumed = train(replace(cfg, resume=True), progress=False)
     assert resumed.steps == 4
     assert resumed.losses == pytest.approx(straight.losses[2:], rel=1e-5)
     logged = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logged if "loss" in r] == [1, 2, 3, 4]  # one run's log, no duplicates
     assert [r["loss"] for r in logged if "loss" in r] == pytest.approx(straight.losses, rel=1e-4)
-    train(cfg.replace(max_steps=1), progress=False)  # a fresh run in the same folder: a fresh log
+    train(replace(cfg, max_steps=1), progress=False)  # a fresh run in the same folder: a fresh log
     assert [json.loads(x)["step"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == [1, 1]
 
 
 def test_corrupt_checkpoint_and_changed_settings_are_refused(cfg):
-    train(cfg.replace(max_steps=2), progress=False)
+    train(replace(cfg, max_steps=2), progress=False)
     with pytest.raises(RagloopError, match="differ from the run's.*n_docs"):
-        train(cfg.replace(resume=True, n_docs=3), progress=False)
+        train(replace(cfg, resume=True, n_docs=3), progress=False)
     weights = trainer_mod.Path(cfg.output_dir) / "last" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
     with pytest.raises(RagloopError, match=r"model\.safetensors: does not match the checksum"):
-        train(cfg.replace(resume=True), progress=False)
+        train(replace(cfg, resume=True), progress=False)
 
 
 def test_train_save_load_answer(cfg):
@@ -98,7 +99,7 @@ def test_train_save_load_answer(cfg):
 
 
 def test_time_budget_ends_the_run_with_a_saved_model(cfg):
-    result = train(cfg.replace(max_steps=50, max_train_minutes=1e-6), progress=False)
+    result = train(replace(cfg, max_steps=50, max_train_minutes=1e-6), progress=False)
     assert result.steps == 1  # the budget is checked after every optimizer step
     assert (result.best_dir / "rag_config.json").is_file() and (result.last_dir / "trainer_state.json").is_file()
 
@@ -114,7 +115,7 @@ def test_gold_passage_steps_read_the_question_s_own_paragraph_first(cfg, monkeyp
         return forward(self, questions, answers, passages, doc_scores)
 
     monkeypatch.setattr(RAG, "forward", spy)
-    result = train(cfg.replace(gold_passage_steps=2, max_steps=3, eval_steps=100), progress=False)
+    result = train(replace(cfg, gold_passage_steps=2, max_steps=3, eval_steps=100), progress=False)
     assert result.steps == 3
     training_calls = seen[1:]  # the first call is the start-up probe for parameters without gradient
     assert [p is not None for p in training_calls[:3]] == [True, True, False]  # 2 gold steps, then retrieval
@@ -131,7 +132,7 @@ def test_gold_passage_steps_need_paragraphs():
 
 
 def test_logged_loss_is_the_mean_of_its_window_and_the_curves_are_drawn(cfg):
-    result = train(cfg.replace(max_steps=4, logging_steps=2, eval_steps=100), progress=False)
+    result = train(replace(cfg, max_steps=4, logging_steps=2, eval_steps=100), progress=False)
     out = trainer_mod.Path(cfg.output_dir)
     logged = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     losses = [r for r in logged if "loss" in r]
@@ -162,15 +163,15 @@ def test_plot_is_skipped_without_matplotlib(tmp_path, monkeypatch):
 def test_a_failing_run_leaves_no_output_folder(cfg, tmp_path):
     out = tmp_path / "runs" / "rag"
     with pytest.raises(RagloopError, match="nope.json"):  # bad data: fails before anything is written
-        train(cfg.replace(train_file=str(tmp_path / "nope.json"), output_dir=str(out)), progress=False)
+        train(replace(cfg, train_file=str(tmp_path / "nope.json"), output_dir=str(out)), progress=False)
     assert not (tmp_path / "runs").exists()
     with pytest.raises(RagloopError, match="generator"):  # fails after the config and the index are written
-        train(cfg.replace(generator=str(tmp_path / "no-such-generator"), output_dir=str(out)), progress=False)
+        train(replace(cfg, generator=str(tmp_path / "no-such-generator"), output_dir=str(out)), progress=False)
     assert not (tmp_path / "runs").exists()
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
     with pytest.raises(RagloopError):  # a folder the run did not create stays, as it was
-        train(cfg.replace(generator=str(tmp_path / "no-such-generator"), output_dir=str(tmp_path / "mine")),
+        train(replace(cfg, generator=str(tmp_path / "no-such-generator"), output_dir=str(tmp_path / "mine")),
               progress=False)
     assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
