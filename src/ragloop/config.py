@@ -1,21 +1,33 @@
-"""Training configuration: one dataclass is the source of truth for defaults, CLI flags and the saved
-config. Flags are spelled as in the original `rag_system.py` (`--batch_size`); the dashed spelling
-(`--batch-size`) is accepted too.
+"""Configs, one dataclass each, the source of truth for defaults, checks, CLI flags and saved files:
+`RAGConfig` (the model's settings, saved in its folder), `TrainConfig` (a RAG training run; it holds a
+`RAGConfig` as `rag`), `RetrieverTrainConfig` and `RerankerTrainConfig`. Every config checks its values
+in `__post_init__` with `ragloop.checks`, so the Python API, the command line (which only parses each
+flag's type) and recipe files refuse a bad value with the same message. Flags are spelled as in the
+original `rag_system.py` (`--batch_size`); the dashed spelling (`--batch-size`) is accepted too. A leaf:
+no torch, so `ragloop --help` stays light.
 
-    >>> cfg = TrainConfig(train_file="train.json", max_steps=100)
+    >>> cfg = TrainConfig(train_file="train.json", max_steps=100, rag=RAGConfig(n_docs=2, mode="fid"))
+    >>> cfg = TrainConfig(train_file="train.json", max_steps=100, n_docs=2, rag_mode="fid")  # the same, by flag
+    >>> dataclasses.replace(cfg, n_docs=3).rag.n_docs
+    3
     >>> parser = argparse.ArgumentParser(); add_config_args(parser, TrainConfig)
+    >>> TrainConfig(batch_size=0)
+    Traceback (most recent call last):
+    ragloop.checks.ConfigError: --batch_size must be at least 1 (got 0)
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import Field, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from ragloop.checks import ConfigError, choice, flag, number, text, whole
 from ragloop.constants import (  # noqa: F401  (re-exported: older code imports them from here)
     BUNDLED_GENERATOR,
     DEFAULT_ENCODER,
@@ -25,93 +37,161 @@ from ragloop.constants import (  # noqa: F401  (re-exported: older code imports 
     READER_MODES,
 )
 from ragloop.constants import SEARCH_MODES as MODES
+from ragloop.errors import RagloopError
+
+PRECISION_HELP = ("autocast dtype; auto: bf16 where the device computes it natively (a GPU that has it, a CPU "
+                  "with AVX512-BF16 or AMX), else fp32")
+EVAL_DEPTH = 20  # BM25 candidates the reranker trainer reranks per validation question
 
 
-def opt(default: Any, help: str, group: str, choices: list | None = None) -> Any:
-    return field(default=default, metadata={"help": help, "group": group, "choices": choices})
+def opt(default: Any, help: str, group: str, choices: list | tuple | None = None, *, cli_name: str | None = None,
+        what: str | None = None, hidden: bool = False, **bounds: float) -> Any:
+    """A config field: its default, help, flag group and its rule (choices, or bounds low / above / high
+    for numbers; the type comes from the annotation). `cli_name`: the flag, when not the field's name;
+    `what`: the noun an unknown choice is named by."""
+    meta = {"help": help, "group": group, "choices": choices, "bounds": bounds, "what": what, "hidden": hidden,
+            "cli_name": cli_name}
+    return field(default=default, metadata=meta)
+
+
+def _checked(f: Field, value: Any, name: str) -> Any:
+    """`value` checked against field `f`'s rule, named `name` in an error."""
+    annotation = str(f.type).replace(" ", "")
+    kind, optional = annotation.split("|")[0], annotation.endswith("|None")
+    meta = f.metadata
+    if meta.get("choices") is not None:
+        what = meta.get("what")
+        message = f"unknown {what} {value!r}; choose one of {', '.join(meta['choices'])}" if what else None
+        return choice(value, name, meta["choices"], message)
+    if kind == "int":
+        return whole(value, name, optional=optional, **meta.get("bounds", {}))
+    if kind == "float":
+        return number(value, name, optional=optional, **meta.get("bounds", {}))
+    if kind == "bool":
+        return flag(value, name)
+    return text(value, name, optional)
+
+
+def check_fields(config: Any, label: str) -> None:
+    """Check every plain field of a config by its rule (ints stay ints, numbers become floats); an error
+    names the field `label.format(name)`."""
+    for f in fields(config):
+        if not f.metadata.get("nested"):
+            object.__setattr__(config, f.name, _checked(f, getattr(config, f.name), label.format(f.name)))
 
 
 @dataclass
-class TrainConfig:
-    # data
-    dataset_name: str = opt("squad", "Hugging Face dataset name (needs the hub); ignored with --train_file", "data")
-    train_file: str | None = opt(None, "local SQuAD-style .json/.jsonl/.csv for training", "data")
-    validation_file: str | None = opt(None, "local SQuAD-style file for dev F1 (best-model selection)", "data")
-    max_train_examples: int | None = opt(None, "use only the first N training questions", "data")
-    max_eval_examples: int = opt(200, "dev questions scored at each evaluation", "data")
-    # models and retrieval
-    question_encoder: str = opt(DEFAULT_ENCODER, "question encoder: name or path (DPR or any HF encoder)", "model")
-    passage_encoder: str | None = opt(None, "passage encoder (default: the question encoder's model)", "model")
-    generator: str = opt(DEFAULT_GENERATOR, "seq2seq generator: name or path (e.g. t5-base)", "model")
-    index: str | None = opt(None, "existing index folder (default: build one from the data's contexts)", "model")
-    index_type: str = opt("Flat", "FAISS factory string when building the index", "model")
-    n_docs: int = opt(5, "passages retrieved per question (k)", "model")
-    rag_mode: str = opt("sequence", "how the generator reads the k passages: " + "; ".join(
-        f"{name}: {what}" for name, what in READER_MODES.items()), "model", list(READER_MODES))
-    distill_temperature: float = opt(1.0, "--rag_mode fid: temperature of the retriever's target, softmax over "
-                                     "passages of the answer's log-likelihood given each one alone / T", "model")
-    search_mode: str = opt("dense", "which passages a question reads: dense, BM25 or hybrid first stage (p(z|x) "
-                           "always comes from the question encoder)", "model", list(MODES))
-    rerank: str | None = opt(None, "cross-encoder (name or path) that reorders the first stage's top "
-                             "--rerank_depth before the k are taken", "model")
-    rerank_depth: int | None = opt(None, "candidates the reranker rescores (default max(k, 20))", "model")
-    max_source_length: int = opt(256, "generator input tokens per (question, passage)", "model")
-    max_target_length: int = opt(32, "answer tokens", "model")
-    gold_passage_steps: int = opt(0, "first N steps train the generator on each question's own paragraph (k=1, "
-                                  "no retrieval): teaches a new generator to read before retrieval noise comes in",
-                                  "model")
+class RAGConfig:
+    """The RAG model's settings; saved as `rag_config.json` next to the models. In a `TrainConfig` they
+    are `cfg.rag`, and on the command line flags of the same names (`mode` is `--rag_mode`)."""
+
+    n_docs: int = opt(5, "passages retrieved per question (k)", "model", low=1)
+    mode: str = opt("sequence", "how the generator reads the k passages: " + "; ".join(
+        f"{name}: {what}" for name, what in READER_MODES.items()), "model", tuple(READER_MODES), cli_name="rag_mode",
+        what="RAG mode")  # a key of generation's reader table
+    max_source_length: int = opt(256, "generator input tokens per (question, passage)", "model", low=8)
+    max_target_length: int = opt(32, "answer tokens", "model", low=1)  # eos included
     train_passage_encoder: bool = opt(False, "also train the passage encoder (re-indexes every --reindex_steps)",
                                       "model")
-    reindex_steps: int = opt(500, "with --train_passage_encoder: re-encode the corpus every N steps", "model")
-    # optimisation
-    batch_size: int = opt(8, "questions per step (per process)", "optimisation")
-    learning_rate: float = opt(5e-5, "peak learning rate (AdamW)", "optimisation")
-    question_encoder_lr: float | None = opt(None, "peak learning rate of the question encoder (default: "
-                                            "--learning_rate; 0 freezes it)", "optimisation")
-    new_params_lr: float | None = opt(None, "peak learning rate of generator parameters that a warm start leaves "
-                                      "untrained (a BERT2BERT's cross-attention and LM-head transform; default "
-                                      "10x --learning_rate)", "optimisation")
-    num_epochs: int = opt(3, "passes over the training data", "optimisation")
-    warmup_steps: int = opt(500, "linear warmup steps, then linear decay to 0", "optimisation")
-    weight_decay: float = opt(0.01, "AdamW weight decay", "optimisation")
-    max_grad_norm: float = opt(1.0, "gradient clipping (0: off)", "optimisation")
-    gradient_accumulation_steps: int = opt(1, "micro-batches per optimizer step", "optimisation")
-    max_steps: int | None = opt(None, "stop after N optimizer steps (overrides --num_epochs)", "optimisation")
-    max_train_minutes: float | None = opt(None, "stop after this much training time (a CPU budget), then "
-                                          "evaluate and save", "optimisation")
-    precision: str = opt("auto", "autocast dtype; auto: bf16 on a GPU that has it, else fp32", "optimisation",
-                         ["auto", "bf16", "fp16", "fp32"])
-    # run
-    output_dir: str = opt("runs/rag", "where checkpoints, the best model and logs go", "run")
-    seed: int = opt(42, "seed for data order, dropout and initialisation", "run")
-    eval_steps: int = opt(500, "evaluate dev F1 and save a checkpoint every N steps", "run")
-    logging_steps: int = opt(10, "every N steps, log the mean loss of those N steps and the learning "
-                                      "rate", "run")
-    resume: bool = opt(False, "continue the run in --output_dir from its last checkpoint", "run")
+    # Which k passages a question reads: the first stage (dense | bm25 | hybrid) and an optional
+    # cross-encoder reranker (a name or path; saved inside the model folder) over its top rerank_depth.
+    # They choose the passages only: p(z|x) over them is always softmax(scale · q·d).
+    search_mode: str = opt("dense", "which passages a question reads: dense, BM25 or hybrid first stage (p(z|x) "
+                           "always comes from the question encoder)", "model", MODES, what="search mode")
+    rerank: str | None = opt(None, "cross-encoder (name or path) that reorders the first stage's top "
+                             "--rerank_depth before the k are taken", "model")
+    rerank_depth: int | None = opt(None, "candidates the reranker rescores (default max(k, 20))", "model", low=1)
+    # Multiplier on q·d before the softmax over the k passages. None: 1 for raw inner products (DPR),
+    # 20 for L2-normalised encoders, whose cosines in [-1, 1] would otherwise give a near-uniform p(z|x).
+    doc_score_scale: float | None = opt(None, "similarity scale", "model", hidden=True)
+    rescore_batch_size: int = opt(64, "generator rows per forward when RAG-Sequence re-scores candidates", "model",
+                                  hidden=True, low=1)
+    distill_temperature: float = opt(1.0, "--rag_mode fid: temperature of the retriever's target, softmax over "
+                                     "passages of the answer's log-likelihood given each one alone / T", "model",
+                                     above=0)
 
     def __post_init__(self) -> None:
-        from ragloop.errors import RagloopError
-
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, float) and not math.isfinite(value):
-                raise RagloopError(f"--{f.name} must be a finite number (got {value})")
-        positive = ("n_docs", "batch_size", "gradient_accumulation_steps", "eval_steps", "logging_steps",
-                    "max_source_length", "max_target_length", "num_epochs")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise RagloopError(f"--{name} must be at least 1 (got {getattr(self, name)})")
-        for name in ("max_steps", "max_train_examples", "reindex_steps", "gold_passage_steps"):
-            value = getattr(self, name)
-            if value is not None and value < 0:
-                raise RagloopError(f"--{name} must not be negative (got {value})")
-        if self.distill_temperature <= 0:
-            raise RagloopError(f"--distill_temperature must be > 0 (got {self.distill_temperature})")
-        if self.learning_rate <= 0 or self.warmup_steps < 0 or self.max_eval_examples < 0:
-            raise RagloopError("--learning_rate must be > 0, --warmup_steps and --max_eval_examples >= 0")
+        check_fields(self, "{}")
+        if self.rerank_depth is not None:
+            if self.rerank is None:
+                raise RagloopError("rerank_depth needs a reranker (rerank)")
+            if self.rerank_depth < self.n_docs:
+                raise RagloopError(f"rerank_depth ({self.rerank_depth}) is smaller than n_docs ({self.n_docs})")
 
     def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self) if not f.metadata.get("hidden")}
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict, where: str = "config") -> RAGConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise RagloopError(f"{where}: unknown RAG config keys {unknown}")
+        return cls(**values)
+
+
+# -- flat configs: one flag per value, nested configs spread out ---------------------------------
+
+C = TypeVar("C", bound="FlatConfig")
+
+
+def flat_fields(cls: type) -> list[tuple[str, Field, str | None]]:
+    """(flag name, field, the field that nests it or None) for every flag of a config class, in order."""
+    out: list[tuple[str, Field, str | None]] = []
+    for f in fields(cls):
+        if f.metadata.get("hidden"):
+            continue
+        if f.metadata.get("nested"):
+            out += [(g.metadata.get("cli_name") or g.name, g, f.name) for g in fields(f.default_factory)
+                    if not g.metadata.get("hidden")]
+        else:
+            out.append((f.name, f, None))
+    return out
+
+
+def spread(cls: type[C]) -> type[C]:
+    """Let a config's constructor (and so `dataclasses.replace`) take its nested configs' settings by flag
+    name too: `TrainConfig(n_docs=2, rag_mode="fid")` is `TrainConfig(rag=RAGConfig(n_docs=2, mode="fid"))`
+    (on top of a `rag=` given alongside). An error names the flag."""
+    init = cls.__init__
+    flags = {name: (parent, f.name) for name, f, parent in flat_fields(cls) if parent}
+    factories = {f.name: f.default_factory for f in fields(cls) if f.metadata.get("nested")}
+
+    @functools.wraps(init)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        spread_out: dict[str, dict[str, Any]] = {}
+        for name in [k for k in kwargs if k in flags]:
+            parent, field_name = flags[name]
+            spread_out.setdefault(parent, {})[field_name] = kwargs.pop(name)
+        for parent, values in spread_out.items():
+            base = kwargs.get(parent) or factories[parent]()
+            try:
+                kwargs[parent] = dataclasses.replace(base, **values)
+            except ConfigError as e:
+                flag_of = {f: name for name, (p, f) in flags.items() if p == parent}
+                raise e.renamed(f"--{flag_of.get(e.name, e.name)}") from None
+        init(self, *args, **kwargs)
+
+    cls.__init__ = __init__
+    return cls
+
+
+class FlatConfig:
+    """What the training configs share: a flat view by flag names (`to_dict`, `from_dict`), which is also
+    the saved format (`save`, `load`), and their checks."""
+
+    def __post_init__(self) -> None:
+        check_fields(self, "--{}")
+
+    def to_dict(self) -> dict:
+        return {name: getattr(getattr(self, parent) if parent else self, f.name)
+                for name, f, parent in flat_fields(type(self))}
+
+    @classmethod
+    def from_dict(cls: type[C], values: dict) -> C:
+        """From flag names (a saved config, a recipe's section, the command line); unknown keys (a setting
+        since removed) are ignored."""
+        return cls(**{name: values[name] for name, _, _ in flat_fields(cls) if name in values})
 
     def save(self, path: str | Path) -> None:
         from ragloop.io import atomic_write_json
@@ -119,13 +199,158 @@ class TrainConfig:
         atomic_write_json(path, self.to_dict())
 
     @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
-
-    @classmethod
-    def load(cls, path: str | Path) -> TrainConfig:
+    def load(cls: type[C], path: str | Path) -> C:
         return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+
+@spread
+@dataclass
+class TrainConfig(FlatConfig):
+    """`ragloop train`: see `ragloop.training.trainer`. The model's settings are a `RAGConfig` in `rag`,
+    set either way: `TrainConfig(rag=RAGConfig(n_docs=2, mode="fid"))` or by flag name,
+    `TrainConfig(n_docs=2, rag_mode="fid")` (also `dataclasses.replace(cfg, n_docs=3)` and
+    `TrainConfig.from_dict`); read them as `cfg.rag.n_docs` (`cfg.n_docs` still answers). The saved
+    `train_config.json` is flat (flag names), as the flags are."""
+
+    # data
+    dataset_name: str = opt("squad", "Hugging Face dataset name (needs the hub); ignored with --train_file", "data")
+    train_file: str | None = opt(None, "local SQuAD-style .json/.jsonl/.csv for training", "data")
+    validation_file: str | None = opt(None, "local SQuAD-style file for dev F1 (best-model selection)", "data")
+    max_train_examples: int | None = opt(None, "use only the first N training questions", "data", low=0)
+    max_eval_examples: int = opt(200, "dev questions scored at each evaluation", "data", low=0)
+    # models and retrieval
+    question_encoder: str = opt(DEFAULT_ENCODER, "question encoder: name or path (DPR or any HF encoder)", "model")
+    passage_encoder: str | None = opt(None, "passage encoder (default: the question encoder's model)", "model")
+    generator: str = opt(DEFAULT_GENERATOR, "seq2seq generator: name or path (e.g. t5-base)", "model")
+    index: str | None = opt(None, "existing index folder (default: build one from the data's contexts)", "model")
+    index_type: str = opt("Flat", "FAISS factory string when building the index", "model")
+    rag: RAGConfig = field(default_factory=RAGConfig, metadata={"group": "model", "nested": True})
+    gold_passage_steps: int = opt(0, "first N steps train the generator on each question's own paragraph (k=1, "
+                                  "no retrieval): teaches a new generator to read before retrieval noise comes in",
+                                  "model", low=0)
+    reindex_steps: int = opt(500, "with --train_passage_encoder: re-encode the corpus every N steps", "model", low=0)
+    # optimisation
+    batch_size: int = opt(8, "questions per step (per process)", "optimisation", low=1)
+    learning_rate: float = opt(5e-5, "peak learning rate (AdamW)", "optimisation", above=0)
+    question_encoder_lr: float | None = opt(None, "peak learning rate of the question encoder (default: "
+                                            "--learning_rate; 0 freezes it)", "optimisation", low=0)
+    new_params_lr: float | None = opt(None, "peak learning rate of generator parameters that a warm start leaves "
+                                      "untrained (a BERT2BERT's cross-attention and LM-head transform; default "
+                                      "10x --learning_rate)", "optimisation", low=0)
+    num_epochs: int = opt(3, "passes over the training data", "optimisation", low=1)
+    warmup_steps: int = opt(500, "linear warmup steps, then linear decay to 0", "optimisation", low=0)
+    weight_decay: float = opt(0.01, "AdamW weight decay", "optimisation", low=0)
+    max_grad_norm: float = opt(1.0, "gradient clipping (0: off)", "optimisation", low=0)
+    gradient_accumulation_steps: int = opt(1, "micro-batches per optimizer step", "optimisation", low=1)
+    max_steps: int | None = opt(None, "stop after N optimizer steps (overrides --num_epochs)", "optimisation", low=0)
+    max_train_minutes: float | None = opt(None, "stop after this much training time (a CPU budget), then "
+                                          "evaluate and save", "optimisation", low=0)
+    precision: str = opt("auto", PRECISION_HELP, "optimisation", ["auto", "bf16", "fp16", "fp32"])
+    # run
+    output_dir: str = opt("runs/rag", "where checkpoints, the best model and logs go", "run")
+    seed: int = opt(42, "seed for data order, dropout and initialisation", "run")
+    eval_steps: int = opt(500, "evaluate dev F1 and save a checkpoint every N steps", "run", low=1)
+    logging_steps: int = opt(10, "every N steps, log the mean loss of those N steps and the learning "
+                                 "rate", "run", low=1)
+    resume: bool = opt(False, "continue the run in --output_dir from its last checkpoint", "run")
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.rag, RAGConfig):
+            raise ConfigError("rag", f"expected a RAGConfig, got {type(self.rag).__name__}", "type")
+        super().__post_init__()
+
+    def __getattr__(self, name: str) -> Any:
+        """Reading a RAG setting by its flag name (`cfg.n_docs`, `cfg.rag_mode`), as before `rag` held them."""
+        if name == "rag" or name not in _RAG_FLAGS:  # "rag": not set yet (a copy being built)
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return getattr(self.rag, _RAG_FLAGS[name])
+
+
+_RAG_FLAGS = {name: f.name for name, f, parent in flat_fields(TrainConfig) if parent}  # flag -> RAGConfig field
+
+
+@dataclass
+class RetrieverTrainConfig(FlatConfig):
+    """`ragloop train-retriever`: see `ragloop.training.retriever_trainer`."""
+
+    # data
+    train_file: str | None = opt(None, "SQuAD-style .json/.jsonl/.csv with questions, answers and their "
+                                       "context paragraphs (required)", "data")
+    validation_file: str | None = opt(None, "SQuAD-style file: dense gold@k over its paragraphs after training",
+                                      "data")
+    max_train_examples: int | None = opt(None, "use only the first N training questions", "data", low=0)
+    chunk_words: int = opt(100, "words per passage, as `ragloop index --chunk-words`", "data", low=1)
+    hard_negatives: int = opt(1, "BM25 hard negatives per question (0: in-batch negatives only)", "data", low=0)
+    # model
+    encoder: str = opt(DEFAULT_ENCODER, "encoder to fine-tune, name or path (a DPR ctx encoder: two towers)",
+                       "model")
+    question_encoder: str | None = opt(None, "question encoder, if not the same model (DPR: inferred)", "model")
+    shared_encoder: bool = opt(True, "one set of weights for questions and passages when --encoder names one "
+                                     "model (false: two towers, both starting from it)", "model")
+    max_length: int | None = opt(None, "tokens per question or passage (default: the model's own)", "model", low=1)
+    scale: float | None = opt(None, "similarity scale, 1/temperature (default: 20 for normalised embeddings, "
+                                    "1 for dot products)", "model", above=0)
+    # optimisation
+    batch_size: int = opt(32, "questions per step (each brings its positive and hard negatives)", "optimisation",
+                          low=1)
+    learning_rate: float = opt(2e-5, "peak learning rate (AdamW)", "optimisation", above=0)
+    num_epochs: int = opt(1, "passes over the training questions", "optimisation", low=1)
+    max_steps: int | None = opt(None, "stop after N steps (overrides --num_epochs)", "optimisation", low=1)
+    warmup_steps: int = opt(10, "linear warmup steps, then linear decay to 0", "optimisation", low=0)
+    weight_decay: float = opt(0.01, "AdamW weight decay (matrices only)", "optimisation", low=0)
+    max_grad_norm: float = opt(1.0, "gradient clipping (0: off)", "optimisation", low=0)
+    # run
+    output_dir: str = opt("runs/retriever", "folder for the trained encoder(s), replaced atomically", "run")
+    seed: int = opt(42, "seed for data order and dropout", "run")
+    logging_steps: int = opt(10, "log the loss every N steps", "run", low=1)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.train_file:
+            raise ConfigError("--train_file", "is required (a SQuAD-style file with context paragraphs)")
+
+
+@dataclass
+class RerankerTrainConfig(FlatConfig):
+    """`ragloop train-reranker`: see `ragloop.training.reranker_trainer`."""
+
+    # data
+    train_file: str | None = opt(None, "SQuAD-style .json/.jsonl/.csv with questions, answers and their context "
+                                       "paragraphs (default: the bundled SQuAD v1.1 train articles)", "data")
+    validation_file: str | None = opt(None, f"SQuAD-style file: its questions' BM25 top {EVAL_DEPTH} over its "
+                                            "paragraphs, gold@1 / mrr@10 before and after reranking", "data")
+    max_train_examples: int | None = opt(None, "use only the first N training questions", "data", low=0)
+    max_eval_examples: int = opt(200, "validation questions scored (spread over the file)", "data", low=0)
+    chunk_words: int = opt(100, "words per passage, as `ragloop index --chunk-words`", "data", low=1)
+    negatives: int = opt(3, "hard negatives per question (group size - 1): half from BM25, half from the dense "
+                            "encoder", "data", low=1)
+    dense_encoder: str = opt(DEFAULT_ENCODER, "encoder that finds the dense hard negatives ('none': BM25 only)",
+                             "data")
+    # model
+    model: str = opt(DEFAULT_ENCODER, "model to start from: an encoder (gets a fresh one-label head) or a "
+                                      "cross-encoder, name or path", "model")
+    max_length: int = opt(160, "tokens per (question, passage) pair", "model", low=1)
+    # optimisation
+    batch_size: int = opt(8, "questions per step (each brings 1 + --negatives passages)", "optimisation", low=1)
+    learning_rate: float = opt(1e-4, "peak learning rate (AdamW)", "optimisation", above=0)
+    head_lr: float | None = opt(None, "peak learning rate of a fresh classification head (default 10x "
+                                      "--learning_rate): at the body's rate it barely moves in a CPU budget",
+                                "optimisation", above=0)
+    num_epochs: int = opt(1, "passes over the training questions", "optimisation", low=1)
+    max_steps: int = opt(200, "stop after N steps (0: --num_epochs passes; the default took 17-20 min on 2 "
+                              "CPU cores)", "optimisation", low=0)
+    warmup_steps: int = opt(20, "linear warmup steps, then linear decay to 0", "optimisation", low=0)
+    weight_decay: float = opt(0.01, "AdamW weight decay (matrices only)", "optimisation", low=0)
+    max_grad_norm: float = opt(1.0, "gradient clipping (0: off)", "optimisation", low=0)
+    precision: str = opt("auto", PRECISION_HELP, "optimisation", ["auto", "bf16", "fp32"])
+    # run
+    output_dir: str = opt("runs/reranker", "folder for the trained cross-encoder, replaced atomically", "run")
+    seed: int = opt(42, "seed for data order, dropout and the new head", "run")
+    logging_steps: int = opt(10, "log the loss every N steps", "run", low=1)
+
+
+# -- the command line: argparse parses each flag's type; the config checks the value ---------------
 
 
 def finite_float(text: str) -> float:
@@ -139,115 +364,30 @@ def finite_float(text: str) -> float:
     return value
 
 
-@dataclass
-class RetrieverTrainConfig:
-    """`ragloop train-retriever`: see `ragloop.training.retriever_trainer`."""
-
-    # data
-    train_file: str | None = opt(None, "SQuAD-style .json/.jsonl/.csv with questions, answers and their "
-                                       "context paragraphs (required)", "data")
-    validation_file: str | None = opt(None, "SQuAD-style file: dense gold@k over its paragraphs after training",
-                                      "data")
-    max_train_examples: int | None = opt(None, "use only the first N training questions", "data")
-    chunk_words: int = opt(100, "words per passage, as `ragloop index --chunk-words`", "data")
-    hard_negatives: int = opt(1, "BM25 hard negatives per question (0: in-batch negatives only)", "data")
-    # model
-    encoder: str = opt(DEFAULT_ENCODER, "encoder to fine-tune, name or path (a DPR ctx encoder: two towers)",
-                       "model")
-    question_encoder: str | None = opt(None, "question encoder, if not the same model (DPR: inferred)", "model")
-    shared_encoder: bool = opt(True, "one set of weights for questions and passages when --encoder names one "
-                                     "model (false: two towers, both starting from it)", "model")
-    max_length: int | None = opt(None, "tokens per question or passage (default: the model's own)", "model")
-    scale: float | None = opt(None, "similarity scale, 1/temperature (default: 20 for normalised embeddings, "
-                                    "1 for dot products)", "model")
-    # optimisation
-    batch_size: int = opt(32, "questions per step (each brings its positive and hard negatives)", "optimisation")
-    learning_rate: float = opt(2e-5, "peak learning rate (AdamW)", "optimisation")
-    num_epochs: int = opt(1, "passes over the training questions", "optimisation")
-    max_steps: int | None = opt(None, "stop after N steps (overrides --num_epochs)", "optimisation")
-    warmup_steps: int = opt(10, "linear warmup steps, then linear decay to 0", "optimisation")
-    weight_decay: float = opt(0.01, "AdamW weight decay (matrices only)", "optimisation")
-    max_grad_norm: float = opt(1.0, "gradient clipping (0: off)", "optimisation")
-    # run
-    output_dir: str = opt("runs/retriever", "folder for the trained encoder(s), replaced atomically", "run")
-    seed: int = opt(42, "seed for data order and dropout", "run")
-    logging_steps: int = opt(10, "log the loss every N steps", "run")
-
-    def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-
 def _parse_bool(text: str) -> bool:
     return text.lower() in ("1", "true", "yes", "y", "on")
 
 
-def add_config_args(parser: argparse.ArgumentParser, cls=TrainConfig) -> None:
-    """One argparse group per `group`, one flag per field, defaults from the dataclass."""
+def add_config_args(parser: argparse.ArgumentParser, cls: type = TrainConfig) -> None:
+    """One argparse group per `group`, one flag per field (a nested config's fields spread out), defaults
+    from the dataclass."""
     groups: dict[str, argparse._ArgumentGroup] = {}
-    for f in fields(cls):
+    for name, f, _ in flat_fields(cls):
         meta = f.metadata
-        if meta.get("hidden"):
-            continue
         group = groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
-        names = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
-        default = f.default if f.default is not dataclasses.MISSING else None
-        if isinstance(default, bool):
-            group.add_argument(*names, dest=f.name, nargs="?", const=True, default=default, type=_parse_bool,
+        names = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+        kind = str(f.type).split("|")[0].strip()
+        if kind == "bool":
+            group.add_argument(*names, dest=name, nargs="?", const=True, default=f.default, type=_parse_bool,
                                help=meta["help"])
             continue
-        kind = {int: int, float: finite_float}.get(type(default), str)
-        if default is None:  # an optional field: the type comes from the annotation ("int | None")
-            ann = str(f.type)
-            kind = int if ann.startswith("int") else finite_float if ann.startswith("float") else str
-        group.add_argument(*names, dest=f.name, type=kind, default=default, choices=meta.get("choices"),
-                           help=f"{meta['help']} (default: {default})")
+        parse = {"int": int, "float": finite_float}.get(kind, str)
+        choices = meta.get("choices")  # shown, not enforced here: the config refuses others in its own words
+        group.add_argument(*names, dest=name, type=parse, default=f.default,
+                           metavar="{" + ",".join(choices) + "}" if choices else None,
+                           help=f"{meta['help']} (default: {f.default})")
 
 
-def config_from_args(args: argparse.Namespace, cls=TrainConfig) -> TrainConfig:
-    return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})
-
-
-EVAL_DEPTH = 20  # BM25 candidates the reranker trainer reranks per validation question
-
-
-@dataclass
-class RerankerTrainConfig:
-    """`ragloop train-reranker`: see `ragloop.training.reranker_trainer`."""
-
-    # data
-    train_file: str | None = opt(None, "SQuAD-style .json/.jsonl/.csv with questions, answers and their context "
-                                       "paragraphs (default: the bundled SQuAD v1.1 train articles)", "data")
-    validation_file: str | None = opt(None, f"SQuAD-style file: its questions' BM25 top {EVAL_DEPTH} over its "
-                                            "paragraphs, gold@1 / mrr@10 before and after reranking", "data")
-    max_train_examples: int | None = opt(None, "use only the first N training questions", "data")
-    max_eval_examples: int = opt(200, "validation questions scored (spread over the file)", "data")
-    chunk_words: int = opt(100, "words per passage, as `ragloop index --chunk-words`", "data")
-    negatives: int = opt(3, "hard negatives per question (group size - 1): half from BM25, half from the dense "
-                            "encoder", "data")
-    dense_encoder: str = opt(DEFAULT_ENCODER, "encoder that finds the dense hard negatives ('none': BM25 only)",
-                             "data")
-    # model
-    model: str = opt(DEFAULT_ENCODER, "model to start from: an encoder (gets a fresh one-label head) or a "
-                                      "cross-encoder, name or path", "model")
-    max_length: int = opt(160, "tokens per (question, passage) pair", "model")
-    # optimisation
-    batch_size: int = opt(8, "questions per step (each brings 1 + --negatives passages)", "optimisation")
-    learning_rate: float = opt(1e-4, "peak learning rate (AdamW)", "optimisation")
-    head_lr: float | None = opt(None, "peak learning rate of a fresh classification head (default 10x "
-                                      "--learning_rate): at the body's rate it barely moves in a CPU budget",
-                                "optimisation")
-    num_epochs: int = opt(1, "passes over the training questions", "optimisation")
-    max_steps: int = opt(200, "stop after N steps (0: --num_epochs passes; the default took 17-20 min on 2 "
-                              "CPU cores)", "optimisation")
-    warmup_steps: int = opt(20, "linear warmup steps, then linear decay to 0", "optimisation")
-    weight_decay: float = opt(0.01, "AdamW weight decay (matrices only)", "optimisation")
-    max_grad_norm: float = opt(1.0, "gradient clipping (0: off)", "optimisation")
-    precision: str = opt("auto", "autocast dtype; auto: bf16 where the CPU or GPU has it natively, else fp32",
-                         "optimisation", ["auto", "bf16", "fp32"])
-    # run
-    output_dir: str = opt("runs/reranker", "folder for the trained cross-encoder, replaced atomically", "run")
-    seed: int = opt(42, "seed for data order, dropout and the new head", "run")
-    logging_steps: int = opt(10, "log the loss every N steps", "run")
-
-    def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+def config_from_args(args: argparse.Namespace, cls: type = TrainConfig) -> Any:
+    """The config of the parsed flags; its own checks run here (a RagloopError naming the flag)."""
+    return cls.from_dict({name: getattr(args, name) for name, _, _ in flat_fields(cls) if hasattr(args, name)})

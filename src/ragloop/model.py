@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,7 +36,7 @@ import torch
 from ragloop import model_io
 from ragloop._torch import eval_mode
 from ragloop.answer_cache import cached_answers
-from ragloop.constants import READER_MODES as MODES  # RAGConfig's choices (it moves to ragloop.config)
+from ragloop.config import RAGConfig  # the model's settings (re-exported: ragloop.model.RAGConfig)
 from ragloop.constants import score_scale
 from ragloop.data.corpus import Passage
 from ragloop.errors import RagloopError
@@ -44,7 +44,6 @@ from ragloop.generation.generator import BUNDLED_GENERATOR, Generator
 from ragloop.generation.readers import READERS, Reader
 from ragloop.generation.spans import copied_spans
 from ragloop.retrieval.encoders import BiEncoder, Encoder
-from ragloop.retrieval.hybrid import MODES as SEARCH_MODES
 from ragloop.retrieval.index import Index
 from ragloop.retrieval.retriever import Retriever, check_k, check_questions
 
@@ -54,55 +53,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class RAGConfig:
-    """Plain values; saved as `rag_config.json` next to the models."""
-
-    n_docs: int = 5  # passages per question (k)
-    mode: str = "sequence"  # a reader mode, a key of READERS (below): "sequence" | "token" | "fid"
-    max_source_length: int = 256  # generator input tokens (question + one passage)
-    max_target_length: int = 32  # answer tokens, eos included
-    train_passage_encoder: bool = False
-    # Which k passages a question reads: the first stage (dense | bm25 | hybrid) and an optional
-    # cross-encoder reranker (a name or path; saved inside the model folder) over its top rerank_depth.
-    # They choose the passages only: p(z|x) over them is always softmax(scale · q·d).
-    search_mode: str = "dense"
-    rerank: str | None = None
-    rerank_depth: int | None = None
-    # Multiplier on q·d before the softmax over the k passages. None: 1 for raw inner products (DPR),
-    # 20 for L2-normalised encoders, whose cosines in [-1, 1] would otherwise give a near-uniform p(z|x).
-    doc_score_scale: float | None = None
-    rescore_batch_size: int = 64  # generator rows per forward when RAG-Sequence re-scores candidates
-    # FiD's retriever target: softmax over the k passages of log p(answer | question, passage) / T
-    distill_temperature: float = 1.0
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise RagloopError(f"unknown RAG mode {self.mode!r}; choose one of {', '.join(MODES)}")
-        if self.search_mode not in SEARCH_MODES:
-            raise RagloopError(f"unknown search mode {self.search_mode!r}; choose one of {', '.join(SEARCH_MODES)}")
-        check_k(self.n_docs, name="n_docs")
-        if not self.distill_temperature > 0:
-            raise RagloopError(f"distill_temperature must be > 0 (got {self.distill_temperature})")
-        if self.rerank_depth is not None:
-            check_k(self.rerank_depth, name="rerank_depth")
-            if self.rerank is None:
-                raise RagloopError("rerank_depth needs a reranker (rerank)")
-            if self.rerank_depth < self.n_docs:
-                raise RagloopError(f"rerank_depth ({self.rerank_depth}) is smaller than n_docs ({self.n_docs})")
-        if self.max_target_length < 1 or self.max_source_length < 8:
-            raise RagloopError("max_target_length must be >= 1 and max_source_length >= 8")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict, where: str = "config") -> RAGConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise RagloopError(f"{where}: unknown RAG config keys {unknown}")
-        return cls(**values)
 
 
 # -- results --------------------------------------------------------------------------------------

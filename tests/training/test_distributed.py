@@ -43,7 +43,7 @@ def cfg(tmp_path, squad_small, tiny_bert_dir, tiny_t5_dir):
 def test_parameters_without_gradient_are_frozen(cfg):
     """The tiny BERT question encoder has a pooler that mean pooling never reads: DDP (which by default
     insists every trainable parameter gets a gradient) would fail on it, so training freezes it."""
-    from ragloop.training.trainer import build_index, build_model, load_data
+    from ragloop.training.setup import build_index, build_model, load_data
 
     examples, _ = load_data(cfg)
     model = build_model(cfg, build_index(cfg, examples, Path(cfg.output_dir) / "index", progress=False))
@@ -122,19 +122,19 @@ SCRIPT = textwrap.dedent("""
     class Crash(Exception):
         pass
 
-    real = trainer_mod._evaluate_and_save
+    real = trainer_mod.evaluate_and_save
 
     def save_then_crash(*args, **kwargs):
         real(*args, **kwargs)
         raise Crash("killed after the step-2 checkpoint")
 
-    trainer_mod._evaluate_and_save = save_then_crash
+    trainer_mod.evaluate_and_save = save_then_crash
     try:
         train(cfg, progress=False)
         raise SystemExit("no crash")
     except Crash:
         pass
-    trainer_mod._evaluate_and_save = real
+    trainer_mod.evaluate_and_save = real
     resumed = train(replace(cfg, resume=True), progress=False)
     if os.environ["RANK"] == "0":
         with open(job["result"], "w") as f:

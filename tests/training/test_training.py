@@ -8,7 +8,7 @@ import pytest
 
 from ragloop import RagloopError
 from ragloop.config import TrainConfig
-from ragloop.training import batching, train
+from ragloop.training import batching, evaluate_save, train
 from ragloop.training import trainer as trainer_mod
 
 
@@ -56,16 +56,16 @@ def test_resume_continues_the_same_run_exactly(mode, cfg, tmp_path, monkeypatch)
     straight = train(replace(cfg, output_dir=str(tmp_path / "straight")), progress=False)
     assert straight.steps == 4 and len(straight.losses) == 4
 
-    real_save = trainer_mod.save_checkpoint
+    real_save = evaluate_save.save_checkpoint
 
     def save_then_crash(path, *args, **kwargs):
         real_save(path, *args, **kwargs)
         raise Crash("killed after the step-2 checkpoint")
 
-    monkeypatch.setattr(trainer_mod, "save_checkpoint", save_then_crash)
+    monkeypatch.setattr(evaluate_save, "save_checkpoint", save_then_crash)
     with pytest.raises(Crash):
         train(cfg, progress=False)
-    monkeypatch.setattr(trainer_mod, "save_checkpoint", real_save)
+    monkeypatch.setattr(evaluate_save, "save_checkpoint", real_save)
     resumed = train(replace(cfg, resume=True), progress=False)
     assert resumed.steps == 4
     assert resumed.losses == pytest.approx(straight.losses[2:], rel=1e-5)

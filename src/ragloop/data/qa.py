@@ -4,6 +4,8 @@
     >>> examples = load_qa("squad-dev.json")
     >>> examples[0].question, examples[0].answers
     ('Which NFL team represented the AFC at Super Bowl 50?', ['Denver Broncos', ...])
+    >>> passages = context_passages(examples, chunk_words=100)   # their paragraphs, chunked as an index chunks
+    >>> examples[0].context_passage()                            # its own paragraph as one passage
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ragloop.data.corpus import Passage, make_passages
 from ragloop.data.records import check_text, content_id, expand_paths, is_local, read_hub_dataset, read_rows
 from ragloop.errors import RagloopError
 
@@ -29,6 +32,17 @@ class QAExample:
     def __post_init__(self) -> None:
         if self.context and not self.doc_id:
             self.doc_id = content_id(self.context)
+
+    def context_passage(self) -> Passage:
+        """The question's own paragraph, whole, as one passage (id and doc_id: the paragraph's id)."""
+        return Passage(self.doc_id, self.title, self.context, self.doc_id, self.source)
+
+
+def context_passages(examples: list[QAExample], chunk_words: int = 100) -> list[Passage]:
+    """The examples' context paragraphs (each once) chunked into passages `{doc_id}-{i}`, as `ragloop index`
+    chunks documents; examples without a context add nothing."""
+    return make_passages(({"doc_id": ex.doc_id, "title": ex.title, "text": ex.context, "source": ex.source}
+                          for ex in examples if ex.context), chunk_words)
 
 
 def _answers(value, where: str) -> list[str]:

@@ -9,7 +9,9 @@ problem the data is refused, since hit@k would be 0 by construction."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 
+from ragloop.data.corpus import Passage
 from ragloop.data.qa import QAExample
 from ragloop.errors import RagloopError
 from ragloop.evaluation.metrics import has_answer
@@ -38,36 +40,39 @@ def evaluate_retrieval(
         depth = min(depth, retriever.rerank_depth)
         ks = tuple(k for k in ks if k <= depth) or (depth,)
     got = retriever.retrieve([e.question for e in examples], depth, mode, progress=progress)
-    hit = {k: 0 for k in ks}
-    gold = {k: 0 for k in ks}
-    rr = 0.0
-    for ex, ranked in zip(examples, got.passages):
-        first_answer = first_gold = None
-        for rank, p in enumerate(ranked, 1):
-            if first_gold is None and p.doc_id == ex.doc_id:
-                first_gold = rank
-            if first_answer is None and has_answer(ex.answers, p.text):
-                first_answer = rank
-            if first_gold is not None and first_answer is not None:
-                break
-        for k in ks:
-            hit[k] += first_answer is not None and first_answer <= k
-            gold[k] += first_gold is not None and first_gold <= k
-        if first_gold is not None and first_gold <= 10:
-            rr += 1.0 / first_gold
-    n = len(examples)
-    result: dict = {"mode": mode, "questions": n, "answers_not_in_context": missing}
+    answer = [first_rank(ranked, lambda p, ex=ex: has_answer(ex.answers, p.text))
+              for ex, ranked in zip(examples, got.passages)]
+    gold = gold_ranks(examples, got.passages)
+    result: dict = {"mode": mode, "questions": len(examples), "answers_not_in_context": missing}
     stages = retriever.describe()
     if stages["reranker"] is not None:
         result["reranker"] = stages["reranker"]
     if stages["quantize"] and mode != "bm25":  # the question encoder's precision (BM25 reads no model)
         result["quantize"] = stages["quantize"]
-    for k in ks:
-        result[f"hit@{k}"] = round(hit[k] / n, 4)
-    for k in ks:
-        result[f"gold@{k}"] = round(gold[k] / n, 4)
-    result["mrr@10"] = round(rr / n, 4)
+    result.update({f"hit@{k}": within(answer, k) for k in ks})
+    result.update({f"gold@{k}": within(gold, k) for k in ks})
+    result["mrr@10"] = mrr(gold, 10)
     return result
+
+
+def first_rank(ranked: Sequence[Passage], match: Callable[[Passage], bool]) -> int | None:
+    """The rank (from 1) of the first passage that `match`es, or None."""
+    return next((rank for rank, p in enumerate(ranked, 1) if match(p)), None)
+
+
+def gold_ranks(examples: Sequence[QAExample], rankings: Sequence[Sequence[Passage]]) -> list[int | None]:
+    """Per question, the rank of the first passage of its own paragraph (same doc_id) in its ranking."""
+    return [first_rank(ranked, lambda p, ex=ex: p.doc_id == ex.doc_id) for ex, ranked in zip(examples, rankings)]
+
+
+def within(ranks: Sequence[int | None], k: int) -> float:
+    """The share of questions whose first hit ranks within k (hit@k or gold@k), to 4 places."""
+    return round(sum(r is not None and r <= k for r in ranks) / len(ranks), 4)
+
+
+def mrr(ranks: Sequence[int | None], depth: int = 10) -> float:
+    """Mean reciprocal rank of the first hit within `depth` (0 beyond it), to 4 places."""
+    return round(sum(1.0 / r for r in ranks if r is not None and r <= depth) / len(ranks), 4)
 
 
 def answers_not_in_context(examples: list[QAExample], refuse_all: bool = True) -> int:

@@ -21,18 +21,23 @@ A file's sections:
     evaluate               questions (per scored set), retrieval_questions, retrieval_k, sample_answers
 
 An unknown key, a value of the wrong type or a missing file is one RagloopError naming the file and
-the key. Loading needs no torch, except to check `train.rag_mode` against the installed reader modes.
+the key. The train section is checked by TrainConfig itself (`ragloop.checks`), as the command line
+and the Python API are: a bad value gets the same words from all three. Loading needs no torch.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ragloop import checks
+from ragloop.checks import ConfigError
+from ragloop.config import TrainConfig, flat_fields
 from ragloop.errors import RagloopError
 
 DEMO_RECIPE = "demo.json"
@@ -72,12 +77,7 @@ class Recipe:
     def train_config(self, **pipeline: Any):
         """The TrainConfig this recipe trains with, given the pipeline's own fields (train_file, index,
         output_dir, ...)."""
-        from ragloop.config import TrainConfig
-
-        try:
-            return TrainConfig(**{**self.train, **pipeline})
-        except RagloopError as e:
-            raise RagloopError(f"{self.path}: train: {e}") from None
+        return _train_config({**self.train, **pipeline}, self.path)
 
     def with_train(self, **changes: Any) -> Recipe:
         """The same recipe with some train fields changed (checked as a file's would be)."""
@@ -115,19 +115,16 @@ def load_recipe(path: str | Path | None = None) -> Recipe:
 
     data = raw["data"]
     _known(data, ("train", "dev", "holdout_every"), path, "data.")
-    train_data, dev_data = (_data_file(_get(data, key, str, path, "data."), path, f"data.{key}")
+    train_data, dev_data = (_data_file(_get(data, key, checks.text, path, "data."), path, f"data.{key}")
                             for key in ("train", "dev"))
-    holdout_every = _whole(_get(data, "holdout_every", int, path, "data."), 2, path, "data.holdout_every")
+    holdout_every = _get(data, "holdout_every", checks.whole, path, "data.", low=2)
 
     ev = raw["evaluate"]
     _known(ev, ("questions", "retrieval_questions", "retrieval_k", "sample_answers"), path, "evaluate.")
-    questions = _whole(_get(ev, "questions", int, path, "evaluate."), 1, path, "evaluate.questions")
-    retrieval_questions = _whole(_get(ev, "retrieval_questions", int, path, "evaluate."), 1, path,
-                                 "evaluate.retrieval_questions")
-    ks = _get(ev, "retrieval_k", list, path, "evaluate.")
-    if not ks or not all(_is_int(k) and k >= 1 for k in ks):
-        raise RagloopError(f"{path}: evaluate.retrieval_k: expected a list of whole numbers >= 1 (got {ks!r})")
-    samples = _whole(_get(ev, "sample_answers", int, path, "evaluate."), 0, path, "evaluate.sample_answers")
+    questions = _get(ev, "questions", checks.whole, path, "evaluate.", low=1)
+    retrieval_questions = _get(ev, "retrieval_questions", checks.whole, path, "evaluate.", low=1)
+    ks = _get(ev, "retrieval_k", _depths, path, "evaluate.")
+    samples = _get(ev, "sample_answers", checks.whole, path, "evaluate.", low=0)
 
     train = dict(raw["train"])
     _check_train(train, path)
@@ -137,50 +134,42 @@ def load_recipe(path: str | Path | None = None) -> Recipe:
 
 
 def _check_train(train: dict, path: Path) -> None:
-    """The train section: TrainConfig's own fields, each of its type and among its choices; max_steps
-    given; then TrainConfig's range checks."""
-    from ragloop.config import TrainConfig
-
-    allowed = {f.name: f for f in fields(TrainConfig) if f.name not in PIPELINE_FIELDS and not f.metadata.get("hidden")}
+    """The train section: TrainConfig's own settings (by flag name), max_steps given, each value checked
+    by TrainConfig."""
+    allowed = sorted(name for name, _, _ in flat_fields(TrainConfig) if name not in PIPELINE_FIELDS)
     for key in train:
         if key in PIPELINE_FIELDS:
             raise RagloopError(f"{path}: train.{key}: set by the pipeline that runs the recipe, not by the recipe"
                                + ("; a recipe trains a fixed number of steps (max_steps)"
                                   if key == "max_train_minutes" else ""))
         if key not in allowed:
-            raise RagloopError(f"{path}: unknown key 'train.{key}' (known: {', '.join(sorted(allowed))})")
+            raise RagloopError(f"{path}: unknown key 'train.{key}' (known: {', '.join(allowed)})")
     for key in REQUIRED_TRAIN:
         if train.get(key) is None:
             raise RagloopError(f"{path}: train.{key} is required (a recipe trains a fixed number of steps)")
-    for key, value in train.items():
-        f = allowed[key]
-        _check_type(value, str(f.type), path, f"train.{key}")
-        choices = f.metadata.get("choices")  # rag_mode's are config.READER_MODES, checked against model.READERS
-        if choices and value not in choices:
-            raise RagloopError(f"{path}: train.{key}: {value!r} is not one of {', '.join(map(str, choices))}")
+    _train_config(train, path)
+
+
+def _train_config(values: dict, path: Path) -> TrainConfig:
+    """TrainConfig's own checks, said in the file's terms: a value it cannot take at all names its key
+    (`train.n_docs: expected a whole number`), any other problem is TrainConfig's message."""
     try:
-        TrainConfig(**train)
+        return TrainConfig.from_dict(values)
+    except ConfigError as e:
+        if e.kind == "type":
+            raise RagloopError(f"{path}: train.{e.name.lstrip('-')}: {e.problem}") from None
+        raise RagloopError(f"{path}: train: {e}") from None
     except RagloopError as e:
         raise RagloopError(f"{path}: train: {e}") from None
 
 
-_TYPES = {"int": (int, "a whole number"), "float": ((int, float), "a number"), "str": (str, "a string"),
-          "bool": (bool, "true or false"), "None": (type(None), "null")}
-
-
-def _check_type(value: Any, annotation: str, path: Path, key: str) -> None:
-    """`value` against a dataclass field's annotation as written ("int", "float | None", "str")."""
-    kinds = [_TYPES[name.strip()] for name in annotation.split("|")]
-    for types, _ in kinds:
-        types = types if isinstance(types, tuple) else (types,)
-        if isinstance(value, types) and (bool in types or not isinstance(value, bool)):  # true is no number
-            return
-    wanted = " or ".join(words for _, words in kinds)
-    raise RagloopError(f"{path}: {key}: expected {wanted}, got {json.dumps(value)}")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+def _depths(value: Any, name: str) -> list[int]:
+    try:
+        if not isinstance(value, list) or not value:
+            raise ConfigError(name, "", "type")
+        return [checks.whole(k, name, low=1) for k in value]
+    except ConfigError:
+        raise ConfigError(name, f"expected a list of whole numbers >= 1 (got {checks.shown(value)})", "type") from None
 
 
 def _expect(value: Any, kind: type, path: Path, key: str, words: str) -> None:
@@ -194,20 +183,14 @@ def _known(section: dict, keys: tuple[str, ...], path: Path, prefix: str) -> Non
             raise RagloopError(f"{path}: unknown key '{prefix}{key}' (known: {', '.join(keys)})")
 
 
-def _get(section: dict, key: str, kind: type, path: Path, prefix: str) -> Any:
+def _get(section: dict, key: str, check: Callable, path: Path, prefix: str, **bounds: int) -> Any:
+    """section[key] through one of `ragloop.checks`, an error naming the file and the key."""
     if key not in section:
         raise RagloopError(f"{path}: missing key '{prefix}{key}'")
-    value = section[key]
-    words = {int: "a whole number", str: "a string", list: "a list"}[kind]
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise RagloopError(f"{path}: {prefix}{key}: expected {words}, got {json.dumps(value)[:80]}")
-    return value
-
-
-def _whole(value: int, low: int, path: Path, key: str) -> int:
-    if value < low:
-        raise RagloopError(f"{path}: {key}: must be at least {low} (got {value})")
-    return value
+    try:
+        return check(section[key], key, **bounds)
+    except ConfigError as e:
+        raise RagloopError(f"{path}: {prefix}{key}: {e.problem}") from None
 
 
 def _data_file(spec: str, path: Path, key: str) -> Path:

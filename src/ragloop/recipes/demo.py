@@ -96,7 +96,7 @@ def index_exists(index_dir: str | Path) -> bool:
 def ensure_index(recipe: Recipe, data: DemoData, index_dir: str | Path, progress: bool | None = None) -> Path:
     """An index of the contexts of the training and dev articles at `index_dir`, encoded with the
     recipe's passage encoder (its question encoder's model unless it names one); built if missing."""
-    from ragloop.training.trainer import build_index
+    from ragloop.training.setup import build_index
 
     index_dir = Path(index_dir)
     if index_exists(index_dir):
@@ -137,7 +137,7 @@ class TrainRun:
 def train_rag(cfg: TrainConfig, progress: bool | None = None) -> TrainRun:
     from ragloop.training import train
 
-    log.debug("training %s RAG, k=%d, %d steps of %d (%s) -> %s", cfg.rag_mode, cfg.n_docs, cfg.max_steps,
+    log.debug("training %s RAG, k=%d, %d steps of %d (%s) -> %s", cfg.rag.mode, cfg.rag.n_docs, cfg.max_steps,
              cfg.batch_size, cfg.precision, cfg.output_dir)
     result = train(cfg, progress=progress)
     return TrainRun(result.steps, _train_seconds(Path(cfg.output_dir)), result.best_dir, cfg)
@@ -146,7 +146,7 @@ def train_rag(cfg: TrainConfig, progress: bool | None = None) -> TrainRun:
 def trained_earlier(cfg: TrainConfig) -> TrainRun | None:
     """The run in cfg.output_dir, if it finished training with exactly this config (else None: a model
     trained with other settings is never scored as this recipe's)."""
-    from ragloop.training.trainer import BEST, CONFIG
+    from ragloop.training.setup import BEST, CONFIG
 
     out = Path(cfg.output_dir)
     try:
@@ -164,7 +164,7 @@ def trained_earlier(cfg: TrainConfig) -> TrainRun | None:
 
 def _last_logged(out: Path) -> dict:
     """The last training log record (the one at the final step) of metrics.jsonl, or {}."""
-    from ragloop.training.trainer import METRICS
+    from ragloop.training.setup import METRICS
 
     try:
         lines = (out / METRICS).read_text().splitlines()

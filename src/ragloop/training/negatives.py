@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ragloop.data.corpus import Passage, make_passages
-from ragloop.data.qa import QAExample
+from ragloop.data.corpus import Passage
+from ragloop.data.qa import QAExample, context_passages
 from ragloop.errors import RagloopError
 from ragloop.evaluation.metrics import has_answer
 from ragloop.retrieval.bm25 import BM25Index
@@ -53,8 +53,7 @@ def build_items(examples: list[QAExample], chunk_words: int = 100, hard_negative
     if not with_context:
         raise RagloopError(f"{where}: no question has a context paragraph; training needs each question's own "
                           "paragraph as its positive")
-    passages = make_passages(({"doc_id": ex.doc_id, "title": ex.title, "text": ex.context, "source": ex.source}
-                              for ex in with_context), chunk_words)
+    passages = context_passages(with_context, chunk_words)
     if len(passages) < 2:
         raise RagloopError(f"{where}: all {len(with_context)} questions share one paragraph; training needs "
                           "questions from at least two paragraphs (other paragraphs are the negatives)")

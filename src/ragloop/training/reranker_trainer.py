@@ -28,9 +28,10 @@ import torch
 
 from ragloop.config import EVAL_DEPTH, RerankerTrainConfig
 from ragloop.data.bundled import SQUAD_TRAIN, bundled_path
-from ragloop.data.corpus import Passage, make_passages
-from ragloop.data.qa import load_qa, sample_evenly
+from ragloop.data.corpus import Passage
+from ragloop.data.qa import context_passages, load_qa, sample_evenly
 from ragloop.errors import RagloopError
+from ragloop.evaluation.retrieval import gold_ranks, mrr, within
 from ragloop.io import atomic_dir, atomic_write_json
 from ragloop.manifest import only_replace
 from ragloop.retrieval.bm25 import BM25Index
@@ -38,32 +39,12 @@ from ragloop.retrieval.encoders import Encoder
 from ragloop.retrieval.index import bm25_text
 from ragloop.retrieval.rerank import Reranker, passage_text, relevance
 from ragloop.training.negatives import TrainItem, build_items
+from ragloop.training.optim import adamw, autocast_dtype, linear_schedule, new_layer_lr, param_groups
 from ragloop.training.steps import run_steps, total_steps
-from ragloop.training.trainer import cpu_has_bf16
 
 log = logging.getLogger(__name__)
 
 SUMMARY = "reranker_training.json"
-
-
-def _check_config(cfg: RerankerTrainConfig) -> None:
-    for name in ("batch_size", "num_epochs", "chunk_words", "logging_steps", "negatives", "max_length"):
-        if getattr(cfg, name) < 1:
-            raise RagloopError(f"--{name} must be at least 1 (got {getattr(cfg, name)})")
-    if cfg.warmup_steps < 0 or cfg.max_eval_examples < 0 or (cfg.max_steps or 0) < 0:
-        raise RagloopError("--max_steps, --warmup_steps and --max_eval_examples cannot be negative")
-    if cfg.learning_rate <= 0 or (cfg.head_lr is not None and cfg.head_lr <= 0):
-        raise RagloopError(f"--learning_rate and --head_lr must be > 0 (got {cfg.learning_rate}, {cfg.head_lr})")
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 when asked, or with "auto" where the hardware has it natively; None: fp32."""
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "auto":
-        native = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_bf16()
-        return torch.bfloat16 if native else None
-    return None
 
 
 def training_data(cfg: RerankerTrainConfig, progress: bool | None = None) -> tuple[list[Passage], list[TrainItem]]:
@@ -117,9 +98,6 @@ def train_reranker(cfg: RerankerTrainConfig, progress: bool | None = None) -> di
     """Fine-tune, save to `cfg.output_dir` (atomically) and return {"output_dir", "steps", "final_loss" (mean
     of the last 10 steps), "losses", "seconds" (training steps), "seconds_per_step", "data_seconds" (finding
     the negatives), "validation" (or None)}."""
-    from transformers import get_linear_schedule_with_warmup
-
-    _check_config(cfg)
     out = Path(cfg.output_dir)
     if out.exists():
         _check_replaceable(out)  # fail before the work, not after
@@ -128,17 +106,13 @@ def train_reranker(cfg: RerankerTrainConfig, progress: bool | None = None) -> di
     passages, items = training_data(cfg, progress)
     data_seconds = round(time.time() - t_data, 1)
     reranker = Reranker.for_training(cfg.model, max_length=cfg.max_length)
-    fresh = set(reranker.fresh_parameters)
-    dtype = autocast_dtype(cfg.precision, reranker.device)
-    named = [(n, p) for n, p in reranker.model.named_parameters() if p.requires_grad]
-    params = [p for _, p in named]
-    head_lr = cfg.head_lr if cfg.head_lr is not None else 10 * cfg.learning_rate
-    groups = [{"params": [p for n, p in named if (p.dim() >= 2) == matrix and (n in fresh) == new],
-               "weight_decay": cfg.weight_decay if matrix else 0.0, "lr": head_lr if new else cfg.learning_rate}
-              for matrix in (True, False) for new in (True, False)]
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.learning_rate)
+    dtype = autocast_dtype(cfg.precision, reranker.device.type)
+    params = [p for p in reranker.model.parameters() if p.requires_grad]
+    fresh = {id(p) for n, p in reranker.model.named_parameters() if n in set(reranker.fresh_parameters)}
+    groups = param_groups(params, (fresh, new_layer_lr(cfg.learning_rate, cfg.head_lr)), weight_decay=cfg.weight_decay)
+    optimizer = adamw(groups, lr=cfg.learning_rate)
     total = total_steps(cfg, len(items))
-    scheduler = get_linear_schedule_with_warmup(optimizer, min(cfg.warmup_steps, total), total)
+    scheduler = linear_schedule(optimizer, cfg.warmup_steps, total)
     log.info("training reranker %s on %d questions: %d steps of %d groups (1 + %d), max length %d, %s",
              cfg.model, len(items), total, cfg.batch_size, cfg.negatives, cfg.max_length,
              "bf16 autocast" if dtype else "fp32")
@@ -174,18 +148,15 @@ def evaluate_reranker(reranker: Reranker, qa_file: str, max_questions: int = 200
     examples = sample_evenly([ex for ex in load_qa(qa_file) if ex.context], max_questions)
     if not examples:
         raise RagloopError(f"{qa_file}: no question has a context paragraph to retrieve")
-    passages = make_passages(({"doc_id": ex.doc_id, "title": ex.title, "text": ex.context} for ex in examples),
-                             chunk_words)
-    _, rows = BM25Index.build([bm25_text(p) for p in passages]).search([ex.question for ex in examples],
-                                                                         min(EVAL_DEPTH, len(passages)))
+    passages = context_passages(examples, chunk_words)
+    depth = min(EVAL_DEPTH, len(passages))
+    _, rows = BM25Index.build([bm25_text(p) for p in passages]).search([ex.question for ex in examples], depth)
     candidates = [[passages[r] for r in ranked if r >= 0] for ranked in rows.tolist()]
     scores = reranker.score([ex.question for ex in examples], candidates, progress=progress)
     reranked = [[ps[i] for i in np.argsort(-s, kind="stable")] for ps, s in zip(candidates, scores)]
-    result: dict = {"questions": len(examples), "candidates": min(EVAL_DEPTH, len(passages))}
+    result: dict = {"questions": len(examples), "candidates": depth}
     for name, ranking in (("bm25", candidates), ("reranked", reranked)):
-        first = [next((i for i, p in enumerate(ps, 1) if p.doc_id == ex.doc_id), None)
-                 for ex, ps in zip(examples, ranking)]
-        for k in (1, 5):
-            result[f"{name} gold@{k}"] = round(sum(f is not None and f <= k for f in first) / len(first), 4)
-        result[f"{name} mrr@10"] = round(sum(1 / f for f in first if f is not None and f <= 10) / len(first), 4)
+        gold = gold_ranks(examples, ranking)
+        result.update({f"{name} gold@{k}": within(gold, k) for k in (1, 5)})
+        result[f"{name} mrr@10"] = mrr(gold, 10)
     return result

@@ -34,13 +34,14 @@ import torch
 
 from ragloop.config import RetrieverTrainConfig
 from ragloop.constants import score_scale
-from ragloop.data.corpus import Passage, make_passages
-from ragloop.data.qa import load_qa
+from ragloop.data.corpus import Passage
+from ragloop.data.qa import context_passages, load_qa
 from ragloop.errors import RagloopError
 from ragloop.io import atomic_dir, atomic_write_json
 from ragloop.manifest import only_replace
 from ragloop.retrieval.encoders import BiEncoder, Encoder, resolve_source
 from ragloop.training.negatives import TrainItem, build_items
+from ragloop.training.optim import adamw, linear_schedule, param_groups
 from ragloop.training.steps import run_steps, total_steps
 
 log = logging.getLogger(__name__)
@@ -124,18 +125,6 @@ _check_replaceable = only_replace(SUMMARY, "retriever training output")
 # -- training ---------------------------------------------------------------------------------
 
 
-def _check_config(cfg: RetrieverTrainConfig) -> None:
-    if not cfg.train_file:
-        raise RagloopError("--train_file is required (a SQuAD-style file with context paragraphs)")
-    for name in ("batch_size", "num_epochs", "chunk_words", "logging_steps"):
-        if getattr(cfg, name) < 1:
-            raise RagloopError(f"--{name} must be at least 1 (got {getattr(cfg, name)})")
-    if cfg.hard_negatives < 0 or cfg.warmup_steps < 0:
-        raise RagloopError("--hard_negatives and --warmup_steps cannot be negative")
-    if cfg.max_steps is not None and cfg.max_steps < 1:
-        raise RagloopError(f"--max_steps must be at least 1 (got {cfg.max_steps})")
-
-
 def _pad(encoder: Encoder, tokens: dict, idx: list[int]) -> dict:
     keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in tokens]
     return encoder.tokenizer.pad({k: [tokens[k][i] for i in idx] for k in keys}, return_tensors="pt")
@@ -145,9 +134,6 @@ def train_retriever(cfg: RetrieverTrainConfig, progress: bool | None = None) -> 
     """Fine-tune, save to `cfg.output_dir` (atomically) and return {"output_dir", "question_encoder",
     "passage_encoder", "shared", "steps", "final_loss" (mean of the last 10 steps), "losses", "seconds",
     "validation" (dense retrieval metrics, or None)}."""
-    from transformers import get_linear_schedule_with_warmup
-
-    _check_config(cfg)
     out = Path(cfg.output_dir)
     if out.exists():
         _check_replaceable(out)  # fail before the work, not after
@@ -161,19 +147,13 @@ def train_retriever(cfg: RetrieverTrainConfig, progress: bool | None = None) -> 
     scale = score_scale(p_enc.spec.normalize, cfg.scale)
     q_tokens = q_enc.tokenize([it.question for it in items])
     p_tokens = p_enc.tokenize([p.title for p in passages], [p.text for p in passages])
-
     params = list({id(p): p for enc in (q_enc, p_enc) for p in enc.parameters()}.values())
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate)
+    optimizer = adamw(param_groups(params, weight_decay=cfg.weight_decay), lr=cfg.learning_rate)
     total = total_steps(cfg, len(items))
-    scheduler = get_linear_schedule_with_warmup(optimizer, min(cfg.warmup_steps, total), total)
+    scheduler = linear_schedule(optimizer, cfg.warmup_steps, total)
     log.info("training %s (%s) on %d questions: %d steps of %d, scale %g, %d hard negative(s) each",
              cfg.encoder, "shared" if shared else "two towers", len(items), total, cfg.batch_size, scale,
              cfg.hard_negatives)
-
-    q_enc.train()
-    p_enc.train()
 
     def loss_of(idx: list[int]) -> torch.Tensor:
         rows, labels, mask = batch_targets([items[i] for i in idx], passages)
@@ -181,32 +161,35 @@ def train_retriever(cfg: RetrieverTrainConfig, progress: bool | None = None) -> 
         p_vec = p_enc(**_pad(p_enc, p_tokens, rows))
         return contrastive_loss(q_vec, p_vec, labels, mask, scale)
 
+    q_enc.train()
+    p_enc.train()
     losses, seconds = run_steps(loss_of, len(items), total, cfg, params, optimizer, scheduler, "training retriever",
                                 progress)
-    step = len(losses)
     q_enc.eval()
     p_enc.eval()
     final_loss = float(np.mean(losses[-10:]))
-    log.info("trained %d steps in %.0fs; loss %.4f -> %.4f", step, seconds, losses[0], final_loss)
-
+    log.info("trained %d steps in %.0fs; loss %.4f -> %.4f", len(losses), seconds, losses[0], final_loss)
     validation = evaluate_dense(q_enc, p_enc, cfg.validation_file, cfg.chunk_words, progress) \
         if cfg.validation_file else None
-    summary = {"config": cfg.to_dict(), "scale": scale, "shared": shared, "steps": step, "final_loss": final_loss,
-               "losses": [round(x, 6) for x in losses], "seconds": seconds, "train_questions": len(items),
-               "train_passages": len(passages), "validation": validation}
-    with atomic_dir(out, may_replace=_check_replaceable) as tmp:
-        if shared:
+    result = {"shared": shared, "steps": len(losses), "final_loss": final_loss, "seconds": seconds,
+              "validation": validation}
+    _save(cfg, q_enc, p_enc, {"config": cfg.to_dict(), "scale": scale, **result,
+                              "losses": [round(x, 6) for x in losses], "train_questions": len(items),
+                              "train_passages": len(passages)})
+    return {"output_dir": str(out), "question_encoder": str(out if shared else out / QUESTION_DIR),
+            "passage_encoder": str(out if shared else out / PASSAGE_DIR), **result, "losses": losses}
+
+
+def _save(cfg: RetrieverTrainConfig, q_enc: Encoder, p_enc: Encoder, summary: dict) -> None:
+    """The trained encoder (one folder) or towers (two), and the summary, replacing `cfg.output_dir` at once."""
+    with atomic_dir(Path(cfg.output_dir), may_replace=_check_replaceable) as tmp:
+        if q_enc is p_enc:
             _save_encoder(p_enc, cfg.encoder, tmp)
         else:
             _save_encoder(q_enc, cfg.question_encoder or cfg.encoder, tmp / QUESTION_DIR)
             _save_encoder(p_enc, cfg.encoder, tmp / PASSAGE_DIR)
         atomic_write_json(tmp / SUMMARY, summary)
-    log.info("saved -> %s", out)
-    return {"output_dir": str(out),
-            "question_encoder": str(out if shared else out / QUESTION_DIR),
-            "passage_encoder": str(out if shared else out / PASSAGE_DIR),
-            "shared": shared, "steps": step, "final_loss": final_loss, "losses": losses, "seconds": seconds,
-            "validation": validation}
+    log.info("saved -> %s", cfg.output_dir)
 
 
 def evaluate_dense(question: Encoder, passage: Encoder, qa_file: str, chunk_words: int = 100,
@@ -219,9 +202,7 @@ def evaluate_dense(question: Encoder, passage: Encoder, qa_file: str, chunk_word
     examples = [ex for ex in load_qa(qa_file) if ex.context]
     if not examples:
         raise RagloopError(f"{qa_file}: no question has a context paragraph to retrieve")
-    passages = make_passages(({"doc_id": ex.doc_id, "title": ex.title, "text": ex.context,
-                               "source": ex.source} for ex in examples),
-                             chunk_words)
+    passages = context_passages(examples, chunk_words)
     with tempfile.TemporaryDirectory(prefix="ragloop-retriever-eval-") as tmp:
         index = Index.build(passages, BiEncoder(question, passage), Path(tmp) / "index", with_bm25=False,
                             progress=progress)
@@ -229,6 +210,3 @@ def evaluate_dense(question: Encoder, passage: Encoder, qa_file: str, chunk_word
             return evaluate_retrieval(Retriever(index, question), examples, mode="dense", progress=progress)
         finally:
             index.store.close()
-
-
-# -- command line -----------------------------------------------------------------------------
