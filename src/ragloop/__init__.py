@@ -25,7 +25,7 @@ _EXPORTS = {
     "Passage": "ragloop.data.corpus",
     "QAExample": "ragloop.data.qa",
     "RAG": "ragloop.model",
-    "RAGConfig": "ragloop.model",
+    "RAGConfig": "ragloop.config",
     "RagloopError": "ragloop.errors",
     "Reranker": "ragloop.retrieval.rerank",
     "Retriever": "ragloop.retrieval.retriever",
@@ -51,8 +51,9 @@ __all__ = [
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 if TYPE_CHECKING:  # what type checkers and IDEs see
+    from ragloop.config import RAGConfig
     from ragloop.data import Passage, QAExample, load_corpus, load_qa
     from ragloop.errors import RagloopError
     from ragloop.generation import Generator
-    from ragloop.model import RAG, RAGConfig
+    from ragloop.model import RAG
     from ragloop.retrieval import BiEncoder, Encoder, Hit, Index, Reranker, Retriever
