@@ -32,13 +32,13 @@ sys.path.insert(0, str(ROOT / "src"))
 
 import torch  # noqa: E402
 
+from ragloop.constants import SEARCH_MODES  # noqa: E402
 from ragloop.data import load_qa  # noqa: E402
 from ragloop.data.bundled import SQUAD_DEV, bundled_path  # noqa: E402
 from ragloop.data.qa import sample_evenly  # noqa: E402
 from ragloop.evaluation import evaluate_answers, evaluate_retrieval  # noqa: E402
 from ragloop.io import atomic_write_json  # noqa: E402
 from ragloop.retrieval import BiEncoder, Index, Retriever  # noqa: E402
-from ragloop.retrieval.hybrid import MODES  # noqa: E402
 from ragloop.retrieval.rerank import Reranker  # noqa: E402
 
 KS = (1, 5, 20)
@@ -60,7 +60,7 @@ def dev_index(path: Path) -> Index:
 def quality(index: Index, reranker: Reranker, questions: int, depth: int) -> list[dict]:
     examples = sample_evenly(load_qa(bundled_path(SQUAD_DEV)), questions)
     rows = []
-    for mode in MODES:
+    for mode in SEARCH_MODES:
         for stage in (None, reranker):
             retriever = Retriever(index, mode=mode)
             if stage is not None:
