@@ -9,8 +9,8 @@ default). One plot, k on a log axis.
 from __future__ import annotations
 
 from bench.suite.common import num, pyplot, table, timed
+from ragloop.constants import SEARCH_MODES
 from ragloop.evaluation import evaluate_retrieval
-from ragloop.retrieval.hybrid import MODES
 
 TITLE = "Retrieval quality: dense vs BM25 vs hybrid"
 KS = tuple(range(1, 101))
@@ -21,7 +21,7 @@ def run(ctx) -> dict:
     examples = ctx.quality_examples
     retriever = ctx.dev_retriever
     curves, seconds = {}, {}
-    for mode in MODES:
+    for mode in SEARCH_MODES:
         seconds[mode], curves[mode] = timed(evaluate_retrieval, retriever, examples, KS, mode, progress=False)
     return {"passages": len(ctx.dev_passages), "questions": len(examples), "encoder": "all-MiniLM-L6-v2 (mean, "
             "normalised)", "index": "Flat", "curves": curves, "eval_seconds": seconds}
@@ -31,11 +31,11 @@ def report(res: dict) -> str:
     c = res["curves"]
     rows = []
     for k in SHOWN:
-        rows.append([f"k = {k}", *(f"{c[m][f'hit@{k}']:.3f}" for m in MODES),
-                     *(f"{c[m][f'gold@{k}']:.3f}" for m in MODES)])
-    rows.append(["MRR@10 (gold)", "", "", ""] + [f"{c[m]['mrr@10']:.3f}" for m in MODES])
-    head = ["", *(f"hit@k {m}" for m in MODES), *(f"gold@k {m}" for m in MODES)]
-    best = max(MODES, key=lambda m: c[m]["hit@20"])
+        rows.append([f"k = {k}", *(f"{c[m][f'hit@{k}']:.3f}" for m in SEARCH_MODES),
+                     *(f"{c[m][f'gold@{k}']:.3f}" for m in SEARCH_MODES)])
+    rows.append(["MRR@10 (gold)", "", "", ""] + [f"{c[m]['mrr@10']:.3f}" for m in SEARCH_MODES])
+    head = ["", *(f"hit@k {m}" for m in SEARCH_MODES), *(f"gold@k {m}" for m in SEARCH_MODES)]
+    best = max(SEARCH_MODES, key=lambda m: c[m]["hit@20"])
     return (f"{res['questions']:,} questions over {res['passages']:,} passages ({res['encoder']}, {res['index']}; "
             "hybrid = reciprocal-rank fusion). hit@k: an answer string is in the top k; gold@k: the question's "
             "own paragraph is.\n\n" + table(head, rows)
@@ -46,7 +46,7 @@ def plot(res: dict, path) -> None:
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for ax, metric in zip(axes, ("hit", "gold")):
-        for mode in MODES:
+        for mode in SEARCH_MODES:
             ax.plot(KS, [res["curves"][mode][f"{metric}@{k}"] for k in KS], label=mode)
         ax.set_xscale("log")
         ax.set_xlabel("k (passages retrieved)")

@@ -35,8 +35,8 @@ from ragloop.constants import (  # noqa: F401  (re-exported: older code imports 
     INDEX_CHUNK_SIZE,
     INDEX_REFINE_FACTOR,
     READER_MODES,
+    SEARCH_MODES,
 )
-from ragloop.constants import SEARCH_MODES as MODES
 from ragloop.errors import RagloopError
 
 PRECISION_HELP = ("autocast dtype; auto: bf16 where the device computes it natively (a GPU that has it, a CPU "
@@ -97,7 +97,7 @@ class RAGConfig:
     # cross-encoder reranker (a name or path; saved inside the model folder) over its top rerank_depth.
     # They choose the passages only: p(z|x) over them is always softmax(scale · q·d).
     search_mode: str = opt("dense", "which passages a question reads: dense, BM25 or hybrid first stage (p(z|x) "
-                           "always comes from the question encoder)", "model", MODES, what="search mode")
+                           "always comes from the question encoder)", "model", SEARCH_MODES, what="search mode")
     rerank: str | None = opt(None, "cross-encoder (name or path) that reorders the first stage's top "
                              "--rerank_depth before the k are taken", "model")
     rerank_depth: int | None = opt(None, "candidates the reranker rescores (default max(k, 20))", "model", low=1)

@@ -7,7 +7,8 @@ import pytest
 
 from ragloop import Index, Passage, RagloopError, Retriever
 from ragloop.cli import main
-from ragloop.retrieval.index import encoder_entry, with_default_search_params
+from ragloop.retrieval.index import encoder_entry
+from ragloop.retrieval.settings import IndexSettings
 
 QUESTIONS = ["Which team won Super Bowl 50?", "Where is Warsaw?", "Who were the Normans?"]
 
@@ -22,8 +23,8 @@ def test_streamed_build_equals_the_in_memory_build(tmp_path, passages, encoder, 
     assert calls[-4:] == [5, 5, 5, len(passages) - 15] and max(calls) == 5
     monkeypatch.undo()
     vectors = encoder.encode_passages([p.title for p in passages], [p.text for p in passages], progress=False)
-    whole = Index.from_vectors(passages, vectors, "Flat", encoder_entry(encoder), tmp_path / "m",
-                               with_default_search_params(None), True, None, chunk_size=len(passages))
+    whole = Index.from_vectors(passages, vectors, encoder_entry(encoder), tmp_path / "m",
+                               IndexSettings(chunk_size=len(passages)))
     assert list(streamed.store) == list(whole.store) == passages
     assert np.allclose(streamed.vectors(np.arange(len(passages))), vectors, atol=1e-5)
     q = encoder.encode_questions(QUESTIONS)
@@ -41,8 +42,9 @@ def test_chunked_filling_equals_one_fill(tmp_path, factory):
     vectors = rng.normal(size=(300, 16)).astype(np.float32)
     docs = [Passage(id=f"p{i}", title="", text=f"t{i}", doc_id=f"d{i}") for i in range(300)]
     entry = {side: {"name": "x", "dim": 16, "probe": [0.0] * 16} for side in ("passage", "question")}
-    built = [Index.from_vectors(docs, vectors, factory, entry, tmp_path / str(c), {"nprobe": 2}, False, None,
-                                chunk_size=c) for c in (7, 300)]
+    built = [Index.from_vectors(docs, vectors, entry, tmp_path / str(c),
+                                IndexSettings(factory=factory, search_params={"nprobe": 2}, with_bm25=False,
+                                              chunk_size=c)) for c in (7, 300)]
     a, b = (index.search(vectors[:20], 10) for index in built)
     assert (a[1] == b[1]).all() and np.array_equal(a[0], b[0])
 

@@ -7,6 +7,7 @@ import pytest
 
 from ragloop import Index, Passage, RagloopError
 from ragloop.retrieval.index import refine_settings
+from ragloop.retrieval.settings import IndexSettings
 
 DIM, K = 32, 10
 
@@ -27,8 +28,10 @@ ENCODER = {side: {"name": "synthetic", "dim": DIM, "probe": [0.0] * DIM} for sid
 
 
 def build(tmp_path, vectors, factory, refine=None, name="i", nprobe=16):
-    return Index.from_vectors(fake_passages(len(vectors)), vectors, factory, ENCODER, tmp_path / name,
-                              {"nprobe": nprobe}, False, None, refine=refine)
+    refine = {"refine": refine["kind"], "refine_factor": refine["factor"], "refine_dtype": refine["dtype"]} \
+        if refine else {}
+    settings = IndexSettings(factory=factory, search_params={"nprobe": nprobe}, with_bm25=False, **refine)
+    return Index.from_vectors(fake_passages(len(vectors)), vectors, ENCODER, tmp_path / name, settings)
 
 
 def recall(found: np.ndarray, exact: np.ndarray) -> float:

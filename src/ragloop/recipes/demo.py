@@ -110,13 +110,13 @@ def ensure_index(recipe: Recipe, data: DemoData, index_dir: str | Path, progress
 def retrieval_table(recipe: Recipe, data: DemoData, index_dir: str | Path) -> list[dict]:
     """hit@k, gold@k and mrr@10 of each search mode (dense with the index's own question encoder, BM25,
     hybrid) on `retrieval_questions` dev questions: `ragloop.evaluation.evaluate_retrieval` rows."""
+    from ragloop.constants import SEARCH_MODES
     from ragloop.evaluation import evaluate_retrieval
     from ragloop.retrieval import Retriever
-    from ragloop.retrieval.hybrid import MODES
 
     retriever = Retriever.from_index(index_dir)
     probe = sample_evenly(data.dev, recipe.retrieval_questions)
-    return [evaluate_retrieval(retriever, probe, recipe.retrieval_k, mode, progress=False) for mode in MODES]
+    return [evaluate_retrieval(retriever, probe, recipe.retrieval_k, mode, progress=False) for mode in SEARCH_MODES]
 
 
 def train_config(recipe: Recipe, train_file: str | Path, index_dir: str | Path, output_dir: str | Path,

@@ -31,10 +31,10 @@ import faiss
 import numpy as np
 
 from ragloop.errors import RagloopError
+from ragloop.retrieval.settings import DEFAULT_SEARCH_PARAMS  # noqa: F401  (re-exported from its old home)
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SEARCH_PARAMS = {"efSearch": 128, "nprobe": 16}
 REFINE_BATCH = 256  # queries re-scored at once: bounds the (queries x candidates x dim) float32 block
 
 

@@ -13,7 +13,6 @@ import math
 
 import numpy as np
 
-from ragloop.constants import SEARCH_MODES as MODES  # noqa: F401  (re-exported: FAISS, BM25, or both fused)
 from ragloop.errors import RagloopError
 
 FUSIONS = ("rrf", "score")

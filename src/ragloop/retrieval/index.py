@@ -10,6 +10,10 @@ the FAISS candidates, so RAM holds only the codes:
 
     >>> Index.build(passages, encoder, "runs/idx", factory="OPQ64,IVF1024,PQ64x4fs", refine="disk",
     ...             refine_factor=8)
+    >>> Index.build(passages, encoder, "runs/idx", IndexSettings(factory="HNSW32", with_bm25=False))
+
+Every build option lives in one checked object, `IndexSettings` (settings.py); the keyword arguments
+above are mapped onto it.
 
 Builds stream: `passages` may be any iterable (a generator over a million passages); they are encoded
 `chunk_size` at a time, each chunk's vectors appended to vectors.npy and its passages to the SQLite store,
@@ -18,65 +22,65 @@ corpus) and filled chunk by chunk from the file. Peak
 RAM is one chunk plus the FAISS index (plus the training sample, and BM25, which bm25s builds in memory
 from all texts: skip it with `with_bm25=False` for the largest corpora).
 
-The vectors live in a backend (backend.py: FAISS today); this module owns the folder around it.
-
-Layout of the folder:
-    manifest.json     encoders (name, dim, pooling, normalisation, a probe vector), FAISS factory, refine
-                      stage, passage count, size and sha256 of every file (+ a sampled digest of files
-                      over 64 MiB, for the fast check on load), ragloop version
-    index.faiss       inner-product FAISS index; FAISS row i is passage row i in the store
-    vectors.npy       only with refine "disk": the exact vectors, row i = FAISS row i (float32 or float16)
-    passages.sqlite   passage id, doc id, title, text
-    bm25/             bm25s sparse index over "title text"
+The vectors live in a backend (backend.py: FAISS today); the folder's files and how a build writes them
+are in folder.py; this module is the `Index` object over them.
 
 Sharded building, for a corpus too big for one process, is in shards.py.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import itertools
 import logging
 import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from ragloop._version import __version__
-from ragloop.config import INDEX_CHUNK_SIZE, INDEX_REFINE_FACTOR
+from ragloop.constants import INDEX_CHUNK_SIZE, INDEX_REFINE_FACTOR
 from ragloop.data.corpus import Passage
 from ragloop.errors import RagloopError
-from ragloop.io import atomic_dir, atomic_write_json
-from ragloop.manifest import checksum_files, only_replace, read_manifest_json, verify_files
-from ragloop.retrieval.backend import DEFAULT_SEARCH_PARAMS, FaissBackend
+from ragloop.io import atomic_dir
+from ragloop.manifest import verify_files
+from ragloop.retrieval.backend import FaissBackend
 from ragloop.retrieval.bm25 import BM25Index
+from ragloop.retrieval.folder import (  # noqa: F401  (the folder's names, re-exported from their old home)
+    BM25_DIR,
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    PROBE_COSINE,
+    STORE_FILE,
+    bm25_text,
+    check_replaceable,
+    encoder_entry,
+    finish,
+    passage_inputs,
+    read_manifest,
+    same_weights,
+    write_chunks,
+    write_index,
+)
+from ragloop.retrieval.settings import (  # noqa: F401  (REFINE_*, TRAIN_SIZE: re-exported from their old home)
+    REFINE_DTYPES,
+    REFINE_KINDS,
+    TRAIN_SIZE,
+    VECTORS_FILE,
+    IndexSettings,
+)
 from ragloop.retrieval.store import PassageStore
-from ragloop.retrieval.vecfile import NpyAppender, open_vectors, read_blocks, sample_rows
+from ragloop.retrieval.vecfile import open_vectors
 
 if TYPE_CHECKING:  # encoders import torch: loaded only where a model is used, so BM25 search stays light
     from ragloop.retrieval.encoders import BiEncoder, Encoder
 
 log = logging.getLogger(__name__)
 
-MANIFEST, STORE_FILE, BM25_DIR, VECTORS_FILE = "manifest.json", "passages.sqlite", "bm25", "vectors.npy"
 CHUNK_SIZE, REFINE_FACTOR = INDEX_CHUNK_SIZE, INDEX_REFINE_FACTOR
-TRAIN_SIZE = 100_000  # vectors (spread evenly over the corpus) that train IVF centroids / PQ codebooks / OPQ
-REFINE_KINDS, REFINE_DTYPES = ("disk",), ("float32", "float16")
-FORMAT = "ragloop-index"
-FORMAT_VERSION = 1
-PROBE_COSINE = 0.999
 _GENERATIONS = itertools.count(1)  # process-unique stamps: what a retrieval cache keys an index's contents by
-
-
-def passage_inputs(passages: list[Passage]) -> tuple[list[str], list[str]]:
-    return [p.title for p in passages], [p.text for p in passages]
-
-
-def bm25_text(p: Passage) -> str:
-    return f"{p.title} {p.text}" if p.title else p.text
 
 
 class Index:
@@ -111,112 +115,61 @@ class Index:
         """The refine stage ({"kind": "disk", "factor", "dtype"}) or None."""
         return self.manifest["index"].get("refine")
 
+    def settings(self) -> IndexSettings:
+        """The settings this index was built with, as its manifest records them."""
+        return IndexSettings.from_manifest(self.manifest)
+
     def build_options(self) -> dict:
         """The `Index.build` options that rebuild this index the same way (type, search and refine)."""
-        refine = self.refine or {}
-        return {"factory": self.factory, "search_params": self.manifest["index"].get("search_params"),
-                "with_bm25": self.bm25 is not None, "refine": refine.get("kind"),
-                "refine_factor": refine.get("factor", REFINE_FACTOR), "refine_dtype": refine.get("dtype", "float32")}
+        return self.settings().build_options()
 
     # -- building ---------------------------------------------------------------------------
 
     @classmethod
-    def build(
-        cls,
-        passages: Iterable[Passage],
-        encoder: BiEncoder,
-        out_dir: str | Path,
-        factory: str = "Flat",
-        batch_size: int = 64,
-        search_params: dict | None = None,
-        with_bm25: bool = True,
-        progress: bool | None = None,
-        extra: dict | None = None,
-        refine: str | None = None,
-        refine_factor: int = REFINE_FACTOR,
-        refine_dtype: str = "float32",
-        chunk_size: int = CHUNK_SIZE,
-        train_size: int = TRAIN_SIZE,
-    ) -> Index:
+    def build(cls, passages: Iterable[Passage], encoder: BiEncoder, out_dir: str | Path,
+              settings: IndexSettings | str | None = None, *, progress: bool | None = None,
+              extra: dict | None = None, **options: Any) -> Index:
         """Encode, index and save to `out_dir` atomically (written under a temporary name, then renamed),
-        streaming: `passages` (a list or any iterable) are encoded `chunk_size` at a time. `refine="disk"`
-        keeps the exact vectors in the folder (vectors.npy, `refine_dtype`) to re-rank FAISS's top
-        k * `refine_factor`."""
+        streaming: `passages` (a list or any iterable) are encoded `settings.chunk_size` at a time.
+        `settings`: an `IndexSettings` (or a factory string); `options`: its fields as keyword arguments
+        (factory=, batch_size=, search_params=, with_bm25=, refine=, refine_factor=, refine_dtype=,
+        chunk_size=, train_size=, quantize=), applied on top. `extra`: more manifest entries."""
+        settings = IndexSettings.of(settings, **options)
         if isinstance(passages, list) and not passages:
             raise RagloopError("cannot build an index from an empty corpus")
-        check_batch_size(batch_size)
-        check_chunk_size(chunk_size, train_size)
         out_dir = Path(out_dir)
         if out_dir.exists():
             check_replaceable(out_dir)  # fail before the encoding work, not after
-        params = with_default_search_params(search_params)
-        settings = refine_settings(refine, refine_factor, refine_dtype)
-        FaissBackend.create(factory, encoder.passage.dim, params)  # a bad factory string fails before the encoding
+        if settings.quantize:
+            encoder.passage.quantize(settings.quantize)
+        # a bad factory string fails before the encoding
+        FaissBackend.create(settings.factory, encoder.passage.dim, settings.search_params_or_defaults())
         total = len(passages) if hasattr(passages, "__len__") else None
 
         def encoded() -> Iterator[tuple[list[Passage], np.ndarray]]:
             disable = None if progress is None else not progress  # None: a bar only on a TTY
             with tqdm(total=total, desc="encoding passages", unit="passage", disable=disable) as bar:
-                for chunk in _chunks(passages, chunk_size):
+                for chunk in _chunks(passages, settings.chunk_size):
                     titles, texts = passage_inputs(chunk)
-                    yield chunk, encoder.encode_passages(titles, texts, batch_size=batch_size, progress=False)
+                    yield chunk, encoder.encode_passages(titles, texts, batch_size=settings.batch_size,
+                                                         progress=False)
                     bar.update(len(chunk))
 
-        return cls._build(encoded(), encoder.passage.dim, factory, encoder_entry(encoder), out_dir, params,
-                          with_bm25, extra, settings, train_size)
+        write_index(encoded(), encoder.passage.dim, encoder_entry(encoder), out_dir, settings, extra)
+        return cls.load(out_dir, verify="size")  # just written and checksummed
 
     @classmethod
-    def from_vectors(cls, passages: list[Passage], vectors: np.ndarray, factory: str, encoder: dict,
-                     out_dir: Path, params: dict, with_bm25: bool, extra: dict | None,
-                     refine: dict | None = None, chunk_size: int = CHUNK_SIZE,
-                     train_size: int = TRAIN_SIZE) -> Index:
+    def from_vectors(cls, passages: list[Passage], vectors: np.ndarray, encoder: dict, out_dir: str | Path,
+                     settings: IndexSettings | None = None, extra: dict | None = None) -> Index:
         """Index `vectors` (row i is passages[i]) in a new backend and write the folder atomically, the
-        way `build` does. `encoder` is the manifest's encoder entry (`encoder_entry`); `refine` the
-        manifest's refine entry (`refine_settings`) or None."""
+        way `build` does. `encoder` is the manifest's encoder entry (`encoder_entry`)."""
+        settings = settings or IndexSettings()
         if len(passages) != len(vectors):
             raise RagloopError(f"{out_dir}: {len(passages)} passages but {len(vectors)} vectors")
-        check_chunk_size(chunk_size, train_size)
-        chunks = ((passages[i : i + chunk_size], vectors[i : i + chunk_size])
-                  for i in range(0, len(passages), chunk_size))
-        return cls._build(chunks, vectors.shape[1], factory, encoder, out_dir, params, with_bm25, extra, refine,
-                          train_size)
-
-    @classmethod
-    def _build(cls, chunks: Iterable[tuple[list[Passage], np.ndarray]], dim: int, factory: str, encoder: dict,
-               out_dir: Path, params: dict, with_bm25: bool, extra: dict | None, refine: dict | None,
-               train_size: int) -> Index:
-        """Every build: passages and vectors to disk chunk by chunk, then FAISS trained on `train_size`
-        vectors spread over the file and filled from it, then BM25, checksums and the manifest."""
-        with atomic_dir(out_dir, may_replace=check_replaceable) as tmp:
-            dtype = refine["dtype"] if refine else "float32"
-            rows = _write_chunks(tmp, chunks, dim, dtype, first_row=0)
-            if not rows:
-                raise RagloopError("cannot build an index from an empty corpus")
-            # plain reads, not a memory map: pages already added do not stay in the resident set
-            no_direct_map = np.empty((0, dim), np.float32) if refine else None  # refine reads vectors.npy instead
-            backend = FaissBackend.create(factory, dim, params, exact=no_direct_map)
-            if not backend.index.is_trained:  # Flat / HNSW need no sample
-                backend.train(sample_rows(tmp / VECTORS_FILE, train_size))
-            for block in read_blocks(tmp / VECTORS_FILE, CHUNK_SIZE):
-                backend.add(block)
-            if not refine:
-                (tmp / VECTORS_FILE).unlink()
-            manifest = {
-                "format": FORMAT,
-                "format_version": FORMAT_VERSION,
-                "ragloop_version": __version__,
-                "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                "encoder": encoder,
-                "index": {"factory": factory, "metric": "inner_product", "dim": dim, "search_params": params,
-                          "refine": refine},
-                "passages": rows,
-                "bm25": {"language": "english"} if with_bm25 else None,
-                **(extra or {}),
-            }
-            _finish(tmp, backend, manifest, with_bm25)
-        log.info("index: %d passages -> %s (%s%s)", rows, out_dir, factory,
-                 f", refine {refine['kind']} x{refine['factor']}" if refine else "")
-        return cls.load(out_dir, verify="size")  # just written and checksummed
+        size = settings.chunk_size
+        chunks = ((passages[i : i + size], vectors[i : i + size]) for i in range(0, len(passages), size))
+        write_index(chunks, vectors.shape[1], encoder, Path(out_dir), settings, extra)
+        return cls.load(out_dir, verify="size")
 
     def add(self, passages: list[Passage], encoder: BiEncoder | None = None, batch_size: int = 64,
             progress: bool | None = None) -> int:
@@ -251,8 +204,8 @@ class Index:
             shutil.copyfile(self.store.path, tmp / STORE_FILE)
             if refine:  # the exact vectors grow with the index: the old rows, then the new ones
                 shutil.copyfile(self.path / VECTORS_FILE, tmp / VECTORS_FILE)
-            _write_chunks(tmp, [(new, vectors)], self.dim, refine["dtype"] if refine else None, first_row=len(self))
-            _finish(tmp, backend, manifest, with_bm25=self.bm25 is not None)
+            write_chunks(tmp, [(new, vectors)], self.dim, refine["dtype"] if refine else None, first_row=len(self))
+            finish(tmp, backend, manifest, with_bm25=self.bm25 is not None)
         self.store.close()
         fresh = Index.load(self.path, verify="size")
         self.__dict__.update(fresh.__dict__)
@@ -325,10 +278,7 @@ class Index:
                 f"{self.path}: index was built with {side} encoder {built['name']!r} (dim {self.dim}); "
                 f"{encoder.spec.name!r} has dim {encoder.dim}"
             )
-        probe = np.asarray(built["probe"], dtype=np.float32)
-        mine = encoder.probe()
-        cos = float(mine @ probe / max(np.linalg.norm(mine) * np.linalg.norm(probe), 1e-12))
-        if cos >= PROBE_COSINE:
+        if same_weights(encoder.probe(), built["probe"]):
             return
         if encoder.spec.name != built["name"] or not allow_finetuned:
             raise RagloopError(
@@ -369,28 +319,14 @@ def _precision(quantize: str | None) -> str:
 
 
 def check_batch_size(batch_size: int) -> None:
-    if batch_size < 1:
-        raise RagloopError(f"--batch-size must be at least 1 (got {batch_size})")
-
-
-def check_chunk_size(chunk_size: int, train_size: int) -> None:
-    if chunk_size < 1:
-        raise RagloopError(f"--chunk-size must be at least 1 (got {chunk_size})")
-    if train_size < 1:
-        raise RagloopError(f"train_size must be at least 1 (got {train_size})")
+    """A batch size of at least 1 (the rule `IndexSettings` checks), for `add` and `reencode`."""
+    IndexSettings(batch_size=batch_size)
 
 
 def refine_settings(kind: str | None, factor: int = REFINE_FACTOR, dtype: str = "float32") -> dict | None:
-    """The manifest's refine entry for `--refine KIND --refine-factor F --refine-dtype D`, checked."""
-    if kind in (None, "none"):
-        return None
-    if kind not in REFINE_KINDS:
-        raise RagloopError(f"--refine must be one of none, {', '.join(REFINE_KINDS)} (got {kind!r})")
-    if not isinstance(factor, int) or factor < 1:
-        raise RagloopError(f"--refine-factor must be a whole number of at least 1 (got {factor!r})")
-    if dtype not in REFINE_DTYPES:
-        raise RagloopError(f"--refine-dtype must be one of {', '.join(REFINE_DTYPES)} (got {dtype!r})")
-    return {"kind": kind, "factor": factor, "dtype": dtype, "file": VECTORS_FILE}
+    """The manifest's refine entry for `--refine KIND --refine-factor F --refine-dtype D`, checked
+    (`IndexSettings(refine=..., ...).refine_entry()`)."""
+    return IndexSettings(refine=kind, refine_factor=factor, refine_dtype=dtype).refine_entry()
 
 
 def _chunks(items: Iterable[Passage], size: int) -> Iterator[list[Passage]]:
@@ -399,63 +335,3 @@ def _chunks(items: Iterable[Passage], size: int) -> Iterator[list[Passage]]:
         yield chunk
 
 
-def with_default_search_params(given: dict | None) -> dict:
-    return {**DEFAULT_SEARCH_PARAMS, **(given or {})}
-
-
-def encoder_entry(encoder: BiEncoder) -> dict:
-    """The manifest's record of the encoders: spec and a probe vector that fingerprints the weights
-    (of the float32 weights, for a quantized encoder). A passage encoder that encoded the vectors
-    quantized is recorded as such ("quantize": "int8"); the question side is whatever queries it."""
-    entry = {
-        side: {**enc.spec.to_dict(), "probe": [round(float(x), 6) for x in enc.probe()]}
-        for side, enc in (("passage", encoder.passage), ("question", encoder.question))
-    }
-    if encoder.passage.quantization is not None:
-        entry["passage"]["quantize"] = encoder.passage.quantization
-    return entry
-
-
-def _write_chunks(folder: Path, chunks: Iterable[tuple[list[Passage], np.ndarray]], dim: int, dtype: str | None,
-                  first_row: int) -> int:
-    """Append each chunk's passages to folder/passages.sqlite (rows from `first_row`) and, unless `dtype`
-    is None, its vectors to folder/vectors.npy (a new file when first_row is 0, else the copied one).
-    Returns the number of passages written."""
-    store = PassageStore(folder / STORE_FILE, readonly=False)
-    out = None
-    try:
-        if dtype is not None:
-            out = NpyAppender(folder / VECTORS_FILE, dim, dtype) if first_row == 0 else \
-                NpyAppender.extend(folder / VECTORS_FILE)
-        written = 0
-        for passages, vectors in chunks:
-            if len(passages) != len(vectors):
-                raise RagloopError(f"{folder}: {len(passages)} passages but {len(vectors)} vectors in a chunk")
-            store.add(passages, first_row + written)
-            if out is not None:
-                out.append(vectors)
-            written += len(passages)
-        return written
-    finally:
-        store.close()
-        if out is not None:
-            out.close()
-
-
-def _finish(folder: Path, backend: FaissBackend, manifest: dict, with_bm25: bool) -> None:
-    """BM25 over the stored passages (bm25s holds every text's tokens in RAM: O(N)), the FAISS file,
-    checksums and the manifest."""
-    if with_bm25:
-        with PassageStore(folder / STORE_FILE) as store:
-            BM25Index.build([bm25_text(p) for p in store]).save(folder / BM25_DIR)
-    backend.save(folder / FaissBackend.FILE)
-    manifest["files"] = checksum_files(folder, sorted(p for p in folder.rglob("*") if p.is_file()))
-    atomic_write_json(folder / MANIFEST, manifest)
-
-
-def read_manifest(path: Path) -> dict:
-    return read_manifest_json(path, MANIFEST, FORMAT, FORMAT_VERSION, "ragloop index",
-                              "; build one with `ragloop index`")
-
-
-check_replaceable = only_replace(MANIFEST, "ragloop index")  # an earlier index or an empty folder

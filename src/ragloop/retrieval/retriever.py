@@ -32,11 +32,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ragloop.cache import module_state
-from ragloop.constants import FUSION_DEPTH, RERANK_DEPTH
+from ragloop.constants import FUSION_DEPTH, RERANK_DEPTH, SEARCH_MODES
 from ragloop.data.corpus import Passage
 from ragloop.errors import RagloopError
 from ragloop.retrieval.cache import RESULT_FIELDS, RetrievalCache, results_settings, results_setup
-from ragloop.retrieval.hybrid import MODES, check_fusion, fuse
+from ragloop.retrieval.hybrid import check_fusion, fuse
 from ragloop.retrieval.index import Index
 
 if TYPE_CHECKING:  # encoders and the reranker import torch; BM25-only search never needs them
@@ -314,8 +314,8 @@ class Retriever:
 
 
 def _check_mode(mode: str) -> None:
-    if mode not in MODES:
-        raise RagloopError(f"unknown search mode {mode!r}; choose one of {', '.join(MODES)}")
+    if mode not in SEARCH_MODES:
+        raise RagloopError(f"unknown search mode {mode!r}; choose one of {', '.join(SEARCH_MODES)}")
 
 
 def _fill_missing(rows: np.ndarray, scores: np.ndarray, dense_rows: np.ndarray,

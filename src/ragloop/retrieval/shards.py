@@ -19,6 +19,7 @@ import logging
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -29,55 +30,49 @@ from ragloop.io import atomic_dir, atomic_write_json
 from ragloop.manifest import checksum_files, only_replace, read_manifest_json, verify_files
 from ragloop.retrieval.backend import FaissBackend
 from ragloop.retrieval.encoders import BiEncoder
-from ragloop.retrieval.index import (
+from ragloop.retrieval.folder import (
     FORMAT_VERSION,
-    PROBE_COSINE,
     STORE_FILE,
-    Index,
-    check_batch_size,
     check_replaceable,
     encoder_entry,
     passage_inputs,
-    with_default_search_params,
+    same_weights,
 )
+from ragloop.retrieval.index import Index
+from ragloop.retrieval.settings import VECTORS_FILE, IndexSettings
 from ragloop.retrieval.store import PassageStore
 
 log = logging.getLogger(__name__)
 
-SHARD_FILE, VECTORS_FILE, SHARD_FORMAT = "shard.json", "vectors.npy", "ragloop-index-shard"
+SHARD_FILE, SHARD_FORMAT = "shard.json", "ragloop-index-shard"
 SHARD_NAME = re.compile(r"shard-(\d+)-of-(\d+)")
 
 
-def build_shard(
-    passages: list[Passage],
-    encoder: BiEncoder,
-    out_dir: str | Path,
-    num_shards: int,
-    shard_id: int,
-    factory: str = "Flat",
-    batch_size: int = 64,
-    search_params: dict | None = None,
-    with_bm25: bool = True,
-    progress: bool | None = None,
-    extra: dict | None = None,
-) -> Path:
+def build_shard(passages: list[Passage], encoder: BiEncoder, out_dir: str | Path, num_shards: int, shard_id: int,
+                settings: IndexSettings | str | None = None, *, progress: bool | None = None,
+                extra: dict | None = None, **options: Any) -> Path:
     """Encode shard `shard_id` of `num_shards` (a contiguous slice of `passages`, the whole corpus in
     the same order in every shard) into `shard_path(out_dir, shard_id, num_shards)`, atomically.
-    `merge_shards(out_dir)` joins the shards into the index `build` would write. Returns the folder."""
+    `merge_shards(out_dir)` joins the shards into the index `build` would write. Returns the folder.
+    `settings` and `options` as for `Index.build`; a refine stage is not supported for sharded builds."""
+    settings = IndexSettings.of(settings, **options)
     if not passages:
         raise RagloopError("cannot build an index from an empty corpus")
-    check_batch_size(batch_size)
+    if settings.refine:
+        raise RagloopError("sharded builds do not take a refine stage yet: build the index in one process")
     if num_shards < 1 or not 0 <= shard_id < num_shards:
         raise RagloopError(f"--shard-id must be in 0..{num_shards - 1} and --num-shards at least 1 "
                           f"(got shard {shard_id} of {num_shards})")
     out_dir = Path(out_dir)
     if out_dir.exists():
         check_replaceable(out_dir)  # the merge would refuse it: say so before the encoding work
-    FaissBackend.create(factory, encoder.passage.dim)  # a bad factory string fails now, not at the merge
+    FaissBackend.create(settings.factory, encoder.passage.dim)  # a bad factory string fails now, not at the merge
+    if settings.quantize:
+        encoder.passage.quantize(settings.quantize)
     start, end = shard_bounds(len(passages), num_shards, shard_id)
     mine = passages[start:end]
     titles, texts = passage_inputs(mine)
-    vectors = encoder.encode_passages(titles, texts, batch_size=batch_size, progress=progress)
+    vectors = encoder.encode_passages(titles, texts, batch_size=settings.batch_size, progress=progress)
     meta = {
         "format": SHARD_FORMAT,
         "format_version": FORMAT_VERSION,
@@ -88,9 +83,9 @@ def build_shard(
         "passages": len(mine),
         "corpus": {"passages": len(passages), "sha256": corpus_sha256(passages)},
         "encoder": encoder_entry(encoder),
-        "index": {"factory": factory, "dim": encoder.passage.dim,
-                  "search_params": with_default_search_params(search_params)},
-        "bm25": with_bm25,
+        "index": {"factory": settings.factory, "dim": encoder.passage.dim,
+                  "search_params": settings.search_params_or_defaults()},
+        "bm25": settings.with_bm25,
         "extra": extra or {},
     }
     path = shard_path(out_dir, shard_id, num_shards)
@@ -103,6 +98,7 @@ def build_shard(
         atomic_write_json(tmp / SHARD_FILE, meta)
     log.info("index shard %d of %d: passages %d..%d -> %s", shard_id, num_shards, start, end, path)
     return path
+
 
 def merge_shards(out_dir: str | Path, num_shards: int | None = None, keep_shards: bool = False) -> Index:
     """Join the shards in `OUT.shards/` into the index folder `out_dir` (FAISS + passage store + BM25
@@ -122,8 +118,9 @@ def merge_shards(out_dir: str | Path, num_shards: int | None = None, keep_shards
         store = PassageStore(path / STORE_FILE)
         passages.extend(store)
         store.close()
-    merged = Index.from_vectors(passages, vectors, first["index"]["factory"], first["encoder"], out_dir,
-                                first["index"]["search_params"], first["bm25"], first["extra"])
+    settings = IndexSettings(factory=first["index"]["factory"], search_params=first["index"]["search_params"],
+                             with_bm25=first["bm25"])
+    merged = Index.from_vectors(passages, vectors, first["encoder"], out_dir, settings, first["extra"])
     if not keep_shards:
         for path in shards:
             shutil.rmtree(path, ignore_errors=True)
@@ -131,7 +128,6 @@ def merge_shards(out_dir: str | Path, num_shards: int | None = None, keep_shards
             shards_root(out_dir).rmdir()  # only when nothing else is left in it
     log.info("merged %d shards -> %s", len(shards), out_dir)
     return merged
-
 
 
 def shard_bounds(n: int, num_shards: int, shard_id: int) -> tuple[int, int]:
@@ -228,7 +224,4 @@ def _check_shards(paths: list[Path], metas: list[dict]) -> None:
 
 def _same_encoder(a: dict, b: dict) -> bool:
     spec = {k: v for k, v in a.items() if k != "probe"}
-    if spec != {k: v for k, v in b.items() if k != "probe"}:
-        return False
-    pa, pb = np.asarray(a["probe"], dtype=np.float32), np.asarray(b["probe"], dtype=np.float32)
-    return float(pa @ pb / max(np.linalg.norm(pa) * np.linalg.norm(pb), 1e-12)) >= PROBE_COSINE
+    return spec == {k: v for k, v in b.items() if k != "probe"} and same_weights(a["probe"], b["probe"])

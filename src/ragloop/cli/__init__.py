@@ -1,0 +1,97 @@
+"""`ragloop <command>`: index, search, eval-retrieval, train, train-retriever, train-reranker, eval, answer,
+serve, demo.
+
+One module per command (`ragloop/cli/index.py` for `ragloop index` ...), each with `add_parser(sub,
+common)` and `run(args)`; shared option groups and argparse types in `options.py`, printing helpers in
+`output.py`. Library code logs; only this package prints. A `RagloopError` becomes one line on stderr
+and exit 2.
+
+    >>> from ragloop.cli import main
+    >>> main(["search", "runs/idx", "who wrote hamlet?", "--mode", "bm25"])   # the exit status
+    0
+    >>> build_parser().parse_args(["index", "docs/", "--out", "runs/idx"]).func   # ragloop.cli.index.run
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from ragloop.cli import (
+    answer,
+    demo,
+    eval_answers,
+    eval_retrieval,
+    index,
+    search,
+    serve,
+    train,
+    train_reranker,
+    train_retriever,
+)
+from ragloop.cli.options import add_common_options
+from ragloop.cli.output import format_table, snippet
+from ragloop.errors import RagloopError
+
+# in the order `ragloop --help` lists them
+COMMANDS = (index, search, eval_retrieval, train, train_retriever, train_reranker, eval_answers, answer, serve,
+            demo)
+_snippet = snippet  # its old name, kept for callers of ragloop.cli._snippet
+__all__ = ["COMMANDS", "build_parser", "format_table", "main", "quiet_libraries", "run_guarded"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line; builds without importing torch, so `--help` answers at once."""
+    from ragloop._version import __version__
+
+    parser = argparse.ArgumentParser(prog="ragloop", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"ragloop {__version__}")
+    add_common_options(parser, default=False)
+    common = argparse.ArgumentParser(add_help=False)
+    add_common_options(common, default=argparse.SUPPRESS)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for command in COMMANDS:
+        command.add_parser(sub, common)
+    return parser
+
+
+def quiet_libraries() -> None:
+    """Library chatter a user does not need: transformers' info and warnings, hub retry warnings.
+    Without importing them (a BM25 search never loads transformers): their verbosity variables are
+    read when they are first imported; a library already imported is told directly."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_VERBOSITY", "error")
+    if "transformers" in sys.modules:  # main() called in a process that has loaded it already
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
+    for name in ("bm25s", "datasets", "faiss", "huggingface_hub", "accelerate"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def run_guarded(fn, *args) -> int:
+    """Run a command: a RagloopError is one line on stderr and exit 2, never a traceback."""
+    quiet_libraries()
+    try:
+        fn(*args)
+    except RagloopError as e:
+        print(f"ragloop: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # permissions, a full disk, a path that is a file: the OS said what and where
+        print(f"ragloop: error: {e.filename or ''}{': ' if e.filename else ''}{e.strerror or e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ragloop: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    return run_guarded(args.func, args)

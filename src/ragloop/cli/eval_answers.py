@@ -1,0 +1,55 @@
+"""`ragloop eval` (eval_answers.py): EM/F1 of a trained RAG model on QA data, with retrieved passages, none (closed
+book) or the question's own paragraph (oracle).
+
+    $ ragloop eval runs/rag/best_model --data dev.json --limit 100 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ragloop.cli.loading import load_rag
+from ragloop.cli.options import (
+    POSITIVE,
+    add_answer_options,
+    add_cache_dir_option,
+    add_data_options,
+    add_model_options,
+    progress,
+)
+from ragloop.errors import RagloopError
+
+
+def add_parser(sub, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("eval", parents=[common], help="EM/F1 of a trained RAG model on QA data")
+    p.add_argument("model_dir", help="a folder written by training (e.g. runs/rag/best_model)")
+    add_data_options(p)
+    p.add_argument("--index", help="search this index instead of the model's own (same passage encoder)")
+    add_answer_options(p)
+    p.add_argument("--limit", type=POSITIVE, help="only the first N questions")
+    p.add_argument("--closed-book", action="store_true", help="answer without passages")
+    p.add_argument("--oracle", action="store_true", help="answer from the question's own paragraph")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_model_options(p, add_cache_dir_option)
+    p.set_defaults(func=run)
+
+
+def run(args) -> None:
+    from ragloop.data import load_qa
+    from ragloop.evaluation import evaluate_answers
+
+    if args.closed_book and args.oracle:
+        raise RagloopError("choose one of --closed-book and --oracle")
+    examples = load_qa(args.data, split=args.split)
+    if args.limit:
+        examples = examples[: args.limit]
+    context = "closed-book" if args.closed_book else "oracle" if args.oracle else "rag"
+    if context == "oracle" and any(not ex.context for ex in examples):
+        raise RagloopError(f"{args.data}: --oracle needs each question's context paragraph")
+    model = load_rag(args)
+    result = evaluate_answers(model, examples, context, k=args.k, num_beams=args.num_beams, progress=progress(args))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(" ".join(f"{key}={value}" for key, value in result.items()))

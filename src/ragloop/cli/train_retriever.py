@@ -1,0 +1,41 @@
+"""`ragloop train-retriever`: fine-tune the retrieval encoder(s) on QA data; flags from RetrieverTrainConfig.
+
+    $ ragloop train-retriever --train_file train.jsonl --output_dir runs/retriever
+
+It prints where the encoder(s) went and the `ragloop index` command that indexes with them.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ragloop.cli.options import add_config_command, progress
+from ragloop.config import RetrieverTrainConfig, config_from_args
+
+
+def add_parser(sub, common: argparse.ArgumentParser) -> None:
+    # the trainers import torch: registered here from their configs, so `--help` stays light
+    add_config_command(sub, common, "train-retriever",
+                       "fine-tune the retrieval encoder(s) on QA data (in-batch + BM25 hard negatives)",
+                       RetrieverTrainConfig, run)
+
+
+def run(args) -> None:
+    from ragloop.training.retriever_trainer import train_retriever
+
+    result = train_retriever(config_from_args(args, RetrieverTrainConfig), progress=progress(args))
+    print(f"trained {result['steps']} steps in {result['seconds']:.0f}s, final loss {result['final_loss']:.4f}")
+    if result["validation"]:
+        v = result["validation"]
+        print("dev (dense): " + " ".join(f"{k}={v[k]}" for k in v if "@" in k))
+    print(_how_to_index(result))
+
+
+def _how_to_index(result: dict) -> str:
+    """Where the trained encoder(s) went, and the `ragloop index` command that uses them."""
+    if result["shared"]:
+        return (f"encoder: {result['output_dir']}\n"
+                f"index with: ragloop index CORPUS --out INDEX --encoder {result['output_dir']}")
+    return (f"encoders: {result['question_encoder']}, {result['passage_encoder']}\n"
+            f"index with: ragloop index CORPUS --out INDEX --encoder {result['passage_encoder']} "
+            f"--question-encoder {result['question_encoder']}")
