@@ -100,18 +100,18 @@ class PassageStore:
 
     def get_rows(self, rows: list[int]) -> list[Passage]:
         keys = [int(r) for r in rows]
-        found = self._fetch("row", sorted(set(keys)))
-        missing = [r for r in keys if r not in found]
-        if missing:
-            raise RagloopError(f"{self.path}: rows {missing[:5]} are missing (index and store disagree)")
-        return [found[r] for r in keys]
+        return self._get("row", keys, lambda m: f"rows {m[:5]} are missing (index and store disagree)")
 
     def get_ids(self, ids: list[str]) -> list[Passage]:
-        found = self._fetch("id", sorted(set(ids)))
-        missing = [i for i in ids if i not in found]
+        return self._get("id", list(ids), lambda m: f"no passage with id {m[0]!r}")
+
+    def _get(self, column: str, keys: list, missing_message) -> list[Passage]:
+        """The passages for `keys` of `column`, in order; all must exist (else `missing_message(missing)`)."""
+        found = self._fetch(column, sorted(set(keys)))
+        missing = [key for key in keys if key not in found]
         if missing:
-            raise RagloopError(f"{self.path}: no passage with id {missing[0]!r}")
-        return [found[i] for i in ids]
+            raise RagloopError(f"{self.path}: {missing_message(missing)}")
+        return [found[key] for key in keys]
 
     def existing_ids(self, ids: list[str]) -> set[str]:
         found: set[str] = set()
