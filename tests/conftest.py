@@ -238,7 +238,7 @@ def index_state(index: Index) -> dict:
         is_open = True
     except Exception:  # sqlite3.ProgrammingError: closed
         is_open = False
-    return {"generation": index.generation, "changed_in_memory": index.changed_in_memory,
+    return {"state_stamp": index.state_stamp, "changed_in_memory": index.changed_in_memory,
             "backend": id(index.backend), "passages": len(index), "open": is_open, **folder_state(index.path)}
 
 

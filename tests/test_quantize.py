@@ -76,7 +76,7 @@ def test_quantized_rag_answers_reports_and_refuses_training_and_saving(rag_dir, 
     with pytest.raises(RagloopError, match="cannot train this RAG model: it is quantized"):
         rag(["Who won Super Bowl 50?"], ["Denver Broncos"])
     with pytest.raises(RagloopError, match="cannot train encoder"):
-        rag.question_encoder.embed(["a question"])
+        rag.question_encoder.encode_with_grad(["a question"])
     with pytest.raises(RagloopError, match="cannot save this RAG model"):
         rag.save_pretrained(tmp_path / "saved")
     with pytest.raises(RagloopError, match="cannot save generator"):

@@ -180,7 +180,7 @@ class RAG(torch.nn.Module):
 
     def embed_questions(self, questions: Sequence[str]) -> torch.Tensor:
         """Question vectors [B, D], differentiable (unlike `Encoder.encode`)."""
-        return self.question_encoder.embed(list(questions))
+        return self.question_encoder.encode_with_grad(list(questions))
 
     def doc_logprobs(self, doc_scores: torch.Tensor) -> torch.Tensor:
         """log p(z|x) over the k passages of each question, float32."""
@@ -191,11 +191,11 @@ class RAG(torch.nn.Module):
         questions = check_questions(questions)
         k = min(check_k(self.config.n_docs if k is None else k), len(self.index))
         q = self.embed_questions(questions)
-        got = self.retriever.retrieve(questions, k, vectors=q.detach().float().cpu().numpy(), fill=True)
+        got = self.retriever.retrieve(questions, k, vectors=q.detach().float().cpu().numpy(), pad_with_dense=True)
         rows, passages = got.rows, got.passages
         if self.config.train_passage_encoder and self.passage_encoder is not None:
             flat = [p for ps in passages for p in ps]
-            d = self.passage_encoder.embed([p.title for p in flat], [p.text for p in flat])
+            d = self.passage_encoder.encode_with_grad([p.title for p in flat], [p.text for p in flat])
             d = d.view(len(questions), k, -1)
         else:
             d = torch.from_numpy(self.index.vectors(rows)).to(q.device)

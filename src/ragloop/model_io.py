@@ -74,7 +74,7 @@ def save_rag(model: SavableRAG, path: str | Path, reindexed: bool = False) -> No
             model.passage_encoder.save_pretrained(tmp / PASSAGE_DIR)
         if model.retriever.reranker is not None:
             (tmp / RERANKER_DIR).mkdir()
-            model.retriever.reranker.save_into(tmp / RERANKER_DIR)
+            model.retriever.reranker.write_files(tmp / RERANKER_DIR)
         if reindexed:  # the FAISS vectors changed in memory: write an index that matches them
             built = Index.build(model.index.store, BiEncoder(model.question_encoder, model.passage_encoder),
                                 tmp / INDEX_DIR, progress=False, **model.index.build_options())

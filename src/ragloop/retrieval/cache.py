@@ -22,8 +22,8 @@ from the start; `answers=False` turns it off).
 The key of every entry holds everything its value depends on, so nothing is invalidated by hand and
 nothing stale is served:
 
-    the question, k, the mode (and fusion and weight for hybrid), `fill`
-    the index          `Index.generation`: new for every loaded index object and on every in-memory
+    the question, k, the mode (and fusion and weight for hybrid), `pad_with_dense`
+    the index          `Index.state_stamp`: new for every loaded index object and on every in-memory
                        change (`Index.add` reloads, `Index.reencode` bumps it); swapping
                        `retriever.index` swaps it too. And its FAISS search parameters.
     the encoder        `module_state` (ragloop/cache/fingerprint.py): changes with every in-place update
@@ -101,7 +101,7 @@ class RetrievalCache(Memo):
 
 
 def index_state(index: Index) -> tuple:
-    return index.generation, tuple(sorted((str(k), str(v)) for k, v in index.backend.search_params.items()))
+    return index.state_stamp, tuple(sorted((str(k), str(v)) for k, v in index.backend.search_params.items()))
 
 
 def _mode_setup(retriever: Retriever, mode: str) -> tuple:
@@ -123,10 +123,11 @@ def search_setup(retriever: Retriever, k: int, mode: str) -> tuple:
     return index_state(retriever.index), _mode_setup(retriever, mode), _reranker_setup(retriever, k)
 
 
-def results_setup(retriever: Retriever, k: int, mode: str, fill: bool) -> tuple:
-    """The key of a `retrieve(question, k, mode, fill=fill)` result besides the question."""
-    dense = mode != "bm25" or fill
-    return k, mode, fill, search_setup(retriever, k, mode), module_state(retriever.question_encoder) if dense else None
+def results_setup(retriever: Retriever, k: int, mode: str, pad_with_dense: bool) -> tuple:
+    """The key of a `retrieve(question, k, mode, pad_with_dense=...)` result besides the question."""
+    dense = mode != "bm25" or pad_with_dense
+    encoder_state = module_state(retriever.question_encoder) if dense else None
+    return k, mode, pad_with_dense, search_setup(retriever, k, mode), encoder_state
 
 
 # -- on-disk keys ---------------------------------------------------------------------------------
@@ -150,13 +151,14 @@ def disk_setup(retriever: Retriever, k: int, mode: str) -> dict | None:
     return {"index": index_id, "mode_setup": list(_mode_setup(retriever, mode)), "reranker": reranker}
 
 
-def results_settings(retriever: Retriever, k: int, mode: str, fill: bool) -> dict | None:
-    """The disk file's settings for `retrieve(questions, k, mode, fill=fill)` results (None: not on disk)."""
+def results_settings(retriever: Retriever, k: int, mode: str, pad_with_dense: bool) -> dict | None:
+    """The disk file's settings for `retrieve(questions, k, mode, pad_with_dense=...)` results (None: not on disk)."""
     common = disk_setup(retriever, k, mode)
     if common is None:
         return None
-    dense = mode != "bm25" or fill
+    dense = mode != "bm25" or pad_with_dense
     encoder = retriever.question_encoder if dense else None
-    return {"kind": "retrieve", "k": k, "mode": mode, "fill": fill, **common,
+    # "fill" is pad_with_dense's old name, kept so that existing cache files keep matching
+    return {"kind": "retrieve", "k": k, "mode": mode, "fill": pad_with_dense, **common,
             "encoder": weights_digest(encoder) if dense else None,
             "encoder_spec": encoder.spec.to_dict() if dense else None}

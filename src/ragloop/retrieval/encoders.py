@@ -172,7 +172,7 @@ class Encoder(torch.nn.Module):
             vec = torch.nn.functional.normalize(vec, dim=-1)
         return vec
 
-    def embed(self, texts: list[str], pairs: list[str] | None = None) -> torch.Tensor:
+    def encode_with_grad(self, texts: list[str], pairs: list[str] | None = None) -> torch.Tensor:
         """Vectors [N, D] as a differentiable tensor on the model's device, for training (`encode`
         is the batched, no-gradient numpy path for indexing and search)."""
         if torch.is_grad_enabled() and self.fp32_probe is not None:

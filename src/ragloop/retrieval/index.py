@@ -80,7 +80,7 @@ if TYPE_CHECKING:  # encoders import torch: loaded only where a model is used, s
 log = logging.getLogger(__name__)
 
 CHUNK_SIZE, REFINE_FACTOR = INDEX_CHUNK_SIZE, INDEX_REFINE_FACTOR
-_GENERATIONS = itertools.count(1)  # process-unique stamps: what a retrieval cache keys an index's contents by
+_STATE_STAMPS = itertools.count(1)  # process-unique stamps: what a retrieval cache keys an index's contents by
 
 
 class Index:
@@ -93,10 +93,11 @@ class Index:
         self.store = store
         self.manifest = manifest
         self.bm25 = bm25
-        # A retrieval cache (cache.py) keys results by `generation`: a new one for every loaded object and
-        # every in-memory change (`add` reloads, `reencode` bumps it), so a changed index never serves stale
-        # hits. `changed_in_memory`: the vectors no longer match the folder's checksums (on-disk caches skip).
-        self.generation = next(_GENERATIONS)
+        # `state_stamp` identifies what the index holds in this process, and a retrieval cache (cache.py)
+        # keys results by it: a new one for every loaded object and every in-memory change (`add` reloads,
+        # `reencode` bumps it), so a changed index never serves stale hits. `changed_in_memory`: the
+        # vectors no longer match the folder's checksums (on-disk caches skip).
+        self.state_stamp = next(_STATE_STAMPS)
         self.changed_in_memory = False
 
     def __len__(self) -> int:
@@ -311,7 +312,7 @@ class Index:
         self.backend = FaissBackend.create(self.factory, self.dim, self.backend.search_params,
                                            exact=vectors if refine else None,
                                            refine_factor=refine["factor"] if refine else 1).fill(vectors)
-        self.generation, self.changed_in_memory = next(_GENERATIONS), True
+        self.state_stamp, self.changed_in_memory = next(_STATE_STAMPS), True
 
 
 def _precision(quantize: str | None) -> str:

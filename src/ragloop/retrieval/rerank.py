@@ -110,11 +110,12 @@ class Reranker:
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Write a Hugging Face folder (model, tokenizer, and ragloop's settings) atomically."""
         with atomic_dir(path, may_replace=only_replace(SETTINGS_FILE, "reranker folder")) as tmp:
-            self.save_into(tmp)
+            self.write_files(tmp)
         log.info("saved reranker -> %s", path)
 
-    def save_into(self, folder: Path) -> None:
-        """The files of `save_pretrained`, into an existing folder (for writers that add their own)."""
+    def write_files(self, folder: Path) -> None:
+        """Write the files `save_pretrained` writes into an existing folder, not atomically: for writers that
+        own the folder and add files of their own (a RAG folder, a trainer's atomic output)."""
         self.model.save_pretrained(folder)
         self.tokenizer.save_pretrained(folder)
         atomic_write_json(Path(folder) / SETTINGS_FILE, {"format": FORMAT, "max_length": self.max_length,

@@ -199,10 +199,11 @@ class Retriever:
     # -- the one way in -----------------------------------------------------------------------
 
     def retrieve(self, questions: str | list[str], k: int = 5, mode: str | None = None, *,
-                 vectors: np.ndarray | None = None, fill: bool = False, progress: bool | None = False) -> Retrieved:
+                 vectors: np.ndarray | None = None, pad_with_dense: bool = False,
+                 progress: bool | None = False) -> Retrieved:
         """Top-k passages for each question through every stage. `mode` overrides the retriever's;
-        `vectors` are the questions' dense vectors when the caller has them; `fill` tops up a list
-        that BM25 left short with the best dense rows, so every question gets exactly k passages."""
+        `vectors` are the questions' dense vectors when the caller has them; `pad_with_dense` tops up a
+        list that BM25 left short with the best dense rows, so every question gets exactly k passages."""
         questions = check_questions(questions)
         mode = self.mode if mode is None else mode
         _check_mode(mode)
@@ -212,32 +213,32 @@ class Retriever:
             raise RagloopError(f"vectors have shape {np.shape(vectors)}; {len(questions)} questions against "
                                f"{self.index.path} need ({len(questions)}, {self.index.dim})")
         if self.cache is not None and vectors is None:  # a caller's own vectors are never served from a cache
-            return self._retrieve_cached(questions, k, mode, fill, progress)
-        return self._retrieve(questions, k, mode, vectors, fill, progress)
+            return self._retrieve_cached(questions, k, mode, pad_with_dense, progress)
+        return self._retrieve(questions, k, mode, vectors, pad_with_dense, progress)
 
-    def _retrieve_cached(self, questions: list[str], k: int, mode: str, fill: bool,
+    def _retrieve_cached(self, questions: list[str], k: int, mode: str, pad_with_dense: bool,
                          progress: bool | None) -> Retrieved:
         """`_retrieve` through `self.cache`: remembered rows per question, the missing ones searched together
         (from the disk store first, when the cache has one: questions found there are not even encoded)."""
-        dense = mode != "bm25" or fill
+        dense = mode != "bm25" or pad_with_dense
 
         def encode(missing: list[str]) -> np.ndarray | None:
             return self._question_vectors(missing, progress) if dense else None
 
         def search(missing: list[str]) -> list:
-            settings = results_settings(self, k, mode, fill) if self.cache.disk is not None else None
+            settings = results_settings(self, k, mode, pad_with_dense) if self.cache.disk is not None else None
             if settings is None:
-                got = self._retrieve(missing, k, mode, encode(missing), fill, progress)
+                got = self._retrieve(missing, k, mode, encode(missing), pad_with_dense, progress)
             else:
                 def compute(qs: list[str]) -> dict:
-                    got = self._retrieve(qs, k, mode, encode(qs), fill, progress)
+                    got = self._retrieve(qs, k, mode, encode(qs), pad_with_dense, progress)
                     return {"rows": got.rows, "scores": got.scores}
 
                 stored = self.cache.disk.lookup(settings, missing, compute, RESULT_FIELDS)
                 got = Retrieved(stored["rows"], stored["scores"], self.passages(stored["rows"]))
             return [(got.rows[b].copy(), got.scores[b].copy(), tuple(got.passages[b])) for b in range(len(missing))]
 
-        rows = self.cache.get_many("results", results_setup(self, k, mode, fill), questions, search)
+        rows = self.cache.get_many("results", results_setup(self, k, mode, pad_with_dense), questions, search)
         return Retrieved(np.stack([r[0] for r in rows]).copy(), np.stack([r[1] for r in rows]).copy(),
                          [list(r[2]) for r in rows])
 
@@ -253,15 +254,15 @@ class Retriever:
         vectors = self.cache.get_many("embeddings", module_state(encoder), questions, encode)
         return np.stack(vectors).astype(np.float32, copy=True)
 
-    def _retrieve(self, questions: list[str], k: int, mode: str, vectors: np.ndarray | None, fill: bool,
+    def _retrieve(self, questions: list[str], k: int, mode: str, vectors: np.ndarray | None, pad_with_dense: bool,
                   progress: bool | None) -> Retrieved:
         """`retrieve` on checked arguments, without the cache."""
         depth = min(self.depth_for(k), len(self.index))
-        if vectors is None and (mode != "bm25" or fill):
+        if vectors is None and (mode != "bm25" or pad_with_dense):
             vectors = self.question_encoder.encode(questions, batch_size=128, progress=progress,
                                                    desc="encoding questions")
         scores, rows = self._first_stage(questions, depth, mode, vectors)
-        if fill and (rows < 0).any():
+        if pad_with_dense and (rows < 0).any():
             rows, scores = _fill_missing(rows, scores, self.index.search(vectors, depth)[1], self.index.path)
         passages = self.passages(rows)
         if self.reranker is not None:

@@ -134,7 +134,7 @@ def train_reranker(cfg: RerankerTrainConfig, progress: bool | None = None) -> di
                "train_passages": len(passages), "validation": validation}
     reranker.name = str(out)
     with atomic_dir(out, may_replace=_check_replaceable) as tmp:
-        reranker.save_into(tmp)
+        reranker.write_files(tmp)
         atomic_write_json(tmp / SUMMARY, summary)
     log.info("saved -> %s", out)
     return {"output_dir": str(out), "steps": step, "final_loss": final_loss, "losses": losses, "seconds": seconds,
