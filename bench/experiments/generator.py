@@ -64,7 +64,7 @@ def candidates(work: Path) -> dict[str, str]:
 def run(exp, results: Path) -> None:
     from ragloop.model import RAG
     from ragloop.recipes import demo
-    from ragloop.training.trainer import cpu_has_bf16
+    from ragloop.training.optim import cpu_has_bf16
 
     recipe, s = exp.recipe(), exp.settings
     bf16 = s.get("bf16_where_available") and cpu_has_bf16()

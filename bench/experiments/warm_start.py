@@ -62,9 +62,9 @@ def generator_for(variant: str, train: dict):
 
 def passages(e, gold: bool) -> list:
     """The gold paragraph, or what `ragloop eval --closed-book` gives."""
-    from ragloop.data.corpus import Passage
+    from ragloop.evaluation.answers import given_passages
 
-    return [Passage(e.doc_id or "oracle", e.title, e.context) if gold else Passage("closed-book", "", "")]
+    return given_passages([e], "oracle" if gold else "closed-book")[0]
 
 
 def train_generator(gen, examples: list, train: dict, label: str, autocast) -> tuple[int, list[float]]:

@@ -62,7 +62,7 @@ def train_hf(ctx, mode: str, minutes: float) -> tuple[HFSide, dict]:
     from transformers import get_linear_schedule_with_warmup
 
     from ragloop.training.batching import length_grouped_batches
-    from ragloop.training.trainer import seed_everything
+    from ragloop.training.setup import seed_everything
 
     s = ctx.rag_setup
     seed_everything(0)

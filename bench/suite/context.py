@@ -13,8 +13,8 @@ import numpy as np
 from bench.suite.common import say, timed
 from ragloop.data import load_corpus, load_qa
 from ragloop.data.bundled import SQUAD_DEV, SQUAD_TRAIN, bundled_path
-from ragloop.data.corpus import Passage, make_passages
-from ragloop.data.qa import QAExample, sample_evenly
+from ragloop.data.corpus import Passage
+from ragloop.data.qa import QAExample, context_passages, sample_evenly
 
 log = logging.getLogger(__name__)
 
@@ -154,9 +154,7 @@ class Context:
     def rag_passages(self) -> list[Passage]:
         """Passages of the training articles' and the dev articles' paragraphs (held-out questions
         are answerable, training questions too), as ragloop's trainer indexes a QA dataset."""
-        docs = ({"doc_id": e.doc_id, "title": e.title, "text": e.context}
-                for e in self.train_examples + self.dev_examples)
-        return make_passages(docs)
+        return context_passages(self.train_examples + self.dev_examples)
 
     @cached_property
     def rag_setup(self):

@@ -1,4 +1,6 @@
-"""Keep transformers' own progress bars out of a ragloop user's terminal.
+"""What a user sees of progress: ragloop's own bars on when asked, transformers' bars kept out.
+
+    >>> tqdm(items, disable=bar_disabled(progress))   # progress None: a bar only on a TTY
 
     >>> from ragloop.quiet import quiet_transformers
     >>> with quiet_transformers():
@@ -41,3 +43,9 @@ def quiet_transformers() -> Iterator[None]:
             _depth -= 1
             if _depth == 0 and _restore:
                 hf_logging.enable_progress_bar()
+
+
+def bar_disabled(progress: bool | None) -> bool | None:
+    """tqdm's `disable` for a `progress` flag: True shows a bar, False hides it, None leaves it to tqdm
+    (a bar only when the output is a terminal)."""
+    return None if progress is None else not progress

@@ -16,6 +16,7 @@ from ragloop.data.qa import QAExample
 from ragloop.errors import RagloopError
 from ragloop.evaluation.metrics import exact_match, f1_score, has_answer
 from ragloop.evaluation.retrieval import answers_not_in_context
+from ragloop.quiet import bar_disabled
 from ragloop.retrieval.retriever import check_k
 
 CONTEXTS = ("rag", "closed-book", "oracle")
@@ -26,7 +27,7 @@ def given_passages(batch: list[QAExample], context: str) -> list[list[Passage]] 
     if context == "closed-book":
         return [[Passage("closed-book", "", "")] for _ in batch]
     if context == "oracle":
-        return [[Passage(ex.doc_id or "oracle", ex.title, ex.context)] for ex in batch]
+        return [[ex.context_passage()] for ex in batch]
     return None
 
 
@@ -53,7 +54,7 @@ def evaluate_answers(model, examples: list[QAExample], context: str = "rag", k: 
     check_answer_args(examples, context, k)
     em = f1 = hits = 0.0
     k = model.config.n_docs if k is None else k
-    disable = None if progress is None else not progress
+    disable = bar_disabled(progress)
     was_training = model.training
     model.eval()
     try:

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from ragloop.config import DEFAULT_ENCODER  # noqa: F401 (re-exported: the default's home is config)
 from ragloop.errors import RagloopError
 from ragloop.manifest import legacy_name
-from ragloop.quiet import quiet_transformers
+from ragloop.quiet import bar_disabled, quiet_transformers
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +212,7 @@ class Encoder(torch.nn.Module):
         device = next(self.model.parameters()).device
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
-        disable = None if progress is None else not progress  # None: tqdm shows a bar only on a TTY
+        disable = bar_disabled(progress)
         with tqdm(total=len(texts), desc=desc, unit="text", disable=disable) as bar:
             for start in range(0, len(texts), batch_size):
                 idx = order[start : start + batch_size]

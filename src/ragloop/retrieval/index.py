@@ -45,6 +45,7 @@ from ragloop.data.corpus import Passage
 from ragloop.errors import RagloopError
 from ragloop.io import atomic_dir
 from ragloop.manifest import verify_files
+from ragloop.quiet import bar_disabled
 from ragloop.retrieval.backend import FaissBackend
 from ragloop.retrieval.bm25 import BM25Index
 from ragloop.retrieval.folder import (  # noqa: F401  (the folder's names, re-exported from their old home)
@@ -148,7 +149,7 @@ class Index:
         total = len(passages) if hasattr(passages, "__len__") else None
 
         def encoded() -> Iterator[tuple[list[Passage], np.ndarray]]:
-            disable = None if progress is None else not progress  # None: a bar only on a TTY
+            disable = bar_disabled(progress)
             with tqdm(total=total, desc="encoding passages", unit="passage", disable=disable) as bar:
                 for chunk in _chunks(passages, settings.chunk_size):
                     titles, texts = passage_inputs(chunk)

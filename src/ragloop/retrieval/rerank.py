@@ -30,7 +30,7 @@ from ragloop.data.corpus import Passage
 from ragloop.errors import RagloopError
 from ragloop.io import atomic_dir, atomic_write_json
 from ragloop.manifest import only_replace
-from ragloop.quiet import quiet_transformers
+from ragloop.quiet import bar_disabled, quiet_transformers
 from ragloop.retrieval.encoders import resolve_source
 from ragloop.retrieval.index import bm25_text
 
@@ -158,7 +158,7 @@ class Reranker:
         order = np.argsort(-lengths, kind="stable")
         keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
         device = self.device
-        disable = None if progress is None else not progress
+        disable = bar_disabled(progress)
         with tqdm(total=len(texts), desc="reranking", unit="pair", disable=disable) as bar:
             for start in range(0, len(texts), self.batch_size):
                 idx = order[start : start + self.batch_size]

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ragloop.quiet import bar_disabled
+
 log = logging.getLogger(__name__)
 
 
@@ -37,7 +39,7 @@ def run_steps(loss_fn: Callable[[list[int]], torch.Tensor], n_items: int, total:
     steps_per_epoch = math.ceil(n_items / cfg.batch_size)
     losses: list[float] = []
     step, t0 = 0, time.time()
-    bar = tqdm(total=total, desc=desc, unit="step", disable=None if progress is None else not progress)
+    bar = tqdm(total=total, desc=desc, unit="step", disable=bar_disabled(progress))
     while step < total:
         order = np.random.default_rng([cfg.seed, step // steps_per_epoch]).permutation(n_items).tolist()
         for start in range(0, len(order), cfg.batch_size):

@@ -38,11 +38,11 @@ from tqdm.auto import tqdm
 from ragloop.config import TrainConfig
 from ragloop.data.qa import QAExample
 from ragloop.errors import RagloopError
+from ragloop.quiet import bar_disabled
 from ragloop.training.batching import length_grouped_batches
 from ragloop.training.distributed import rank_share
 from ragloop.training.evaluate_save import evaluate_and_save, record, tensorboard, window_mean
-from ragloop.training.optim import cpu_has_bf16  # noqa: F401  (re-exported: bench scripts import it from here)
-from ragloop.training.setup import BEST, LAST, Run, seed_everything, setup  # noqa: F401  (seed_everything: as above)
+from ragloop.training.setup import BEST, LAST, Run, setup
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def optimise(run: Run, progress: bool | None) -> list[float]:
     history: dict[str, list[float]] = {"loss": []}  # per step: the loss (and FiD's reader and retriever parts)
     sums: dict[str, float] = {}  # the step being accumulated, summed over its micro-batches
     bar = tqdm(total=run.total, initial=run.step, desc="training", unit="step",
-               disable=not main or (None if progress is None else not progress))
+               disable=not main or bar_disabled(progress))
     t0, logged_at = time.time(), run.step
     run.model.train()
     while run.step < run.total:
