@@ -1,4 +1,4 @@
-"""Measurement helpers shared by the suite (`python -m bench`) and bench/bench_retrieval.py.
+"""Measurement helpers shared by the suite's sections (`python -m bench`).
 
 The rules every comparison follows:
 

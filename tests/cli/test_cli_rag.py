@@ -95,3 +95,12 @@ evaluate_answers(model, examples, num_beams=2, progress=False)
         assert proc.returncode == 0, proc.stderr
         for noise in ("Warning", "Loading weights", "Writing model shards", "it/s]"):
             assert noise not in proc.stderr, (cmd[1], proc.stderr)
+
+
+def test_eval_oracle_without_paragraphs_fails_before_loading_a_model(tmp_path, capsys):
+    data = tmp_path / "no-context.jsonl"
+    data.write_text(json.dumps({"id": "q1", "question": "Who won?", "answers": ["Denver"]}) + "\n")
+    # the model folder does not even exist: the data's problem is found first, without loading anything
+    assert main(["eval", str(tmp_path / "no-model"), "--data", str(data), "--oracle"]) == 2
+    err = _err(capsys)
+    assert "oracle evaluation needs each question's context paragraph" in err and "'q1'" in err

@@ -38,6 +38,7 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
 def run(args) -> None:
     from ragloop.data import load_qa
     from ragloop.evaluation import evaluate_answers
+    from ragloop.evaluation.answers import check_answer_args
 
     if args.closed_book and args.oracle:
         raise RagloopError("choose one of --closed-book and --oracle")
@@ -45,8 +46,7 @@ def run(args) -> None:
     if args.limit:
         examples = examples[: args.limit]
     context = "closed-book" if args.closed_book else "oracle" if args.oracle else "rag"
-    if context == "oracle" and any(not ex.context for ex in examples):
-        raise RagloopError(f"{args.data}: --oracle needs each question's context paragraph")
+    check_answer_args(examples, context, args.k)  # before the model loads: a bad file fails in a second
     model = load_rag(args)
     result = evaluate_answers(model, examples, context, k=args.k, num_beams=args.num_beams, progress=progress(args))
     if args.json:

@@ -79,7 +79,7 @@ def warm_start_new_layers(decoder: torch.nn.Module, missing: set[str], copy_cros
     LayerNorm still apply), so the tied output embeddings start close to reading the decoder state.
     Layers the checkpoint has (a trained MLM head, say) are left alone. On the bundled MiniLM without
     a copy head, after 470 steps on gold paragraphs: held-out F1 0.109 against 0.063 with random new
-    layers, one seed and 200 questions (bench/bench_warm_start.py). `missing` holds the names the
+    layers, one seed and 200 questions (`python -m bench.experiments --only warm-start`). `missing` holds the names the
     checkpoint did not have (transformers' loading info, with or without the base-model prefix);
     returns the modules started so."""
     prefix = getattr(decoder, "base_model_prefix", "")

@@ -24,7 +24,8 @@ def new_layer_lr(learning_rate: float, given: float | None = None) -> float:
     """The learning rate of parameters a warm start leaves untrained (a fresh classification head, a
     BERT2BERT's cross-attention): `given`, else 10x the body's. They start from noise and must move far in
     few steps: with 10x, the bundled BERT2BERT's dev F1 after 320 steps went from 0.02 to 0.045
-    (bench/bench_generator.py), and at the body's rate a reranker's fresh head barely moves in a CPU budget."""
+    (`python -m bench.experiments --only generator`), and at the body's rate a reranker's fresh head
+    barely moves in a CPU budget."""
     return NEW_LAYER_LR_FACTOR * learning_rate if given is None else given
 
 
