@@ -31,8 +31,8 @@ class CopyHead(torch.nn.Module):
     A warm-started BERT2BERT has to learn reading through fresh cross-attention, which a few hundred
     CPU steps do not teach it: it answers from the question alone. With this head it learns to copy
     the answer from the passage in the same budget (`python -m bench.experiments --only warm-start`).
-    Query and key start as the identity when encoder and decoder states have one size (copy the source token most like
-    the decoder state), the gate at g = sigmoid(-1) (mostly copying)."""
+    Query and key start as the identity when encoder and decoder states have one size (copy the source
+    token most like the decoder state), the gate at g = sigmoid(-1) (mostly copying)."""
 
     def __init__(self, hidden_size: int, encoder_hidden_size: int | None = None) -> None:
         super().__init__()
