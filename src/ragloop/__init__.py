@@ -22,6 +22,7 @@ _EXPORTS = {
     "Generator": "ragloop.generation.generator",
     "Hit": "ragloop.retrieval.retriever",
     "Index": "ragloop.retrieval.index",
+    "IndexSettings": "ragloop.retrieval.settings",
     "Passage": "ragloop.data.corpus",
     "QAExample": "ragloop.data.qa",
     "RAG": "ragloop.model",
@@ -38,6 +39,7 @@ __all__ = [
     "Generator",
     "Hit",
     "Index",
+    "IndexSettings",
     "Passage",
     "QAExample",
     "RAG",
@@ -56,4 +58,4 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from ragloop.errors import RagloopError
     from ragloop.generation import Generator
     from ragloop.model import RAG
-    from ragloop.retrieval import BiEncoder, Encoder, Hit, Index, Reranker, Retriever
+    from ragloop.retrieval import BiEncoder, Encoder, Hit, Index, IndexSettings, Reranker, Retriever

@@ -15,13 +15,14 @@ _EXPORTS = {
     "BiEncoder": "ragloop.retrieval.encoders",
     "Encoder": "ragloop.retrieval.encoders",
     "Index": "ragloop.retrieval.index",
+    "IndexSettings": "ragloop.retrieval.settings",
     "Hit": "ragloop.retrieval.retriever",
     "Retriever": "ragloop.retrieval.retriever",
     "PassageStore": "ragloop.retrieval.store",
     "Reranker": "ragloop.retrieval.rerank",
 }
-__all__ = ["DEFAULT_ENCODER", "BM25Index", "BiEncoder", "Encoder", "Hit", "Index", "PassageStore", "Reranker",
-           "Retriever"]
+__all__ = ["DEFAULT_ENCODER", "BM25Index", "BiEncoder", "Encoder", "Hit", "Index", "IndexSettings", "PassageStore",
+           "Reranker", "Retriever"]
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 if TYPE_CHECKING:
@@ -30,4 +31,5 @@ if TYPE_CHECKING:
     from ragloop.retrieval.index import Index
     from ragloop.retrieval.rerank import Reranker
     from ragloop.retrieval.retriever import Hit, Retriever
+    from ragloop.retrieval.settings import IndexSettings
     from ragloop.retrieval.store import PassageStore

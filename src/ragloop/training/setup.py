@@ -83,7 +83,7 @@ def load_data(cfg: TrainConfig) -> tuple[list[QAExample], list[QAExample]]:
 
 
 def build_index(cfg: TrainConfig, examples: list[QAExample], out: Path, progress: bool | None):
-    from ragloop.retrieval import BiEncoder, Index
+    from ragloop.retrieval import BiEncoder, Index, IndexSettings
 
     if cfg.index:
         return Index.load(cfg.index)
@@ -94,7 +94,7 @@ def build_index(cfg: TrainConfig, examples: list[QAExample], out: Path, progress
         raise RagloopError("the training data has no contexts to index; pass --index DIR")
     encoder = BiEncoder.from_pretrained(cfg.passage_encoder or cfg.question_encoder,
                                         cfg.question_encoder if cfg.passage_encoder else None)
-    return Index.build(passages, encoder, out, factory=cfg.index_type, progress=progress)
+    return Index.build(passages, encoder, out, IndexSettings(factory=cfg.index_type), progress=progress)
 
 
 def build_model(cfg: TrainConfig, index):
