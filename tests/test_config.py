@@ -44,6 +44,25 @@ def test_train_config_holds_a_rag_config():
         replace(cfg, k=3)
 
 
+def test_setting_a_rag_field_by_its_flag_name_sets_it_in_rag():
+    cfg = TrainConfig(n_docs=2)
+    cfg.n_docs = 3  # as on the flat config it used to be: the trainer and the saved config see it
+    assert cfg.rag.n_docs == 3 and cfg.to_dict()["n_docs"] == 3
+    with pytest.raises(RagloopError, match="unknown RAG mode 'bogus'"):
+        cfg.rag_mode = "bogus"
+    assert cfg.rag.mode == "sequence"  # a refused value changes nothing
+
+
+def test_precision_auto_means_one_thing_for_every_trainer():
+    from ragloop.training.optim import autocast_dtype
+
+    # fp32 on any CPU (native bf16 or not), so a run's numbers do not depend on the CPU it met
+    assert autocast_dtype("auto", "cpu") is None and autocast_dtype("fp32", "cpu") is None
+    assert str(autocast_dtype("bf16", "cpu")) == "torch.bfloat16"
+    with pytest.raises(RagloopError, match="fp16 needs a CUDA GPU"):
+        autocast_dtype("fp16", "cpu")
+
+
 def test_an_old_flat_run_config_still_loads(tmp_path):
     old = {**TrainConfig().to_dict(), "n_docs": 3, "rag_mode": "token", "search_mode": "bm25", "a_removed_flag": 1}
     (tmp_path / "train_config.json").write_text(json.dumps(old))

@@ -39,8 +39,8 @@ from ragloop.constants import (  # noqa: F401  (re-exported: older code imports 
 )
 from ragloop.errors import RagloopError
 
-PRECISION_HELP = ("autocast dtype; auto: bf16 where the device computes it natively (a GPU that has it, a CPU "
-                  "with AVX512-BF16 or AMX), else fp32")
+PRECISION_HELP = ("autocast dtype; auto: bf16 on a GPU that has it, else fp32 (on a CPU too, so that a run gives the "
+                  "same numbers on any CPU; ask for bf16 on a CPU with AVX512-BF16 or AMX to train faster)")
 EVAL_DEPTH = 20  # BM25 candidates the reranker trainer reranks per validation question
 
 
@@ -265,6 +265,12 @@ class TrainConfig(FlatConfig):
         if name == "rag" or name not in _RAG_FLAGS:  # "rag": not set yet (a copy being built)
             raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
         return getattr(self.rag, _RAG_FLAGS[name])
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """Setting a RAG setting by its flag name (`cfg.n_docs = 3`) sets it in `rag`, checked again there."""
+        if name in _RAG_FLAGS:
+            value, name = dataclasses.replace(self.rag, **{_RAG_FLAGS[name]: value}), "rag"
+        super().__setattr__(name, value)
 
 
 _RAG_FLAGS = {name: f.name for name, f, parent in flat_fields(TrainConfig) if parent}  # flag -> RAGConfig field

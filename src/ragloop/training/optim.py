@@ -5,7 +5,7 @@
     >>> groups = param_groups(model.parameters(), (new, new_layer_lr(5e-5)), weight_decay=0.01)
     >>> optimizer = adamw(groups, lr=5e-5)
     >>> scheduler = linear_schedule(optimizer, warmup_steps=20, total=200)
-    >>> autocast_dtype("auto", "cpu")      # torch.bfloat16 on a CPU with AVX512-BF16 / AMX, else None (fp32)
+    >>> autocast_dtype("auto", "cpu")      # None (fp32): "auto" picks bf16 on a GPU that has it only
 """
 
 from __future__ import annotations
@@ -74,11 +74,11 @@ def cpu_has_bf16() -> bool:
 
 def autocast_dtype(precision: str, device_type: str) -> torch.dtype | None:
     """The dtype autocast computes in on `device_type` ("cuda" or "cpu"), None for fp32. "auto" (the one
-    meaning for every trainer): bf16 where the device computes it natively (a GPU that has it, a CPU with
-    AVX512-BF16 or AMX), else fp32; "bf16", "fp16" (a CUDA GPU only) and "fp32" as they say."""
+    meaning for every trainer): bf16 on a GPU that has it, else fp32 — on a CPU too, whether or not it has
+    native bf16, so that a run's numbers do not depend on which CPU it met (`cpu_has_bf16` tells whether
+    asking for "bf16" pays there); "bf16", "fp16" (a CUDA GPU only) and "fp32" as they say."""
     if precision == "auto":
-        native = torch.cuda.is_bf16_supported() if device_type == "cuda" else cpu_has_bf16()
-        return torch.bfloat16 if native else None
+        return torch.bfloat16 if device_type == "cuda" and torch.cuda.is_bf16_supported() else None
     if precision == "fp16" and device_type != "cuda":
         raise RagloopError("--precision fp16 needs a CUDA GPU; use bf16 (or fp32) on the CPU")
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
