@@ -61,3 +61,24 @@ def test_a_file_in_place_of_the_directory_is_an_error(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(RagloopError, match="is a file"):
         DiskStore(tmp_path / "f")
+
+
+def test_eviction_never_touches_files_the_store_did_not_write(tmp_path):
+    mine = tmp_path / "results-of-my-own.npz"
+    mine.write_bytes(b"x" * 10_000)  # a user's file in the --cache-dir, larger than the cap
+    store = DiskStore(tmp_path, max_bytes=1)
+    store.lookup({"k": 1}, ["a"], rows_for([]), FIELDS)
+    assert mine.exists() and not store.file_for({"k": 1}).exists()  # its own file went, over the cap
+
+
+def test_a_file_whose_time_cannot_be_touched_is_still_served(tmp_path, monkeypatch):
+    calls = []
+    DiskStore(tmp_path).lookup({"k": 2}, ["a"], rows_for(calls), FIELDS)
+
+    def refuse(*args, **kwargs):  # a read-only or another user's cache folder
+        raise PermissionError("read-only file system")
+
+    monkeypatch.setattr(os, "utime", refuse)
+    store = DiskStore(tmp_path)
+    assert store.lookup({"k": 2}, ["a"], rows_for(calls), FIELDS)["rows"].tolist() == [[1, 2]]
+    assert calls == [["a"]] and store.hits == 1

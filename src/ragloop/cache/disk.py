@@ -21,10 +21,12 @@ recently used file (by modification time; a read refreshes it) is deleted.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
 import os
+import re
 import threading
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
@@ -40,6 +42,7 @@ from ragloop.io import atomic_write_bytes
 log = logging.getLogger(__name__)
 
 DISK_MAX_BYTES = 1 << 30  # the store's default size cap: 1 GiB
+_OWN_FILE = re.compile(r"[0-9a-f]{32}\.npz")  # the names `file_for` gives
 _UNREADABLE = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, UnicodeDecodeError)
 
 
@@ -99,7 +102,8 @@ class DiskStore:
                           for f, a in arrays.items()))
             if not ok:
                 raise ValueError("arrays and keys disagree")
-            os.utime(file)  # recently used: evicted last
+            with contextlib.suppress(OSError):  # a read-only or shared folder is still read
+                os.utime(file)  # recently used: evicted last
             return keys, arrays
         except _UNREADABLE as e:
             log.warning("cache file %s is unreadable (%s: %s); ignoring it", file, type(e).__name__, str(e)[:120])
@@ -118,6 +122,8 @@ class DiskStore:
         """Delete the least recently used files until the folder is within `max_bytes`."""
         files = []
         for f in self.directory.glob("*.npz"):
+            if not _OWN_FILE.fullmatch(f.name):  # only what this store wrote: never a user's other files
+                continue
             try:
                 st = f.stat()
             except OSError:  # deleted meanwhile (another process)
