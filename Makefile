@@ -18,4 +18,4 @@ test: install
 
 lint:
 	$(PYTHON) -m ruff check .
-	lint-imports  # the layer contract and no import cycles ([tool.importlinter] in pyproject.toml)
+	$(PYTHON) -c 'import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())'  # the layer contract and no import cycles ([tool.importlinter] in pyproject.toml)
