@@ -165,6 +165,9 @@ def test_import_and_help_do_not_load_torch_and_bm25_search_loads_no_model(index_
     help_ = ("import runpy, sys\nsys.argv = ['ragloop', '--help']\n"
              "try:\n    runpy.run_module('ragloop', run_name='__main__')")
     assert _modules_after(help_ + "\nexcept SystemExit:\n    pass") == set()  # python -m ragloop --help
+    for command in ("train", "train-retriever", "train-reranker"):  # a bad value is refused before torch loads
+        bad = f"from ragloop.cli import main\nassert main([{command!r}, '--batch_size', '0']) == 2"
+        assert _modules_after(bad) == set()
     search = f"from ragloop.cli import main\nmain(['search', {str(index_dir)!r}, 'Warsaw', '--mode', 'bm25'])"
     assert not _modules_after(search) & {"torch", "transformers"}
     # the public names still import, each loading what it needs when first used

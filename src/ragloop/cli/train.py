@@ -17,9 +17,9 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> None:
+    cfg = config_from_args(args, TrainConfig)  # a bad value is refused here, before torch loads
     from ragloop.training import train
 
-    cfg = config_from_args(args, TrainConfig)
     result = train(cfg, progress=progress(args))
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun / accelerate launch, process 0 reports
         return

@@ -19,9 +19,9 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> None:
+    cfg = config_from_args(args, RerankerTrainConfig)  # a bad value is refused here, before torch loads
     from ragloop.training.reranker_trainer import train_reranker
 
-    cfg = config_from_args(args, RerankerTrainConfig)
     result = train_reranker(cfg, progress=progress(args))
     print(f"trained {result['steps']} steps in {result['seconds']:.0f}s ({result['seconds_per_step']:.2f}s a step, "
           f"after {result['data_seconds']:.0f}s finding negatives), final loss {result['final_loss']:.4f}")

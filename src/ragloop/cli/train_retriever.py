@@ -21,9 +21,10 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> None:
+    cfg = config_from_args(args, RetrieverTrainConfig)  # a bad value is refused here, before torch loads
     from ragloop.training.retriever_trainer import train_retriever
 
-    result = train_retriever(config_from_args(args, RetrieverTrainConfig), progress=progress(args))
+    result = train_retriever(cfg, progress=progress(args))
     print(f"trained {result['steps']} steps in {result['seconds']:.0f}s, final loss {result['final_loss']:.4f}")
     if result["validation"]:
         v = result["validation"]
