@@ -26,7 +26,7 @@ def test_defaults_and_the_manifest_entries():
     ({"chunk_size": -1}, "--chunk-size must be at least 1 (got -1)"),
     ({"train_size": 0}, "train_size must be at least 1"),
     ({"refine": "ram"}, "--refine must be one of none, disk (got 'ram')"),
-    ({"refine": "disk", "refine_factor": 0}, "--refine-factor must be a whole number of at least 1"),
+    ({"refine": "disk", "refine_factor": 0}, "--refine-factor must be at least 1 (got 0)"),
     ({"refine_dtype": "int8"}, "--refine-dtype must be one of float32, float16"),
     ({"factory": ""}, "FAISS index type must be a factory string"),
     ({"search_params": ["nprobe"]}, "search_params must map"),
@@ -55,3 +55,8 @@ def test_a_manifest_gives_back_the_settings_that_rebuild_the_index():
     again = IndexSettings.of(**IndexSettings.from_manifest(manifest).build_options())
     assert again.refine_entry() == built.refine_entry() and again.factory == built.factory
     assert again.with_bm25 is False and again.search_params_or_defaults() == built.search_params_or_defaults()
+
+
+def test_with_bm25_must_be_true_or_false():
+    with pytest.raises(RagloopError, match="with_bm25: expected true or false"):
+        IndexSettings(with_bm25="no")

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from ragloop.cache.fingerprint import content_digest
+from ragloop.checks import whole
 from ragloop.errors import RagloopError
 from ragloop.io import atomic_write_bytes
 
@@ -54,9 +55,7 @@ class DiskStore:
         self.directory = Path(directory)
         if self.directory.exists() and not self.directory.is_dir():
             raise RagloopError(f"cache directory {self.directory} is a file")
-        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
-            raise RagloopError(f"disk cache max_bytes must be a whole number >= 0 (got {max_bytes!r})")
-        self.max_bytes, self.key_field = max_bytes, key_field
+        self.max_bytes, self.key_field = whole(max_bytes, "disk cache max_bytes", low=0), key_field
         self.hits = self.misses = self.evictions = 0
         self._lock = threading.Lock()
 

@@ -28,8 +28,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Collection, Hashable, Sequence
 from typing import Any
 
+from ragloop.checks import whole
 from ragloop.constants import CACHE_MAX_BYTES, CACHE_MAX_ENTRIES
-from ragloop.errors import RagloopError
 
 ENTRY_OVERHEAD = 256  # bytes charged per entry beyond its value and item (key tuple, dict slots)
 
@@ -86,10 +86,6 @@ class _LRU:
         self.bytes = 0
 
 
-def _whole(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise RagloopError(f"cache {name} must be a whole number >= 0 (got {value!r})")
-    return value
 
 
 class Memo:
@@ -99,7 +95,7 @@ class Memo:
 
     def __init__(self, max_entries: int = CACHE_MAX_ENTRIES, max_bytes: int = CACHE_MAX_BYTES,
                  kinds: Sequence[str] = (), off: Collection[str] = ()) -> None:
-        self._lru = _LRU(_whole("max_entries", max_entries), _whole("max_bytes", max_bytes))
+        self._lru = _LRU(whole(max_entries, "cache max_entries", low=0), whole(max_bytes, "cache max_bytes", low=0))
         self._lock = threading.RLock()
         self.off = frozenset(off)
         self.hits: dict[str, int] = dict.fromkeys(kinds, 0)

@@ -18,10 +18,10 @@ created (that needs faiss); everything else is checked here, without importing f
 from __future__ import annotations
 
 import dataclasses
-import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
+from ragloop import checks
 from ragloop.constants import INDEX_CHUNK_SIZE, INDEX_REFINE_FACTOR
 from ragloop.errors import RagloopError
 from ragloop.quantize import check_mode
@@ -56,17 +56,17 @@ class IndexSettings:
         if self.search_params is not None and not (
                 isinstance(self.search_params, dict) and all(isinstance(k, str) for k in self.search_params)):
             raise RagloopError(f"search_params must map FAISS parameter names to values (got {self.search_params!r})")
-        for name, flag in (("batch_size", "--batch-size"), ("chunk_size", "--chunk-size"),
-                           ("train_size", "train_size")):
-            _at_least_one(getattr(self, name), flag)
+        for name, shown_as in (("batch_size", "--batch-size"), ("chunk_size", "--chunk-size"),
+                               ("train_size", "train_size"), ("refine_factor", "--refine-factor")):
+            checks.whole(getattr(self, name), shown_as, low=1)
+        checks.flag(self.with_bm25, "with_bm25")
         if self.refine == "none":
             object.__setattr__(self, "refine", None)
-        if self.refine is not None and self.refine not in REFINE_KINDS:
-            raise RagloopError(f"--refine must be one of none, {', '.join(REFINE_KINDS)} (got {self.refine!r})")
-        if not _is_whole(self.refine_factor) or self.refine_factor < 1:
-            raise RagloopError(f"--refine-factor must be a whole number of at least 1 (got {self.refine_factor!r})")
-        if self.refine_dtype not in REFINE_DTYPES:
-            raise RagloopError(f"--refine-dtype must be one of {', '.join(REFINE_DTYPES)} (got {self.refine_dtype!r})")
+        if self.refine is not None:
+            checks.choice(self.refine, "--refine", REFINE_KINDS,
+                          f"--refine must be one of none, {', '.join(REFINE_KINDS)} (got {self.refine!r})")
+        checks.choice(self.refine_dtype, "--refine-dtype", REFINE_DTYPES,
+                      f"--refine-dtype must be one of {', '.join(REFINE_DTYPES)} (got {self.refine_dtype!r})")
         check_mode(self.quantize)
 
     @classmethod
@@ -104,11 +104,3 @@ class IndexSettings:
             return None
         return {"kind": self.refine, "factor": self.refine_factor, "dtype": self.refine_dtype, "file": VECTORS_FILE}
 
-
-def _is_whole(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _at_least_one(value: Any, name: str) -> None:
-    if not _is_whole(value) or value < 1:
-        raise RagloopError(f"{name} must be at least 1 (got {value!r})")
