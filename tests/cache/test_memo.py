@@ -40,8 +40,9 @@ def test_defaults_come_from_constants_and_bad_bounds_are_refused():
     stats = Memo(kinds=("a", "b")).stats()
     assert (stats["max_entries"], stats["max_bytes"]) == (CACHE_MAX_ENTRIES, CACHE_MAX_BYTES)
     assert stats["a"] == stats["b"] == {"hits": 0, "misses": 0, "hit_rate": None}
-    for bad in (-1, 1.5, True, "4"):
-        with pytest.raises(RagloopError, match="whole number"):
+    for bad, problem in ((-1, "must be at least 0"), (1.5, "expected a whole number"), (True, "expected a whole"),
+                         ("4", "expected a whole")):
+        with pytest.raises(RagloopError, match=f"cache max_entries:? {problem}"):
             Memo(max_entries=bad)
 
 
