@@ -22,9 +22,10 @@ from bench.suite import bigdata
 from bench.suite.common import faiss_bytes, num, percentile, quiet_stderr, say, single_query_seconds, table
 from bench.suite.goals import goal
 from bench.suite.search import nlist_for
+from ragloop.constants import INDEX_REFINE_FACTOR as REFINE_FACTOR
 from ragloop.evaluation.metrics import has_answer
-from ragloop.retrieval.backend import DEFAULT_SEARCH_PARAMS, FaissBackend, is_fast_scan
-from ragloop.retrieval.index import REFINE_FACTOR, TRAIN_SIZE
+from ragloop.retrieval.backend import FaissBackend, is_fast_scan
+from ragloop.retrieval.settings import DEFAULT_SEARCH_PARAMS, TRAIN_SIZE
 from ragloop.retrieval.vecfile import NpyAppender, open_vectors, sample_rows
 
 TITLE = "Compressed indexes: RAM, recall and the disk refine stage"

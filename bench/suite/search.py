@@ -39,7 +39,8 @@ from bench.suite.common import (
 )
 from bench.suite.goals import goal
 from ragloop.evaluation.metrics import has_answer
-from ragloop.retrieval.backend import DEFAULT_SEARCH_PARAMS, FaissBackend
+from ragloop.retrieval.backend import FaissBackend
+from ragloop.retrieval.settings import DEFAULT_SEARCH_PARAMS
 
 TITLE = "Search: latency, index types, scale"
 K = 10

@@ -28,15 +28,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ragloop.checks import ConfigError, choice, flag, number, text, whole
-from ragloop.constants import (  # noqa: F401  (re-exported: older code imports them from here)
-    BUNDLED_GENERATOR,
-    DEFAULT_ENCODER,
-    DEFAULT_GENERATOR,
-    INDEX_CHUNK_SIZE,
-    INDEX_REFINE_FACTOR,
-    READER_MODES,
-    SEARCH_MODES,
-)
+from ragloop.constants import DEFAULT_ENCODER, DEFAULT_GENERATOR, READER_MODES, SEARCH_MODES
 from ragloop.errors import RagloopError
 
 PRECISION_HELP = ("autocast dtype; auto: bf16 on a GPU that has it, else fp32 (on a CPU too, so that a run gives the "

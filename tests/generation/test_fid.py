@@ -12,7 +12,8 @@ from transformers.modeling_outputs import BaseModelOutput
 
 import ragloop.generation.readers as readers
 from ragloop import Encoder, Passage, RagloopError
-from ragloop.config import READER_MODES, TrainConfig
+from ragloop.config import TrainConfig
+from ragloop.constants import READER_MODES
 from ragloop.generation import Generator
 from ragloop.generation.fusion import fuse
 from ragloop.generation.readers import distillation_loss, fid_loss

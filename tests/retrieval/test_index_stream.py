@@ -7,7 +7,7 @@ import pytest
 
 from ragloop import Index, Passage, RagloopError, Retriever
 from ragloop.cli import main
-from ragloop.retrieval.index import encoder_entry
+from ragloop.retrieval.folder import encoder_entry
 from ragloop.retrieval.settings import IndexSettings
 
 QUESTIONS = ["Which team won Super Bowl 50?", "Where is Warsaw?", "Who were the Normans?"]

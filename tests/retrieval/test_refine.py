@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from ragloop import Index, Passage, RagloopError
-from ragloop.retrieval.index import refine_settings
 from ragloop.retrieval.settings import IndexSettings
 
 DIM, K = 32, 10
@@ -28,9 +27,7 @@ ENCODER = {side: {"name": "synthetic", "dim": DIM, "probe": [0.0] * DIM} for sid
 
 
 def build(tmp_path, vectors, factory, refine=None, name="i", nprobe=16):
-    refine = {"refine": refine["kind"], "refine_factor": refine["factor"], "refine_dtype": refine["dtype"]} \
-        if refine else {}
-    settings = IndexSettings(factory=factory, search_params={"nprobe": nprobe}, with_bm25=False, **refine)
+    settings = IndexSettings(factory=factory, search_params={"nprobe": nprobe}, with_bm25=False, **(refine or {}))
     return Index.from_vectors(fake_passages(len(vectors)), vectors, ENCODER, tmp_path / name, settings)
 
 
@@ -48,8 +45,9 @@ def data():
 def test_refine_recovers_the_exact_top_k(tmp_path, data):
     vectors, queries, exact = data
     plain = build(tmp_path, vectors, "IVF16,PQ4x4", name="plain")
-    refined = build(tmp_path, vectors, "IVF16,PQ4x4", refine_settings("disk", 4), name="refined")
-    everything = build(tmp_path, vectors, "IVF16,PQ4x4", refine_settings("disk", len(vectors) // K), name="all")
+    refined = build(tmp_path, vectors, "IVF16,PQ4x4", dict(refine="disk", refine_factor=4), name="refined")
+    everything = build(tmp_path, vectors, "IVF16,PQ4x4", dict(refine="disk", refine_factor=len(vectors) // K),
+                       name="all")
     r_plain = recall(plain.search(queries, K)[1], exact)
     r_refined = recall(refined.search(queries, K)[1], exact)
     assert r_plain < 0.7 and r_refined > r_plain + 0.2  # 16 bits a vector is crude; re-scoring 40 fixes much
@@ -61,7 +59,7 @@ def test_refine_recovers_the_exact_top_k(tmp_path, data):
 
 def test_refined_vectors_are_exact_and_the_manifest_records_refine(tmp_path, data):
     vectors, queries, _ = data
-    index = build(tmp_path, vectors, "IVF16,PQ4x4", refine_settings("disk", 4))
+    index = build(tmp_path, vectors, "IVF16,PQ4x4", dict(refine="disk", refine_factor=4))
     rows = np.array([[0, 5, 1999], [7, 7, 3]])
     assert np.array_equal(index.vectors(rows), vectors[rows])  # float32 on disk: bit for bit
     assert index.manifest["index"]["refine"] == {"kind": "disk", "factor": 4, "dtype": "float32",
@@ -70,14 +68,15 @@ def test_refined_vectors_are_exact_and_the_manifest_records_refine(tmp_path, dat
     assert isinstance(index.backend.exact, np.memmap)  # on disk, not a copy in RAM
     assert not build(tmp_path, vectors, "IVF16,PQ4x4", name="plain").refine
     assert not (tmp_path / "plain" / "vectors.npy").exists()  # the build's vectors file is not kept
-    half = build(tmp_path, vectors, "IVF16,PQ4x4", refine_settings("disk", 4, "float16"), name="half")
+    half = build(tmp_path, vectors, "IVF16,PQ4x4", dict(refine="disk", refine_factor=4, refine_dtype="float16"),
+                 name="half")
     assert half.backend.exact.dtype == np.float16 and half.vectors(rows).dtype == np.float32
     assert np.allclose(half.vectors(rows), vectors[rows], atol=1e-3)
     assert (tmp_path / "half" / "vectors.npy").stat().st_size < (tmp_path / "i" / "vectors.npy").stat().st_size * 0.6
 
 
 def test_rows_past_a_small_index_stay_minus_one(tmp_path, data):
-    index = build(tmp_path, data[0][:300], "IVF4,PQ4x4", refine_settings("disk", 2))
+    index = build(tmp_path, data[0][:300], "IVF4,PQ4x4", dict(refine="disk", refine_factor=2))
     scores, rows = index.search(data[1][:3], 400)
     assert (rows[:, :300] >= 0).all() and (rows[:, 300:] == -1).all()
     assert all(len(set(r[:300])) == 300 for r in rows)  # every row once
@@ -86,7 +85,7 @@ def test_rows_past_a_small_index_stay_minus_one(tmp_path, data):
 
 @pytest.mark.parametrize("truncate_to", [50, -100])
 def test_truncated_vectors_file_is_a_clear_error_at_load(tmp_path, data, truncate_to):
-    build(tmp_path, data[0][:300], "IVF4,PQ4x4", refine_settings("disk", 2))
+    build(tmp_path, data[0][:300], "IVF4,PQ4x4", dict(refine="disk", refine_factor=2))
     f = tmp_path / "i" / "vectors.npy"
     size = f.stat().st_size
     with open(f, "r+b") as fh:
@@ -106,7 +105,7 @@ def test_truncated_vectors_file_is_a_clear_error_at_load(tmp_path, data, truncat
 @pytest.mark.parametrize("refine", [None, "disk"])
 def test_opq_and_fast_scan_build_search_and_return_vectors(tmp_path, data, factory, refine):
     vectors, queries, exact = data
-    index = build(tmp_path, vectors[:600], factory, refine_settings(refine, 8))
+    index = build(tmp_path, vectors[:600], factory, dict(refine=refine, refine_factor=8))
     loaded = Index.load(tmp_path / "i")
     assert loaded.factory == factory
     scores, rows = loaded.search(queries, K)
@@ -129,12 +128,12 @@ def test_opq_and_fast_scan_build_search_and_return_vectors(tmp_path, data, facto
 
 def test_bad_refine_options_are_clear_errors():
     with pytest.raises(RagloopError, match="--refine must be one of"):
-        refine_settings("ram")
+        IndexSettings(refine="ram")
     with pytest.raises(RagloopError, match="--refine-factor"):
-        refine_settings("disk", 0)
+        IndexSettings(refine="disk", refine_factor=0)
     with pytest.raises(RagloopError, match="--refine-dtype"):
-        refine_settings("disk", 4, "int8")
-    assert refine_settings("none") is None
+        IndexSettings(refine="disk", refine_factor=4, refine_dtype="int8")
+    assert IndexSettings(refine="none").refine_entry() is None
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from ragloop import Passage, RagloopError, load_qa
 from ragloop.cli import main
 from ragloop.evaluation import has_answer
 from ragloop.retrieval import Encoder
-from ragloop.retrieval.index import bm25_text
+from ragloop.retrieval.folder import bm25_text
 from ragloop.retrieval.rerank import Reranker
 from ragloop.training.negatives import build_items
 from ragloop.training.reranker_trainer import RerankerTrainConfig, group_loss, train_reranker, training_data

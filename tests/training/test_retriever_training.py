@@ -10,7 +10,7 @@ import torch
 from ragloop import BiEncoder, Encoder, Index, RagloopError, Retriever, load_corpus, load_qa
 from ragloop.cli import build_parser
 from ragloop.evaluation import has_answer
-from ragloop.retrieval.index import bm25_text
+from ragloop.retrieval.folder import bm25_text
 from ragloop.training.retriever_trainer import (
     RetrieverTrainConfig,
     batch_targets,

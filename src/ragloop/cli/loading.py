@@ -7,6 +7,8 @@ RAG model with the reranker, cache and precision asked for. Imports torch only w
 
 from __future__ import annotations
 
+from ragloop.constants import CACHE_MAX_ENTRIES
+
 
 def build_cache(args):
     """The retrieval cache the command's flags ask for: on disk (`--cache-dir`), in memory (`answer`,
@@ -14,9 +16,9 @@ def build_cache(args):
     cache_dir, size = getattr(args, "cache_dir", None), getattr(args, "cache_size", None)
     if getattr(args, "no_cache", False) or (cache_dir is None and size is None):
         return None
-    from ragloop.retrieval.cache import DEFAULT_MAX_ENTRIES, RetrievalCache
+    from ragloop.retrieval.cache import RetrievalCache
 
-    return RetrievalCache(max_entries=DEFAULT_MAX_ENTRIES if size is None else size, directory=cache_dir)
+    return RetrievalCache(max_entries=CACHE_MAX_ENTRIES if size is None else size, directory=cache_dir)
 
 
 def build_retriever(args):

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from ragloop.config import BUNDLED_GENERATOR
+from ragloop.constants import BUNDLED_GENERATOR
 from ragloop.errors import RagloopError, first_line
 from ragloop.generation.copy_head import COPY_HEAD_FILE, CopyHead, load_copy_head, save_copy_head
 from ragloop.generation.decoding import beam_search

@@ -31,7 +31,6 @@ import faiss
 import numpy as np
 
 from ragloop.errors import RagloopError
-from ragloop.retrieval.settings import DEFAULT_SEARCH_PARAMS  # noqa: F401  (re-exported from its old home)
 
 log = logging.getLogger(__name__)
 

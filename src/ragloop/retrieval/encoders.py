@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ragloop.config import DEFAULT_ENCODER  # noqa: F401 (re-exported: the default's home is config)
+from ragloop.constants import DEFAULT_ENCODER
 from ragloop.errors import RagloopError
 from ragloop.manifest import legacy_name
 from ragloop.quiet import bar_disabled, quiet_transformers

@@ -40,7 +40,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from ragloop.constants import INDEX_CHUNK_SIZE, INDEX_REFINE_FACTOR
 from ragloop.data.corpus import Passage
 from ragloop.errors import RagloopError
 from ragloop.io import atomic_dir
@@ -48,14 +47,10 @@ from ragloop.manifest import verify_files
 from ragloop.quiet import bar_disabled
 from ragloop.retrieval.backend import FaissBackend
 from ragloop.retrieval.bm25 import BM25Index
-from ragloop.retrieval.folder import (  # noqa: F401  (the folder's names, re-exported from their old home)
+from ragloop.retrieval.folder import (
     BM25_DIR,
-    FORMAT,
-    FORMAT_VERSION,
     MANIFEST,
-    PROBE_COSINE,
     STORE_FILE,
-    bm25_text,
     check_replaceable,
     encoder_entry,
     finish,
@@ -65,10 +60,7 @@ from ragloop.retrieval.folder import (  # noqa: F401  (the folder's names, re-ex
     write_chunks,
     write_index,
 )
-from ragloop.retrieval.settings import (  # noqa: F401  (REFINE_*, TRAIN_SIZE: re-exported from their old home)
-    REFINE_DTYPES,
-    REFINE_KINDS,
-    TRAIN_SIZE,
+from ragloop.retrieval.settings import (
     VECTORS_FILE,
     IndexSettings,
 )
@@ -80,7 +72,6 @@ if TYPE_CHECKING:  # encoders import torch: loaded only where a model is used, s
 
 log = logging.getLogger(__name__)
 
-CHUNK_SIZE, REFINE_FACTOR = INDEX_CHUNK_SIZE, INDEX_REFINE_FACTOR
 _STATE_STAMPS = itertools.count(1)  # process-unique stamps: what a retrieval cache keys an index's contents by
 
 
@@ -323,12 +314,6 @@ def _precision(quantize: str | None) -> str:
 def check_batch_size(batch_size: int) -> None:
     """A batch size of at least 1 (the rule `IndexSettings` checks), for `add` and `reencode`."""
     IndexSettings(batch_size=batch_size)
-
-
-def refine_settings(kind: str | None, factor: int = REFINE_FACTOR, dtype: str = "float32") -> dict | None:
-    """The manifest's refine entry for `--refine KIND --refine-factor F --refine-dtype D`, checked
-    (`IndexSettings(refine=..., ...).refine_entry()`)."""
-    return IndexSettings(refine=kind, refine_factor=factor, refine_dtype=dtype).refine_entry()
 
 
 def _chunks(items: Iterable[Passage], size: int) -> Iterator[list[Passage]]:

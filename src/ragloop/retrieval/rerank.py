@@ -32,7 +32,7 @@ from ragloop.io import atomic_dir, atomic_write_json
 from ragloop.manifest import only_replace
 from ragloop.quiet import bar_disabled, quiet_transformers
 from ragloop.retrieval.encoders import resolve_source
-from ragloop.retrieval.index import bm25_text
+from ragloop.retrieval.folder import bm25_text
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from ragloop._version import __version__
 from ragloop.errors import RagloopError
 from ragloop.model import RAG
 from ragloop.model_io import CONFIG_FILE
-from ragloop.retrieval.index import MANIFEST
+from ragloop.retrieval.folder import MANIFEST
 from ragloop.retrieval.retriever import Retriever
 from ragloop.serving.batcher import MicroBatcher
 from ragloop.serving.schemas import MAX_K, MAX_QUESTION_CHARS

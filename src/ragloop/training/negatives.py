@@ -26,7 +26,7 @@ from ragloop.errors import RagloopError
 from ragloop.evaluation.metrics import has_answer
 from ragloop.retrieval.bm25 import BM25Index
 from ragloop.retrieval.encoders import Encoder
-from ragloop.retrieval.index import bm25_text
+from ragloop.retrieval.folder import bm25_text
 
 log = logging.getLogger(__name__)
 

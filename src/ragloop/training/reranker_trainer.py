@@ -36,7 +36,7 @@ from ragloop.io import atomic_dir, atomic_write_json
 from ragloop.manifest import only_replace
 from ragloop.retrieval.bm25 import BM25Index
 from ragloop.retrieval.encoders import Encoder
-from ragloop.retrieval.index import bm25_text
+from ragloop.retrieval.folder import bm25_text
 from ragloop.retrieval.rerank import Reranker, passage_text, relevance
 from ragloop.training.negatives import TrainItem, build_items
 from ragloop.training.optim import adamw, autocast_dtype, linear_schedule, new_layer_lr, param_groups
