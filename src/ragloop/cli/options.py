@@ -103,7 +103,7 @@ def add_rerank_options(p: argparse.ArgumentParser) -> None:
 
 
 def add_cache_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("cache (repeated questions answered from memory; retrieval/cache.py)")
+    g = p.add_argument_group("cache (repeated questions answered from memory: searches and answers)")
     g.add_argument("--cache-size", type=NON_NEGATIVE, default=CACHE_MAX_ENTRIES, metavar="N",
                    help="questions' results and answers remembered at most (LRU, also at most 64 MiB)")
     g.add_argument("--no-cache", action="store_true", help="compute every answer and search afresh")

@@ -1,6 +1,6 @@
 """The vector side of an index folder: FAISS today, one class per backend.
 
-An `Index` (index.py) owns the folder, the manifest, the passage store and BM25; it talks to its
+An `Index` (index.py, with folder.py for the manifest) owns the folder, the passage store and BM25; it talks to its
 vectors only through this interface, so another vector library is one more class like `FaissBackend`:
 
     >>> backend = FaissBackend.create("HNSW32", dim=384, search_params={"efSearch": 128})

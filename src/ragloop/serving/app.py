@@ -121,8 +121,8 @@ def create_app(source: str | Path | RAG | Retriever, *, max_batch: int = 16, max
     request, on the model thread (`threads` torch/FAISS threads; default: the cores available).
     With `api_key`, every request but the page and the docs must send `Authorization: Bearer KEY`.
     `rerank` (a cross-encoder name or path) and `rerank_depth` replace the reranking stage of what is served.
-    `cache_size`: answers and searches remembered per question (LRU, retrieval/cache.py; 0 or None: none),
-    its hits and misses on /health.
+    `cache_size`: answers and searches remembered per question (LRU: retrieval/cache.py for searches,
+    answer_cache.py for answers; 0 or None: none), its hits and misses on /health.
 
     `quantize="int8"` serves the question encoder and the generator int8-quantized (shown in /health)."""
     if api_key is not None:
