@@ -47,3 +47,12 @@ def from_source(source: str) -> str:
 def precision(quantized: str | None) -> str:
     """', int8 encoder' after a summary's figures, when a model ran quantized."""
     return f", {quantized} encoder" if quantized else ""
+
+
+def report_training(result: dict, speed: str, dev: str) -> None:
+    """The closing lines a trainer's command prints: steps, `speed`, the final loss, and the dev metrics
+    at k (`dev` names the evaluation) when there was validation data."""
+    print(f"trained {result['steps']} steps in {result['seconds']:.0f}s{speed}, final loss {result['final_loss']:.4f}")
+    if result["validation"]:
+        v = result["validation"]
+        print(f"dev ({dev(v) if callable(dev) else dev}): " + " ".join(f"{k}={v[k]}" for k in v if "@" in k))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from ragloop.cli.options import add_config_command, progress
+from ragloop.cli.output import report_training
 from ragloop.config import RerankerTrainConfig, config_from_args
 
 
@@ -23,10 +24,6 @@ def run(args) -> None:
     from ragloop.training.reranker_trainer import train_reranker
 
     result = train_reranker(cfg, progress=progress(args))
-    print(f"trained {result['steps']} steps in {result['seconds']:.0f}s ({result['seconds_per_step']:.2f}s a step, "
-          f"after {result['data_seconds']:.0f}s finding negatives), final loss {result['final_loss']:.4f}")
-    if result["validation"]:
-        v = result["validation"]
-        print(f"dev ({v['questions']} questions, BM25 top {v['candidates']}): "
-              + " ".join(f"{k}={v[k]}" for k in v if "@" in k))
+    report_training(result, f" ({result['seconds_per_step']:.2f}s a step, after {result['data_seconds']:.0f}s finding "
+                            "negatives)", lambda v: f"{v['questions']} questions, BM25 top {v['candidates']}")
     print(f"reranker: {result['output_dir']} (Reranker.from_pretrained({result['output_dir']!r}))")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 
 from ragloop.cli.options import add_config_command, progress
+from ragloop.cli.output import report_training
 from ragloop.config import RetrieverTrainConfig, config_from_args
 
 
@@ -25,10 +26,7 @@ def run(args) -> None:
     from ragloop.training.retriever_trainer import train_retriever
 
     result = train_retriever(cfg, progress=progress(args))
-    print(f"trained {result['steps']} steps in {result['seconds']:.0f}s, final loss {result['final_loss']:.4f}")
-    if result["validation"]:
-        v = result["validation"]
-        print("dev (dense): " + " ".join(f"{k}={v[k]}" for k in v if "@" in k))
+    report_training(result, "", "dense")
     print(_how_to_index(result))
 
 
