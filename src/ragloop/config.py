@@ -142,12 +142,20 @@ def flat_fields(cls: type) -> list[tuple[str, Field, str | None]]:
 
 
 def spread(cls: type[C]) -> type[C]:
-    """Let a config's constructor (and so `dataclasses.replace`) take its nested configs' settings by flag
-    name too: `TrainConfig(n_docs=2, rag_mode="fid")` is `TrainConfig(rag=RAGConfig(n_docs=2, mode="fid"))`
-    (on top of a `rag=` given alongside). An error names the flag."""
+    """Let a config take its nested configs' settings by flag name too: `TrainConfig(n_docs=2,
+    rag_mode="fid")` is `TrainConfig(rag=RAGConfig(n_docs=2, mode="fid"))` (on top of a `rag=` given
+    alongside), and so is `dataclasses.replace`; `cfg.n_docs` reads `cfg.rag.n_docs`, and `cfg.n_docs = 3`
+    sets it there, checked again. An error names the flag."""
     init = cls.__init__
     flags = {name: (parent, f.name) for name, f, parent in flat_fields(cls) if parent}
     factories = {f.name: f.default_factory for f in fields(cls) if f.metadata.get("nested")}
+
+    def replaced(base: Any, parent: str, values: dict[str, Any]) -> Any:
+        try:
+            return dataclasses.replace(base, **values)
+        except ConfigError as e:
+            flag_of = {f: name for name, (p, f) in flags.items() if p == parent}
+            raise e.renamed(f"--{flag_of.get(e.name, e.name)}") from None
 
     @functools.wraps(init)
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -156,15 +164,22 @@ def spread(cls: type[C]) -> type[C]:
             parent, field_name = flags[name]
             spread_out.setdefault(parent, {})[field_name] = kwargs.pop(name)
         for parent, values in spread_out.items():
-            base = kwargs.get(parent) or factories[parent]()
-            try:
-                kwargs[parent] = dataclasses.replace(base, **values)
-            except ConfigError as e:
-                flag_of = {f: name for name, (p, f) in flags.items() if p == parent}
-                raise e.renamed(f"--{flag_of.get(e.name, e.name)}") from None
+            kwargs[parent] = replaced(kwargs.get(parent) or factories[parent](), parent, values)
         init(self, *args, **kwargs)
 
-    cls.__init__ = __init__
+    def __getattr__(self, name: str) -> Any:  # only for names not found on the object itself
+        if name not in flags:  # a nested config itself, while a copy is being built, lands here too
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        parent, field_name = flags[name]
+        return getattr(getattr(self, parent), field_name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in flags:
+            parent, field_name = flags[name]
+            name, value = parent, replaced(getattr(self, parent), parent, {field_name: value})
+        object.__setattr__(self, name, value)
+
+    cls.__init__, cls.__getattr__, cls.__setattr__ = __init__, __getattr__, __setattr__
     return cls
 
 
@@ -193,7 +208,6 @@ class FlatConfig:
     @classmethod
     def load(cls: type[C], path: str | Path) -> C:
         return cls.from_dict(json.loads(Path(path).read_text()))
-
 
 
 @spread
@@ -251,21 +265,6 @@ class TrainConfig(FlatConfig):
         if not isinstance(self.rag, RAGConfig):
             raise ConfigError("rag", f"expected a RAGConfig, got {type(self.rag).__name__}", "type")
         super().__post_init__()
-
-    def __getattr__(self, name: str) -> Any:
-        """Reading a RAG setting by its flag name (`cfg.n_docs`, `cfg.rag_mode`), as before `rag` held them."""
-        if name == "rag" or name not in _RAG_FLAGS:  # "rag": not set yet (a copy being built)
-            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-        return getattr(self.rag, _RAG_FLAGS[name])
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        """Setting a RAG setting by its flag name (`cfg.n_docs = 3`) sets it in `rag`, checked again there."""
-        if name in _RAG_FLAGS:
-            value, name = dataclasses.replace(self.rag, **{_RAG_FLAGS[name]: value}), "rag"
-        super().__setattr__(name, value)
-
-
-_RAG_FLAGS = {name: f.name for name, f, parent in flat_fields(TrainConfig) if parent}  # flag -> RAGConfig field
 
 
 @dataclass
