@@ -130,6 +130,12 @@ def tiny_t5_dir(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def t5(tiny_t5_dir) -> Generator:
+    """The tiny T5 as a Generator, loaded once per test module (its tests may train it)."""
+    return Generator.from_pretrained(str(tiny_t5_dir))
+
+
 @pytest.fixture(scope="session")
 def squad_small() -> Path:
     """12 real SQuAD v1.1 dev paragraphs (CC BY-SA 4.0) with their questions."""

@@ -35,11 +35,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def t5(tiny_t5_dir) -> Generator:
-    return Generator.from_pretrained(str(tiny_t5_dir))
-
-
-@pytest.fixture(scope="module")
 def copier(tiny_bert_dir) -> Generator:
     torch.manual_seed(0)
     gen = Generator.from_encoder_decoder(str(tiny_bert_dir), str(tiny_bert_dir), copy=True)

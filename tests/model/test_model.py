@@ -29,11 +29,6 @@ def passage_encoder(encoder) -> Encoder:
 
 
 @pytest.fixture(scope="module")
-def t5(tiny_t5_dir) -> Generator:
-    return Generator.from_pretrained(str(tiny_t5_dir))
-
-
-@pytest.fixture(scope="module")
 def bert2bert(tiny_bert_dir) -> Generator:
     torch.manual_seed(0)
     return Generator.from_encoder_decoder(str(tiny_bert_dir), str(tiny_bert_dir))
