@@ -245,22 +245,21 @@ class Retriever:
     def _question_vectors(self, questions: list[str], progress: bool | None) -> np.ndarray:
         """The question encoder's vectors, remembered in `self.cache` while the encoder is in eval mode."""
         encoder = self.question_encoder
-
-        def encode(missing: list[str]) -> list:
-            return list(encoder.encode(missing, batch_size=128, progress=progress, desc="encoding questions"))
-
         if encoder.training:  # weights change every step: remembering them would only push out the rest
-            return np.stack(encode(questions))
-        vectors = self.cache.get_many("embeddings", module_state(encoder), questions, encode)
+            return self._encode(questions, progress)
+        vectors = self.cache.get_many("embeddings", module_state(encoder), questions,
+                                      lambda missing: list(self._encode(missing, progress)))
         return np.stack(vectors).astype(np.float32, copy=True)
+
+    def _encode(self, questions: list[str], progress: bool | None) -> np.ndarray:
+        return self.question_encoder.encode(questions, batch_size=128, progress=progress, desc="encoding questions")
 
     def _retrieve(self, questions: list[str], k: int, mode: str, vectors: np.ndarray | None, pad_with_dense: bool,
                   progress: bool | None) -> Retrieved:
         """`retrieve` on checked arguments, without the cache."""
         depth = min(self.depth_for(k), len(self.index))
         if vectors is None and (mode != "bm25" or pad_with_dense):
-            vectors = self.question_encoder.encode(questions, batch_size=128, progress=progress,
-                                                   desc="encoding questions")
+            vectors = self._encode(questions, progress)
         scores, rows = self._first_stage(questions, depth, mode, vectors)
         if pad_with_dense and (rows < 0).any():
             rows, scores = _fill_missing(rows, scores, self.index.search(vectors, depth)[1], self.index.path)
