@@ -86,8 +86,6 @@ class _LRU:
         self.bytes = 0
 
 
-
-
 class Memo:
     """Values by (kind, setup, item) in one LRU of at most `max_entries` entries and `max_bytes` bytes.
     `kinds` are reported by `stats` from the start (others once used); kinds in `off` are never

@@ -63,7 +63,6 @@ KINDS = ("results", "embeddings", "answers")  # reported by `stats` from the sta
 RESULT_FIELDS = {"rows": np.int64, "scores": np.float32}  # what a disk file holds per question
 
 
-
 class Retriever(Protocol):
     """What the keys read of a `ragloop.retrieval.retriever.Retriever` (this module sits below it)."""
 

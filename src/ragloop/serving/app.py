@@ -107,7 +107,6 @@ def _page() -> tuple[str, str]:
 PAGE_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
 
 
-
 # -- the app --------------------------------------------------------------------------------------
 
 
