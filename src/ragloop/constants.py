@@ -20,6 +20,13 @@ SEARCH_MODES = ("dense", "bm25", "hybrid")  # the first stages: FAISS, BM25, or 
 FUSION_DEPTH = 100  # each list hybrid fuses is at least this deep
 RERANK_DEPTH = 20  # first-stage candidates a reranker rescores, unless told otherwise
 
+
+def reads_question_vectors(mode: str, pad_with_dense: bool = False) -> bool:
+    """Whether a search in `mode` needs the questions' dense vectors (so a question encoder): every mode
+    but BM25, and BM25 too when the lists it leaves short are padded with dense rows."""
+    return mode != "bm25" or pad_with_dense
+
+
 # -- index builds ----------------------------------------------------------------------------------
 INDEX_CHUNK_SIZE = 4096  # passages an index build encodes, stores and adds to FAISS at a time
 INDEX_REFINE_FACTOR = 8  # refine "disk": FAISS candidates re-scored exactly per result wanted

@@ -35,11 +35,12 @@ def rag_contexts(model: RAG, questions: Sequence[str], k: int | None) -> tuple[l
     disk store of `model.retriever.cache` when it has one (the missing questions retrieved and added)."""
     retriever = getattr(model, "retriever", None)
     disk = getattr(getattr(retriever, "cache", None), "disk", None)
-    common = disk_setup(retriever, model.config.n_docs if k is None else k, retriever.mode) if disk else None
+    asked = model.config.n_docs if k is None else k
+    common = disk_setup(retriever, asked, retriever.mode) if disk else None
     if common is None:
         got = model.retrieve(questions, k)
         return got.passages, got.doc_scores
-    k = min(check_k(model.config.n_docs if k is None else k), len(model.index))
+    k = min(check_k(asked), len(model.index))
     trained_passages = model.config.train_passage_encoder and model.passage_encoder is not None
     settings = {"kind": "rag", "k": k, "search_mode": model.config.search_mode, **common,
                 "question_encoder": weights_digest(model.question_encoder),

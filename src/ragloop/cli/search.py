@@ -11,7 +11,7 @@ import json
 from ragloop.cli.loading import build_retriever
 from ragloop.cli.options import POSITIVE, HelpFormatter, add_quantize_option, add_search_options
 from ragloop.cli.output import from_source
-from ragloop.constants import SEARCH_MODES
+from ragloop.constants import SEARCH_MODES, reads_question_vectors
 
 
 def add_parser(sub, common: argparse.ArgumentParser) -> None:
@@ -31,7 +31,7 @@ def run(args) -> None:
     retriever = build_retriever(args)
     hits = retriever.search([args.question], k=args.k, mode=args.mode)[0]
     if args.json:
-        quantized = {"quantize": args.quantize} if args.quantize and args.mode != "bm25" else {}
+        quantized = {"quantize": args.quantize} if args.quantize and reads_question_vectors(args.mode) else {}
         print(json.dumps({"question": args.question, "mode": args.mode, **quantized,
                           "hits": [h.to_dict() for h in hits]}))
         return

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 
+from ragloop.constants import reads_question_vectors
 from ragloop.data.corpus import Passage
 from ragloop.data.qa import QAExample
 from ragloop.errors import RagloopError
@@ -47,7 +48,7 @@ def evaluate_retrieval(
     stages = retriever.describe()
     if stages["reranker"] is not None:
         result["reranker"] = stages["reranker"]
-    if stages["quantize"] and mode != "bm25":  # the question encoder's precision (BM25 reads no model)
+    if stages["quantize"] and reads_question_vectors(mode):  # the question encoder's precision (BM25 reads no model)
         result["quantize"] = stages["quantize"]
     result.update({f"hit@{k}": within(answer, k) for k in ks})
     result.update({f"gold@{k}": within(gold, k) for k in ks})

@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from ragloop.cache import DISK_MAX_BYTES, DiskStore, Memo, content_digest, module_state, stamp, weights_digest
-from ragloop.constants import CACHE_MAX_BYTES, CACHE_MAX_ENTRIES
+from ragloop.constants import CACHE_MAX_BYTES, CACHE_MAX_ENTRIES, reads_question_vectors
 
 if TYPE_CHECKING:
     from ragloop.retrieval.index import Index
@@ -124,7 +124,7 @@ def search_setup(retriever: Retriever, k: int, mode: str) -> tuple:
 
 def results_setup(retriever: Retriever, k: int, mode: str, pad_with_dense: bool) -> tuple:
     """The key of a `retrieve(question, k, mode, pad_with_dense=...)` result besides the question."""
-    dense = mode != "bm25" or pad_with_dense
+    dense = reads_question_vectors(mode, pad_with_dense)
     encoder_state = module_state(retriever.question_encoder) if dense else None
     return k, mode, pad_with_dense, search_setup(retriever, k, mode), encoder_state
 
@@ -155,7 +155,7 @@ def results_settings(retriever: Retriever, k: int, mode: str, pad_with_dense: bo
     common = disk_setup(retriever, k, mode)
     if common is None:
         return None
-    dense = mode != "bm25" or pad_with_dense
+    dense = reads_question_vectors(mode, pad_with_dense)
     encoder = retriever.question_encoder if dense else None
     # "fill" is pad_with_dense's old name, kept so that existing cache files keep matching
     return {"kind": "retrieve", "k": k, "mode": mode, "fill": pad_with_dense, **common,

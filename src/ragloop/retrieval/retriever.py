@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ragloop.cache import module_state
-from ragloop.constants import FUSION_DEPTH, RERANK_DEPTH, SEARCH_MODES
+from ragloop.constants import FUSION_DEPTH, RERANK_DEPTH, SEARCH_MODES, reads_question_vectors
 from ragloop.data.corpus import Passage
 from ragloop.errors import RagloopError
 from ragloop.retrieval.cache import RESULT_FIELDS, RetrievalCache, results_settings, results_setup
@@ -220,7 +220,7 @@ class Retriever:
                          progress: bool | None) -> Retrieved:
         """`_retrieve` through `self.cache`: remembered rows per question, the missing ones searched together
         (from the disk store first, when the cache has one: questions found there are not even encoded)."""
-        dense = mode != "bm25" or pad_with_dense
+        dense = reads_question_vectors(mode, pad_with_dense)
 
         def encode(missing: list[str]) -> np.ndarray | None:
             return self._question_vectors(missing, progress) if dense else None
@@ -258,7 +258,7 @@ class Retriever:
                   progress: bool | None) -> Retrieved:
         """`retrieve` on checked arguments, without the cache."""
         depth = min(self.depth_for(k), len(self.index))
-        if vectors is None and (mode != "bm25" or pad_with_dense):
+        if vectors is None and reads_question_vectors(mode, pad_with_dense):
             vectors = self._encode(questions, progress)
         scores, rows = self._first_stage(questions, depth, mode, vectors)
         if pad_with_dense and (rows < 0).any():
