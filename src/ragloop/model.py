@@ -334,7 +334,7 @@ class RAG(torch.nn.Module):
         """Load a folder written by `save_pretrained`, its files checked against the manifests: `verify`
         "fast" (sizes, sha256 up to 64 MiB, a sampled digest of larger files), "full"/True (the sha256 of
         every file) or "size"/False (`ragloop.manifest.verify_files`)."""
-        return cls(**model_io.load_parts(path, verify, RAGConfig.from_dict))
+        return cls(**model_io.load_parts(path, verify))
 
 
 # -- helpers --------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
     >>> from ragloop.model_io import CONFIG_FILE, load_parts, save_rag
     >>> save_rag(rag, "runs/rag")                          # what RAG.save_pretrained does
-    >>> parts = load_parts("runs/rag", "fast", RAGConfig.from_dict)   # index, encoders, generator, ...
+    >>> parts = load_parts("runs/rag", "fast")             # index, encoders, generator, config, reranker
     >>> rag = RAG(**parts)                                 # what RAG.from_pretrained does
 
 The folder:
@@ -24,11 +24,11 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ragloop._version import __version__
+from ragloop.config import RAGConfig
 from ragloop.errors import RagloopError
 from ragloop.generation.generator import Generator
 from ragloop.io import atomic_dir, atomic_write_json
@@ -51,7 +51,7 @@ FORMAT, FORMAT_VERSION = "ragloop-rag", 1
 class SavableRAG(Protocol):
     """What `save_rag` reads of a RAG model (`ragloop.model.RAG` is one)."""
 
-    config: Any  # has to_dict()
+    config: RAGConfig
     question_encoder: Encoder
     passage_encoder: Encoder | None
     generator: Generator
@@ -77,7 +77,7 @@ def save_rag(model: SavableRAG, path: str | Path, reindexed: bool = False) -> No
             model.retriever.reranker.write_files(tmp / RERANKER_DIR)
         if reindexed:  # the FAISS vectors changed in memory: write an index that matches them
             built = Index.build(model.index.store, BiEncoder(model.question_encoder, model.passage_encoder),
-                                tmp / INDEX_DIR, progress=False, **model.index.build_options())
+                                tmp / INDEX_DIR, model.index.settings(), progress=False)
             built.store.close()
         else:
             _copy_tree(model.index.path, tmp / INDEX_DIR, link=index_inside)
@@ -103,14 +103,14 @@ def saved_config(model: SavableRAG) -> dict:
                 rerank_depth=r.rerank_depth if r.reranker else None)
 
 
-def load_parts(path: str | Path, verify: bool | str, make_config: Callable[[dict, str], Any]) -> dict:
+def load_parts(path: str | Path, verify: bool | str) -> dict:
     """The parts of a folder `save_rag` wrote, as the RAG constructor's keyword arguments (index,
     question_encoder, generator, config, passage_encoder, reranker), its files checked against the
-    manifests first (`verify`: see `ragloop.manifest.verify_files`). `make_config(values, where)` turns the
-    saved config into the model's config (`RAGConfig.from_dict`), which says whether to load a reranker."""
+    manifests first (`verify`: see `ragloop.manifest.verify_files`). The saved config says whether to load
+    a reranker."""
     path = Path(path)
     meta = _read_meta(path)
-    config = make_config(meta.get("config", {}), str(path / CONFIG_FILE))
+    config = RAGConfig.from_dict(meta.get("config", {}), where=str(path / CONFIG_FILE))
     verify_files(path, meta.get("files", {}), CONFIG_FILE, checksums=verify)
     index = Index.load(path / INDEX_DIR, verify=verify)
     question_encoder = _load_encoder(path / QUESTION_DIR)
