@@ -228,7 +228,9 @@ class TrainConfig(FlatConfig):
     # models and retrieval
     question_encoder: str = opt(DEFAULT_ENCODER, "question encoder: name or path (DPR or any HF encoder)", "model")
     passage_encoder: str | None = opt(None, "passage encoder (default: the question encoder's model)", "model")
-    generator: str = opt(DEFAULT_GENERATOR, "seq2seq generator: name or path (e.g. t5-base)", "model")
+    generator: str | None = opt(None, "the reader's model, name or path: a seq2seq generator (e.g. t5-base; default "
+                                f"{DEFAULT_GENERATOR}), or for --rag_mode span an encoder (default {DEFAULT_ENCODER})",
+                                "model")
     index: str | None = opt(None, "existing index folder (default: build one from the data's contexts)", "model")
     index_type: str = opt("Flat", "FAISS factory string when building the index", "model")
     rag: RAGConfig = field(default_factory=RAGConfig, metadata={"group": "model", "nested": True})

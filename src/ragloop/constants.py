@@ -3,7 +3,7 @@ nothing, so the CLI can offer choices and defaults without importing torch.
 
     >>> from ragloop.constants import READER_MODES, SEARCH_MODES, score_scale
     >>> list(READER_MODES)
-    ['sequence', 'token', 'fid']
+    ['sequence', 'token', 'fid', 'span']
     >>> score_scale(normalized=True)
     20.0
 """
@@ -37,6 +37,8 @@ READER_MODES = {
     "token": "RAG-Token: the passage may change at every answer token",
     "fid": "Fusion-in-Decoder: the k passages encoded apart, read together by one decoder pass; the question "
            "encoder learns by distilling the reader's per-passage likelihood",
+    "span": "extractive span reader (DPR's reader, REALM): an encoder scores answer spans and passages; the "
+            "answer is the best span of the k passages, trained by the marginal over passages and gold spans",
 }
 
 # -- scores ----------------------------------------------------------------------------------------

@@ -242,11 +242,8 @@ class RAG(torch.nn.Module):
         if len(answers) != len(questions):
             raise RagloopError(f"{len(questions)} questions but {len(answers)} answers")
         ctx = self._contexts(questions, passages, doc_scores)
-        gen = self.generator
-        inputs = {name: t.to(gen.device) for name, t in gen.build_inputs(questions, ctx.passages).items()}
-        labels = gen.tokenize_targets(answers).to(gen.device)
-        doc_logprobs = ctx.doc_logprobs.to(gen.device)
-        parts = self.reader.loss(gen, inputs, labels, doc_logprobs, self.config)
+        doc_logprobs = ctx.doc_logprobs.to(self.generator.device)
+        parts = self.reader.loss(self.generator, questions, ctx.passages, answers, doc_logprobs, self.config)
         losses = parts.nll if parts.retriever is None else parts.nll + parts.retriever
         return RAGOutput(losses.mean(), losses, ctx.doc_scores, doc_logprobs, ctx.passages,
                          reader_loss=parts.nll.detach().mean(),
@@ -283,7 +280,21 @@ class RAG(torch.nn.Module):
         questions = check_questions(questions)
         with eval_mode(self):
             ctx = self._contexts(questions, passages, doc_scores)
-            return self.generator.decode(self._generate_ids(questions, ctx, num_beams, max_new_tokens))
+            return self._read(questions, ctx, num_beams, max_new_tokens, spans=False)[0]
+
+    def _read(self, questions: list[str], ctx: Contexts, num_beams: int, max_new_tokens: int,
+              spans: bool) -> tuple[list[str], list[list[dict | None]]]:
+        """The answers, and with `spans` each passage's copied span ([] without): an extractive reader
+        reads them off the passages; a generative one decodes, then finds what it copied."""
+        if self.reader.read is not None:
+            got = self.reader.read(self.generator, questions, ctx.passages, ctx.doc_logprobs, max_new_tokens,
+                                   self.config)
+            return [r.text for r in got], [r.copied for r in got]
+        ids = self._generate_ids(questions, ctx, num_beams, max_new_tokens)
+        texts = self.generator.decode(ids)
+        if not spans:
+            return texts, []
+        return texts, copied_spans(self.generator, questions, ctx.passages, ids, fused=self.reader.fused)
 
     def _generate_ids(self, questions: list[str], ctx: Contexts, num_beams: int,
                       max_new_tokens: int) -> list[list[int]]:
@@ -306,9 +317,7 @@ class RAG(torch.nn.Module):
     def _answer(self, questions: list[str], k: int | None, num_beams: int, max_new_tokens: int) -> list[Answer]:
         with torch.no_grad(), eval_mode(self), self.generator.reusing_encodings():  # spans reuse the encoding
             ctx = self.retrieve(questions, k)
-            ids = self._generate_ids(questions, ctx, num_beams, max_new_tokens)
-            texts = self.generator.decode(ids)
-            copied = copied_spans(self.generator, questions, ctx.passages, ids, fused=self.reader.fused)
+            texts, copied = self._read(questions, ctx, num_beams, max_new_tokens, spans=True)
         scores = ctx.doc_scores.float().cpu().tolist()
         answers = [
             Answer(q, text, [{"id": p.id, "title": p.title, "text": p.text, "source": p.source, "score": s,

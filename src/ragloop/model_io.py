@@ -30,7 +30,9 @@ from typing import TYPE_CHECKING, Protocol
 from ragloop._version import __version__
 from ragloop.config import RAGConfig
 from ragloop.errors import RagloopError
+from ragloop.generation.extractive import SpanReader
 from ragloop.generation.generator import Generator
+from ragloop.generation.readers import READERS
 from ragloop.io import atomic_dir, atomic_write_json
 from ragloop.manifest import checksum_files, legacy_name, only_replace, read_manifest_json, verify_files
 from ragloop.retrieval.encoders import BiEncoder, Encoder
@@ -54,7 +56,7 @@ class SavableRAG(Protocol):
     config: RAGConfig
     question_encoder: Encoder
     passage_encoder: Encoder | None
-    generator: Generator
+    generator: Generator | SpanReader
     retriever: Retriever
 
     @property
@@ -115,7 +117,7 @@ def load_parts(path: str | Path, verify: bool | str) -> dict:
     index = Index.load(path / INDEX_DIR, verify=verify)
     question_encoder = _load_encoder(path / QUESTION_DIR)
     passage_encoder = _load_encoder(path / PASSAGE_DIR) if (path / PASSAGE_DIR).is_dir() else None
-    generator = Generator.from_pretrained(str(path / GENERATOR_DIR))
+    generator = READERS[config.mode].load(str(path / GENERATOR_DIR))  # a Generator, or a SpanReader
     index.check_question_encoder(question_encoder, allow_finetuned=True)
     reranker = None
     if config.rerank is not None:  # saved inside the folder; the name it had is kept for reports

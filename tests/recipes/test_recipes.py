@@ -71,7 +71,7 @@ def _drop(section: str, key: str):
     (_set("train", "n_docs", 2.5), "train.n_docs: expected a whole number, got 2.5"),
     (_set("train", "learning_rate", True), "train.learning_rate: expected a number, got true"),
     (_set("train", "question_encoder_lr", "1e-5"), "train.question_encoder_lr: expected a number or null"),
-    (_set("train", "generator", 3), "train.generator: expected a string, got 3"),
+    (_set("train", "generator", 3), "train.generator: expected a string or null, got 3"),
     (_set("train", "max_steps", None), "train.max_steps is required"),
     (_drop("train", "max_steps"), "train.max_steps is required"),
     (_set("train", "max_train_minutes", 15), "train.max_train_minutes: set by the pipeline"),

@@ -143,11 +143,11 @@ SCRIPT = textwrap.dedent("""
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["sequence", "fid"])  # fid: with the retriever's distillation loss
+@pytest.mark.parametrize("mode", ["sequence", "fid", "span"])  # fid: with the retriever's distillation loss
 def test_two_processes_train_like_one_with_the_global_batch(mode, tmp_path, cfg, squad_small, tiny_bert_dir,
                                                             tiny_t5_dir):
     bert = _without_dropout(tiny_bert_dir, tmp_path / "bert", ["hidden_dropout_prob", "attention_probs_dropout_prob"])
-    t5 = _without_dropout(tiny_t5_dir, tmp_path / "t5", ["dropout_rate"])
+    t5 = bert if mode == "span" else _without_dropout(tiny_t5_dir, tmp_path / "t5", ["dropout_rate"])
     common = dict(train_file=str(squad_small), validation_file=str(squad_small), max_eval_examples=2,
                   question_encoder=str(bert), generator=str(t5), n_docs=2, max_steps=4, eval_steps=2,
                   logging_steps=1, warmup_steps=1, learning_rate=1e-3, rag_mode=mode)
@@ -155,7 +155,8 @@ def test_two_processes_train_like_one_with_the_global_batch(mode, tmp_path, cfg,
 
     ddp = tmp_path / "ddp"
     cli = [f"--{k}={v}" for k, v in common.items()] + ["--batch_size=4", f"--output_dir={ddp}", "-q"]
-    job = {"cli": cli, "cfg": replace(cfg, output_dir=str(tmp_path / "crashed"), rag_mode=mode).to_dict(),
+    job = {"cli": cli, "cfg": replace(cfg, output_dir=str(tmp_path / "crashed"), rag_mode=mode,
+                                  generator=str(bert) if mode == "span" else cfg.generator).to_dict(),
            "straight": str(tmp_path / "straight"), "result": str(tmp_path / "result.json"),
            "seen": str(tmp_path / "seen-%s.json")}
     (tmp_path / "job.py").write_text(SCRIPT)

@@ -19,10 +19,15 @@ STEPS, WINDOW = 25, 5
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.mark.parametrize("mode", ["sequence", "token", "fid"])
-def test_a_few_steps_lower_the_loss(index, tiny_t5_dir, mode):
+@pytest.mark.parametrize("mode", ["sequence", "token", "fid", "span"])
+def test_a_few_steps_lower_the_loss(index, tiny_t5_dir, tiny_bert_dir, mode):
+    from ragloop.generation.extractive import SpanReader
+
     torch.manual_seed(0)  # the generator's dropout draws from it: the same run every time
-    model = RAG.from_index(index, generator=tiny_t5_dir, config=RAGConfig(n_docs=2, mode=mode)).train()
+    reader = SpanReader.from_pretrained(tiny_bert_dir) if mode == "span" else tiny_t5_dir
+    # the span reader learns only from passages that hold the answer: it reads all 17, the others 2
+    k = len(index) if mode == "span" else 2
+    model = RAG.from_index(index, generator=reader, config=RAGConfig(n_docs=k, mode=mode)).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3)
     losses = []
     for _ in range(STEPS):

@@ -50,9 +50,9 @@ class Crash(Exception):
     pass
 
 
-@pytest.mark.parametrize("mode", ["sequence", "fid"])  # fid: with the retriever's distillation loss
-def test_resume_continues_the_same_run_exactly(mode, cfg, tmp_path, monkeypatch):
-    cfg = replace(cfg, rag_mode=mode)
+@pytest.mark.parametrize("mode", ["sequence", "fid", "span"])  # fid: with the retriever's distillation loss
+def test_resume_continues_the_same_run_exactly(mode, cfg, tmp_path, monkeypatch, tiny_bert_dir):
+    cfg = replace(cfg, rag_mode=mode, generator=str(tiny_bert_dir) if mode == "span" else cfg.generator)
     straight = train(replace(cfg, output_dir=str(tmp_path / "straight")), progress=False)
     assert straight.steps == 4 and len(straight.losses) == 4
 
@@ -86,9 +86,11 @@ def test_corrupt_checkpoint_and_changed_settings_are_refused(cfg):
         train(replace(cfg, resume=True), progress=False)
 
 
-def test_train_save_load_answer(cfg):
+@pytest.mark.parametrize("mode", ["sequence", "span"])
+def test_train_save_load_answer(cfg, mode, tiny_bert_dir):
     from ragloop.model import RAG
 
+    cfg = replace(cfg, rag_mode=mode, generator=str(tiny_bert_dir) if mode == "span" else cfg.generator)
     result = train(cfg, progress=False)
     model = RAG.from_pretrained(result.best_dir)
     ans = model.answer("Which team won Super Bowl 50?", k=2)

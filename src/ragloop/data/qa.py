@@ -11,6 +11,8 @@
 from __future__ import annotations
 
 import json
+import re
+import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,3 +103,14 @@ def sample_evenly(examples: list[QAExample], n: int) -> list[QAExample]:
         return examples
     step = len(examples) / n
     return [examples[int(i * step)] for i in range(n)]
+
+
+_PUNCT = set(string.punctuation)
+_ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
+
+
+def normalize_answer(s: str) -> str:
+    """Lower case, drop punctuation and the articles a/an/the, squeeze whitespace (as SQuAD's script):
+    what the metrics compare, and what a reader adds up the same answer found twice by."""
+    s = "".join(ch for ch in s.lower() if ch not in _PUNCT)
+    return " ".join(_ARTICLES.sub(" ", s).split())

@@ -8,18 +8,11 @@
 
 from __future__ import annotations
 
-import re
-import string
 from collections import Counter
 
-_PUNCT = set(string.punctuation)
-_ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
+from ragloop.data.qa import normalize_answer  # re-exported: the metrics' normalisation
 
-
-def normalize_answer(s: str) -> str:
-    """Lower case, drop punctuation and the articles a/an/the, squeeze whitespace (as SQuAD's script)."""
-    s = "".join(ch for ch in s.lower() if ch not in _PUNCT)
-    return " ".join(_ARTICLES.sub(" ", s).split())
+__all__ = ["exact_match", "f1_score", "has_answer", "normalize_answer"]
 
 
 def exact_match(prediction: str, golds: list[str]) -> float:

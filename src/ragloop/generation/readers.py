@@ -1,16 +1,20 @@
-"""Readers: how the generator reads a question's k passages. One entry of `READERS` per reader mode
-(`RAGConfig.mode`), each a loss that trains it and a decoder that answers with it.
+"""Readers: how the reader model reads a question's k passages. One entry of `READERS` per reader mode
+(`RAGConfig.mode`), each a loss that trains it and a decoder (or, extractive, a span search) that
+answers with it, and how its model loads.
 
     p(y|x) = Σ_z p(z|x) p(y|x,z)          RAG-Sequence: one passage z for the whole answer
     p(y|x) = Π_t Σ_z p(z|x) p(y_t|x,z,y<t) RAG-Token: the passage may change at every token
     p(y|x) = Π_t p(y_t|x,z_1..z_K,y<t)     FiD (Izacard & Grave 2021): one decoder reads all k passages
+    p(y|x) = Σ_z p(z|x) Σ_{s=y in z} p(s|x,z)  span: spans of the passages (extractive.py, REALM/ORQA)
 
     >>> from ragloop.generation.readers import READERS
     >>> reader = READERS["token"]
-    >>> inputs = gen.build_inputs(questions, passages)            # row b*K + k: question b, passage k
-    >>> parts = reader.loss(gen, inputs, gen.tokenize_targets(answers), doc_logprobs, config)
+    >>> gen = reader.load("bundled:minilm-bert2bert")             # the reader's model: a Generator here
+    >>> parts = reader.loss(gen, questions, passages, answers, doc_logprobs, config)
     >>> (parts.nll if parts.retriever is None else parts.nll + parts.retriever).mean().backward()
+    >>> inputs = gen.build_inputs(questions, passages)            # row b*K + k: question b, passage k
     >>> gen.decode(reader.decode(gen, inputs, doc_logprobs, 4, 32, config))   # one answer a question
+    >>> READERS["span"].read(span_reader, questions, passages, doc_logprobs, 16, config)   # extractive
 
 `doc_logprobs` [B, K] is log p(z|x) of each question's passages (the RAG model computes it from the
 question encoder). The RAG modes train the question encoder through their marginal over p(z|x). FiD
@@ -31,7 +35,9 @@ from typing import TYPE_CHECKING
 import torch
 from transformers.modeling_outputs import BaseModelOutput
 
+from ragloop.constants import DEFAULT_ENCODER, DEFAULT_GENERATOR
 from ragloop.generation.decoding import sequence_decode, token_beam_search
+from ragloop.generation.extractive import Reading, SpanReader
 from ragloop.generation.fusion import fid_decode, fused_token_logprobs
 from ragloop.generation.generator import IGNORE_INDEX, Generator
 
@@ -39,7 +45,7 @@ if TYPE_CHECKING:
     from ragloop.config import RAGConfig
 
 __all__ = ["READERS", "Reader", "ReaderLoss", "distillation_loss", "fid_loss", "passage_token_logprobs",
-           "rag_sequence_loss", "rag_token_loss"]
+           "rag_sequence_loss", "rag_token_loss", "span_loss"]
 
 
 # -- losses ---------------------------------------------------------------------------------------
@@ -92,21 +98,26 @@ class ReaderLoss:
 
 @dataclass
 class Reader:
-    """One reader mode: the loss that trains it and the decoder that answers with it. A new mode is
-    one entry of `READERS` (its name and description also in `ragloop.constants.READER_MODES`,
-    which the CLI reads without torch) and its tests;
-    `RAGConfig.mode` names one.
+    """One reader mode: the loss that trains it and how it answers. A new mode is one entry of
+    `READERS` (its name and description also in `ragloop.constants.READER_MODES`, which the CLI reads
+    without torch) and its tests; `RAGConfig.mode` names one.
 
-        loss(generator, inputs, labels [B, T], doc_logprobs [B, K], config) -> ReaderLoss
+        loss(model, questions, passages [B][K], answers, doc_logprobs [B, K], config) -> ReaderLoss
         decode(generator, inputs, doc_logprobs [B, K], num_beams, max_new_tokens, config) -> ids per question
+        read(model, questions, passages, doc_logprobs, max_new_tokens, config) -> Reading per question
 
-    `inputs` comes from `Generator.build_inputs` (row b*K + k: question b with passage k); `labels`
-    from `Generator.tokenize_targets` (pads -100). `fused`: the decoder reads a question's k encodings
+    A generative mode decodes token ids (`inputs` from `Generator.build_inputs`, row b*K + k: question
+    b with passage k), which the model turns into text and copied spans; an extractive one `read`s
+    answers as spans of the passages instead (`decode` None). `load(name_or_path)` loads the mode's
+    model (`default_model` unless told otherwise). `fused`: the decoder reads a question's k encodings
     side by side (FiD), so the copied spans of an answer are found over that fused source too."""
 
-    loss: Callable[[Generator, dict, torch.Tensor, torch.Tensor, RAGConfig], ReaderLoss]
-    decode: Callable[[Generator, dict, torch.Tensor, int, int, RAGConfig], list[list[int]]]
+    loss: Callable[..., ReaderLoss]
+    decode: Callable[[Generator, dict, torch.Tensor, int, int, RAGConfig], list[list[int]]] | None = None
     fused: bool = False
+    read: Callable[..., list[Reading]] | None = None
+    load: Callable[[str], Generator | SpanReader] = Generator.from_pretrained
+    default_model: str = DEFAULT_GENERATOR
 
 
 def passage_token_logprobs(gen: Generator, inputs: dict, labels: torch.Tensor, k: int,
@@ -118,6 +129,19 @@ def passage_token_logprobs(gen: Generator, inputs: dict, labels: torch.Tensor, k
     return token_logprobs.view(labels.shape[0], k, -1)
 
 
+def _on_tokens(loss: Callable[[Generator, dict, torch.Tensor, torch.Tensor, RAGConfig], ReaderLoss]):
+    """A generative mode's loss from text: the generator's inputs (row b*K + k) and gold token labels
+    (pads -100) built, then `loss(gen, inputs, labels, doc_logprobs, config)`."""
+
+    def from_text(gen: Generator, questions: list[str], passages: list[list], answers: list[str],
+                  doc_logprobs: torch.Tensor, config: RAGConfig) -> ReaderLoss:
+        inputs = {name: t.to(gen.device) for name, t in gen.build_inputs(questions, passages).items()}
+        labels = gen.tokenize_targets(answers).to(gen.device)
+        return loss(gen, inputs, labels, doc_logprobs.to(gen.device), config)
+
+    return from_text
+
+
 def _marginal_loss(loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]):
     """A RAG mode's reader loss: `loss` over each passage's gold-token log-probs; the marginal over
     p(z|x) trains the retriever too."""
@@ -127,11 +151,11 @@ def _marginal_loss(loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], to
         token_logprobs = passage_token_logprobs(gen, inputs, labels, doc_logprobs.shape[1])
         return ReaderLoss(loss(doc_logprobs, token_logprobs, labels != IGNORE_INDEX))
 
-    return reader_loss
+    return _on_tokens(reader_loss)
 
 
 def fid_loss(gen: Generator, inputs: dict, labels: torch.Tensor, doc_logprobs: torch.Tensor,
-             config: RAGConfig) -> ReaderLoss:
+             config: RAGConfig) -> ReaderLoss:  # on token ids: READERS wraps it with `_on_tokens`
     """Fusion-in-Decoder: the NLL of the answer from one decoder pass over all k passages' encoder
     states (the reader's only gradient), and, when p(z|x) carries a gradient (the question or
     passage encoder trains), `distillation_loss` towards the reader's likelihood of the answer given
@@ -163,11 +187,25 @@ def _decode_fid(gen: Generator, inputs: dict, doc_logprobs: torch.Tensor, num_be
     return fid_decode(gen, inputs, doc_logprobs.shape[1], num_beams, max_new_tokens)
 
 
+def span_loss(reader: SpanReader, questions: list[str], passages: list[list], answers: list[str],
+              doc_logprobs: torch.Tensor, config: RAGConfig) -> ReaderLoss:
+    """The span reader's marginal NLL over the k passages and every span matching the answer
+    (`extractive.span_marginal_nll`); the retriever learns through p(z|x) in it, as in the RAG modes."""
+    return ReaderLoss(reader.loss(questions, passages, answers, doc_logprobs.to(reader.device)))
+
+
+def _read_spans(reader: SpanReader, questions: list[str], passages: list[list], doc_logprobs: torch.Tensor,
+                max_new_tokens: int, config: RAGConfig) -> list[Reading]:
+    return reader.read(questions, passages, doc_logprobs, min(max_new_tokens, config.max_target_length))
+
+
 READERS: dict[str, Reader] = {
     # one passage for the whole answer
     "sequence": Reader(loss=_marginal_loss(rag_sequence_loss), decode=_decode_sequence),
     # the passage may change at every token
     "token": Reader(loss=_marginal_loss(rag_token_loss), decode=_decode_token),
     # all k passages' encoder states read by one decoder pass; the retriever learns by distillation
-    "fid": Reader(loss=fid_loss, decode=_decode_fid, fused=True),
+    "fid": Reader(loss=_on_tokens(fid_loss), decode=_decode_fid, fused=True),
+    # extractive: the best span of the k passages, scored with p(z|x) and the reader's start/end heads
+    "span": Reader(loss=span_loss, read=_read_spans, load=SpanReader.from_pretrained, default_model=DEFAULT_ENCODER),
 }

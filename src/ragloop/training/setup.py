@@ -98,13 +98,14 @@ def build_index(cfg: TrainConfig, examples: list[QAExample], out: Path, progress
 
 
 def build_model(cfg: TrainConfig, index):
-    from ragloop.generation import Generator
+    from ragloop.generation.readers import READERS
     from ragloop.model import RAG
     from ragloop.retrieval import Encoder
 
     question_encoder = Encoder.from_pretrained(cfg.question_encoder)
     index.check_question_encoder(question_encoder)
-    return RAG(index, question_encoder, Generator.from_pretrained(cfg.generator), cfg.rag)
+    reader = READERS[cfg.rag.mode]
+    return RAG(index, question_encoder, reader.load(cfg.generator or reader.default_model), cfg.rag)
 
 
 def check_resume_config(cfg: TrainConfig, out: Path) -> None:

@@ -1,0 +1,141 @@
+"""The span reader: its marginal loss against a hand computation, gold spans at the right offsets, the
+retriever's gradient only through p(z|x), answers that are spans of the passages, save and load."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ragloop.data.corpus import Passage, chunk_words
+from ragloop.generation.extractive import (
+    SpanReader,
+    _choose,
+    answer_char_spans,
+    best_spans,
+    gold_span_mask,
+    span_marginal_nll,
+)
+from ragloop.model import RAG, RAGConfig
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+QUESTION = "Who wrote Hamlet?"
+TEXTS = ["Hamlet was written by William Shakespeare around 1600. Shakespeare also wrote Macbeth.",
+         "The Globe theatre in London staged many plays."]
+
+
+@pytest.fixture(scope="module")
+def reader(tiny_bert_dir) -> SpanReader:
+    torch.manual_seed(0)
+    return SpanReader.from_pretrained(tiny_bert_dir)
+
+
+def passages(texts=TEXTS) -> list[Passage]:
+    return [Passage(id=f"p{i}", title="", text=t) for i, t in enumerate(texts)]
+
+
+def test_loss_is_the_marginal_over_passages_and_gold_spans_by_hand():
+    doc = torch.log(torch.tensor([[0.7, 0.3]]))
+    select = torch.tensor([[0.0, 1.0]])
+    start = torch.tensor([[[1.0, 2.0, 0.0], [0.5, 0.0, 0.0]]])
+    end = torch.tensor([[[0.0, 1.0, 3.0], [0.0, 0.0, 2.0]]])
+    gold = torch.zeros(1, 2, 3, 3, dtype=torch.bool)
+    gold[0, 0, 1, 2] = gold[0, 0, 0, 2] = gold[0, 1, 0, 2] = True  # the answer twice in z0, once in z1
+
+    def softmax(xs):
+        return [math.exp(x) / sum(math.exp(y) for y in xs) for x in xs]
+
+    pz = softmax([math.log(0.7) + 0.0, math.log(0.3) + 1.0])
+    s0, e0 = softmax([1.0, 2.0, 0.0]), softmax([0.0, 1.0, 3.0])
+    s1, e1 = softmax([0.5, 0.0, 0.0]), softmax([0.0, 0.0, 2.0])
+    expected = -math.log(pz[0] * (s0[1] * e0[2] + s0[0] * e0[2]) + pz[1] * s1[0] * e1[2])
+    assert span_marginal_nll(doc, select, start, end, gold).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_question_without_a_gold_span_costs_nothing_and_trains_nothing():
+    start = torch.randn(1, 2, 3, requires_grad=True)
+    loss = span_marginal_nll(torch.zeros(1, 2), torch.zeros(1, 2), start, torch.randn(1, 2, 3),
+                             torch.zeros(1, 2, 3, 3, dtype=torch.bool))
+    loss.sum().backward()
+    assert loss.item() == 0.0 and torch.all(start.grad == 0)
+
+
+def test_answer_spans_are_found_at_their_character_offsets():
+    text = TEXTS[0]
+    assert answer_char_spans(text, "Shakespeare") == [(30, 41), (55, 66)]  # it occurs twice
+    assert answer_char_spans(text, "william shakespeare") == [(22, 41)]  # case only as a fallback
+    assert answer_char_spans(text, "Marlowe") == [] and answer_char_spans(text, "  ") == []
+
+
+def test_gold_spans_cover_each_occurrence_and_none_across_a_chunk_boundary(reader):
+    ps = passages()
+    inputs = reader.build_inputs([QUESTION], [ps])
+    gold = gold_span_mask(["Shakespeare"], [ps], inputs["offsets"], inputs["passage_mask"], 16)
+    offsets = inputs["offsets"][0].tolist()
+    found = [(offsets[i][0], offsets[j][1]) for i, j in gold[0, 0].nonzero().tolist()]
+    assert sorted(found) == [(30, 41), (55, 66)] and not gold[0, 1].any()
+
+    chunks = chunk_words(" ".join(["filler"] * 9 + ["William", "Shakespeare"] + ["more"] * 9), size=10)
+    cut = passages(chunks)  # "William" ends the first chunk, "Shakespeare" starts the second
+    inputs = reader.build_inputs([QUESTION], [cut])
+    assert not gold_span_mask(["William Shakespeare"], [cut], inputs["offsets"], inputs["passage_mask"], 16).any()
+
+
+def test_best_spans_stay_in_the_passage_and_under_the_length_limit():
+    start = torch.tensor([[-1e4, 0.0, 5.0, 0.0, -1e4]])
+    end = torch.tensor([[-1e4, 8.0, 0.0, 4.0, -1e4]])  # the best end comes before the best start
+    spans = best_spans(start, end, max_tokens=2, top=3)[0]
+    assert spans[0][1:] == (2, 3)
+    assert all(1 <= i <= j <= 3 and j - i < 2 for _, i, j in spans)
+
+
+def test_the_same_answer_found_twice_adds_up():
+    one_strong = (math.log(0.4), 0, "x Paris y", 2, 7)
+    twice = [(math.log(0.3), 0, "in London", 3, 9), (math.log(0.3), 1, "London!", 0, 6)]
+    got = _choose([one_strong, *twice], 2)
+    assert got.text == "London"
+    assert got.copied == [{"start": 3, "end": 9, "text": "London"}, {"start": 0, "end": 6, "text": "London"}]
+
+
+def test_answers_are_spans_of_their_passages(index, tiny_bert_dir):
+    torch.manual_seed(0)
+    rag = RAG.from_index(index, generator=SpanReader.from_pretrained(tiny_bert_dir),
+                         config=RAGConfig(n_docs=3, mode="span", max_target_length=8))
+    for ans in rag.answer(["What is the capital of Poland?", "Who won Super Bowl 50?"]):
+        spans = [(p["text"], p["copied"]) for p in ans.passages if p["copied"] is not None]
+        assert ans.answer and spans
+        assert all(text[c["start"]:c["end"]] == c["text"] for text, c in spans)
+        assert any(c["text"] == ans.answer for _, c in spans)
+    assert rag.generate(["What is the capital of Poland?"]) == [rag.answer("What is the capital of Poland?").answer]
+
+
+def test_the_question_encoder_learns_only_through_p_z_given_x(index, tiny_bert_dir):
+    torch.manual_seed(0)
+    rag = RAG.from_index(index, generator=SpanReader.from_pretrained(tiny_bert_dir),
+                         config=RAGConfig(n_docs=len(index), mode="span")).train()
+    out = rag(["What is the capital of Poland?"], ["Warsaw"])
+    d_scores, = torch.autograd.grad(out.loss, out.doc_scores, retain_graph=True)
+    out.loss.backward(retain_graph=True)  # the scores' own graph is walked again below
+    through_loss = [p.grad.clone() for p in rag.question_encoder.parameters() if p.grad is not None]
+    assert through_loss and any(g.abs().sum() > 0 for g in through_loss)
+    rag.zero_grad()
+    out.doc_scores.backward(d_scores)  # the same gradient, sent in through the scores alone
+    through_scores = [p.grad for p in rag.question_encoder.parameters() if p.grad is not None]
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(through_loss, through_scores))
+
+
+@pytest.mark.own_copy
+def test_a_saved_span_reader_loads_back_and_answers_the_same(index, tiny_bert_dir, tmp_path):
+    torch.manual_seed(0)
+    rag = RAG.from_index(index, generator=SpanReader.from_pretrained(tiny_bert_dir),
+                         config=RAGConfig(n_docs=2, mode="span"))
+    with torch.no_grad():
+        rag.generator.span_head.bias.fill_(0.25)  # not a fresh head's zeros: the heads are saved too
+    rag.save_pretrained(tmp_path / "rag")
+    again = RAG.from_pretrained(tmp_path / "rag")
+    assert isinstance(again.generator, SpanReader) and not again.generator.fresh_heads
+    assert torch.equal(again.generator.span_head.bias, rag.generator.span_head.bias)
+    question = "Which river flows through Warsaw?"
+    assert again.answer(question).to_dict() == rag.answer(question).to_dict()
