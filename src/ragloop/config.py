@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ragloop.checks import ConfigError, choice, flag, number, text, whole
-from ragloop.constants import DEFAULT_ENCODER, DEFAULT_GENERATOR, READER_MODES, SEARCH_MODES
+from ragloop.constants import ANSWER_CONSTRAINTS, DEFAULT_ENCODER, DEFAULT_GENERATOR, READER_MODES, SEARCH_MODES
 from ragloop.errors import RagloopError
 
 PRECISION_HELP = ("autocast dtype; auto: bf16 on a GPU that has it, else fp32 (on a CPU too, so that a run gives the "
@@ -105,7 +105,7 @@ class RAGConfig:
                                      above=0)
     constrain: str | None = opt(None, "hold every reader's answers to the k passages: spans lets the decoder "
                                 "write only token sequences that occur in them (greedy and beam search); "
-                                "none: unconstrained", "model", ("spans",))
+                                "none: unconstrained", "model", ANSWER_CONSTRAINTS)
 
     def __post_init__(self) -> None:
         check_fields(self, "{}")

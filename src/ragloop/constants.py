@@ -38,6 +38,9 @@ READER_MODES = {
     "fid": "Fusion-in-Decoder: the k passages encoded apart, read together by one decoder pass; the question "
            "encoder learns by distilling the reader's per-passage likelihood",
 }
+# What answers may be held to (`RAGConfig.constrain`, generation/constrain.py); None: nothing.
+# spans: only token sequences that occur in the question's k passages.
+ANSWER_CONSTRAINTS = ("spans",)
 
 # -- scores ----------------------------------------------------------------------------------------
 # Multiplier on q·d before a softmax over passages: L2-normalised encoders give cosines in [-1, 1], which

@@ -5,10 +5,10 @@ tiny random model whose every answer, in every reader, greedy and beam, is a str
 from __future__ import annotations
 
 import json
-import unicodedata
 
 import pytest
 import torch
+from conftest import squashed
 
 from ragloop import Encoder, Passage, RagloopError
 from ragloop.generation import Generator
@@ -44,12 +44,6 @@ def copier(tiny_bert_dir) -> Generator:
 
 def make_rag(index, tiny_bert_dir, generator, **config) -> RAG:
     return RAG(index, Encoder.from_pretrained(str(tiny_bert_dir)), generator, RAGConfig(**config))
-
-
-def squashed(text: str) -> str:
-    """Lower case, accents and all whitespace gone: an uncased WordPiece decode against the passage."""
-    decomposed = unicodedata.normalize("NFD", text.lower())
-    return "".join(c for c in decomposed if unicodedata.category(c) != "Mn" and not c.isspace())
 
 
 def contiguous_in(tokens: list[int], run: list[int]) -> bool:

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING
 import torch
 from transformers import LogitsProcessor
 
+from ragloop.constants import ANSWER_CONSTRAINTS
 from ragloop.errors import RagloopError
 from ragloop.generation.inputs import CONTEXT_MARKER, is_wordpiece
 
@@ -53,7 +54,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CONSTRAINTS = ("spans",)  # the values of `RAGConfig.constrain` besides None
 SEPARATOR = -1  # between runs of passage tokens: no token id, so no prefix runs across it
 
 
@@ -136,8 +136,8 @@ def answer_constraint(gen: Generator, inputs: dict, k: int, constrain: str | Non
     the union of its rows' passage text."""
     if constrain is None:
         return None
-    if constrain not in CONSTRAINTS:
-        raise RagloopError(f"constrain: {constrain!r} is not one of {', '.join(CONSTRAINTS)}")
+    if constrain not in ANSWER_CONSTRAINTS:
+        raise RagloopError(f"constrain: {constrain!r} is not one of {', '.join(ANSWER_CONSTRAINTS)}")
     marker = gen.tokenizer(CONTEXT_MARKER, add_special_tokens=False)["input_ids"]
     special = set(gen.tokenizer.all_special_ids)
     rows = [text_runs([t for t, real in zip(ids, mask) if real], marker, special)
