@@ -8,10 +8,10 @@
 
 `doc_logprobs` [B, K] is log p(z|x) of each question's passages. Each search takes a `constraint`: one
 `constrain.PassageSpans` a question (a row, for `beam_search`) that answers are held to, added to the
-log-probs as a mask at every step; None (the default) leaves the search as it was. The searches here run the encoder
-once and the decoder step by step through `Generator.decoder_step`, so a generator's copy head takes
-part; RAG-Sequence takes its candidates from transformers' `generate` when there is no copy head
-(which `generate` knows nothing of). Results are lists of token ids ending in eos unless
+log-probs as a mask at every step; None (the default) leaves the search as it was. The searches here
+run the encoder once and the decoder step by step through `Generator.decoder_step`, so a generator's
+copy head takes part; RAG-Sequence takes its candidates from transformers' `generate` when there is
+no copy head (which `generate` knows nothing of). Results are lists of token ids ending in eos unless
 `max_new_tokens` cut them; `Generator.decode` turns them into text.
 """
 
@@ -201,8 +201,8 @@ def _sequence_candidates(gen: Decodable, inputs: dict, encoded, batch_size: int,
                          max_new_tokens: int, constraint: Sequence[PassageSpans] | None = None
                          ) -> list[list[tuple[int, ...]]]:
     """Each question's distinct candidates, in the order its passages gave them. Under a `constraint`,
-    a beam transformers' `generate` filled up with a disallowed one is dropped; a question left with
-    none gets the empty answer."""
+    a candidate it does not accept is dropped (transformers' `generate` fills its beams up with such
+    where the constraint allows fewer); a question left with none gets the empty answer."""
     row_spans = None if constraint is None else [constraint[row // k] for row in range(batch_size * k)]
     if gen.copy_head is None:
         processors = None if row_spans is None else LogitsProcessorList([SpanProcessor(row_spans, num_beams)])
