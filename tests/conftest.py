@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 
@@ -152,6 +153,13 @@ def eight_paragraphs(tmp_path_factory, squad_small) -> Path:
         {"title": title, "paragraphs": [{"context": p["context"], "qas": p["qas"][:1]}]} for title, p in paragraphs
     ]}))
     return out
+
+
+def squashed(text: str) -> str:
+    """Lower case, accents and all whitespace gone: an uncased WordPiece decode compared with the text it
+    came from (`squashed(answer) in squashed(passage.text)`)."""
+    decomposed = unicodedata.normalize("NFD", text.lower())
+    return "".join(c for c in decomposed if unicodedata.category(c) != "Mn" and not c.isspace())
 
 
 def cross_encoder(path, num_labels=1, seed=0):

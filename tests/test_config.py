@@ -75,6 +75,21 @@ def test_an_old_flat_run_config_still_loads(tmp_path):
     assert json.loads((tmp_path / "again.json").read_text()) == {k: v for k, v in old.items() if k != "a_removed_flag"}
 
 
+def test_constrain_is_off_by_default_and_spans_by_flag():
+    import argparse
+
+    from ragloop.config import add_config_args, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_config_args(parser, TrainConfig)
+    assert "{spans}" in parser.format_help()
+    assert config_from_args(parser.parse_args([])).rag.constrain is None
+    assert config_from_args(parser.parse_args(["--constrain", "spans"])).rag.constrain == "spans"
+    assert config_from_args(parser.parse_args(["--constrain", "none"])).rag.constrain is None  # off again
+    assert RAGConfig.from_dict(RAGConfig(constrain="spans").to_dict()) == RAGConfig(constrain="spans")
+    assert RAGConfig.from_dict({"n_docs": 2}).constrain is None  # a config saved before the option
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda: RAGConfig(n_docs=0), "n_docs must be at least 1 (got 0)"),
     (lambda: RAGConfig(mode="both"), "unknown RAG mode 'both'; choose one of sequence, token, fid"),
@@ -82,6 +97,8 @@ def test_an_old_flat_run_config_still_loads(tmp_path):
     (lambda: TrainConfig(learning_rate=float("nan")), "--learning_rate must be a finite number (got nan)"),
     (lambda: TrainConfig(rag_mode="x"), "--rag_mode: 'x' is not one of sequence, token, fid"),
     (lambda: TrainConfig(distill_temperature=-1.0), "--distill_temperature must be > 0 (got -1)"),
+    (lambda: RAGConfig(constrain="words"), "constrain: 'words' is not one of spans"),
+    (lambda: TrainConfig(constrain=1), "--constrain: 1 is not one of spans"),
     (lambda: RetrieverTrainConfig(train_file="t.json", hard_negatives=-1), "--hard_negatives must be at least 0"),
     (lambda: RetrieverTrainConfig(), "--train_file is required"),
     (lambda: RerankerTrainConfig(negatives=0), "--negatives must be at least 1 (got 0)"),

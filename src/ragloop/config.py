@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ragloop.checks import ConfigError, choice, flag, number, text, whole
-from ragloop.constants import DEFAULT_ENCODER, DEFAULT_GENERATOR, READER_MODES, SEARCH_MODES
+from ragloop.constants import ANSWER_CONSTRAINTS, DEFAULT_ENCODER, DEFAULT_GENERATOR, READER_MODES, SEARCH_MODES
 from ragloop.errors import RagloopError
 
 PRECISION_HELP = ("autocast dtype; auto: bf16 on a GPU that has it, else fp32 (on a CPU too, so that a run gives the "
@@ -52,6 +52,8 @@ def _checked(f: Field, value: Any, name: str) -> Any:
     kind, optional = annotation.split("|")[0], annotation.endswith("|None")
     meta = f.metadata
     if meta.get("choices") is not None:
+        if optional and value in (None, "none"):  # an optional choice is off: null, or 'none' on the command line
+            return None
         what = meta.get("what")
         message = f"unknown {what} {value!r}; choose one of {', '.join(meta['choices'])}" if what else None
         return choice(value, name, meta["choices"], message)
@@ -101,6 +103,9 @@ class RAGConfig:
     distill_temperature: float = opt(1.0, "--rag_mode fid: temperature of the retriever's target, softmax over "
                                      "passages of the answer's log-likelihood given each one alone / T", "model",
                                      above=0)
+    constrain: str | None = opt(None, "hold every reader's answers to the k passages: spans lets the decoder "
+                                "write only token sequences that occur in them (greedy and beam search); "
+                                "none: unconstrained", "model", ANSWER_CONSTRAINTS)
 
     def __post_init__(self) -> None:
         check_fields(self, "{}")

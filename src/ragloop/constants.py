@@ -40,6 +40,9 @@ READER_MODES = {
     "span": "extractive span reader (DPR's reader, REALM): an encoder scores answer spans and passages; the "
             "answer is the best span of the k passages, trained by the marginal over passages and gold spans",
 }
+# What answers may be held to (`RAGConfig.constrain`, generation/constrain.py); None: nothing.
+# spans: only token sequences that occur in the question's k passages.
+ANSWER_CONSTRAINTS = ("spans",)
 
 # -- scores ----------------------------------------------------------------------------------------
 # Multiplier on q·d before a softmax over passages: L2-normalised encoders give cosines in [-1, 1], which

@@ -4,6 +4,7 @@ import json
 import shutil
 
 import pytest
+from conftest import squashed
 
 from ragloop.cli import main
 from ragloop.config import TrainConfig
@@ -38,6 +39,18 @@ def test_answer_and_eval_json(model_dir, squad_small, capsys):
         res = json.loads(capsys.readouterr().out)
         assert res["context"] == context and res["questions"] == 4 and 0 <= res["f1"] <= 1
         assert ("hit@2" in res) == (context == "rag")
+
+
+def test_answer_held_to_the_passages(model_dir, capsys):
+    """--constrain spans on a model saved without it: every answer is a stretch of one of its passages."""
+    capsys.readouterr()
+    questions = ["Who won Super Bowl 50?", "Where is Warsaw?"]
+    assert main(["answer", str(model_dir), *questions, "-k", "2", "--num-beams", "2", "--constrain", "spans",
+                 "--json"]) == 0
+    answers = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(answers) == 2
+    for a in answers:
+        assert a["answer"] and any(squashed(a["answer"]) in squashed(p["text"]) for p in a["passages"]), a
 
 
 def test_eval_and_answer_errors(model_dir, tmp_path, squad_small, other_bert_dir, capsys):

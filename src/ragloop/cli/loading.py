@@ -2,7 +2,7 @@
 RAG model with the reranker, cache and precision asked for. Imports torch only when called.
 
     >>> retriever = build_retriever(args)     # search, eval-retrieval: --encoder, --fusion, --rerank ...
-    >>> model = load_rag(args)                # eval, answer: --index, --rerank, --cache-*, --quantize, -k
+    >>> model = load_rag(args)                # eval, answer: --index, --rerank, --cache-*, --constrain, --quantize, -k
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ def build_retriever(args):
 
 
 def load_rag(args):
-    """`args.model_dir` as a RAG model, searching `--index` if given, with the rerank, cache and
-    quantize flags applied and -k checked against the index."""
+    """`args.model_dir` as a RAG model, searching `--index` if given, with the rerank, cache,
+    --constrain and quantize flags applied and -k checked against the index."""
     from ragloop.model import RAG
 
     model = RAG.from_pretrained(args.model_dir)
@@ -43,6 +43,10 @@ def load_rag(args):
     if args.rerank or args.rerank_depth:  # another reranker, or another depth for the model's own
         model.retriever.set_reranker(args.rerank or model.retriever.reranker, args.rerank_depth)
     model.retriever.cache = build_cache(args)
+    if getattr(args, "constrain", None):  # answers held to the passages, or not, whatever the model was saved with
+        from dataclasses import replace
+
+        model.config = replace(model.config, constrain=args.constrain)  # the config reads "none" as None
     if getattr(args, "k", None) is not None:
         from ragloop.retrieval.retriever import check_k
 

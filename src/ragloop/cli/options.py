@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from ragloop.constants import CACHE_MAX_ENTRIES
+from ragloop.constants import ANSWER_CONSTRAINTS, CACHE_MAX_ENTRIES
 from ragloop.retrieval.hybrid import FUSIONS
 
 
@@ -81,9 +81,12 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
 
 
 def add_answer_options(p: argparse.ArgumentParser) -> None:
-    """-k and --num-beams of a command that answers with a trained RAG model."""
+    """-k, --num-beams and --constrain of a command that answers with a trained RAG model."""
     p.add_argument("-k", type=POSITIVE, help="passages per question (default: the model's n_docs)")
     p.add_argument("--num-beams", "--num_beams", dest="num_beams", type=POSITIVE, default=1)
+    p.add_argument("--constrain", choices=(*ANSWER_CONSTRAINTS, "none"),
+                   help="hold the answers to the passages: spans writes only token sequences that occur in them; "
+                        "none: unconstrained (default: the model's own setting)")
 
 
 def add_search_options(p: argparse.ArgumentParser) -> None:

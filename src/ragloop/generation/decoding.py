@@ -6,10 +6,12 @@
     >>> token_beam_search(gen, batch, doc_logprobs, 4, 32)       # [B] RAG-Token: per-step marginal over K
     >>> sequence_decode(gen, batch, doc_logprobs, 4, 32)         # [B] RAG-Sequence: candidates, re-scored
 
-`doc_logprobs` [B, K] is log p(z|x) of each question's passages. The searches here run the encoder
-once and the decoder step by step through `Generator.decoder_step`, so a generator's copy head takes
-part; RAG-Sequence takes its candidates from transformers' `generate` when there is no copy head
-(which `generate` knows nothing of). Results are lists of token ids ending in eos unless
+`doc_logprobs` [B, K] is log p(z|x) of each question's passages. Each search takes a `constraint`: one
+`constrain.PassageSpans` a question (a row, for `beam_search`) that answers are held to, added to the
+log-probs as a mask at every step; None (the default) leaves the search as it was. The searches here
+run the encoder once and the decoder step by step through `Generator.decoder_step`, so a generator's
+copy head takes part; RAG-Sequence takes its candidates from transformers' `generate` when there is
+no copy head (which `generate` knows nothing of). Results are lists of token ids ending in eos unless
 `max_new_tokens` cut them; `Generator.decode` turns them into text.
 """
 
@@ -19,9 +21,11 @@ from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 import torch
+from transformers import LogitsProcessorList
 from transformers.modeling_outputs import BaseModelOutput
 
 from ragloop._torch import eval_mode
+from ragloop.generation.constrain import PassageSpans, SpanProcessor, beam_mask
 
 
 class Decodable(Protocol):
@@ -52,22 +56,25 @@ class Decodable(Protocol):
 
 
 def beam_search(gen: Decodable, inputs: dict, num_beams: int = 1, max_new_tokens: int = 32,
-                encoded=None) -> list[list[int]]:
+                encoded=None, constraint: Sequence[PassageSpans] | None = None) -> list[list[int]]:
     """The best beam (greedy at num_beams=1) of each row of `inputs` (from `build_inputs`), read on
-    its own; the copy head takes part. Give `encoded` (from `encode`) to skip the encoder. Runs in
-    eval mode (no dropout); call it under `torch.no_grad()` (`Generator.generate` does)."""
+    its own; the copy head takes part. Give `encoded` (from `encode`) to skip the encoder, and
+    `constraint` (one a row) to hold the answers to it. Runs in eval mode (no dropout); call it under
+    `torch.no_grad()` (`Generator.generate` does)."""
     rows = inputs["input_ids"].shape[0]
     inputs = {name: t.to(gen.device) for name, t in inputs.items()}
     with eval_mode(gen):
         return token_beam_search(gen, inputs, torch.zeros(rows, 1, device=gen.device), num_beams,
-                                 max_new_tokens, encoded=encoded)
+                                 max_new_tokens, encoded=encoded, constraint=constraint)
 
 
 def token_beam_search(gen: Decodable, inputs: dict, doc_logprobs: torch.Tensor, num_beams: int,
-                      max_new_tokens: int, length_penalty: float = 1.0, encoded=None) -> list[list[int]]:
+                      max_new_tokens: int, length_penalty: float = 1.0, encoded=None,
+                      constraint: Sequence[PassageSpans] | None = None) -> list[list[int]]:
     """Beam search (greedy when num_beams=1) on the RAG-Token marginal
     log Σ_z p(z|x) p(y_t|x,z,y<t): the encoder runs once (or not at all, given `encoded`), the
-    decoder once per step for every (question, beam, passage) row, reusing its key/value cache."""
+    decoder once per step for every (question, beam, passage) row, reusing its key/value cache.
+    With a `constraint` (one a question), a beam continues only where it allows."""
     batch_size, k = doc_logprobs.shape
     nb = num_beams
     if encoded is None:
@@ -92,6 +99,8 @@ def token_beam_search(gen: Decodable, inputs: dict, doc_logprobs: torch.Tensor, 
                                           input_ids=source_ids, copy_keys=copy_keys)
         vocab = logprobs.shape[-1]
         marginal = torch.logsumexp(logprobs.view(batch_size, nb, k, vocab) + prior, dim=2)  # [B, nb, V]
+        if constraint is not None:
+            marginal = marginal + beam_mask(constraint, seqs, vocab)
         top_scores, top_ids = (beam_scores.unsqueeze(-1) + marginal).view(batch_size, -1).topk(2 * nb, dim=1)
         source, tokens, beam_scores = _advance_beams(gen, top_scores, top_ids, seqs, vocab, step + 1,
                                                      length_penalty, finished, done)
@@ -112,8 +121,9 @@ def _advance_beams(gen: Decodable, top_scores: torch.Tensor, top_ids: torch.Tens
                    length: int, length_penalty: float, finished: list[list[tuple[float, list[int]]]],
                    done: list[bool]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One step of every question's beams from its 2·nb best (beam, token) continuations: a continuation
-    ending in eos among the nb best finishes (into `finished`), the nb best others go on. A question is
-    `done` once nb beams finished and no live beam can beat them. Returns (the beam each new beam
+    ending in eos among the nb best finishes (into `finished`), the nb best others go on; one of
+    score -inf (a constraint's mask) never does either. A question is `done` once nb beams finished
+    and no live beam can beat them, or when none goes on. Returns (the beam each new beam
     continues [B, nb], its new token [B, nb], its score [B, nb])."""
     batch_size, nb = seqs.shape[:2]
     eos = gen.eos_token_id
@@ -125,6 +135,8 @@ def _advance_beams(gen: Decodable, top_scores: torch.Tensor, top_ids: torch.Tens
             continue
         j = 0
         for rank, (score, flat) in enumerate(zip(top_scores[b].tolist(), top_ids[b].tolist())):
+            if score == float("-inf"):  # the rest are no better: nothing a constraint allows
+                break
             beam, token = divmod(flat, vocab)
             if token == eos:
                 if rank < nb:
@@ -134,7 +146,9 @@ def _advance_beams(gen: Decodable, top_scores: torch.Tensor, top_ids: torch.Tens
             j += 1
             if j == nb:
                 break
-        if len(finished[b]) >= nb:
+        if j == 0:  # no beam goes on (a constraint allowed only eos): what finished is all there is
+            done[b] = True
+        elif len(finished[b]) >= nb:
             best_live = new_scores[b].max().item() / length**length_penalty
             done[b] = best_live <= min(s for s, _ in finished[b])
     return source, tokens, new_scores
@@ -164,13 +178,15 @@ def _reorder_prefix_cache(past, order: torch.Tensor) -> None:
 
 
 def sequence_decode(gen: Decodable, inputs: dict, doc_logprobs: torch.Tensor, num_beams: int,
-                    max_new_tokens: int, rescore_batch_size: int = 64) -> list[list[int]]:
+                    max_new_tokens: int, rescore_batch_size: int = 64,
+                    constraint: Sequence[PassageSpans] | None = None) -> list[list[int]]:
     """RAG-Sequence ("thorough") decoding: beam (or greedy) candidates from each passage, each
     candidate re-scored as log Σ_z p(z|x) p(y|x,z) over all k passages, `rescore_batch_size`
-    generator rows a forward; the best one wins."""
+    generator rows a forward; the best one wins. With a `constraint` (one a question), every
+    passage's candidates are written under its question's."""
     batch_size, k = doc_logprobs.shape
     encoded = gen.encode(inputs["input_ids"], inputs["attention_mask"])  # once, for generating and re-scoring
-    per_question = _sequence_candidates(gen, inputs, encoded, batch_size, k, num_beams, max_new_tokens)
+    per_question = _sequence_candidates(gen, inputs, encoded, batch_size, k, num_beams, max_new_tokens, constraint)
     # a question whose passages all gave the same candidate needs no re-scoring
     pairs = [(b, c) for b in range(batch_size) if len(per_question[b]) > 1 for c in per_question[b]]
     scores = _rescore(gen, inputs, encoded, doc_logprobs, pairs, rescore_batch_size)
@@ -182,23 +198,29 @@ def sequence_decode(gen: Decodable, inputs: dict, doc_logprobs: torch.Tensor, nu
 
 
 def _sequence_candidates(gen: Decodable, inputs: dict, encoded, batch_size: int, k: int, num_beams: int,
-                         max_new_tokens: int) -> list[list[tuple[int, ...]]]:
-    """Each question's distinct candidates, in the order its passages gave them."""
+                         max_new_tokens: int, constraint: Sequence[PassageSpans] | None = None
+                         ) -> list[list[tuple[int, ...]]]:
+    """Each question's distinct candidates, in the order its passages gave them. Under a `constraint`,
+    a candidate it does not accept is dropped (transformers' `generate` fills its beams up with such
+    where the constraint allows fewer); a question left with none gets the empty answer."""
+    row_spans = None if constraint is None else [constraint[row // k] for row in range(batch_size * k)]
     if gen.copy_head is None:
+        processors = None if row_spans is None else LogitsProcessorList([SpanProcessor(row_spans, num_beams)])
         out = gen.model.generate(encoder_outputs=encoded, attention_mask=inputs["attention_mask"],
                                  num_beams=num_beams, num_return_sequences=num_beams,
-                                 max_new_tokens=max_new_tokens, do_sample=False)
+                                 max_new_tokens=max_new_tokens, do_sample=False, logits_processor=processors)
         candidates, per_row = out[:, 1:].tolist(), k * num_beams  # drop the decoder start token
     else:  # transformers' generate knows nothing of the copy head: the best beam of each passage
         with torch.no_grad():
-            candidates, per_row = beam_search(gen, inputs, num_beams, max_new_tokens, encoded=encoded), k
+            candidates = beam_search(gen, inputs, num_beams, max_new_tokens, encoded=encoded, constraint=row_spans)
+            per_row = k
     per_question: list[list[tuple[int, ...]]] = [[] for _ in range(batch_size)]
     for i, row in enumerate(candidates):
         cand = tuple(cut_at_eos(row, gen.eos_token_id))
         bucket = per_question[i // per_row]
-        if cand not in bucket:
+        if cand not in bucket and (constraint is None or constraint[i // per_row].accepts(cand)):
             bucket.append(cand)
-    return per_question
+    return [bucket or [(gen.eos_token_id,)] for bucket in per_question]
 
 
 def _rescore(gen: Decodable, inputs: dict, encoded, doc_logprobs: torch.Tensor,

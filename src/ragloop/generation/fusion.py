@@ -16,6 +16,7 @@ on the fused states (one row a question), so any seq2seq generator works, with o
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -26,6 +27,7 @@ from ragloop.errors import RagloopError
 from ragloop.generation.decoding import beam_search
 
 if TYPE_CHECKING:
+    from ragloop.generation.constrain import PassageSpans
     from ragloop.generation.generator import Generator
 
 
@@ -55,12 +57,14 @@ def fused_token_logprobs(gen: Generator, inputs: dict, labels: torch.Tensor, k: 
     return gen(fused_inputs["input_ids"], fused_inputs["attention_mask"], labels, encoder_outputs=fused)
 
 
-def fid_decode(gen: Generator, inputs: dict, k: int, num_beams: int, max_new_tokens: int) -> list[list[int]]:
+def fid_decode(gen: Generator, inputs: dict, k: int, num_beams: int, max_new_tokens: int,
+               constraint: Sequence[PassageSpans] | None = None) -> list[list[int]]:
     """The best beam (greedy at num_beams=1) of each question, decoded over its k fused passages;
-    the encoder runs once a (question, passage) pair. Runs in eval mode (no dropout); call it under
-    `torch.no_grad()`."""
+    the encoder runs once a (question, passage) pair. With a `constraint` (one a question, from
+    `constrain.answer_constraint`), answers are held to it. Runs in eval mode (no dropout); call it
+    under `torch.no_grad()`."""
     inputs = {name: t.to(gen.device) for name, t in inputs.items()}
     with eval_mode(gen):
         encoded = gen.encode(inputs["input_ids"], inputs["attention_mask"])
         fused, fused_inputs = fuse(encoded, inputs, k)
-        return beam_search(gen, fused_inputs, num_beams, max_new_tokens, encoded=fused)
+        return beam_search(gen, fused_inputs, num_beams, max_new_tokens, encoded=fused, constraint=constraint)

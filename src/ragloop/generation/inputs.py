@@ -30,6 +30,7 @@ from ragloop.constants import PASSAGE_TOKEN_CACHE_ENTRIES
 from ragloop.errors import RagloopError
 
 IGNORE_INDEX = -100
+CONTEXT_MARKER = " context:"  # what comes right before a passage's text in its formatted input
 
 
 class PassageLike(Protocol):
@@ -44,7 +45,7 @@ def format_question(question: str) -> str:
 
 def format_passage(title: str, text: str) -> str:
     """The passage half of the input; it follows the question, hence the leading space."""
-    return f" title: {title} context: {text}"
+    return f" title: {title}{CONTEXT_MARKER} {text}"
 
 
 class GeneratorInputs:

@@ -36,6 +36,7 @@ import torch
 from transformers.modeling_outputs import BaseModelOutput
 
 from ragloop.constants import DEFAULT_ENCODER, DEFAULT_GENERATOR
+from ragloop.generation.constrain import answer_constraint
 from ragloop.generation.decoding import sequence_decode, token_beam_search
 from ragloop.generation.extractive import Reading, SpanReader
 from ragloop.generation.fusion import fid_decode, fused_token_logprobs
@@ -174,17 +175,20 @@ def fid_loss(gen: Generator, inputs: dict, labels: torch.Tensor, doc_logprobs: t
 
 def _decode_sequence(gen: Generator, inputs: dict, doc_logprobs: torch.Tensor, num_beams: int,
                      max_new_tokens: int, config: RAGConfig) -> list[list[int]]:
-    return sequence_decode(gen, inputs, doc_logprobs, num_beams, max_new_tokens, config.rescore_batch_size)
+    return sequence_decode(gen, inputs, doc_logprobs, num_beams, max_new_tokens, config.rescore_batch_size,
+                           answer_constraint(gen, inputs, doc_logprobs.shape[1], config.constrain))
 
 
 def _decode_token(gen: Generator, inputs: dict, doc_logprobs: torch.Tensor, num_beams: int,
                   max_new_tokens: int, config: RAGConfig) -> list[list[int]]:
-    return token_beam_search(gen, inputs, doc_logprobs, num_beams, max_new_tokens)
+    return token_beam_search(gen, inputs, doc_logprobs, num_beams, max_new_tokens,
+                             constraint=answer_constraint(gen, inputs, doc_logprobs.shape[1], config.constrain))
 
 
 def _decode_fid(gen: Generator, inputs: dict, doc_logprobs: torch.Tensor, num_beams: int,
                 max_new_tokens: int, config: RAGConfig) -> list[list[int]]:
-    return fid_decode(gen, inputs, doc_logprobs.shape[1], num_beams, max_new_tokens)
+    k = doc_logprobs.shape[1]
+    return fid_decode(gen, inputs, k, num_beams, max_new_tokens, answer_constraint(gen, inputs, k, config.constrain))
 
 
 def span_loss(reader: SpanReader, questions: list[str], passages: list[list], answers: list[str],
