@@ -3,10 +3,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+
 import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ragloop.model import RAG
 from ragloop.serving import BackgroundServer, create_app
@@ -96,6 +101,24 @@ def test_embeddings_are_the_question_encoders_vectors(client, ids, model):
     assert both.usage.total_tokens > one.usage.total_tokens
 
 
+def test_concurrent_embedding_requests_share_one_encoder_call(model):
+    texts = [[QUESTION], ["Warsaw", "Poland"], ["Who was the MVP?"], ["Denver", "Carolina", "Santa Clara"]]
+    expected = [model.retriever.question_encoder.encode(t, progress=False) for t in texts]
+
+    async def embed_all(url: str) -> list:
+        client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
+        async with client:
+            return await asyncio.gather(*(client.embeddings.create(model="RAG" + EMBEDDING_SUFFIX, input=t)
+                                          for t in texts))
+
+    with BackgroundServer(create_app(model, threads=1, max_batch=8, max_wait_ms=500)) as s:
+        replies = asyncio.run(embed_all(s.url))
+        stats = httpx.get(s.url + "/health").json()["batching"]["embed"]
+    for reply, vectors in zip(replies, expected):
+        np.testing.assert_allclose([d.embedding for d in reply.data], vectors, rtol=1e-4, atol=1e-5)
+    assert stats["requests"] == len(texts) and stats["mean_batch_size"] > 1, stats
+
+
 def test_a_wrong_api_key_is_an_authentication_error(server, ids):
     wrong = openai.OpenAI(base_url=server.url + "/v1", api_key="wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError) as caught:
@@ -165,3 +188,37 @@ def test_openapi_declares_the_bearer_key_when_the_server_has_one(server, model):
             assert operation["security"] == [{"bearer": []}], path
     with TestClient(create_app(model, threads=1)) as open_server:  # no key: none declared
         assert "securitySchemes" not in open_server.get("/openapi.json").json().get("components", {})
+
+
+# -- any body -------------------------------------------------------------------------------------
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
+                                                                                      max_size=3), max_leaves=6)
+# any code point, lone surrogates and control characters included
+any_text = st.text(st.characters(min_codepoint=0, max_codepoint=0x10FFFF, exclude_categories=()), max_size=40)
+model_names = st.sampled_from(["RAG", "RAG" + EMBEDDING_SUFFIX]) | any_text
+messages = st.lists(st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "assistant"]) | any_text,
+                                           "content": any_text | json_values}), max_size=3)
+chat_bodies = json_values | st.fixed_dictionaries({"model": model_names, "messages": messages | json_values},
+                                                  optional={"stream": st.booleans() | json_values})
+embedding_bodies = json_values | st.fixed_dictionaries(
+    {"model": model_names, "input": any_text | st.lists(any_text, max_size=3) | json_values},
+    optional={"encoding_format": st.sampled_from(["float", "base64"]) | any_text})
+
+
+@pytest.fixture(scope="module")
+def open_client(model):
+    with TestClient(create_app(model, threads=1)) as c:
+        yield c
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(chat=chat_bodies, embedding=embedding_bodies)
+def test_any_json_body_gives_200_or_a_4xx_in_openais_shape(open_client, chat, embedding):
+    for path, body in (("/v1/chat/completions", chat), ("/v1/embeddings", embedding)):
+        r = open_client.post(path, content=json.dumps(body).encode(), headers={"content-type": "application/json"})
+        assert r.status_code in (200, 400, 404), r.text
+        if r.status_code != 200:
+            error = r.json()["error"]
+            assert error["message"] and error["type"] in ("invalid_request_error", "not_found_error"), error

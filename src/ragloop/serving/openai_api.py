@@ -42,7 +42,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
 from ragloop.serving.guard import ASGIApp, Message, Receive, Scope, Send, clip
-from ragloop.serving.schemas import AnswerPassageOut, _check_question
+from ragloop.serving.schemas import AnswerPassageOut, check_question
 from ragloop.serving.service import Service
 
 PREFIX = "/v1"
@@ -95,7 +95,7 @@ class ChatCompletionRequest(BaseModel):
 
     def question(self) -> str:
         """The last user message, checked like any question (a ValueError says what is wrong)."""
-        return _check_question(next(m for m in reversed(self.messages) if m.role == "user").text())
+        return check_question(next(m for m in reversed(self.messages) if m.role == "user").text())
 
 
 # a text or a list of texts; read as a list, so an error names the item ("input.2"), not a union branch
@@ -123,7 +123,7 @@ class EmbeddingRequest(BaseModel):
             raise ValueError("input is an empty list")
         if len(texts) > MAX_EMBEDDING_INPUTS:
             raise ValueError(f"input has {len(texts)} texts; the limit is {MAX_EMBEDDING_INPUTS}")
-        return [_check_question(text) for text in texts]
+        return [check_question(text) for text in texts]
 
 
 class ModelOut(BaseModel):
@@ -267,8 +267,9 @@ async def _send_reshaped(send: Send, start: Message, body: bytes) -> None:
 
 # -- the routes -----------------------------------------------------------------------------------
 
+REFUSED = 'refused: {"error": {"message", "type", "param", "code"}} (OpenAI\'s shape; an invalid body is a 400)'
 router = APIRouter(prefix=PREFIX, tags=["OpenAI-compatible"],
-                   responses={"4XX": {"model": ErrorResponse, "description": "OpenAI's error shape"}})
+                   responses={"4XX": {"model": ErrorResponse, "description": REFUSED}})
 
 
 def _service(request: Request) -> Service:

@@ -7,6 +7,8 @@
     >>> service.info()["batching"]["answer"]["requests"]                   # what /health shows
     1
 
+Three batchers share the model thread: `answers` (RAG.answer), `searches` (Retriever.search) and
+`embeddings` (the question encoder alone, for /v1/embeddings: `openai_api.py`).
 `Service.load` takes a saved RAG folder, an index folder (search only), a `RAG` or a `Retriever`.
 Every model call (answers, searches, the warm-up) runs on one worker thread with a fixed number of
 torch and FAISS threads, so the event loop stays responsive and the cores are not oversubscribed; the
