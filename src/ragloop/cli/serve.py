@@ -47,6 +47,7 @@ def run(args) -> None:
                      cache_size=0 if args.no_cache else args.cache_size, quantize=args.quantize)
     sock = listen(args.host, args.port)
     host = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"serving {args.model_dir} on http://{host}:{sock.getsockname()[1]}/ (API docs at /docs; Ctrl-C stops)",
-          flush=True)
+    url = f"http://{host}:{sock.getsockname()[1]}"
+    print(f"serving {args.model_dir} on {url}/ (API docs at /docs; OpenAI-compatible clients: base_url {url}/v1; "
+          "Ctrl-C stops)", flush=True)
     serve(app, log_level="warning" if args.quiet else "info", sock=sock)

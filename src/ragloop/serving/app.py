@@ -10,6 +10,7 @@ Endpoints:
     POST /answer   {"question": str, "k": int?}                      -> answer + passages (+ the span copied)
     POST /search   {"question": str, "k": int?, "mode": dense|bm25|hybrid} -> ranked passages
     GET  /docs     the API described on one self-contained page (from /openapi.json; no CDN)
+    /v1/models, /v1/chat/completions, /v1/embeddings   OpenAI-compatible (`openai_api.py`)
 
 Concurrent /answer requests are micro-batched into one `RAG.answer(list_of_questions)` call, and
 concurrent /search requests into one `Retriever.search(list_of_questions, k, mode)` call, on one model
@@ -33,16 +34,18 @@ from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.security import HTTPBearer
 
 from ragloop._version import __version__
 from ragloop.constants import CACHE_MAX_ENTRIES
 from ragloop.errors import RagloopError
 from ragloop.model import RAG
 from ragloop.retrieval.retriever import Retriever
+from ragloop.serving import openai_api
 from ragloop.serving.docs import DOCS_CSP, docs_page
 from ragloop.serving.guard import RequestGuard, check_api_key, clip
 from ragloop.serving.schemas import (
@@ -58,6 +61,9 @@ from ragloop.serving.service import Service
 log = logging.getLogger(__name__)
 
 DEFAULT_CACHE_SIZE = CACHE_MAX_ENTRIES
+# declares the API key in /openapi.json; RequestGuard checks it (before a body is read), so no auto_error
+BEARER = HTTPBearer(auto_error=False, scheme_name="bearer",
+                    description="the server's API key: `Authorization: Bearer KEY` (`ragloop serve --api-key`)")
 
 # -- errors and the page --------------------------------------------------------------------------
 
@@ -138,10 +144,13 @@ def create_app(source: str | Path | RAG | Retriever, *, max_batch: int = 16, max
     app = FastAPI(title="ragloop", version=__version__, lifespan=_lifespan(service, quantize), docs_url=None,
                   redoc_url=None, description="Retrieval-augmented answers with their sources, and passage search.")
     app.state.service = service
+    if api_key is not None:  # every route added below declares the bearer key
+        app.router.dependencies.append(Depends(BEARER))
     app.add_middleware(RequestGuard, api_key=api_key, max_body_bytes=max_body_bytes)
     _add_error_handlers(app)
     _add_pages(app, api_key=api_key is not None, max_body_bytes=max_body_bytes)
     _add_api(app, service)
+    openai_api.install(app)  # /v1: OpenAI's chat, embeddings and models endpoints
     return app
 
 

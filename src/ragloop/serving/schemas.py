@@ -29,7 +29,7 @@ QuestionText = Annotated[str, Field(strict=True, description=f"the question, 1 t
                                     examples=["Who won Super Bowl 50?"])]
 
 
-def _check_question(value: str) -> str:
+def check_question(value: str) -> str:
     if not value.strip():
         raise ValueError("question is empty (or only whitespace)")
     if len(value) > MAX_QUESTION_CHARS:
@@ -42,13 +42,13 @@ def _check_question(value: str) -> str:
 
 
 class _QuestionBody(BaseModel):
-    """What both requests share: a question, checked by `_check_question`, and no unknown fields."""
+    """What both requests share: a question, checked by `check_question`, and no unknown fields."""
 
     model_config = ConfigDict(extra="forbid")
 
     question: QuestionText
 
-    _question = field_validator("question")(_check_question)
+    _question = field_validator("question")(check_question)
 
 
 class AnswerRequest(_QuestionBody):

@@ -7,6 +7,8 @@
     >>> service.info()["batching"]["answer"]["requests"]                   # what /health shows
     1
 
+Three batchers share the model thread: `answers` (RAG.answer), `searches` (Retriever.search) and
+`embeddings` (the question encoder alone, for /v1/embeddings: `openai_api.py`).
 `Service.load` takes a saved RAG folder, an index folder (search only), a `RAG` or a `Retriever`.
 Every model call (answers, searches, the warm-up) runs on one worker thread with a fixed number of
 torch and FAISS threads, so the event loop stays responsive and the cores are not oversubscribed; the
@@ -76,6 +78,8 @@ class Service:
                                     executor=self.executor)
         self.searches = MicroBatcher(self._search_batch, max_batch=max_batch, max_wait_ms=max_wait_ms,
                                      executor=self.executor)
+        self.embeddings = MicroBatcher(self._embed_batch, max_batch=max_batch, max_wait_ms=max_wait_ms,
+                                       executor=self.executor)
         try:
             self.executor.submit(self._warm_up).result()
         except BaseException:
@@ -126,9 +130,24 @@ class Service:
         rows = self.retriever.search(questions, k=k, mode=mode)
         return [{"hits": [hit.to_dict() for hit in row], "batch_size": len(questions)} for row in rows]
 
+    def _embed_batch(self, requests: list[list[str]], key: None) -> list[dict]:
+        """Runs on the model thread: one question-encoder call for the texts of a whole batch of
+        /v1/embeddings requests; per request its vectors (float32 rows) and token counts."""
+        texts = [text for request in requests for text in request]
+        encoder = self.retriever.question_encoder
+        vectors = encoder.encode(texts, progress=False)
+        tokens = [len(ids) for ids in encoder.tokenize(texts)["input_ids"]]
+        out, start = [], 0
+        for request in requests:
+            end = start + len(request)
+            out.append({"vectors": vectors[start:end], "tokens": sum(tokens[start:end]), "batch_size": len(texts)})
+            start = end
+        return out
+
     async def stop(self) -> None:
         await self.answers.stop()
         await self.searches.stop()
+        await self.embeddings.stop()
         self.executor.shutdown(wait=False, cancel_futures=True)
 
     def info(self) -> dict:
@@ -151,7 +170,8 @@ class Service:
             "limits": {"max_question_chars": MAX_QUESTION_CHARS, "max_k": min(MAX_K, self.passages)},
             "threads": self.threads,
             "batching": {"max_batch": self.answers.max_batch, "max_wait_ms": self.answers.max_wait * 1000,
-                         "answer": self.answers.stats.to_dict(), "search": self.searches.stats.to_dict()},
+                         "answer": self.answers.stats.to_dict(), "search": self.searches.stats.to_dict(),
+                         "embed": self.embeddings.stats.to_dict()},
             "cache": self.retriever.cache.stats() if self.retriever.cache is not None else None,
             "uptime_s": round(time.time() - self.started, 1),
         }
