@@ -139,3 +139,17 @@ def test_a_saved_span_reader_loads_back_and_answers_the_same(index, tiny_bert_di
     assert torch.equal(again.generator.span_head.bias, rag.generator.span_head.bias)
     question = "Which river flows through Warsaw?"
     assert again.answer(question).to_dict() == rag.answer(question).to_dict()
+
+
+def test_encoding_only_the_gold_passages_with_gradient_gives_the_full_loss(reader):
+    questions = ["Who wrote Hamlet?", "Where is the Globe?", "What is the capital of Mars?"]
+    answers = ["Shakespeare", "London", "nowhere"]  # the third question's passages do not hold its answer
+    ps = [passages(), passages(), passages()]
+    doc = torch.log_softmax(torch.randn(3, 2), dim=-1)
+    inputs = reader.build_inputs(questions, ps)
+    start, end, select = reader(inputs)  # every row encoded, as the loss would be computed naively
+    gold = gold_span_mask(answers, ps, inputs["offsets"], inputs["passage_mask"], reader.max_target_length)
+    full = span_marginal_nll(doc, select.view(3, 2), start.view(3, 2, -1), end.view(3, 2, -1), gold)
+    fast = reader.loss(questions, ps, answers, doc)
+    assert fast[2].item() == 0.0 and full[0] > 0 and full[1] > 0
+    assert torch.allclose(fast, full, atol=1e-5)

@@ -102,8 +102,10 @@ def _score(args, recipe, data, model, trained: str) -> None:
     hit = f"hit@{model.config.n_docs}"
     print(f"| questions | passages read | EM | F1 | {hit} |\n|---|---|---|---|---|")
     for row in demo.score(model, demo.eval_sets(data, questions), progress=progress(args)):
-        print(f"| {row['set']} ({row['questions']}) | {CONTEXT_LABELS[row['context']]} | {row['em']:.3f} "
-              f"| {row['f1']:.3f} | {row.get(hit, '')} |", flush=True)
+        em, f1 = ("n/a", f"n/a ({row['not_applicable']})") if row["f1"] is None else (
+            f"{row['em']:.3f}", f"{row['f1']:.3f}")
+        print(f"| {row['set']} ({row['questions']}) | {CONTEXT_LABELS[row['context']]} | {em} | {f1} "
+              f"| {row.get(hit, '')} |", flush=True)
 
 
 def _samples(recipe, data, model) -> None:

@@ -49,9 +49,13 @@ def check_answer_args(examples: list[QAExample], context: str, k: int | None) ->
 def evaluate_answers(model, examples: list[QAExample], context: str = "rag", k: int | None = None,
                      batch_size: int = 16, num_beams: int = 1, progress: bool | None = None) -> dict:
     """EM/F1 (max over gold answers) and, with retrieval, hit@k of the passages the model read; "quantize"
-    when the model is quantized. `k`: passages read per question (None: the model's n_docs). The model is
+    when the model is quantized. An extractive reader has no closed-book score: EM/F1 None, and why in
+    "not_applicable". `k`: passages read per question (None: the model's n_docs). The model is
     put in eval mode and back in its training mode afterwards, also when generation fails."""
     check_answer_args(examples, context, k)
+    if context == "closed-book" and model.reader.extractive:
+        return {"context": context, "questions": len(examples), "em": None, "f1": None,
+                "not_applicable": f"the {model.config.mode} reader answers only with spans of passages"}
     em = f1 = hits = 0.0
     k = model.config.n_docs if k is None else k
     disable = bar_disabled(progress)

@@ -173,10 +173,12 @@ class SpanReader(torch.nn.Module):
         out["offsets"], out["passage_mask"] = enc["offset_mapping"], torch.tensor(in_passage, dtype=torch.bool)
         return {name: t.to(self.device) for name, t in out.items()}
 
-    def forward(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Start and end logits [N, L] (MASKED outside the passage) and passage scores [N], float32."""
-        model_inputs = {k: inputs[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in inputs}
-        hidden = self.model(**model_inputs).last_hidden_state
+    def forward(self, inputs: dict[str, torch.Tensor], hidden: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Start and end logits [N, L] (MASKED outside the passage) and passage scores [N], float32; from
+        the encoder's `hidden` states [N, L, H] when given."""
+        if hidden is None:
+            hidden = self.model(**_model_inputs(inputs)).last_hidden_state
         start, end = self.span_head(hidden).float().unbind(-1)
         outside = ~inputs["passage_mask"]
         select = self.select_head(hidden[:, 0]).float().squeeze(-1)
@@ -184,13 +186,35 @@ class SpanReader(torch.nn.Module):
 
     def loss(self, questions: list[str], passages: list[list], answers: list[str],
              doc_logprobs: torch.Tensor) -> torch.Tensor:
-        """−log p(answer|x) per question [B] (`span_marginal_nll`); 0 where no passage holds the answer."""
+        """−log p(answer|x) per question [B] (`span_marginal_nll`); 0 where no passage holds the answer.
+
+        Only the passages that hold a gold span are encoded with gradient: the others enter the loss by
+        their passage score alone (p(z|x)'s normaliser), which trains the passage head but not the
+        encoder there; a question with no gold span is not encoded at all (its loss is 0 anyway). The
+        loss is the same as encoding everything with gradient; the step costs about half."""
         inputs = self.build_inputs(questions, passages)
-        start, end, select = self(inputs)
         shape = doc_logprobs.shape
         gold = gold_span_mask(answers, passages, inputs["offsets"], inputs["passage_mask"], self.max_target_length)
-        return span_marginal_nll(doc_logprobs, select.view(shape), start.view(*shape, -1), end.view(*shape, -1),
-                                 gold.to(start.device))
+        gold = gold.to(self.device)
+        holds = gold.flatten(2).any(-1)  # [B, K]
+        needed = holds.any(-1, keepdim=True).expand(shape).flatten()
+        start, end, select = self(inputs, self._hidden(inputs, holds.flatten(), needed))
+        return span_marginal_nll(doc_logprobs, select.view(shape), start.view(*shape, -1), end.view(*shape, -1), gold)
+
+    def _hidden(self, inputs: dict[str, torch.Tensor], learn: torch.Tensor, needed: torch.Tensor) -> torch.Tensor:
+        """Encoder states [N, L, H]: rows in `learn` with gradient, the other `needed` rows without, the
+        rest zeros. Row 0 always learns, so every parameter gets a gradient (DDP needs one on every rank)."""
+        learn = learn.clone()
+        learn[0] = True
+        rows = {True: learn.nonzero().squeeze(1), False: (needed & ~learn).nonzero().squeeze(1)}
+        n, length = inputs["input_ids"].shape
+        hidden = torch.zeros(n, length, self.model.config.hidden_size, device=self.device)
+        for grad, idx in rows.items():
+            if len(idx):
+                with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+                    part = self.model(**_model_inputs(inputs, idx)).last_hidden_state
+                hidden = hidden.index_copy(0, idx, part.to(hidden.dtype))
+        return hidden
 
     @torch.no_grad()
     def read(self, questions: list[str], passages: list[list], doc_logprobs: torch.Tensor,
@@ -208,6 +232,12 @@ class SpanReader(torch.nn.Module):
 
 
 # -- the loss, span search and answer choice (pure functions, tested on their own) -------------------
+
+
+def _model_inputs(inputs: dict[str, torch.Tensor], rows: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """What the encoder reads of `inputs`, all rows or those in `rows`."""
+    names = ("input_ids", "attention_mask", "token_type_ids")
+    return {k: inputs[k] if rows is None else inputs[k][rows] for k in names if k in inputs}
 
 
 def span_marginal_nll(doc_logprobs: torch.Tensor, select: torch.Tensor, start: torch.Tensor, end: torch.Tensor,

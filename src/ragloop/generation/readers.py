@@ -120,6 +120,11 @@ class Reader:
     load: Callable[[str], Generator | SpanReader] = Generator.from_pretrained
     default_model: str = DEFAULT_GENERATOR
 
+    @property
+    def extractive(self) -> bool:
+        """Whether its answers are spans of the passages read (so it has nothing to say closed book)."""
+        return self.read is not None
+
 
 def passage_token_logprobs(gen: Generator, inputs: dict, labels: torch.Tensor, k: int,
                            encoder_outputs=None) -> torch.Tensor:

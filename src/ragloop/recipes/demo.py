@@ -192,7 +192,7 @@ def score(model, sets: list[tuple[str, list[QAExample]]], contexts: tuple[str, .
     for name, questions in sets:
         for context in contexts:
             row = evaluate_answers(model, questions, context, k=k, progress=progress)
-            log.debug("%s, %s: F1 %.3f EM %.3f", name, context, row["f1"], row["em"])
+            log.debug("%s, %s: F1 %s EM %s", name, context, row["f1"], row["em"])
             yield {"set": name, **row}
 
 
