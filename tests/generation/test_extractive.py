@@ -72,7 +72,7 @@ def test_answer_spans_are_found_at_their_character_offsets():
 def test_gold_spans_cover_each_occurrence_and_none_across_a_chunk_boundary(reader):
     ps = passages()
     inputs = reader.build_inputs([QUESTION], [ps])
-    gold = gold_span_mask(["Shakespeare"], [ps], inputs["offsets"], inputs["passage_mask"], 16)
+    gold = gold_span_mask(["Shakespeare"], [ps], inputs, 16)
     offsets = inputs["offsets"][0].tolist()
     found = [(offsets[i][0], offsets[j][1]) for i, j in gold[0, 0].nonzero().tolist()]
     assert sorted(found) == [(30, 41), (55, 66)] and not gold[0, 1].any()
@@ -80,7 +80,7 @@ def test_gold_spans_cover_each_occurrence_and_none_across_a_chunk_boundary(reade
     chunks = chunk_words(" ".join(["filler"] * 9 + ["William", "Shakespeare"] + ["more"] * 9), size=10)
     cut = passages(chunks)  # "William" ends the first chunk, "Shakespeare" starts the second
     inputs = reader.build_inputs([QUESTION], [cut])
-    assert not gold_span_mask(["William Shakespeare"], [cut], inputs["offsets"], inputs["passage_mask"], 16).any()
+    assert not gold_span_mask(["William Shakespeare"], [cut], inputs, 16).any()
 
 
 def test_best_spans_stay_in_the_passage_and_under_the_length_limit():
@@ -148,8 +148,16 @@ def test_encoding_only_the_gold_passages_with_gradient_gives_the_full_loss(reade
     doc = torch.log_softmax(torch.randn(3, 2), dim=-1)
     inputs = reader.build_inputs(questions, ps)
     start, end, select = reader(inputs)  # every row encoded, as the loss would be computed naively
-    gold = gold_span_mask(answers, ps, inputs["offsets"], inputs["passage_mask"], reader.max_target_length)
+    gold = gold_span_mask(answers, ps, inputs, reader.max_target_length)
     full = span_marginal_nll(doc, select.view(3, 2), start.view(3, 2, -1), end.view(3, 2, -1), gold)
     fast = reader.loss(questions, ps, answers, doc)
     assert fast[2].item() == 0.0 and full[0] > 0 and full[1] > 0
     assert torch.allclose(fast, full, atol=1e-5)
+
+
+def test_spans_start_and_end_on_word_boundaries(reader):
+    inputs = reader.build_inputs([QUESTION], [passages(["The canopies glow."])])
+    offsets, text = inputs["offsets"][0].tolist(), "The canopies glow."
+    words = lambda mask: [text[s:e] for (s, e), m in zip(offsets, mask[0].tolist()) if m]  # noqa: E731
+    assert words(inputs["start_mask"]) == ["The", "can", "glow", "."]  # "canopies" is can ##op ##ies
+    assert words(inputs["end_mask"]) == ["The", "ies", "glow", "."]

@@ -39,6 +39,13 @@ class QAExample:
         """The question's own paragraph, whole, as one passage (id and doc_id: the paragraph's id)."""
         return Passage(self.doc_id, self.title, self.context, self.doc_id, self.source)
 
+    def answer_passage(self, chunk_words: int = 100) -> Passage:
+        """The passage of its paragraph, chunked as an index chunks it (`context_passages`), that holds
+        its first answer; the whole paragraph when no one chunk does (an answer across a chunk boundary)."""
+        answer = self.answers[0].lower() if self.answers else ""
+        chunks = context_passages([self], chunk_words)
+        return next((p for p in chunks if answer and answer in p.text.lower()), self.context_passage())
+
 
 def context_passages(examples: list[QAExample], chunk_words: int = 100) -> list[Passage]:
     """The examples' context paragraphs (each once) chunked into passages `{doc_id}-{i}`, as `ragloop index`

@@ -163,26 +163,27 @@ class SpanReader(torch.nn.Module):
 
     def build_inputs(self, questions: list[str], passages: list[list]) -> dict[str, torch.Tensor]:
         """(question, passage text) pairs, row b*K + k, truncated to `max_source_length` tokens; with
-        each token's character offsets in its passage and a mask of the passage's tokens."""
+        each token's character offsets in its passage, a mask of the passage's tokens, and masks of
+        those that start and end a word (a span never starts or ends inside one: "can" in "canopies")."""
         firsts = [q for q, ps in zip(questions, passages) for _ in ps]
         seconds = [p.text for ps in passages for p in ps]
         enc = self.tokenizer(firsts, seconds, truncation="longest_first", max_length=self.max_source_length,
                              padding=True, return_offsets_mapping=True, return_tensors="pt")
-        in_passage = [[s == 1 for s in enc.sequence_ids(i)] for i in range(len(firsts))]
         out = {name: enc[name] for name in ("input_ids", "attention_mask", "token_type_ids") if name in enc}
-        out["offsets"], out["passage_mask"] = enc["offset_mapping"], torch.tensor(in_passage, dtype=torch.bool)
+        out["offsets"] = enc["offset_mapping"]
+        out.update(_boundaries(enc, len(firsts)))
         return {name: t.to(self.device) for name, t in out.items()}
 
     def forward(self, inputs: dict[str, torch.Tensor], hidden: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Start and end logits [N, L] (MASKED outside the passage) and passage scores [N], float32; from
+        """Start and end logits [N, L] (MASKED but where a passage word starts / ends) and passage scores
+        [N], float32; from
         the encoder's `hidden` states [N, L, H] when given."""
         if hidden is None:
             hidden = self.model(**_model_inputs(inputs)).last_hidden_state
         start, end = self.span_head(hidden).float().unbind(-1)
-        outside = ~inputs["passage_mask"]
         select = self.select_head(hidden[:, 0]).float().squeeze(-1)
-        return start.masked_fill(outside, MASKED), end.masked_fill(outside, MASKED), select
+        return start.masked_fill(~inputs["start_mask"], MASKED), end.masked_fill(~inputs["end_mask"], MASKED), select
 
     def loss(self, questions: list[str], passages: list[list], answers: list[str],
              doc_logprobs: torch.Tensor) -> torch.Tensor:
@@ -194,8 +195,7 @@ class SpanReader(torch.nn.Module):
         loss is the same as encoding everything with gradient; the step costs about half."""
         inputs = self.build_inputs(questions, passages)
         shape = doc_logprobs.shape
-        gold = gold_span_mask(answers, passages, inputs["offsets"], inputs["passage_mask"], self.max_target_length)
-        gold = gold.to(self.device)
+        gold = gold_span_mask(answers, passages, inputs, self.max_target_length).to(self.device)
         holds = gold.flatten(2).any(-1)  # [B, K]
         needed = holds.any(-1, keepdim=True).expand(shape).flatten()
         start, end, select = self(inputs, self._hidden(inputs, holds.flatten(), needed))
@@ -271,22 +271,36 @@ def answer_char_spans(text: str, answer: str) -> list[tuple[int, int]]:
     return []
 
 
-def gold_span_mask(answers: list[str], passages: list[list], offsets: torch.Tensor, passage_mask: torch.Tensor,
+def gold_span_mask(answers: list[str], passages: list[list], inputs: dict[str, torch.Tensor],
                    max_tokens: int) -> torch.Tensor:
     """[B, K, L, L] bool: token spans (i, j) of passage z that cover an occurrence of the question's answer
-    (offsets [B*K, L, 2] and passage_mask [B*K, L] from `SpanReader.build_inputs`); spans cut off by
-    truncation or longer than `max_tokens` tokens are left out."""
-    k, length = len(passages[0]), offsets.shape[1]
+    (`inputs` from `SpanReader.build_inputs`); spans cut off by truncation, longer than `max_tokens`
+    tokens, or starting or ending inside a word are left out (the reader could never answer them)."""
+    k, length = len(passages[0]), inputs["offsets"].shape[1]
     gold = torch.zeros(len(passages), k, length, length, dtype=torch.bool)
-    offsets, passage_mask = offsets.tolist(), passage_mask.tolist()
+    offsets, inside = inputs["offsets"].tolist(), inputs["passage_mask"].tolist()
+    starts, ends = inputs["start_mask"].tolist(), inputs["end_mask"].tolist()
     for b, (answer, ps) in enumerate(zip(answers, passages)):
         for j, p in enumerate(ps):
             row = b * k + j
             for cs, ce in answer_char_spans(p.text, answer):
-                i, e = token_span(offsets[row], passage_mask[row], cs, ce)
-                if i is not None and e - i < max_tokens:
+                i, e = token_span(offsets[row], inside[row], cs, ce)
+                if i is not None and e - i < max_tokens and starts[row][i] and ends[row][e]:
                     gold[b, j, i, e] = True
     return gold
+
+
+def _boundaries(enc, rows: int) -> dict[str, torch.Tensor]:
+    """passage_mask, start_mask, end_mask [rows, L] of a tokenizer batch of (question, passage) pairs."""
+    masks: dict[str, list] = {"passage_mask": [], "start_mask": [], "end_mask": []}
+    for r in range(rows):
+        seq, words = enc.sequence_ids(r), enc.word_ids(r)
+        inside = [s == 1 for s in seq]
+        before, after = [None, *words[:-1]], [*words[1:], None]
+        masks["passage_mask"].append(inside)
+        masks["start_mask"].append([a and w != b for a, w, b in zip(inside, words, before)])
+        masks["end_mask"].append([a and w != n for a, w, n in zip(inside, words, after)])
+    return {name: torch.tensor(m, dtype=torch.bool) for name, m in masks.items()}
 
 
 def token_span(offsets: list, in_passage: list, cs: int, ce: int) -> tuple[int | None, int | None]:

@@ -173,11 +173,12 @@ def global_mean(accelerator, sums: dict[str, float]) -> dict[str, float]:
 
 
 def gold_passages(batch: list[QAExample]) -> list[list]:
-    """Each question's own paragraph as its single passage (for --gold_passage_steps)."""
+    """Each question's gold passage as its single passage (for --gold_passage_steps): the chunk of its
+    paragraph that holds the answer, as the index chunks it, so the reader learns on what it will read."""
     missing = [e.id for e in batch if not e.context]
     if missing:
         raise RagloopError(f"--gold_passage_steps needs each question's paragraph; question {missing[0]!r} has none")
-    return [[e.context_passage()] for e in batch]
+    return [[e.answer_passage()] for e in batch]
 
 
 def out_of_time(accelerator, t0: float, minutes: float) -> bool:
