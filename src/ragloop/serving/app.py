@@ -44,7 +44,7 @@ from ragloop.errors import RagloopError
 from ragloop.model import RAG
 from ragloop.retrieval.retriever import Retriever
 from ragloop.serving.docs import DOCS_CSP, docs_page
-from ragloop.serving.guard import RequestGuard, check_api_key, clip
+from ragloop.serving.guard import RequestGuard, check_api_key, clip, document_refusals
 from ragloop.serving.schemas import (
     DEFAULT_SEARCH_K,
     MAX_BODY_BYTES,
@@ -52,6 +52,7 @@ from ragloop.serving.schemas import (
     AnswerResponse,
     SearchRequest,
     SearchResponse,
+    limit_k,
 )
 from ragloop.serving.service import Service
 
@@ -142,6 +143,8 @@ def create_app(source: str | Path | RAG | Retriever, *, max_batch: int = 16, max
     _add_error_handlers(app)
     _add_pages(app, api_key=api_key is not None, max_body_bytes=max_body_bytes)
     _add_api(app, service)
+    openapi = app.openapi  # FastAPI's (cached), with what the guard answers and the k the index allows
+    app.openapi = lambda: limit_k(document_refusals(openapi(), api_key is not None), service.passages)
     return app
 
 
