@@ -180,9 +180,14 @@ def _headers(scope: Scope) -> dict[bytes, bytes]:
     return {name.lower(): value for name, value in scope.get("headers", [])}
 
 
+def error_body(kind: str, loc: list[str], msg: str) -> bytes:
+    """A refusal's JSON body, shaped like FastAPI's validation errors (also the HTTP parser's: protocol.py)."""
+    return json.dumps({"detail": [{"type": kind, "loc": loc, "msg": msg}]}).encode()
+
+
 async def _error(send: Send, status: int, kind: str, loc: list[str], msg: str,
                  headers: dict[bytes, bytes] | None = None) -> None:
-    body = json.dumps({"detail": [{"type": kind, "loc": loc, "msg": msg}]}).encode()
+    body = error_body(kind, loc, msg)
     extra = list((headers or {}).items())
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
