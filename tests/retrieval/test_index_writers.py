@@ -4,10 +4,14 @@ folder's lock, and each one's passages end up in the index."""
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 import threading
 
 import pytest
 
+import ragloop
 import ragloop.io
 from ragloop import Index, RagloopError
 from ragloop.io import writer_lock
@@ -92,3 +96,30 @@ def test_a_writer_that_waits_past_its_limit_gets_a_clear_error(folder, passages,
         index.add(passages[8:], encoder)
     index.close()
     assert _ids(folder) == [p.id for p in passages[:8]]  # nothing half-written
+
+
+HOLDER = """
+import sys
+from ragloop.io import writer_lock
+with writer_lock(sys.argv[1], "index"):
+    print("locked", flush=True)
+    sys.stdin.readline()  # until the test says to let go
+"""
+
+
+def test_a_writer_in_another_process_holds_the_index_until_it_lets_go(folder, passages, encoder, monkeypatch):
+    """Another process (as another `ragloop index --add` would) holds the lock: an add times out with the
+    clear error, and goes through once that process lets go."""
+    monkeypatch.setattr(ragloop.io, "WRITER_WAIT_SECONDS", 0.2)
+    here = os.path.dirname(os.path.dirname(ragloop.__file__))  # this ragloop, in the child too
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder)], stdin=subprocess.PIPE, text=True,
+                              stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": here})
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with Index.load(folder) as index, pytest.raises(RagloopError, match="another writer holds this index"):
+            index.add(passages[8:], encoder)
+    finally:
+        holder.communicate("go\n", timeout=60)
+    with Index.load(folder) as index:
+        assert index.add(passages[8:], encoder) == len(passages) - 8
+    assert _ids(folder) == [p.id for p in passages]
