@@ -22,14 +22,11 @@ protocol instead, so the behaviour does not depend on what else is installed.
 from __future__ import annotations
 
 import asyncio
-import logging
 
 import h11
 from uvicorn.protocols.http.h11_impl import STATUS_PHRASES, H11Protocol
 
 from ragloop.serving.guard import clip, error_body
-
-log = logging.getLogger(__name__)
 
 DEFAULT_MAX_HEADER_BYTES = 16 * 1024  # h11's own default, where the config sets none
 LINGER_SECONDS = 10.0  # nginx's lingering_time is 30 s; a client still sending after this is reset
@@ -76,7 +73,7 @@ class RefusingH11Protocol(H11Protocol):
         self._linger_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        self._socket = transport
+        self._real = transport  # uvicorn gets _Transport(_real)
         super().connection_made(_Transport(transport, self))  # type: ignore[arg-type]
 
     def data_received(self, data: bytes) -> None:
@@ -91,7 +88,7 @@ class RefusingH11Protocol(H11Protocol):
     def close_gracefully(self) -> None:
         """Close now when the client has sent all it meant to; else stop writing and linger (reading and
         dropping) until the client closes or LINGER_SECONDS pass. A second close closes at once."""
-        sock = self._socket
+        sock = self._real
         if self.lingering or sock.is_closing() or self.conn.their_state not in UNREAD or not sock.can_write_eof():
             sock.close()
             return
