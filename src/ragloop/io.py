@@ -13,12 +13,21 @@ machine sharing the folder left is never touched.
     ...     (tmp / "index.faiss").write_bytes(data)
     >>> recover("runs/index")                      # what a killed writer of runs/index left, tidied
 
+Two writers of one target, whose writes each read what is there first (adding to an index), take turns
+under `writer_lock`: an flock on the target itself (no lock file is left anywhere). The second waits,
+saying so, up to WRITER_WAIT_SECONDS, then fails naming the target; when the first replaced the target
+by rename meanwhile, the second locks the new one.
+
+    >>> with writer_lock("runs/index", "index"):   # read runs/index, then replace it with atomic_dir
+    ...     ...
+
 Folders described by a JSON manifest (sizes and digests checked on load) are `ragloop.manifest`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -28,11 +37,22 @@ import shutil
 import socket
 import tempfile
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from ragloop.errors import RagloopError
+
+try:
+    import fcntl
+except ImportError:  # Windows: writers are not locked
+    fcntl = None
+
 log = logging.getLogger(__name__)
+
+WRITER_WAIT_SECONDS = 600.0  # how long a writer waits for another one of the same target
+LOCK_POLL_SECONDS = 0.05
 
 HOST = re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())[:40] or "host"
 _writing: Counter[str] = Counter()  # targets this process is writing now: their leftovers are not stale
@@ -89,6 +109,64 @@ def atomic_dir(target: str | Path, may_replace: Callable[[Path], object] = lambd
                     os.rename(old, target)
             _remove(tmp)
             raise
+
+
+@contextlib.contextmanager
+def writer_lock(target: str | Path, what: str = "folder", wait: float | None = None) -> Iterator[None]:
+    """Hold the lock of `target` (a `what`) while reading and rewriting it: one writer at a time, across
+    processes and threads. Held by another writer: logs that it waits, waits up to `wait` seconds
+    (default WRITER_WAIT_SECONDS), then raises a RagloopError saying another writer holds it. A target
+    that does not exist yet needs no lock (its writer renames it into place whole)."""
+    fd = None if fcntl is None else _lock(Path(target), what, WRITER_WAIT_SECONDS if wait is None else wait)
+    try:
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)  # closing the descriptor releases the flock
+
+
+def _lock(target: Path, what: str, wait: float) -> int | None:
+    """A descriptor of `target` holding its flock, or None (no such target; no flock here). A writer
+    replaces the target by rename while others wait on the old one: they lock the new one instead."""
+    deadline = None
+    while True:
+        try:
+            fd = os.open(target, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            if _flocked(fd):
+                if os.path.samestat(os.fstat(fd), os.stat(target)):
+                    return fd
+                # else replaced by the writer before us: the next round locks what is there now
+            else:
+                if deadline is None:
+                    deadline = time.monotonic() + wait
+                    log.warning("%s: another writer is writing this %s; waiting for it (up to %g s)", target, what,
+                                wait)
+                if time.monotonic() >= deadline:
+                    raise RagloopError(f"{target}: another writer holds this {what} (it is locked); waited {wait:g} "
+                                       "s: try again when it is done")
+                time.sleep(LOCK_POLL_SECONDS)
+        except FileNotFoundError:  # removed while we waited: nothing left to lock
+            os.close(fd)
+            return None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+
+
+def _flocked(fd: int) -> bool:
+    """An exclusive flock on `fd` taken (True), or held by another open file (False). Where there is no
+    flock (NFS may refuse it on a folder; Windows has none) the write goes ahead unlocked, as it always did."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno in (errno.EAGAIN, errno.EACCES):
+            return False
+        log.debug("no lock on %s (%s): writing unlocked", fd, e.strerror or e)
+    return True
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -30,12 +30,6 @@ def model(tiny_rag_dir) -> RAG:
     return RAG.from_pretrained(tiny_rag_dir)
 
 
-@pytest.fixture(scope="module")
-def server(model):
-    with BackgroundServer(create_app(model, threads=1)) as s:
-        yield s
-
-
 def dump_dom(url: str, profile) -> str:
     """The DOM after the page's scripts (and the fetch they start) have run."""
     cmd = [CHROMIUM, "--headless", "--disable-gpu", "--no-sandbox", "--no-first-run", "--disable-extensions",

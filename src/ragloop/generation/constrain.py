@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection, Sequence
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import torch
 from transformers import LogitsProcessor
@@ -49,8 +49,12 @@ from ragloop.constants import ANSWER_CONSTRAINTS
 from ragloop.errors import RagloopError
 from ragloop.generation.inputs import CONTEXT_MARKER, is_wordpiece
 
-if TYPE_CHECKING:
-    from ragloop.generation.generator import Generator
+
+class _Tokenizing(Protocol):
+    """What a constraint needs of the generator (`Generator` is one): its tokenizer and end token."""
+
+    tokenizer: Any
+    eos_token_id: int | None
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +134,7 @@ class SpanProcessor(LogitsProcessor):
         return scores + mask.to(scores.dtype)
 
 
-def answer_constraint(gen: Generator, inputs: dict, k: int, constrain: str | None) -> list[PassageSpans] | None:
+def answer_constraint(gen: _Tokenizing, inputs: dict, k: int, constrain: str | None) -> list[PassageSpans] | None:
     """What the decoders hold answers to under `RAGConfig.constrain`: None for None (no constraint);
     for "spans", one `PassageSpans` a question of `inputs` (from `build_inputs`, k rows a question),
     the union of its rows' passage text."""

@@ -31,7 +31,7 @@ from ragloop._version import __version__
 from ragloop.constants import INDEX_CHUNK_SIZE
 from ragloop.data.corpus import Passage
 from ragloop.errors import RagloopError
-from ragloop.io import atomic_dir, atomic_write_json
+from ragloop.io import atomic_dir, atomic_write_json, writer_lock
 from ragloop.manifest import checksum_files, only_replace, read_manifest_json
 from ragloop.retrieval.backend import FaissBackend
 from ragloop.retrieval.bm25 import BM25Index
@@ -83,7 +83,8 @@ def write_index(chunks: Iterable[tuple[list[Passage], np.ndarray]], dim: int, en
     vectors spread over the file and filled from it, then BM25, checksums and the manifest, all in a
     temporary folder renamed to `out_dir` at the end. Returns the number of passages."""
     refine, params = settings.refine_entry(), settings.search_params_or_defaults()
-    with atomic_dir(out_dir, may_replace=check_replaceable) as tmp:
+    # an index is not replaced while another writer adds to it (io.writer_lock)
+    with writer_lock(out_dir, "index"), atomic_dir(out_dir, may_replace=check_replaceable) as tmp:
         rows = write_chunks(tmp, chunks, dim, settings.refine_dtype if refine else "float32", first_row=0)
         if not rows:
             raise RagloopError("cannot build an index from an empty corpus")

@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 from ragloop.data.corpus import Passage
 from ragloop.errors import RagloopError
-from ragloop.io import atomic_dir
+from ragloop.io import atomic_dir, writer_lock
 from ragloop.manifest import verify_files
 from ragloop.quiet import bar_disabled
 from ragloop.retrieval.backend import FaissBackend
@@ -168,8 +168,19 @@ class Index:
             progress: bool | None = None) -> int:
         """Add new passages (ids already present are skipped); the folder is rewritten atomically.
         Returns the number added. Without `encoder`, the manifest's encoders (quantized if the build
-        was); a given one must match the build's precision."""
+        was); a given one must match the build's precision.
+
+        Writers of one folder take turns (`ragloop.io.writer_lock`, `.NAME.lock` beside it): a second
+        one logs that it waits, and fails after `io.WRITER_WAIT_SECONDS` with an error saying another
+        writer holds the index. One that loaded the folder before another writer changed it adds to the
+        folder as it is now (reloaded), so nothing either added is lost."""
         check_batch_size(batch_size)
+        with writer_lock(self.path, "index"):
+            self._reload_if_rewritten()
+            return self._add(passages, encoder, batch_size, progress)
+
+    def _add(self, passages: list[Passage], encoder: BiEncoder | None, batch_size: int,
+             progress: bool | None) -> int:
         if self.changed_in_memory and self.refine:
             raise RagloopError(f"{self.path}: its vectors were re-encoded in memory (reencode) but its vectors.npy on "
                               "disk holds the old ones; adding now would mix the two: load the folder again first")
@@ -199,10 +210,23 @@ class Index:
                 shutil.copyfile(self.path / VECTORS_FILE, tmp / VECTORS_FILE)
             write_chunks(tmp, [(new, vectors)], self.dim, refine["dtype"] if refine else None, first_row=len(self))
             finish(tmp, backend, manifest, with_bm25=self.bm25 is not None)
-        self.store.close()
-        fresh = Index.load(self.path, verify="size")
-        self.__dict__.update(fresh.__dict__)
+        self._reload()
         return len(new)
+
+    def _reload_if_rewritten(self) -> None:
+        """Another writer changed the folder since this object loaded it (its manifest differs): reload it."""
+        if read_manifest(self.path) == self.manifest:
+            return
+        if self.changed_in_memory:
+            raise RagloopError(f"{self.path}: another writer changed the index since it was loaded, and these vectors "
+                               "were re-encoded in memory (reencode): load the folder again first")
+        log.warning("%s: another writer changed the index since it was loaded; adding to it as it is now", self.path)
+        self._reload()
+
+    def _reload(self) -> None:
+        """This object becomes the folder as it is on disk (just written, or changed by another writer)."""
+        self.store.close()
+        self.__dict__.update(Index.load(self.path, verify="size").__dict__)
 
     # -- loading ----------------------------------------------------------------------------
 

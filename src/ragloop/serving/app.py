@@ -47,7 +47,7 @@ from ragloop.model import RAG
 from ragloop.retrieval.retriever import Retriever
 from ragloop.serving import openai_api
 from ragloop.serving.docs import DOCS_CSP, docs_page
-from ragloop.serving.guard import RequestGuard, check_api_key, clip
+from ragloop.serving.guard import RequestGuard, check_api_key, clip, document_refusals
 from ragloop.serving.schemas import (
     DEFAULT_SEARCH_K,
     MAX_BODY_BYTES,
@@ -55,6 +55,7 @@ from ragloop.serving.schemas import (
     AnswerResponse,
     SearchRequest,
     SearchResponse,
+    limit_k,
 )
 from ragloop.serving.service import Service
 
@@ -151,6 +152,8 @@ def create_app(source: str | Path | RAG | Retriever, *, max_batch: int = 16, max
     _add_pages(app, api_key=api_key is not None, max_body_bytes=max_body_bytes)
     _add_api(app, service)
     openai_api.install(app)  # /v1: OpenAI's chat, embeddings and models endpoints
+    openapi = app.openapi  # FastAPI's (cached), with what the guard answers and the k the index allows
+    app.openapi = lambda: limit_k(document_refusals(openapi(), api_key is not None), service.passages)
     return app
 
 

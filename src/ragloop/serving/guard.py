@@ -13,6 +13,8 @@ In order, a request is refused with
          one (chunked), as soon as that many bytes have arrived.
     422  a body that is not UTF-8 (JSON between machines is UTF-8; RFC 8259).
 Errors are shaped like FastAPI's validation errors: {"detail": [{"type", "loc", "msg"}]}.
+The body checks apply to requests the app has a route for: another method or path passes on, for the
+app's own 405 or 404. `document_refusals` adds these answers to /openapi.json, so the schema tells them.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import hmac
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+
+from starlette.routing import Match
 
 from ragloop.serving.schemas import MAX_BODY_BYTES
 
@@ -66,7 +70,7 @@ class RequestGuard:
                          "wrong API key" if sent else "this server needs an API key: send Authorization: Bearer KEY",
                          {b"www-authenticate": b"Bearer"})
             return
-        if scope["method"] not in BODY_METHODS:
+        if scope["method"] not in BODY_METHODS or not _routed(scope):
             await self.app(scope, receive, send)
             return
         if not await self._headers_accepted(headers, send):
@@ -129,6 +133,35 @@ class RequestGuard:
                      f"the body is over {self.max_body} bytes (a question is at most a few kilobytes)")
 
 
+def _routed(scope: Scope) -> bool:
+    """Whether the app (Starlette puts it in the scope) has a route for this method and path; True outside
+    one. PUT /health is the app's 405, not a 415 for its missing body."""
+    routes = getattr(getattr(scope.get("app"), "router", None), "routes", None)
+    return routes is None or any(route.matches(scope)[0] is Match.FULL for route in routes)
+
+
+REFUSAL = {"type": "object", "required": ["detail"], "properties": {"detail": {"type": "array", "items": {
+    "type": "object", "required": ["type", "loc", "msg"],
+    "properties": {"type": {"type": "string"}, "loc": {"type": "array", "items": {"type": "string"}},
+                   "msg": {"type": "string"}}}}}}
+
+
+def document_refusals(openapi: dict, api_key: bool) -> dict:
+    """`openapi` (the app's schema) with the guard's answers: 413 and 415 on every operation that takes a
+    body and, when the server has an API key, 401 on every operation. Changed in place, returned."""
+    openapi.setdefault("components", {}).setdefault("schemas", {})["Refusal"] = REFUSAL
+    refusal = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Refusal"}}}}
+    for operations in openapi.get("paths", {}).values():
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            if "requestBody" in operation:
+                responses.setdefault("413", {"description": "the body is over the server's limit", **refusal})
+                responses.setdefault("415", {"description": "the body is not sent as application/json", **refusal})
+            if api_key:
+                responses.setdefault("401", {"description": "no API key, or a wrong one", **refusal})
+    return openapi
+
+
 def _replay(body: bytes, receive: Receive) -> Receive:
     """A `receive` for the app that gives it the body already read, then whatever `receive` brings."""
     replayed = False
@@ -147,9 +180,14 @@ def _headers(scope: Scope) -> dict[bytes, bytes]:
     return {name.lower(): value for name, value in scope.get("headers", [])}
 
 
+def error_body(kind: str, loc: list[str], msg: str) -> bytes:
+    """A refusal's JSON body, shaped like FastAPI's validation errors (also the HTTP parser's: protocol.py)."""
+    return json.dumps({"detail": [{"type": kind, "loc": loc, "msg": msg}]}).encode()
+
+
 async def _error(send: Send, status: int, kind: str, loc: list[str], msg: str,
                  headers: dict[bytes, bytes] | None = None) -> None:
-    body = json.dumps({"detail": [{"type": kind, "loc": loc, "msg": msg}]}).encode()
+    body = error_body(kind, loc, msg)
     extra = list((headers or {}).items())
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),

@@ -15,21 +15,30 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 MAX_QUESTION_CHARS = 1000
 MAX_K = 100
 DEFAULT_SEARCH_K = 5
 # a question of MAX_QUESTION_CHARS written as JSON escapes is ~12 KB; anything far over that is refused unread
 MAX_BODY_BYTES = 64 * 1024
+# the request line and headers together (uvicorn's h11 parser holds a request to it: 431 past it)
+MAX_HEADER_BYTES = 16 * 1024
 
 # -- requests -------------------------------------------------------------------------------------
 
-QuestionText = Annotated[str, Field(strict=True, description=f"the question, 1 to {MAX_QUESTION_CHARS} characters",
-                                    examples=["Who won Super Bowl 50?"])]
+# the limits are constraints of the field, so /openapi.json states them; `check_question` runs first and
+# says what is wrong in words (pydantic would say "String should match pattern '\S'")
+QuestionText = Annotated[str, Field(strict=True, min_length=1, max_length=MAX_QUESTION_CHARS, pattern=r"\S",
+                                    description=f"the question, 1 to {MAX_QUESTION_CHARS} characters, not all "
+                                                "whitespace", examples=["Who won Super Bowl 50?"])]
 
 
-def check_question(value: str) -> str:
+def check_question(value: object) -> object:
+    """The question text, or ValueError saying what is wrong with it in words (a non-string is left to
+    the strict str type, which refuses it)."""
+    if not isinstance(value, str):
+        return value
     if not value.strip():
         raise ValueError("question is empty (or only whitespace)")
     if len(value) > MAX_QUESTION_CHARS:
@@ -41,6 +50,15 @@ def check_question(value: str) -> str:
     return value
 
 
+def _whole_number(value: object) -> object:
+    """A float with no fraction as the int it is: JSON Schema counts 16.0 an integer, so /openapi.json's
+    integer k allows it. 2.5, "2" and true stay refused (the strict int type)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+PassageCount = Annotated[int | None, BeforeValidator(_whole_number)]
+
+
 class _QuestionBody(BaseModel):
     """What both requests share: a question, checked by `check_question`, and no unknown fields."""
 
@@ -48,16 +66,16 @@ class _QuestionBody(BaseModel):
 
     question: QuestionText
 
-    _question = field_validator("question")(check_question)
+    _question = field_validator("question", mode="before")(check_question)
 
 
 class AnswerRequest(_QuestionBody):
-    k: int | None = Field(None, strict=True, ge=1, le=MAX_K,
+    k: PassageCount = Field(None, strict=True, ge=1, le=MAX_K,
                           description="passages to read (default: the model's n_docs; at most the index size)")
 
 
 class SearchRequest(_QuestionBody):
-    k: int | None = Field(None, strict=True, ge=1, le=MAX_K,
+    k: PassageCount = Field(None, strict=True, ge=1, le=MAX_K,
                           description=f"passages to return (default {DEFAULT_SEARCH_K}; at most the index size)")
     mode: Literal["dense", "bm25", "hybrid"] = Field("dense", description="dense (FAISS), bm25, or hybrid (fused)")
 
@@ -104,3 +122,19 @@ class SearchResponse(BaseModel):
     k: int
     hits: list[HitOut]
     batch_size: int = Field(description="questions in the search call that answered this one")
+
+
+# -- what /openapi.json says that the models alone cannot -----------------------------------------
+
+
+def limit_k(openapi: dict, passages: int) -> dict:
+    """`openapi` (the app's schema) with k at most `passages` in both requests, where the index holds fewer
+    than MAX_K: the server refuses a larger k (app.py), so the schema says so. Changed in place, returned."""
+    if passages >= MAX_K:
+        return openapi
+    for model in (AnswerRequest, SearchRequest):
+        k = openapi["components"]["schemas"][model.__name__]["properties"]["k"]
+        for option in k.get("anyOf", [k]):  # int | None: the integer branch
+            if option.get("type") == "integer":
+                option["maximum"] = passages
+    return openapi

@@ -17,6 +17,8 @@ import uvicorn
 from fastapi import FastAPI
 
 from ragloop.errors import RagloopError
+from ragloop.serving.protocol import RefusingH11Protocol
+from ragloop.serving.schemas import MAX_HEADER_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +72,10 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 def _config(app: FastAPI, log_level: str) -> uvicorn.Config:
-    # the API reads no proxy headers: behind a reverse proxy, the proxy's address is the client's
-    return uvicorn.Config(app, log_level=log_level, proxy_headers=False, server_header=False, access_log=False)
+    # the API reads no proxy headers: behind a reverse proxy, the proxy's address is the client's.
+    # h11 with a lingering close, so that a refused client reads why (413, 431: protocol.py)
+    return uvicorn.Config(app, log_level=log_level, proxy_headers=False, server_header=False, access_log=False,
+                          http=RefusingH11Protocol, h11_max_incomplete_event_size=MAX_HEADER_BYTES)
 
 
 def serve(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
