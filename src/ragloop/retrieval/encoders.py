@@ -4,6 +4,8 @@
     >>> enc = Encoder.from_pretrained()            # offline default: all-MiniLM-L6-v2, mean pooling
     >>> enc.encode(["who wrote hamlet?"]).shape
     (1, 384)
+    >>> enc.encode("who wrote hamlet?").shape        # one string: one vector, as in sentence-transformers
+    (384,)
     >>> q = Encoder.from_pretrained("facebook/dpr-question_encoder-single-nq-base")   # CLS pooler
 
 A `BiEncoder` pairs a question encoder with a passage encoder (the same object for symmetric
@@ -15,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -172,41 +175,46 @@ class Encoder(torch.nn.Module):
             vec = torch.nn.functional.normalize(vec, dim=-1)
         return vec
 
-    def encode_with_grad(self, texts: list[str], pairs: list[str] | None = None) -> torch.Tensor:
+    def encode_with_grad(self, texts: str | list[str], pairs: str | list[str] | None = None) -> torch.Tensor:
         """Vectors [N, D] as a differentiable tensor on the model's device, for training (`encode`
-        is the batched, no-gradient numpy path for indexing and search)."""
+        is the batched, no-gradient numpy path for indexing and search); one string gives one [D]."""
+        texts, pairs, single = as_texts(texts, pairs)
         if torch.is_grad_enabled() and self.fp32_probe is not None:
             from ragloop.quantize import refuse_quantized
 
             refuse_quantized(self.model, "train", f"encoder {self.spec.name!r}")
-        batch = self.tokenizer.pad(self.tokenize(list(texts), list(pairs) if pairs is not None else None),
-                                   return_tensors="pt")
+        batch = self.tokenizer.pad(self.tokenize(texts, pairs), return_tensors="pt")
         device = next(self.model.parameters()).device
-        return self(**{name: t.to(device) for name, t in batch.items()})
+        vectors = self(**{name: t.to(device) for name, t in batch.items()})
+        return vectors[0] if single else vectors
 
     @torch.inference_mode()
     def encode(
         self,
-        texts: list[str],
-        pairs: list[str] | None = None,
+        texts: str | list[str],
+        pairs: str | list[str] | None = None,
         batch_size: int = 64,
         progress: bool | None = None,
         desc: str = "encoding",
     ) -> np.ndarray:
-        """float32 vectors, one row per text. `pairs` (e.g. passage bodies after titles) are encoded
-        as the tokenizer's second segment, the way DPR encodes "title [SEP] text"."""
+        """float32 vectors [N, D], one row per text; one string (not in a list) gives one vector [D], as
+        sentence-transformers does. `pairs` (e.g. passage bodies after titles) are encoded as the
+        tokenizer's second segment, the way DPR encodes "title [SEP] text"."""
+        texts, pairs, single = as_texts(texts, pairs)
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         if not self.training:  # the usual case; switching modes walks every submodule (~1 ms a call)
-            return self._encode(texts, pairs, batch_size, progress, desc)
-        self.eval()  # vectors for an index or a query never see dropout, even mid-training
-        try:
-            return self._encode(texts, pairs, batch_size, progress, desc)
-        finally:
-            self.train()
+            vectors = self._encode(texts, pairs, batch_size, progress, desc)
+        else:
+            self.eval()  # vectors for an index or a query never see dropout, even mid-training
+            try:
+                vectors = self._encode(texts, pairs, batch_size, progress, desc)
+            finally:
+                self.train()
+        return vectors[0] if single else vectors
 
-    def _encode(self, texts, pairs, batch_size, progress, desc) -> np.ndarray:
-        enc = self.tokenize(list(texts), list(pairs) if pairs is not None else None)
+    def _encode(self, texts: list[str], pairs: list[str] | None, batch_size, progress, desc) -> np.ndarray:
+        enc = self.tokenize(texts, pairs)
         lengths = np.fromiter((len(ids) for ids in enc["input_ids"]), dtype=np.int64, count=len(texts))
         order = np.argsort(-lengths, kind="stable")
         device = next(self.model.parameters()).device
@@ -232,6 +240,34 @@ class Encoder(torch.nn.Module):
 
 
 SPEC_FILE = "ragloop_encoder.json"
+
+
+def _text_list(value, name: str) -> list[str]:
+    """A list of strings from a list or tuple of them (any other sequence of strings too), or one error."""
+    if isinstance(value, (bytes, bytearray, Mapping, set, frozenset)) or not isinstance(value, Iterable):
+        raise RagloopError(f"{name} must be a string or a list of strings (got {type(value).__name__})")
+    value = list(value)
+    for i, text in enumerate(value):
+        if not isinstance(text, str):
+            raise RagloopError(f"{name}[{i}] is not a string (got {type(text).__name__})")
+    return value
+
+
+def as_texts(texts, pairs=None) -> tuple[list[str], list[str] | None, bool]:
+    """(texts, pairs, single): what `encode` was given as lists, and whether it was one string (then
+    `pairs`, if given, is one string too). A bare string is one text, never its characters."""
+    single = isinstance(texts, str)
+    if single:
+        if pairs is not None and not isinstance(pairs, str):
+            raise RagloopError(f"one text (a string) takes one pair (a string), not {type(pairs).__name__}")
+        return [texts], None if pairs is None else [pairs], True
+    texts = _text_list(texts, "texts")
+    if pairs is None:
+        return texts, None, False
+    pairs = [pairs] if isinstance(pairs, str) else _text_list(pairs, "pairs")
+    if len(pairs) != len(texts):
+        raise RagloopError(f"{len(texts)} texts but {len(pairs)} pairs: give one pair per text")
+    return texts, pairs, False
 
 
 def _saved_spec(source: str) -> dict:
@@ -304,10 +340,12 @@ class BiEncoder:
         q = Encoder.from_pretrained(question) if question and question != passage else p
         return cls(q, p)
 
-    def encode_passages(self, titles: list[str], texts: list[str], batch_size: int = 64,
+    def encode_passages(self, titles: str | list[str], texts: str | list[str], batch_size: int = 64,
                         progress: bool | None = None) -> np.ndarray:
+        """[N, D] for lists of titles and texts; one title and one text (strings) give one vector [D]."""
         return self.passage.encode(titles, texts, batch_size=batch_size, progress=progress, desc="encoding passages")
 
-    def encode_questions(self, questions: list[str], batch_size: int = 128,
+    def encode_questions(self, questions: str | list[str], batch_size: int = 128,
                          progress: bool | None = False) -> np.ndarray:
+        """[N, D] for a list of questions; one question (a string) gives one vector [D]."""
         return self.question.encode(questions, batch_size=batch_size, progress=progress, desc="encoding questions")
