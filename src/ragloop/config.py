@@ -369,7 +369,12 @@ def finite_float(text: str) -> float:
 
 
 def _parse_bool(text: str) -> bool:
-    return text.lower() in ("1", "true", "yes", "y", "on")
+    """A flag's value: true/yes/on/1 or false/no/off/0; anything else (`--fp16 treu`) is refused."""
+    if text.lower() in ("1", "true", "yes", "y", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "n", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false (yes/no, on/off, 1/0), got {text!r}")
 
 
 def add_config_args(parser: argparse.ArgumentParser, cls: type = TrainConfig) -> None:
@@ -381,15 +386,16 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type = TrainConfig) ->
         group = groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
         names = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
         kind = str(f.type).split("|")[0].strip()
+        help_ = meta["help"] if "default" in meta["help"] or f.default is None else \
+            f"{meta['help']} (default: {f.default})"  # said once: some helps say it in their own words
         if kind == "bool":
             group.add_argument(*names, dest=name, nargs="?", const=True, default=f.default, type=_parse_bool,
-                               help=meta["help"])
+                               help=help_)
             continue
         parse = {"int": int, "float": finite_float}.get(kind, str)
         choices = meta.get("choices")  # shown, not enforced here: the config refuses others in its own words
         group.add_argument(*names, dest=name, type=parse, default=f.default,
-                           metavar="{" + ",".join(choices) + "}" if choices else None,
-                           help=f"{meta['help']} (default: {f.default})")
+                           metavar="{" + ",".join(choices) + "}" if choices else None, help=help_)
 
 
 def config_from_args(args: argparse.Namespace, cls: type = TrainConfig) -> Any:

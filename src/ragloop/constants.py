@@ -19,6 +19,7 @@ DEFAULT_GENERATOR = BUNDLED_GENERATOR
 SEARCH_MODES = ("dense", "bm25", "hybrid")  # the first stages: FAISS, BM25, or both fused
 FUSION_DEPTH = 100  # each list hybrid fuses is at least this deep
 RERANK_DEPTH = 20  # first-stage candidates a reranker rescores, unless told otherwise
+DEFAULT_SEARCH_K = 5  # passages a search returns when k is not given (all of them, from a smaller index)
 
 
 def reads_question_vectors(mode: str, pad_with_dense: bool = False) -> bool:

@@ -12,11 +12,15 @@ an index or a model they are noise; ragloop draws its own bars where a person wa
 training, evaluation). The bars are off only while ragloop itself loads or saves a model, and the
 setting the user had is restored afterwards, so the user's own `from_pretrained` calls keep theirs.
 Warnings are left alone: ragloop avoids deprecated transformers arguments instead of hiding them.
+
+    >>> with keep_log_level("bm25s"):
+    ...     import bm25s                               # it sets its logger to DEBUG; the level set before stays
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from collections.abc import Iterator
 
@@ -49,3 +53,15 @@ def bar_disabled(progress: bool | None) -> bool | None:
     """tqdm's `disable` for a `progress` flag: True shows a bar, False hides it, None leaves it to tqdm
     (a bar only when the output is a terminal)."""
     return None if progress is None else not progress
+
+
+@contextlib.contextmanager
+def keep_log_level(name: str) -> Iterator[None]:
+    """The logger `name` keeps its level through the block: for importing a library that sets its own
+    logger's level when imported (bm25s: DEBUG), which would undo what the application chose."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

@@ -39,7 +39,7 @@ def test_add_documents_from_the_cli(index_dir, tmp_path, capsys):
 
     shutil.copytree(index_dir, copy)
     assert main(["index", str(doc), "--out", str(copy), "--add", "-q"]) == 0
-    assert "added 1 new passages" in capsys.readouterr().out
+    assert "added 1 new passage to" in capsys.readouterr().out
     assert main(["search", str(copy), "Zanzibar archipelago", "-k", "1", "--mode", "bm25", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["hits"][0]["title"] == "Zanzibar"
 
@@ -71,11 +71,11 @@ def test_bad_input_is_one_line_and_nonzero_exit(tmp_path, index_dir, other_bert_
 def test_search_shows_sources_and_says_when_nothing_is_found(index_dir, squad_small, capsys):
     capsys.readouterr()
     assert main(["search", str(index_dir), "Warsaw Vistula", "-k", "1", "--mode", "bm25"]) == 0
-    assert f"from {squad_small})" in capsys.readouterr().out
+    assert f"from {squad_small.name})" in capsys.readouterr().out  # its name, not this machine's path
     assert main(["search", str(index_dir), "zzqx qqzzv", "--mode", "bm25"]) == 0
     assert "no passages found" in capsys.readouterr().out
     assert main(["search", str(index_dir), "Warsaw", "-k", "1", "--mode", "bm25", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["hits"][0]["source"] == str(squad_small)
+    assert json.loads(capsys.readouterr().out)["hits"][0]["source"] == squad_small.name
 
 
 @pytest.mark.parametrize("args, message", [

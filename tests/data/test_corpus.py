@@ -1,6 +1,8 @@
 """Corpus and QA loading: chunking, stable ids, de-duplication, formats, and clear errors."""
 
 import json
+import logging
+import re
 
 import pytest
 
@@ -116,16 +118,58 @@ def test_dpr_passage_tsv_indexes_as_it_is(tmp_path):
     p1, p2 = load_corpus([tsv])
     assert (p1.id, p1.title, p1.doc_id) == ("1-0", "Aaron", "1")
     assert p1.text == 'Aaron Aaron ( or ; "Ahärôn") is a prophet, high priest'
-    assert p2.id == "2-0" and p1.source == p2.source == str(tsv)
+    assert p2.id == "2-0" and p1.source == p2.source == "psgs_w100.tsv"
 
 
-def test_passages_say_which_file_they_came_from(tmp_path):
-    (tmp_path / "docs").mkdir()
+def test_passages_say_which_file_they_came_from_relative_to_what_was_named(tmp_path, monkeypatch):
+    (tmp_path / "docs" / "sub").mkdir(parents=True)
     (tmp_path / "docs" / "a.md").write_text("# A\n\nalpha")
+    (tmp_path / "docs" / "sub" / "c.txt").write_text("gamma")
     (tmp_path / "b.jsonl").write_text(json.dumps({"id": "b", "text": "beta"}) + "\n")
+    expected = {"alpha": "docs/a.md", "gamma": "docs/sub/c.txt", "beta": "b.jsonl"}  # no path of this machine
     passages = load_corpus([tmp_path / "docs", str(tmp_path / "b.jsonl")])
-    assert {p.text: p.source for p in passages} == {"alpha": str(tmp_path / "docs" / "a.md"),
-                                                    "beta": str(tmp_path / "b.jsonl")}
+    assert {p.text: p.source for p in passages} == expected
+    monkeypatch.chdir(tmp_path / "docs")  # named relatively, even as ".": the same names
+    assert {p.text: p.source for p in load_corpus([".", "../b.jsonl"])} == expected
+    (tmp_path / "qa.jsonl").write_text(json.dumps({"question": "q?", "answers": ["a"], "context": "a b"}) + "\n")
+    assert [ex.source for ex in load_qa(tmp_path / "qa.jsonl")] == ["qa.jsonl"]
+
+
+def test_empty_documents_are_said_to_be_skipped_not_counted(tmp_path, caplog):
+    (tmp_path / "docs").mkdir()
+    for name, text in (("a.md", "# A\n\nalpha"), ("b.txt", "beta"), ("c.txt", "gamma"), ("empty.txt", "")):
+        (tmp_path / "docs" / name).write_text(text)
+    with caplog.at_level(logging.INFO, logger="ragloop"):
+        assert len(load_corpus([tmp_path / "docs"])) == 3
+    said = [r.getMessage() for r in caplog.records if r.name == "ragloop.data.corpus"]
+    assert said == [f"corpus: 3 passages from 3 documents (1 empty document skipped: {tmp_path / 'docs' / 'empty.txt'})"]
+    caplog.clear()
+    (tmp_path / "one.txt").write_text("just one")
+    with caplog.at_level(logging.INFO, logger="ragloop"):
+        load_corpus([tmp_path / "one.txt"])
+    assert [r.getMessage() for r in caplog.records] == ["corpus: 1 passage from 1 document"]
+
+
+def test_bundled_files_are_read_by_name_anywhere_a_data_file_is_read():
+    dev = load_qa("bundled:squad-v1.1-dev.articles-00-31.json")
+    assert len(dev) == 7235 and {ex.source for ex in dev} == {"bundled:squad-v1.1-dev.articles-00-31.json"}
+    passages = load_corpus(["bundled:squad-v1.1-train.first12articles.json"])
+    assert len(passages) >= 678 and passages[0].source == "bundled:squad-v1.1-train.first12articles.json"
+
+
+@pytest.mark.parametrize("name, words", [
+    ("bundled:../model.py", "named by its file name alone"),
+    ("bundled:../../ragloop/__init__.py", "named by its file name alone"),
+    ("bundled:..", "named by its file name alone"),
+    ("bundled:/etc/passwd", "named by its file name alone"),
+    ("bundled:", "named by its file name alone"),
+    ("bundled:README.md", "no such file 'bundled:README.md'"),
+    ("bundled:nope.json", "no such file 'bundled:nope.json'; the bundled files are squad-v1.1-dev"),
+])
+def test_a_bundled_name_cannot_leave_the_bundled_folder(name, words):
+    for read in (load_qa, lambda n: load_corpus([n])):
+        with pytest.raises(RagloopError, match=re.escape(words)):
+            read(name)
 
 
 def test_same_id_with_other_text_is_an_error_naming_both(tmp_path):

@@ -15,8 +15,6 @@ and exit 2.
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import sys
 
 from ragloop.cli import (
@@ -31,6 +29,7 @@ from ragloop.cli import (
     train_reranker,
     train_retriever,
 )
+from ragloop.cli.logs import configure_logging, quiet_libraries
 from ragloop.cli.options import add_common_options
 from ragloop.cli.output import format_table, snippet
 from ragloop.errors import RagloopError
@@ -46,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The whole command line; builds without importing torch, so `--help` answers at once."""
     from ragloop._version import __version__
 
-    parser = argparse.ArgumentParser(prog="ragloop", description=__doc__.splitlines()[0])
+    summary = " ".join(__doc__.split("\n\n")[0].split())  # the first paragraph, however it is wrapped
+    parser = argparse.ArgumentParser(prog="ragloop", description=summary)
     parser.add_argument("--version", action="version", version=f"ragloop {__version__}")
     add_common_options(parser, default=False)
     common = argparse.ArgumentParser(add_help=False)
@@ -57,25 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def quiet_libraries() -> None:
-    """Library chatter a user does not need: transformers' info and warnings, hub retry warnings.
-    Without importing them (a BM25 search never loads transformers): their verbosity variables are
-    read when they are first imported; a library already imported is told directly."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_VERBOSITY", "error")
-    if "transformers" in sys.modules:  # main() called in a process that has loaded it already
-        import transformers
-
-        transformers.logging.set_verbosity_error()
-        transformers.logging.disable_progress_bar()
-    for name in ("bm25s", "datasets", "faiss", "huggingface_hub", "accelerate"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-
-
 def run_guarded(fn, *args) -> int:
     """Run a command: a RagloopError is one line on stderr and exit 2, never a traceback."""
-    quiet_libraries()
     try:
         fn(*args)
     except RagloopError as e:
@@ -92,6 +75,6 @@ def run_guarded(fn, *args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(verbose=args.verbose, quiet=args.quiet)  # the `ragloop` logger, not the root one
+    quiet_libraries(verbose=args.verbose)
     return run_guarded(args.func, args)

@@ -9,14 +9,15 @@ import argparse
 import json
 
 from ragloop.cli.loading import load_rag
-from ragloop.cli.options import add_answer_options, add_cache_options, add_model_options
+from ragloop.cli.options import HelpFormatter, add_answer_options, add_cache_options, add_model_options
 from ragloop.cli.output import from_source, snippet
 
 
 def add_parser(sub, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("answer", parents=[common], help="answer questions with their sources")
-    p.add_argument("model_dir")
-    p.add_argument("question", nargs="+")
+    p = sub.add_parser("answer", parents=[common], help="answer questions with their sources",
+                       formatter_class=HelpFormatter)
+    p.add_argument("model_dir", help="a RAG model folder written by `ragloop train` (e.g. runs/rag/best_model)")
+    p.add_argument("question", nargs="+", help="one or more questions, each quoted")
     p.add_argument("--index", help="search this index instead of the model's own")
     add_answer_options(p)
     p.add_argument("--json", action="store_true", help="one JSON object per question")

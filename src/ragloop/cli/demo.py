@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ragloop.cli.options import POSITIVE, progress
+from ragloop.cli.options import POSITIVE, HelpFormatter, progress
 from ragloop.cli.output import format_table, snippet
 
 CONTEXT_LABELS = {"rag": "retrieved (RAG)", "closed-book": "none (closed book)",
@@ -20,7 +20,8 @@ CONTEXT_LABELS = {"rag": "retrieved (RAG)", "closed-book": "none (closed book)",
 
 
 def add_parser(sub, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("demo", parents=[common], help="index, train, evaluate and answer on the bundled SQuAD data")
+    p = sub.add_parser("demo", parents=[common], help="index, train, evaluate and answer on the bundled SQuAD data",
+                       formatter_class=HelpFormatter)
     p.add_argument("--out", default="runs/demo", help="where the index and the model go (default runs/demo)")
     p.add_argument("--recipe", metavar="FILE",
                    help="a recipe file (JSON: models, k, learning rates, batch, steps, data; see "

@@ -12,6 +12,7 @@ import json
 from ragloop.cli.loading import load_rag
 from ragloop.cli.options import (
     POSITIVE,
+    HelpFormatter,
     add_answer_options,
     add_cache_dir_option,
     add_data_options,
@@ -22,7 +23,8 @@ from ragloop.errors import RagloopError
 
 
 def add_parser(sub, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("eval", parents=[common], help="EM/F1 of a trained RAG model on QA data")
+    p = sub.add_parser("eval", parents=[common], help="EM/F1 of a trained RAG model on QA data",
+                       formatter_class=HelpFormatter)
     p.add_argument("model_dir", help="a folder written by training (e.g. runs/rag/best_model)")
     add_data_options(p)
     p.add_argument("--index", help="search this index instead of the model's own (same passage encoder)")

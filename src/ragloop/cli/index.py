@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import argparse
 
-from ragloop.cli.options import NON_NEGATIVE, POSITIVE, add_quantize_option, progress
-from ragloop.cli.output import precision
+from ragloop.cli.options import NON_NEGATIVE, POSITIVE, HelpFormatter, add_quantize_option, progress
+from ragloop.cli.output import counted, precision
 from ragloop.constants import DEFAULT_ENCODER, INDEX_CHUNK_SIZE, INDEX_REFINE_FACTOR
 from ragloop.errors import RagloopError
 
 
 def add_parser(sub, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("index", parents=[common], help="chunk, encode and index documents or QA contexts")
+    p = sub.add_parser("index", parents=[common], help="chunk, encode and index documents or QA contexts",
+                       formatter_class=HelpFormatter)
     p.add_argument("corpus", nargs="*", help="files/folders (.txt .md .json .jsonl .csv .tsv, e.g. DPR's "
                    "psgs_w100.tsv) or a HF dataset name")
     p.add_argument("--out", required=True, help="index folder to write (replaced atomically)")
@@ -26,7 +27,7 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--index-type", default="Flat", help="FAISS factory string: Flat, HNSW32, IVF256,PQ32 ...")
     p.add_argument("--chunk-words", type=POSITIVE, default=100, help="words per passage (default 100)")
     p.add_argument("--chunk-overlap", type=NON_NEGATIVE, default=0, help="words shared by neighbouring passages")
-    p.add_argument("--batch-size", type=POSITIVE, default=64)
+    p.add_argument("--batch-size", type=POSITIVE, default=64, help="passages the encoder reads at a time")
     p.add_argument("--split", help="dataset split, for a HF dataset name (default: all)")
     p.add_argument("--no-bm25", action="store_true", help="skip the BM25 index")
     p.add_argument("--add", action="store_true", help="add to the existing index at --out")
@@ -116,7 +117,7 @@ def _merge(args) -> None:
         raise RagloopError("--merge-shards takes only --out (and --num-shards, --keep-shards): the shards "
                           "record the corpus, encoder and settings")
     index = merge_shards(args.out, num_shards=args.num_shards, keep_shards=args.keep_shards)
-    print(f"merged shards: {len(index)} passages -> {args.out} ({index.manifest['index']['factory']}, "
+    print(f"merged shards: {counted(len(index), 'passage')} -> {args.out} ({index.manifest['index']['factory']}, "
           f"dim {index.dim})")
 
 
@@ -129,7 +130,7 @@ def _add(args, passages) -> None:
         encoder = index.load_encoder()
         encoder.passage.quantize(args.quantize)
     added = index.add(passages, encoder, batch_size=args.batch_size, progress=progress(args))
-    print(f"added {added} new passages to {args.out} ({len(index)} in all)")
+    print(f"added {counted(added, 'new passage')} to {args.out} ({len(index)} in all)")
 
 
 def _index_streaming(args) -> None:
@@ -148,7 +149,7 @@ def _index_streaming(args) -> None:
     index = Index.build(itertools.chain([first], passages), encoder, args.out, settings, progress=progress(args),
                         extra=_chunking(args))
     refine = f", refine {args.refine} x{index.refine['factor']}" if index.refine else ""
-    print(f"indexed {len(index)} passages -> {args.out} ({args.index_type}{refine}, dim {index.dim}"
+    print(f"indexed {counted(len(index), 'passage')} -> {args.out} ({args.index_type}{refine}, dim {index.dim}"
           f"{precision(encoder.passage.quantization)})")
 
 
@@ -182,5 +183,5 @@ def _index_distributed(args, passages, encoder) -> None:
     state.wait_for_everyone()
     if state.is_main_process:
         index = merge_shards(args.out, num_shards=state.num_processes, keep_shards=args.keep_shards)
-        print(f"indexed {len(index)} passages in {state.num_processes} shards -> {args.out} "
+        print(f"indexed {counted(len(index), 'passage')} in {state.num_processes} shards -> {args.out} "
               f"({args.index_type}, dim {index.dim})")

@@ -83,7 +83,8 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
 def add_answer_options(p: argparse.ArgumentParser) -> None:
     """-k, --num-beams and --constrain of a command that answers with a trained RAG model."""
     p.add_argument("-k", type=POSITIVE, help="passages per question (default: the model's n_docs)")
-    p.add_argument("--num-beams", "--num_beams", dest="num_beams", type=POSITIVE, default=1)
+    p.add_argument("--num-beams", "--num_beams", dest="num_beams", type=POSITIVE, default=1,
+                   help="beams searched per answer (1: greedy decoding)")
     p.add_argument("--constrain", choices=(*ANSWER_CONSTRAINTS, "none"),
                    help="hold the answers to the passages: spans writes only token sequences that occur in them; "
                         "none: unconstrained (default: the model's own setting)")
@@ -150,7 +151,7 @@ def add_config_command(sub, common: argparse.ArgumentParser, name: str, help: st
     """A training command: its flags are its config's fields (`config.add_config_args`), no --quantize."""
     from ragloop.config import add_config_args
 
-    p = sub.add_parser(name, parents=[common], help=help)
+    p = sub.add_parser(name, parents=[common], help=help, formatter_class=HelpFormatter)
     add_config_args(p, config_cls)
     refuse_quantize(p)
     p.set_defaults(func=run)

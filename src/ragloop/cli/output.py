@@ -6,6 +6,8 @@
     | bm25 | 10 | 0.800 |
     >>> snippet("Hamlet was written by Shakespeare.", {"start": 22, "end": 33})
     'Hamlet was written by «Shakespeare».'
+    >>> counted(1, "passage"), counted(3, "passage")
+    ('1 passage', '3 passages')
 """
 
 from __future__ import annotations
@@ -37,6 +39,11 @@ def snippet(text: str, copied: dict | None, width: int = 160) -> str:
     hi = max(lo + width, end)
     before, after = ("..." if lo else ""), ("..." if hi < len(text) else "")
     return f"{before}{text[lo:start]}«{text[start:end]}»{text[end:hi]}{after}"
+
+
+def counted(n: int, noun: str) -> str:
+    """"1 passage", "3 passages": a count with its noun in the number it takes."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def from_source(source: str) -> str:

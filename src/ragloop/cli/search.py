@@ -11,14 +11,15 @@ import json
 from ragloop.cli.loading import build_retriever
 from ragloop.cli.options import POSITIVE, HelpFormatter, add_quantize_option, add_search_options
 from ragloop.cli.output import from_source
-from ragloop.constants import SEARCH_MODES, reads_question_vectors
+from ragloop.constants import DEFAULT_SEARCH_K, SEARCH_MODES, reads_question_vectors
 
 
 def add_parser(sub, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("search", parents=[common], help="search an index", formatter_class=HelpFormatter)
     p.add_argument("index_dir", help="an index folder written by `ragloop index`")
     p.add_argument("question", help="the question to search for")
-    p.add_argument("-k", type=POSITIVE, default=5, help="passages to show")
+    p.add_argument("-k", type=POSITIVE, help=f"passages to show; left out, all of an index smaller than "
+                   f"{DEFAULT_SEARCH_K} (default: {DEFAULT_SEARCH_K})")
     p.add_argument("--mode", choices=SEARCH_MODES, default="dense",
                    help="dense: question encoder + FAISS; bm25: shared words, no model loaded; hybrid: both, fused")
     p.add_argument("--json", action="store_true", help="print one JSON object")

@@ -8,12 +8,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ragloop.cli.options import POSITIVE, add_cache_options, add_model_options, number, whole
+from ragloop.cli.options import POSITIVE, HelpFormatter, add_cache_options, add_model_options, number, whole
 from ragloop.errors import RagloopError
 
 
 def add_parser(sub, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("serve", parents=[common], help="serve answers and search over HTTP (FastAPI)")
+    p = sub.add_parser("serve", parents=[common], help="serve answers and search over HTTP (FastAPI)",
+                       formatter_class=HelpFormatter)
     p.add_argument("model_dir", help="a saved RAG model folder (or an index folder: /search only)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=whole(0, 65535), default=8000, help="port (default 8000)")

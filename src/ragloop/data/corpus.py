@@ -19,8 +19,8 @@ from pathlib import Path
 from ragloop.data.records import (
     DOC_SUFFIXES,
     content_id,
-    expand_paths,
     is_local,
+    named_files,
     read_hub_dataset,
     read_rows,
     read_text_document,
@@ -66,8 +66,9 @@ def chunk_words(text: str, size: int = 100, overlap: int = 0) -> list[str]:
 
 
 def iter_documents(sources: Iterable[str | Path], split: str | None = None) -> Iterator[tuple[dict, str]]:
-    """(document, location) pairs: each document has doc_id, title, text, source (the file path as given,
-    or the dataset name) and where (the file and line or record it came from).
+    """(document, location) pairs: each document has doc_id, title, text, source (the file's name relative
+    to what was named, see `named_files`, or the dataset name) and where (the file and line or record it
+    came from, as a path of this machine, for error messages).
 
     A row with `text` is a document (its `id`, if any, becomes the doc id); a row with `context` is a
     QA example whose context is the document (its doc id is the context's content hash, so questions
@@ -80,13 +81,13 @@ def iter_documents(sources: Iterable[str | Path], split: str | None = None) -> I
         else:
             for row, where in read_hub_dataset(str(src), split):
                 yield {**_document(row, where), "source": str(src), "where": where}, where
-    for path in expand_paths(local):
+    for path, name in named_files(local):
         if path.suffix.lower() in DOC_SUFFIXES:
             doc = read_text_document(path)
-            yield {"doc_id": content_id(doc["text"]), **doc, "source": str(path), "where": str(path)}, str(path)
+            yield {"doc_id": content_id(doc["text"]), **doc, "source": name, "where": str(path)}, str(path)
         else:
             for row, where in read_rows(path):
-                yield {**_document(row, where), "source": str(path), "where": where}, where
+                yield {**_document(row, where), "source": name, "where": where}, where
 
 
 def _document(row: dict, where: str) -> dict:
@@ -140,6 +141,7 @@ def iter_passages(documents: Iterable[dict], chunk_size: int = 100, overlap: int
     seen_text: set[str] = set()
     seen_docs: dict[str, tuple[str, str]] = {}  # doc id -> (content id of its text, where it was read)
     duplicates = repeated_docs = 0
+    empty: list[str] = []  # where each document without a word was read (an empty file, a blank row)
     for doc in documents:
         doc_id, where = doc["doc_id"], doc.get("where") or doc.get("source") or "?"
         text_key = content_id(doc["text"])
@@ -153,7 +155,10 @@ def iter_passages(documents: Iterable[dict], chunk_size: int = 100, overlap: int
                 log.debug("%s: document %r again, same text as %s: skipped", where, doc_id, first_where)
             continue
         seen_docs[doc_id] = (text_key, where)
-        for i, chunk in enumerate(chunk_words(doc["text"], chunk_size, overlap)):
+        chunks = chunk_words(doc["text"], chunk_size, overlap)
+        if not chunks:
+            empty.append(where)
+        for i, chunk in enumerate(chunks):
             key = content_id(doc["title"] + "\n" + chunk)
             if key in seen_text:
                 duplicates += 1
@@ -164,5 +169,20 @@ def iter_passages(documents: Iterable[dict], chunk_size: int = 100, overlap: int
                           source=doc.get("source") or "")
     if repeated_docs:
         log.info("corpus: %d documents repeated with the same id and text were skipped", repeated_docs)
-    log.info("corpus: %d passages from %d documents (%d exact duplicates dropped)", count,
-             len(seen_docs), duplicates)
+    log.info("corpus: %s", _summary(count, len(seen_docs) - len(empty), empty, duplicates))
+
+
+def _summary(passages: int, documents: int, empty: list[str], duplicates: int) -> str:
+    """"3 passages from 3 documents (1 empty document skipped: docs/empty.txt)": what reading a corpus gave."""
+    notes = []
+    if empty:
+        shown = ", ".join(empty[:3]) + (f" and {len(empty) - 3} more" if len(empty) > 3 else "")
+        notes.append(f"{_count(len(empty), 'empty document')} skipped: {shown}")
+    if duplicates:
+        notes.append(f"{_count(duplicates, 'exact duplicate')} dropped")
+    return (f"{_count(passages, 'passage')} from {_count(documents, 'document')}"
+            + (f" ({'; '.join(notes)})" if notes else ""))
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"

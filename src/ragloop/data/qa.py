@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ragloop.data.corpus import Passage, make_passages
 from ragloop.data.corpus import chunk_words as chunk_text
-from ragloop.data.records import check_text, content_id, expand_paths, is_local, read_hub_dataset, read_rows
+from ragloop.data.records import check_text, content_id, is_local, named_files, read_hub_dataset, read_rows
 from ragloop.errors import RagloopError
 
 
@@ -30,7 +30,7 @@ class QAExample:
     title: str = ""
     context: str = ""
     doc_id: str = field(default="")
-    source: str = ""  # the file (as given) or dataset name the example was read from
+    source: str = ""  # the file (its name relative to what was named: `named_files`) or the dataset name
 
     def __post_init__(self) -> None:
         if self.context and not self.doc_id:
@@ -80,9 +80,10 @@ def _answers(value, where: str) -> list[str]:
 
 
 def load_qa(source: str | Path, split: str | None = None, keep_unanswerable: bool = False) -> list[QAExample]:
-    """Load QA examples. `source` is a file, a folder of files, or a dataset name (`squad`)."""
+    """Load QA examples. `source` is a file, a folder of files, `bundled:NAME` (the package's SQuAD
+    samples) or a dataset name (`squad`)."""
     if is_local(source):
-        rows = ((r, str(path)) for path in expand_paths([source]) for r in read_rows(path))
+        rows = ((r, name) for path, name in named_files([source]) for r in read_rows(path))
     else:
         rows = ((r, str(source)) for r in read_hub_dataset(str(source), split or "validation"))
     examples: list[QAExample] = []

@@ -14,6 +14,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+from ragloop.data.bundled import is_bundled, resolve_bundled
 from ragloop.errors import RagloopError
 
 log = logging.getLogger(__name__)
@@ -64,10 +65,17 @@ def content_id(text: str) -> str:
     return hashlib.sha1(" ".join(text.split()).encode("utf-8")).hexdigest()[:16]
 
 
-def expand_paths(sources: list[str | Path]) -> list[Path]:
-    """Files named directly, plus the readable files inside named folders (sorted, recursive)."""
-    out: list[Path] = []
+def named_files(sources: list[str | Path]) -> list[tuple[Path, str]]:
+    """(file, name) for the files named directly, `bundled:NAME` files, and the readable files inside
+    named folders (sorted, recursive). The name is what a passage records as its `source`: relative to
+    the folder holding what was named (`docs/sub/a.md` for the folder docs, wherever it is; `faq.jsonl`
+    for a file), a bundled file by its `bundled:` name; never a path of the machine that indexed it."""
+    out: list[tuple[Path, str]] = []
     for src in sources:
+        bundled = resolve_bundled(src)
+        if bundled is not None:
+            out.append((bundled, str(src)))
+            continue
         path = Path(src)
         if path.is_dir():
             found = sorted(
@@ -75,16 +83,25 @@ def expand_paths(sources: list[str | Path]) -> list[Path]:
             )
             if not found:
                 raise RagloopError(f"{path}: folder holds no .txt, .md, .json, .jsonl, .csv or .tsv files")
-            out.extend(found)
+            top = Path(path.resolve().name)  # "docs" for docs/, /srv/docs or . inside docs
+            out.extend((p, (top / p.relative_to(path)).as_posix()) for p in found)
         elif path.is_file():
-            out.append(path)
+            out.append((path, path.name))
         else:
             raise RagloopError(f"{path}: no such file or folder")
     return out
 
 
+def expand_paths(sources: list[str | Path]) -> list[Path]:
+    """The files of `named_files`, without their names."""
+    return [path for path, _ in named_files(sources)]
+
+
 def is_local(source: str | Path) -> bool:
-    """A local path if it exists or has a file suffix we read; otherwise a Hugging Face dataset name."""
+    """A local path (or a bundled file) if it exists or has a file suffix we read; otherwise a Hugging
+    Face dataset name."""
+    if is_bundled(source):
+        return True
     path = Path(source)
     return path.exists() or path.suffix.lower() in DOC_SUFFIXES | RECORD_SUFFIXES
 

@@ -41,7 +41,6 @@ from ragloop.config import TrainConfig, flat_fields
 from ragloop.errors import RagloopError
 
 DEMO_RECIPE = "demo.json"
-BUNDLED = "bundled:"
 # TrainConfig fields a recipe leaves to the pipeline that runs it: where the data, index and outputs
 # are, and no time budget (a recipe trains a fixed number of steps)
 PIPELINE_FIELDS = frozenset({"dataset_name", "train_file", "validation_file", "max_train_examples",
@@ -195,11 +194,13 @@ def _get(section: dict, key: str, check: Callable, path: Path, prefix: str, **bo
 
 def _data_file(spec: str, path: Path, key: str) -> Path:
     """`bundled:NAME` (the package's data) or a path, relative to the recipe file's folder; it must exist."""
-    from ragloop.data.bundled import bundled_path
+    from ragloop.data.bundled import resolve_bundled
 
-    if spec.startswith(BUNDLED):
-        found = bundled_path(spec[len(BUNDLED):])
-    else:
+    try:
+        found = resolve_bundled(spec)
+    except RagloopError as e:  # a name with folders or '..', or not shipped
+        raise RagloopError(f"{path}: {key}: {e}") from None
+    if found is None:
         found = Path(spec).expanduser()
         found = found if found.is_absolute() else path.parent / found
     if not found.exists():

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import bm25s
 import numpy as np
 import Stemmer
 
 from ragloop.errors import RagloopError
+from ragloop.quiet import keep_log_level
+
+with keep_log_level("bm25s"):  # bm25s sets its logger to DEBUG when imported: the level chosen before stays
+    import bm25s
 
 
 class BM25Index:

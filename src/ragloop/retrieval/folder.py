@@ -110,8 +110,8 @@ def write_index(chunks: Iterable[tuple[list[Passage], np.ndarray]], dim: int, en
             **(extra or {}),
         }
         finish(tmp, backend, manifest, settings.with_bm25)
-    log.info("index: %d passages -> %s (%s%s)", rows, out_dir, settings.factory,
-             f", refine {refine['kind']} x{refine['factor']}" if refine else "")
+    log.debug("index: %d passages -> %s (%s%s)", rows, out_dir, settings.factory,
+              f", refine {refine['kind']} x{refine['factor']}" if refine else "")
     return rows
 
 

@@ -11,6 +11,10 @@ the server, `rag_system.py`, the benchmarks) calls `Retriever.retrieve`. It runs
     >>> got = r.retrieve(["Who won Super Bowl 50?"], k=5)
     >>> got.passages[0][0].title, got.scores[0][0]
     >>> r.search("Who won Super Bowl 50?", k=5)[0]      # the same as `Hit`s
+    >>> r.search("Who won Super Bowl 50?")              # k left out: 5, or every passage of a smaller index
+
+An explicit k larger than the index is an error (the caller asked for more than there is); the default
+k is lowered to the index's size, and the retriever says so once in its log.
 
 Scores are the last stage's: inner products (dense), BM25 scores, fused scores (hybrid) or the
 reranker's logits. The RAG model passes its own question vectors (`vectors=`), so a question is
@@ -23,6 +27,7 @@ questions missing from it are searched, in one batch. A caller's own `vectors=` 
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Mapping
@@ -32,7 +37,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ragloop.cache import module_state
-from ragloop.constants import FUSION_DEPTH, RERANK_DEPTH, SEARCH_MODES, reads_question_vectors
+from ragloop.constants import DEFAULT_SEARCH_K, FUSION_DEPTH, RERANK_DEPTH, SEARCH_MODES, reads_question_vectors
 from ragloop.data.corpus import Passage
 from ragloop.errors import RagloopError
 from ragloop.retrieval.cache import RESULT_FIELDS, RetrievalCache, results_settings, results_setup
@@ -42,6 +47,9 @@ from ragloop.retrieval.index import Index
 if TYPE_CHECKING:  # encoders and the reranker import torch; BM25-only search never needs them
     from ragloop.retrieval.encoders import Encoder
     from ragloop.retrieval.rerank import Reranker
+
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class Hit:
@@ -119,6 +127,7 @@ class Retriever:
         self.fusion = fusion
         self.weight = float(weight)
         self._quantize: str | None = None
+        self._said_default_k = False
         self.set_reranker(reranker, rerank_depth)
 
     def quantize(self, mode: str | None = "int8") -> Retriever:
@@ -196,18 +205,31 @@ class Retriever:
                                "a reranker can only reorder the candidates it is given")
         return self.rerank_depth
 
+    def resolve_k(self, k: int | None) -> int:
+        """k checked against the index: an explicit k larger than it is an error; None is DEFAULT_SEARCH_K,
+        lowered to the index's size when it holds fewer passages (said once, in the log)."""
+        size = len(self.index)
+        if k is not None or size >= DEFAULT_SEARCH_K:
+            return check_k(DEFAULT_SEARCH_K if k is None else k, size, self.index.path)
+        if not self._said_default_k:
+            log.info("%s holds %d passage%s, fewer than the default k=%d: returning all of them", self.index.path,
+                     size, "" if size == 1 else "s", DEFAULT_SEARCH_K)
+            self._said_default_k = True
+        return check_k(max(size, 1), size, self.index.path)
+
     # -- the one way in -----------------------------------------------------------------------
 
-    def retrieve(self, questions: str | list[str], k: int = 5, mode: str | None = None, *,
+    def retrieve(self, questions: str | list[str], k: int | None = None, mode: str | None = None, *,
                  vectors: np.ndarray | None = None, pad_with_dense: bool = False,
                  progress: bool | None = False) -> Retrieved:
-        """Top-k passages for each question through every stage. `mode` overrides the retriever's;
+        """Top-k passages for each question through every stage (k None: `resolve_k`'s default). `mode`
+        overrides the retriever's;
         `vectors` are the questions' dense vectors when the caller has them; `pad_with_dense` tops up a
         list that BM25 left short with the best dense rows, so every question gets exactly k passages."""
         questions = check_questions(questions)
         mode = self.mode if mode is None else mode
         _check_mode(mode)
-        k = check_k(k, len(self.index), self.index.path)
+        k = self.resolve_k(k)
         self.depth_for(k)  # a depth below k is an error, cached or not
         if vectors is not None and np.shape(vectors) != (len(questions), self.index.dim):
             raise RagloopError(f"vectors have shape {np.shape(vectors)}; {len(questions)} questions against "
@@ -268,7 +290,7 @@ class Retriever:
             scores, rows, passages = self._rerank(questions, passages, rows, progress)
         return Retrieved(rows[:, :k], scores[:, :k], [ps[:k] for ps in passages])
 
-    def search(self, questions: str | list[str], k: int = 5, mode: str | None = None) -> list[list[Hit]]:
+    def search(self, questions: str | list[str], k: int | None = None, mode: str | None = None) -> list[list[Hit]]:
         """`retrieve` as `Hit`s (passage, score, row), one list per question."""
         return self.retrieve(questions, k, mode).hits()
 
