@@ -1,12 +1,16 @@
 """The command line: index, search, eval-retrieval; bad input is one line on stderr and exit 2."""
 
+import argparse
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from ragloop.cli import main
+import ragloop
+from ragloop.cli import build_parser, main
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +49,11 @@ def test_add_documents_from_the_cli(index_dir, tmp_path, capsys):
 
 
 def _run(*args):
-    return subprocess.run([sys.executable, "-m", "ragloop.cli", *args], capture_output=True, text=True, timeout=120)
+    """`python -m ragloop.cli ARGS` in a fresh process, importing the ragloop these tests import."""
+    src = str(Path(ragloop.__file__).parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)}
+    return subprocess.run([sys.executable, "-m", "ragloop.cli", *args], capture_output=True, text=True, timeout=120,
+                          env=env)
 
 
 def test_bad_input_is_one_line_and_nonzero_exit(tmp_path, index_dir, other_bert_dir):
@@ -174,3 +182,139 @@ def test_import_and_help_do_not_load_torch_and_bm25_search_loads_no_model(index_
     assert _modules_after("from ragloop import Retriever, RagloopError, load_qa") <= {"faiss"}
     assert _modules_after("from ragloop import RAG, BiEncoder, Index\nimport ragloop\nassert 'RAG' in dir(ragloop)") \
         >= {"torch", "transformers"}
+
+
+# -- a small folder: three documents and an empty file -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_folder(tmp_path_factory) -> Path:
+    docs = tmp_path_factory.mktemp("small") / "docs"
+    (docs / "sub").mkdir(parents=True)
+    (docs / "bm25.md").write_text("# BM25\n\nBM25 was developed by Stephen Robertson and Karen Sparck Jones.")
+    (docs / "faiss.md").write_text("# FAISS\n\nFAISS is a library for similarity search of dense vectors.")
+    (docs / "sub" / "t5.txt").write_text("T5 is a text to text transformer.")
+    (docs / "empty.txt").write_text("")
+    return docs
+
+
+@pytest.fixture(scope="module")
+def small_index(small_folder, tiny_bert_dir) -> tuple[Path, subprocess.CompletedProcess]:
+    """`ragloop index` run as a user runs it (a fresh process, default verbosity): the index and the run."""
+    out = small_folder.parent / "idx"
+    proc = _run("index", str(small_folder), "--out", str(out), "--encoder", str(tiny_bert_dir))
+    assert proc.returncode == 0, proc.stderr
+    return out, proc
+
+
+def test_indexing_says_each_thing_once_in_ragloop_words(small_index, small_folder):
+    out, proc = small_index
+    assert proc.stdout.splitlines() == [f"indexed 3 passages -> {out} (Flat, dim 32)"]
+    err = proc.stderr.splitlines()
+    assert "DEBUG" not in proc.stderr and "bm25s" not in proc.stderr  # a library's debug line stays out
+    assert not any("passages ->" in line for line in err)  # the closing line is the CLI's, once
+    corpus = [line for line in err if line.startswith("INFO ragloop.data.corpus:")]
+    assert corpus == [f"INFO ragloop.data.corpus: corpus: 3 passages from 3 documents (1 empty document skipped: "
+                      f"{small_folder / 'empty.txt'})"]
+
+
+def test_verbose_shows_library_debug_logs(small_folder, tiny_bert_dir, tmp_path):
+    proc = _run("index", str(small_folder), "--out", str(tmp_path / "idx"), "--encoder", str(tiny_bert_dir), "-v")
+    assert proc.returncode == 0, proc.stderr
+    assert "DEBUG bm25s: Building index from tokens" in proc.stderr
+    assert sum("corpus: 3 passages" in line for line in proc.stderr.splitlines()) == 1  # -v: no line twice
+
+
+def test_one_passage_is_singular(tmp_path, tiny_bert_dir, capsys):
+    (tmp_path / "one.md").write_text("# One\n\nA single short document.")
+    assert main(["index", str(tmp_path / "one.md"), "--out", str(tmp_path / "idx"), "--encoder", str(tiny_bert_dir),
+                 "-q"]) == 0
+    assert capsys.readouterr().out.startswith(f"indexed 1 passage -> {tmp_path / 'idx'} (")
+
+
+def test_default_k_searches_a_small_index_and_an_explicit_larger_k_is_refused(small_index, capsys):
+    out, _ = small_index
+    capsys.readouterr()
+    assert main(["search", str(out), "who developed BM25?", "--mode", "bm25", "--json"]) == 0
+    got = capsys.readouterr()
+    assert json.loads(got.out)["hits"][0]["title"] == "BM25"
+    assert "holds 3 passages, fewer than the default k=5: returning all of them" in got.err  # said, not an error
+    assert main(["search", str(out), "who developed BM25?", "--json"]) == 0  # dense: all three
+    assert len(json.loads(capsys.readouterr().out)["hits"]) == 3
+    assert main(["search", str(out), "who developed BM25?", "-k", "4", "--mode", "bm25"]) == 2
+    assert capsys.readouterr().err.strip() == f"ragloop: error: k=4 but {out} holds 3 passages"
+
+
+def test_sources_are_relative_to_the_indexed_folder(small_index, small_folder, capsys):
+    out, _ = small_index
+    capsys.readouterr()
+    assert main(["search", str(out), "transformer text", "--json", "-q"]) == 0
+    sources = {h["title"]: h["source"] for h in json.loads(capsys.readouterr().out)["hits"]}
+    assert sources == {"BM25": "docs/bm25.md", "FAISS": "docs/faiss.md", "t5": "docs/sub/t5.txt"}
+    assert not any(str(small_folder.parent) in s for s in sources.values())
+
+
+def test_bundled_data_is_named_on_the_command_line(tmp_path, tiny_bert_dir, capsys):
+    name = "bundled:squad-v1.1-train.first12articles.json"
+    assert main(["index", name, "--out", str(tmp_path / "idx"), "--encoder", str(tiny_bert_dir), "-q",
+                 "--no-bm25"]) == 0
+    assert capsys.readouterr().out.startswith("indexed ")
+    assert main(["search", str(tmp_path / "idx"), "Notre Dame", "-k", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["hits"][0]["source"] == name
+    assert main(["eval-retrieval", str(tmp_path / "idx"), "--data", name, "--limit", "5", "-k", "1", "--json",
+                 "-q"]) == 0
+    assert json.loads(capsys.readouterr().out)["questions"] == 5
+    for bad, words in ((f"bundled:../{Path(ragloop.__file__).name}", "named by its file name alone"),
+                       ("bundled:nope.json", "no such file 'bundled:nope.json'")):
+        assert main(["index", bad, "--out", str(tmp_path / "o"), "--encoder", str(tiny_bert_dir)]) == 2
+        assert words in capsys.readouterr().err
+    assert main(["index", "bundled:squad-v1.1-dev.articles-00-31.json", "--out", str(tmp_path / "o"),
+                 "--encoder", "bundled:nope"]) == 2
+    assert "no bundled model 'bundled:nope'" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+# -- help -------------------------------------------------------------------------------------------
+
+
+def _commands() -> dict[str, argparse.ArgumentParser]:
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(sub.choices)
+
+
+def test_the_summary_lists_every_command(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    summary = " ".join(capsys.readouterr().out.split())
+    assert "answer, serve, demo." in summary
+    assert all(name in summary for name in _commands())
+
+
+@pytest.mark.parametrize("command", list(_commands()))
+def test_every_argument_has_help_and_one_default(command, capsys):
+    parser = _commands()[command]
+    assert [a.dest for a in parser._actions if not a.help] == []
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    entries = _help_entries(capsys.readouterr().out)
+    assert {name: text for name, text in entries.items() if text.count("default") > 1} == {}
+
+
+def test_train_rerank_depth_says_its_default_once(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    entry = _help_entries(capsys.readouterr().out)["--rerank_depth"]
+    assert "(default max(k, 20))" in entry and "None" not in entry
+
+
+@pytest.mark.parametrize("command", ["train", "train-retriever"])  # train-reranker has no true/false flag
+def test_a_mistyped_boolean_value_is_refused(command, capsys):
+    flag = next(a.option_strings[0] for a in _commands()[command]._actions if a.type is not None
+                and getattr(a.type, "__name__", "") == "_parse_bool")
+    with pytest.raises(SystemExit) as e:
+        main([command, flag, "treu"])
+    assert e.value.code == 2
+    assert f"argument {flag}" in capsys.readouterr().err
+    parser = _commands()[command]
+    for text, value in (("yes", True), ("off", False), ("FALSE", False), ("1", True)):
+        assert getattr(parser.parse_args([flag, text]), parser._option_string_actions[flag].dest) is value

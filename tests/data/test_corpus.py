@@ -142,7 +142,8 @@ def test_empty_documents_are_said_to_be_skipped_not_counted(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="ragloop"):
         assert len(load_corpus([tmp_path / "docs"])) == 3
     said = [r.getMessage() for r in caplog.records if r.name == "ragloop.data.corpus"]
-    assert said == [f"corpus: 3 passages from 3 documents (1 empty document skipped: {tmp_path / 'docs' / 'empty.txt'})"]
+    empty = tmp_path / "docs" / "empty.txt"
+    assert said == [f"corpus: 3 passages from 3 documents (1 empty document skipped: {empty})"]
     caplog.clear()
     (tmp_path / "one.txt").write_text("just one")
     with caplog.at_level(logging.INFO, logger="ragloop"):

@@ -54,3 +54,11 @@ def test_pairs_must_match_the_texts(encoder):
         encoder.passage.encode(["a", "b"], ["x"], progress=False)
     with pytest.raises(RagloopError, match="one text .a string. takes one pair"):
         encoder.passage.encode("a", ["x", "y"], progress=False)
+
+
+def test_an_unknown_bundled_model_is_named_not_looked_up():
+    from ragloop import Encoder
+
+    with pytest.raises(RagloopError, match="no bundled model 'bundled:nope': the package ships the encoder "
+                                           "bundled:all-MiniLM-L6-v2"):
+        Encoder.from_pretrained("bundled:nope")

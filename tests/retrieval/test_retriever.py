@@ -1,5 +1,6 @@
 """The one retrieval path: `Retriever.retrieve` with its stages, used by search, eval and the RAG model."""
 
+import logging
 import math
 
 import numpy as np
@@ -149,3 +150,20 @@ def test_a_quantized_encoder_has_a_weights_digest(tiny_bert_dir):
     quantized = Encoder.from_pretrained(tiny_bert_dir)
     quantized.quantize("int8")
     assert weights_digest(quantized) == weights_digest(quantized) != weights_digest(plain)
+
+
+def test_k_left_out_gives_what_a_small_index_holds_said_once(tmp_path, passages, encoder, index, caplog):
+    from ragloop import Index
+
+    small = Index.build(passages[:3], encoder, tmp_path / "small", progress=False)
+    r = Retriever(small)
+    with caplog.at_level(logging.INFO, logger="ragloop"):
+        got = r.retrieve(QUESTIONS)
+        assert got.rows.shape == (2, 3) and (got.rows >= 0).all()
+        assert [len(hs) for hs in r.search("Warsaw")] == [3]
+        assert len(r.search("Warsaw", mode="bm25")[0]) <= 3  # BM25: what matches, no error
+    said = [rec.getMessage() for rec in caplog.records if "fewer than the default k" in rec.getMessage()]
+    assert said == [f"{small.path} holds 3 passages, fewer than the default k=5: returning all of them"]
+    with pytest.raises(RagloopError, match=r"k=4 but .* holds 3 passages"):  # asked for: an error
+        r.search("Warsaw", k=4)
+    assert [len(hs) for hs in Retriever(index).search(QUESTIONS)] == [5, 5]  # a larger index: the default 5
