@@ -541,3 +541,16 @@ def test_any_question_text_gives_200_or_422(client, question, k, mode):
 def test_any_bytes_are_a_client_error(client, raw):
     r = client.post("/answer", content=raw, headers={"content-type": "application/json"})
     assert 400 <= r.status_code < 500, r.text
+
+
+def test_search_k_agrees_with_python_and_the_cli_on_a_small_index(tmp_path, passages, encoder):
+    """k left out: every passage of an index smaller than the default; an explicit k over it: refused."""
+    from ragloop import Retriever
+
+    small = Index.build(passages[:3], encoder, tmp_path / "small", progress=False)
+    python = [h.passage.id for h in Retriever(small).search(QUESTIONS[0])[0]]
+    with TestClient(create_app(tmp_path / "small", threads=1)) as c:
+        body = c.post("/search", json={"question": QUESTIONS[0]}).json()
+        assert body["k"] == 3 and [h["id"] for h in body["hits"]] == python
+        r = c.post("/search", json={"question": QUESTIONS[0], "k": 4})
+        assert r.status_code == 422 and "holds only 3 passages" in _messages(r)
