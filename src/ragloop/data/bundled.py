@@ -20,7 +20,6 @@ from ragloop.errors import RagloopError
 BUNDLED = "bundled:"
 SQUAD_DEV = "squad-v1.1-dev.articles-00-31.json"
 SQUAD_TRAIN = "squad-v1.1-train.first12articles.json"
-DATA_SUFFIXES = (".json", ".jsonl", ".csv", ".tsv", ".txt", ".md")
 
 
 def bundled_folder() -> Path:
@@ -28,8 +27,8 @@ def bundled_folder() -> Path:
 
 
 def bundled_names() -> list[str]:
-    """The data files shipped in the package, by name."""
-    return sorted(p.name for p in bundled_folder().iterdir() if p.suffix in DATA_SUFFIXES and p.name != "README.md")
+    """The data files shipped in the package, by name (its README is about them, not one of them)."""
+    return sorted(p.name for p in bundled_folder().iterdir() if p.is_file() and p.name != "README.md")
 
 
 def bundled_path(name: str) -> Path:
