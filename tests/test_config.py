@@ -52,7 +52,7 @@ def test_setting_a_rag_field_by_its_flag_name_sets_it_in_rag():
         cfg.rag_mode = "bogus"
     with pytest.raises(RagloopError) as built:
         TrainConfig(rag_mode="bogus")
-    assert str(refused.value) == str(built.value) == "--rag_mode: 'bogus' is not one of sequence, token, fid"
+    assert str(refused.value) == str(built.value) == "--rag_mode: 'bogus' is not one of sequence, token, fid, span"
     assert cfg.rag.mode == "sequence"  # a refused value changes nothing
 
 

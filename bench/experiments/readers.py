@@ -4,7 +4,8 @@ experiment's recipe (recipes/readers.json) and the demo's split.
     python -m bench.experiments --only readers
 
 Every run trains the recipe's fixed steps with only its reader mode (`rag_mode`), k (`n_docs`,
-settings.k) and, for "frozen", a question encoder learning rate of 0 changed. A mode the installed
+settings.k), the variant's own "train" settings if it has any, and, for "frozen", a question encoder
+learning rate of 0 changed. The span-reader experiment runs through this module too. A mode the installed
 ragloop does not know (not in `ragloop.constants.READER_MODES`) is skipped with a message. Each trained model is
 scored on evaluate.questions held-out questions of the training articles and as many of dev articles
 never trained on, each with retrieved passages (RAG), none (closed book) and the gold paragraph
@@ -57,7 +58,7 @@ def run_one(recipe, variant: dict, k: int, prep: Prepared, work: Path, sets: lis
     from ragloop.recipes import demo
 
     mode, encoder = variant["mode"], variant["question_encoder"]
-    changes = {"rag_mode": mode, "n_docs": k, **ENCODERS[encoder]}
+    changes = {"rag_mode": mode, "n_docs": k, **variant.get("train", {}), **ENCODERS[encoder]}
     cfg = demo.train_config(recipe.with_train(**changes), prep.files.train, prep.index_dir, work / f"{mode}-{encoder}")
     say(f"training {mode}, question encoder {encoder}: {cfg.max_steps} steps of {cfg.batch_size}, k={k} ...")
     run = demo.train_rag(cfg, progress=False)
@@ -82,6 +83,7 @@ def markdown(res: dict) -> str:
         row = [r["mode"], r["question_encoder"], r["steps"], f"{r['train_s'] / 60:.1f}"]
         for s in sets:
             row += [f"{r['scores'][s][c]['f1']:.3f} ({r['scores'][s][c]['em']:.3f})"
+                    if r["scores"][s][c]["f1"] is not None else "n/a (extractive)"
                     for c in ("rag", "closed-book", "oracle")]
         row += [f"{res['hit_before'][s]:.3f} → {r['hit_after'][s]:.3f}" for s in sets]
         rows.append(row + [r["answer_ms_p50"]])

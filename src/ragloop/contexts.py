@@ -24,7 +24,7 @@ import torch
 from ragloop.cache import weights_digest
 from ragloop.data.corpus import Passage
 from ragloop.retrieval.cache import RESULT_FIELDS, disk_setup
-from ragloop.retrieval.retriever import check_k
+from ragloop.retrieval.retriever import passages_to_read
 
 if TYPE_CHECKING:
     from ragloop.model import RAG
@@ -40,7 +40,7 @@ def rag_contexts(model: RAG, questions: Sequence[str], k: int | None) -> tuple[l
     if common is None:
         got = model.retrieve(questions, k)
         return got.passages, got.doc_scores
-    k = min(check_k(asked), len(model.index))
+    k = passages_to_read(k, model.config.n_docs, len(model.index), model.index.path)
     trained_passages = model.config.train_passage_encoder and model.passage_encoder is not None
     settings = {"kind": "rag", "k": k, "search_mode": model.config.search_mode, **common,
                 "question_encoder": weights_digest(model.question_encoder),

@@ -45,7 +45,7 @@ from ragloop.generation.readers import READERS, Reader
 from ragloop.generation.spans import copied_spans
 from ragloop.retrieval.encoders import BiEncoder, Encoder
 from ragloop.retrieval.index import Index
-from ragloop.retrieval.retriever import Retriever, check_k, check_questions
+from ragloop.retrieval.retriever import Retriever, check_questions, passages_to_read
 
 if TYPE_CHECKING:
     from ragloop.retrieval.rerank import Reranker
@@ -187,7 +187,7 @@ class RAG(torch.nn.Module):
     def retrieve(self, questions: Sequence[str], k: int | None = None) -> Contexts:
         """Top-k passages per question from the retriever (no gradient), with scores recomputed as q·d."""
         questions = check_questions(questions)
-        k = min(check_k(self.config.n_docs if k is None else k), len(self.index))
+        k = passages_to_read(k, self.config.n_docs, len(self.index), self.index.path)
         q = self.embed_questions(questions)
         got = self.retriever.retrieve(questions, k, vectors=q.detach().float().cpu().numpy(), pad_with_dense=True)
         rows, passages = got.rows, got.passages

@@ -53,7 +53,7 @@ def evaluate_answers(model, examples: list[QAExample], context: str = "rag", k: 
     "not_applicable". `k`: passages read per question (None: the model's n_docs). The model is
     put in eval mode and back in its training mode afterwards, also when generation fails."""
     check_answer_args(examples, context, k)
-    if context == "closed-book" and model.reader.extractive:
+    if context == "closed-book" and getattr(getattr(model, "reader", None), "extractive", False):
         return {"context": context, "questions": len(examples), "em": None, "f1": None,
                 "not_applicable": f"the {model.config.mode} reader answers only with spans of passages"}
     em = f1 = hits = 0.0

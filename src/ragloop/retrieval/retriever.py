@@ -95,6 +95,12 @@ def check_questions(questions) -> list[str]:
     return questions
 
 
+def passages_to_read(k, default: int, size: int, where: str | os.PathLike | None = None) -> int:
+    """The k a model reads: an explicit `k` checked against the index's `size` (larger is an error);
+    None is `default` (the model's n_docs), lowered to what a smaller index holds."""
+    return check_k(k, size, where) if k is not None else min(check_k(default, name="n_docs"), size)
+
+
 def check_k(k, size: int | None = None, where: str | os.PathLike | None = None, name: str = "k") -> int:
     """k as an int >= 1 (not a bool, a float or NaN), and at most `size` (the passages `where` holds)."""
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)):

@@ -17,9 +17,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
+from ragloop.constants import DEFAULT_SEARCH_K
+
 MAX_QUESTION_CHARS = 1000
 MAX_K = 100
-DEFAULT_SEARCH_K = 5
 # a question of MAX_QUESTION_CHARS written as JSON escapes is ~12 KB; anything far over that is refused unread
 MAX_BODY_BYTES = 64 * 1024
 # the request line and headers together (uvicorn's h11 parser holds a request to it: 431 past it)
