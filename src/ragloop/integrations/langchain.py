@@ -7,7 +7,8 @@
 
 Or wrap a `Retriever` you already have: `RagloopRetriever(retriever=Retriever.from_index(...), k=4)`.
 Each `Document` holds a passage's text, its id as `Document.id`, and score, id, title, source, doc_id
-and row in `metadata`, best first. `mode` (None: the Retriever's own) picks dense, bm25 or hybrid per call.
+and row in `metadata`, best first. `mode` (dense, bm25, hybrid; None: the Retriever's own) overrides
+the wrapped Retriever's search mode for this adapter only.
 """
 
 from __future__ import annotations
