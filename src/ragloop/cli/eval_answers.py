@@ -2,12 +2,14 @@
 book) or the question's own paragraph (oracle).
 
     $ ragloop eval runs/rag/best_model --data dev.json --limit 100 --json
+    $ ragloop eval runs/rag/best_model --data dev.json --predictions preds.json   # for SQuAD's evaluate-v1.1.py
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from ragloop.cli.loading import load_rag
 from ragloop.cli.options import (
@@ -33,6 +35,8 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--closed-book", action="store_true", help="answer without passages")
     p.add_argument("--oracle", action="store_true", help="answer from the question's own paragraph")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--predictions", metavar="FILE",
+                   help="also write {question id: answer} JSON, as the official SQuAD v1.1 evaluate script reads it")
     add_model_options(p, add_cache_dir_option)
     p.set_defaults(func=run)
 
@@ -50,7 +54,15 @@ def run(args) -> None:
     context = "closed-book" if args.closed_book else "oracle" if args.oracle else "rag"
     check_answer_args(examples, context, args.k)  # before the model loads: a bad file fails in a second
     model = load_rag(args)
-    result = evaluate_answers(model, examples, context, k=args.k, num_beams=args.num_beams, progress=progress(args))
+    predictions = {} if args.predictions else None
+    result = evaluate_answers(model, examples, context, k=args.k, num_beams=args.num_beams, progress=progress(args),
+                              predictions=predictions)
+    if predictions is not None and "not_applicable" in result:
+        print(f"ragloop: note: --predictions: nothing written ({result['not_applicable']})", file=sys.stderr)
+    elif predictions is not None:
+        from ragloop.evaluation.files import write_predictions
+
+        write_predictions(args.predictions, predictions)
     if args.json:
         print(json.dumps(result))
     else:

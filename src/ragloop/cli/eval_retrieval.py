@@ -1,6 +1,7 @@
 """`ragloop eval-retrieval`: hit@k, gold@k and mrr@10 of an index on QA data, per search mode.
 
     $ ragloop eval-retrieval runs/idx --data dev.json -k 1 5 20 --mode all
+    $ ragloop eval-retrieval runs/idx --data dev.json --mode bm25 --run bm25.run   # a TREC run for trec_eval
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from ragloop.cli.options import (
 )
 from ragloop.cli.output import format_table
 from ragloop.constants import SEARCH_MODES
+from ragloop.errors import RagloopError
 
 
 def add_parser(sub, common: argparse.ArgumentParser) -> None:
@@ -32,6 +34,8 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
                    help="search mode to score; all: dense, bm25 and hybrid, one row each")
     p.add_argument("--limit", type=POSITIVE, help="only the first N questions")
     p.add_argument("--json", action="store_true", help="print one JSON object per mode")
+    p.add_argument("--run", metavar="FILE", help="also write the rankings as a TREC run file "
+                   "(qid Q0 docid rank score tag; tag ragloop-MODE) for trec_eval, ranx or pytrec_eval")
     add_cache_dir_option(p)
     add_search_options(p)
     add_quantize_option(p, "the question encoder")
@@ -42,12 +46,20 @@ def run(args) -> None:
     from ragloop.data import load_qa
     from ragloop.evaluation import evaluate_retrieval
 
+    if args.run and args.mode == "all":
+        raise RagloopError("--run writes the run of one search mode; give --mode dense, bm25 or hybrid")
     examples = load_qa(args.data, split=args.split)
     if args.limit:
         examples = examples[: args.limit]
     retriever = build_retriever(args)
     modes = list(SEARCH_MODES) if args.mode == "all" else [args.mode]
-    results = [evaluate_retrieval(retriever, examples, tuple(args.k), m, progress=progress(args)) for m in modes]
+    rankings = {} if args.run else None
+    results = [evaluate_retrieval(retriever, examples, tuple(args.k), m, progress=progress(args), rankings=rankings)
+               for m in modes]
+    if rankings is not None:
+        from ragloop.evaluation.files import write_trec_run
+
+        write_trec_run(args.run, rankings, tag=f"ragloop-{args.mode}")
     if args.json:
         for r in results:
             print(json.dumps(r))

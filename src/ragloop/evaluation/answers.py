@@ -47,11 +47,13 @@ def check_answer_args(examples: list[QAExample], context: str, k: int | None) ->
 
 @torch.inference_mode()
 def evaluate_answers(model, examples: list[QAExample], context: str = "rag", k: int | None = None,
-                     batch_size: int = 16, num_beams: int = 1, progress: bool | None = None) -> dict:
+                     batch_size: int = 16, num_beams: int = 1, progress: bool | None = None,
+                     predictions: dict | None = None) -> dict:
     """EM/F1 (max over gold answers) and, with retrieval, hit@k of the passages the model read; "quantize"
     when the model is quantized. An extractive reader has no closed-book score: EM/F1 None, and why in
     "not_applicable". `k`: passages read per question (None: the model's n_docs). The model is
-    put in eval mode and back in its training mode afterwards, also when generation fails."""
+    put in eval mode and back in its training mode afterwards, also when generation fails. A `predictions`
+    dict is filled with {question id: answer} (evaluation/files.py writes it as SQuAD's script reads it)."""
     check_answer_args(examples, context, k)
     if context == "closed-book" and getattr(getattr(model, "reader", None), "extractive", False):
         return {"context": context, "questions": len(examples), "em": None, "f1": None,
@@ -72,8 +74,10 @@ def evaluate_answers(model, examples: list[QAExample], context: str = "rag", k: 
                 hits += sum(any(has_answer(ex.answers, p.text) for p in ps) for ex, ps in zip(batch, passages))
             else:
                 doc_scores = torch.zeros(len(batch), 1)
-            predictions = model.generate(questions, num_beams=num_beams, passages=passages, doc_scores=doc_scores)
-            for ex, pred in zip(batch, predictions):
+            answers = model.generate(questions, num_beams=num_beams, passages=passages, doc_scores=doc_scores)
+            for ex, pred in zip(batch, answers):
+                if predictions is not None:
+                    predictions[ex.id] = pred
                 em += exact_match(pred, ex.answers)
                 f1 += f1_score(pred, ex.answers)
     finally:

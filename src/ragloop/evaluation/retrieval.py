@@ -27,11 +27,13 @@ def evaluate_retrieval(
     ks: tuple[int, ...] = (1, 5, 20),
     mode: str = "dense",
     progress: bool | None = None,
+    rankings: dict | None = None,
 ) -> dict:
     """Returns {"mode", "questions", "answers_not_in_context", "hit@k"..., "gold@k"..., "mrr@10"} (plus
     "reranker" when there is one). A k beyond the index size scores the whole index (hit@20 of a
     12-passage index is hit@12); with a reranker whose depth is set, k runs up to that depth: it can
-    only rank what it was given."""
+    only rank what it was given. A `rankings` dict is filled with {question id: the hits scored, best first}
+    (evaluation/files.py writes them as a TREC run)."""
     if not examples:
         raise RagloopError("no questions to evaluate")
     ks = tuple(check_k(k) for k in ks)
@@ -41,6 +43,8 @@ def evaluate_retrieval(
         depth = min(depth, retriever.rerank_depth)
         ks = tuple(k for k in ks if k <= depth) or (depth,)
     got = retriever.retrieve([e.question for e in examples], depth, mode, progress=progress)
+    if rankings is not None:
+        rankings.update((ex.id, hits) for ex, hits in zip(examples, got.hits()))
     answer = [first_rank(ranked, lambda p, ex=ex: has_answer(ex.answers, p.text))
               for ex, ranked in zip(examples, got.passages)]
     gold = gold_ranks(examples, got.passages)

@@ -9,6 +9,12 @@
     >>> best_first = np.argsort(-scores[0], kind="stable")
     >>> reranker.save_pretrained("runs/my-reranker")
 
+As sentence-transformers' CrossEncoder is called, on plain (question, text) pairs:
+
+    >>> reranker.predict([("who wrote hamlet?", "Hamlet is a tragedy by Shakespeare."), ...])  # [N] float32
+    >>> reranker.rank("who wrote hamlet?", texts, top_k=3, return_documents=True)
+    [{'corpus_id': 0, 'score': 7.1, 'text': 'Hamlet is ...'}, ...]                               # best first
+
 Any Hugging Face sequence-classification model serves (`AutoModelForSequenceClassification`): with
 one label the score is its logit; with two, the logit of "relevant" (label 1) minus that of "not
 relevant" (label 0), the log-odds. The model reads "[CLS] question [SEP] title text [SEP]": the
@@ -26,6 +32,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ragloop.checks import whole
 from ragloop.data.corpus import Passage
 from ragloop.errors import RagloopError
 from ragloop.io import atomic_dir, atomic_write_json
@@ -138,21 +145,58 @@ class Reranker:
         if len(questions) != len(passages):
             raise ValueError(f"{len(questions)} questions but {len(passages)} passage lists")
         counts = [len(ps) for ps in passages]
-        total = sum(counts)
-        flat = np.empty(total, dtype=np.float32)
-        if total:
-            pair_questions = [q for q, n in zip(questions, counts) for _ in range(n)]
-            pair_texts = [passage_text(p) for ps in passages for p in ps]
+        pair_questions = [q for q, n in zip(questions, counts) for _ in range(n)]
+        flat = self._scored(pair_questions, [passage_text(p) for ps in passages for p in ps], progress)
+        return [a.copy() for a in np.split(flat, np.cumsum(counts)[:-1])] if questions else []
+
+    def predict(self, pairs, batch_size: int | None = None, show_progress_bar: bool | None = False):
+        """sentence-transformers' `CrossEncoder.predict`: a float32 array with the relevance of each (question,
+        passage text) pair, in the pairs' order, scored `batch_size` pairs at a time (default: the reranker's);
+        one pair gives one float. With two labels a score is the log-odds of "relevant", not the two logits."""
+        single = isinstance(pairs, (tuple, list)) and len(pairs) == 2 and all(isinstance(x, str) for x in pairs)
+        pairs = [pairs] if single else list(pairs)
+        for i, pair in enumerate(pairs):
+            if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
+                raise RagloopError(f"pair {i} must be a (question, passage text) pair of strings (got {pair!r:.80})")
+        scores = self._scored([q for q, _ in pairs], [t for _, t in pairs], show_progress_bar, batch_size)
+        return float(scores[0]) if single else scores
+
+    def rank(self, query: str, documents: list, top_k: int | None = None, return_documents: bool = False,
+             batch_size: int | None = None, show_progress_bar: bool | None = False) -> list[dict]:
+        """sentence-transformers' `CrossEncoder.rank`: [{"corpus_id": position in `documents`, "score"}, ...]
+        best first (ties in the documents' order), the best `top_k` (None: all); `return_documents` adds
+        "text". A document is a text or a `Passage` (scored as the retriever scores it: title and text)."""
+        top_k = whole(top_k, "top_k", low=1, optional=True)
+        if not isinstance(query, str):
+            raise RagloopError(f"query must be a string (got {type(query).__name__})")
+        documents = list(documents)
+        scores = self._scored([query] * len(documents), [passage_text(d) for d in documents], show_progress_bar,
+                              batch_size)
+        ranked = []
+        for i in np.argsort(-scores, kind="stable")[:top_k]:
+            entry = {"corpus_id": int(i), "score": float(scores[i])}
+            if return_documents:
+                entry["text"] = documents[i] if isinstance(documents[i], str) else documents[i].text
+            ranked.append(entry)
+        return ranked
+
+    def _scored(self, questions: list[str], texts: list[str], progress: bool | None,
+                batch_size: int | None = None) -> np.ndarray:
+        """Float32 relevance of each (question, text) pair, in eval mode (the model's own mode put back after)."""
+        batch_size = whole(batch_size, "batch_size", low=1, optional=True)
+        out = np.empty(len(texts), dtype=np.float32)
+        if texts:
             was_training = self.model.training
             self.model.eval()
             try:
-                self._score_pairs(pair_questions, pair_texts, flat, progress)
+                self._score_pairs(questions, texts, out, progress, batch_size or self.batch_size)
             finally:
                 self.model.train(was_training)
-        return [a.copy() for a in np.split(flat, np.cumsum(counts)[:-1])] if questions else []
+        return out
 
     @torch.inference_mode()
-    def _score_pairs(self, questions: list[str], texts: list[str], out: np.ndarray, progress: bool | None) -> None:
+    def _score_pairs(self, questions: list[str], texts: list[str], out: np.ndarray, progress: bool | None,
+                     batch_size: int) -> None:
         enc = self.tokenize(questions, texts)
         lengths = np.fromiter((len(ids) for ids in enc["input_ids"]), dtype=np.int64, count=len(texts))
         order = np.argsort(-lengths, kind="stable")
@@ -160,8 +204,8 @@ class Reranker:
         device = self.device
         disable = bar_disabled(progress)
         with tqdm(total=len(texts), desc="reranking", unit="pair", disable=disable) as bar:
-            for start in range(0, len(texts), self.batch_size):
-                idx = order[start : start + self.batch_size]
+            for start in range(0, len(texts), batch_size):
+                idx = order[start : start + batch_size]
                 batch = self.tokenizer.pad({k: [enc[k][i] for i in idx] for k in keys}, return_tensors="pt")
                 logits = self.model(**{k: v.to(device) for k, v in batch.items()}).logits
                 out[idx] = relevance(logits.float()).cpu().numpy()
