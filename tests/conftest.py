@@ -386,3 +386,37 @@ class ForcedCopy(CopyHead):
                 forced[row] = 0.0
                 forced[row, steps, start + steps] = 1.0
         return forced, gate_logit, can_copy
+
+
+# -- the serving tests: the tiny RAG model loaded, and the API on a real socket ------------------------
+# (here, not in a tests/serving/conftest.py: a second conftest module would shadow this one for the tests
+# that import helpers `from conftest import ...`)
+
+
+@pytest.fixture(scope="module")
+def model(tiny_rag_dir) -> RAG:
+    """The shared saved RAG folder (tiny BERT retriever over squad_small, tiny T5, k=2), loaded. A module
+    may override it with its own fixture of that name: `server` serves whichever it gets."""
+    return RAG.from_pretrained(tiny_rag_dir)
+
+
+@pytest.fixture(scope="module")
+def server(model):
+    """The API over `model` served by uvicorn on a thread (server.py's BackgroundServer), for the module's
+    tests: what a real client meets on the wire (parser limits, connection handling) that TestClient never
+    shows. `http.client.HTTPConnection(server.host, server.port)`."""
+    from ragloop.serving import BackgroundServer, create_app
+
+    with BackgroundServer(create_app(model, threads=1)) as s:
+        yield s
+
+
+@pytest.fixture(params=["dense", "bm25", "hybrid", "reranked"])
+def ragloop_retriever(request, index, tiny_ce_dir):
+    """A ragloop Retriever over the tiny index in each of its ways of searching (the integrations' tests)."""
+    from ragloop.retrieval.retriever import Retriever
+
+    if request.param == "reranked":
+        return Retriever(index, mode="bm25", reranker=str(tiny_ce_dir), rerank_depth=6)
+    return Retriever(index, mode=request.param)
+

@@ -132,7 +132,7 @@ def test_a_wrong_api_key_is_an_authentication_error(server, ids):
 @pytest.mark.parametrize(("call", "param", "words"), [
     (lambda c, ids: c.chat.completions.create(model=ids["chat"], messages=[]), "messages", "messages is empty"),
     (lambda c, ids: c.chat.completions.create(model=ids["chat"], messages=[{"role": "user", "content": "  "}]),
-     "messages", "question is empty"),
+     "messages.0.content", "content is empty"),
     (lambda c, ids: c.chat.completions.create(model=ids["chat"], messages=[{"role": "system", "content": "Hi"}]),
      "messages", "no message with role 'user'"),
     (lambda c, ids: c.chat.completions.create(model=ids["chat"], n=2, messages=[{"role": "user", "content": "Hi"}]),

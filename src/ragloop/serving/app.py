@@ -153,7 +153,8 @@ def create_app(source: str | Path | RAG | Retriever, *, max_batch: int = 16, max
     _add_api(app, service)
     openai_api.install(app)  # /v1: OpenAI's chat, embeddings and models endpoints
     openapi = app.openapi  # FastAPI's (cached), with what the guard answers and the k the index allows
-    app.openapi = lambda: limit_k(document_refusals(openapi(), api_key is not None), service.passages)
+    app.openapi = lambda: limit_k(document_refusals(openapi(), api_key is not None, openai_api.ERROR_SHAPE),
+                                  service.passages)
     return app
 
 

@@ -146,12 +146,15 @@ REFUSAL = {"type": "object", "required": ["detail"], "properties": {"detail": {"
                    "msg": {"type": "string"}}}}}}
 
 
-def document_refusals(openapi: dict, api_key: bool) -> dict:
+def document_refusals(openapi: dict, api_key: bool, shapes: dict[str, str] | None = None) -> dict:
     """`openapi` (the app's schema) with the guard's answers: 413 and 415 on every operation that takes a
-    body and, when the server has an API key, 401 on every operation. Changed in place, returned."""
+    body and, when the server has an API key, 401 on every operation. `shapes`: path prefix -> the schema
+    component its refusals are shaped as (another error body than "Refusal", e.g. OpenAI's under /v1/).
+    Changed in place, returned."""
     openapi.setdefault("components", {}).setdefault("schemas", {})["Refusal"] = REFUSAL
-    refusal = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Refusal"}}}}
-    for operations in openapi.get("paths", {}).values():
+    for path, operations in openapi.get("paths", {}).items():
+        shape = next((name for prefix, name in (shapes or {}).items() if path.startswith(prefix)), "Refusal")
+        refusal = {"content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{shape}"}}}}
         for operation in operations.values():
             responses = operation.setdefault("responses", {})
             if "requestBody" in operation:

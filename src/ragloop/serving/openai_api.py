@@ -42,43 +42,66 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
 from ragloop.serving.guard import ASGIApp, Message, Receive, Scope, Send, clip
-from ragloop.serving.schemas import AnswerPassageOut, check_question
+from ragloop.serving.schemas import MAX_QUESTION_CHARS, AnswerPassageOut, check_question
 from ragloop.serving.service import Service
 
 PREFIX = "/v1"
 EMBEDDING_SUFFIX = "-question-encoder"  # the question encoder's model id: the served name and this
 MAX_MESSAGES = 256
 MAX_EMBEDDING_INPUTS = 256
+ERROR_SHAPE = {PREFIX + "/": "ErrorResponse"}  # the guard's refusals under /v1/ come in OpenAI's error shape
 ERROR_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error",
                429: "rate_limit_error"}  # other 4xx: invalid_request_error; 5xx: server_error
 
 # -- request and response bodies ------------------------------------------------------------------
 
 
+# text the server reads is not empty nor only whitespace: the validators say so in words, the schema in
+# its constraints (so /openapi.json and the server agree)
+_TEXT_SCHEMA = {"type": "string", "minLength": 1, "pattern": r"\S"}
+
+
+def _some_text(text: str, what: str) -> str:
+    if not text.strip():
+        raise ValueError(f"{what} is empty (or only whitespace)")
+    return text
+
+
 class ContentPart(BaseModel):
     model_config = ConfigDict(extra="allow")
-    type: str
-    text: str | None = None
+    type: Literal["text"] = Field(description="only text parts are read")
+    text: Annotated[str, WithJsonSchema(_TEXT_SCHEMA)]
+
+    _text = field_validator("text")(lambda text: _some_text(text, "a text part"))
+
+
+_CONTENT_SCHEMA = {"anyOf": [_TEXT_SCHEMA, {"type": "array", "minItems": 1, "items": {
+    "type": "object", "properties": {"type": {"const": "text"}, "text": _TEXT_SCHEMA}, "required": ["type", "text"]}}]}
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")  # name, tool_calls, ...: accepted, not read
+    model_config = ConfigDict(extra="allow")  # name, ...: accepted, not read
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: str | list[ContentPart] | None = None
+    content: Annotated[str | list[ContentPart], WithJsonSchema(_CONTENT_SCHEMA)]
+
+    @field_validator("content")
+    @classmethod
+    def _has_text(cls, content: str | list[ContentPart]) -> str | list[ContentPart]:
+        if isinstance(content, list) and not content:
+            raise ValueError("content is an empty list")
+        return _some_text(content, "content") if isinstance(content, str) else content
 
     def text(self) -> str:
-        """The message as text: a string, or its text parts joined (any other part is refused)."""
-        if not isinstance(self.content, list):
-            return self.content or ""
-        if any(part.type != "text" or part.text is None for part in self.content):
-            raise ValueError("only text content parts can be read")
-        return "".join(part.text for part in self.content)
+        """The message as text: a string, or its text parts joined."""
+        return self.content if isinstance(self.content, str) else "".join(part.text for part in self.content)
 
 
 class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")  # OpenAI's sampling fields: accepted, not used
     model: str = Field(description="an id from GET /v1/models")
-    messages: list[ChatMessage] = Field(description="the last user message is the question")
+    messages: list[ChatMessage] = Field(description="the last user message is the question", json_schema_extra={
+        "minItems": 1, "maxItems": MAX_MESSAGES,
+        "contains": {"type": "object", "properties": {"role": {"const": "user"}}, "required": ["role"]}})
     stream: bool = Field(False, description="server-sent events in OpenAI's chunk format")
     n: int = Field(1, ge=1, le=1, description="one choice only")
 
@@ -99,8 +122,9 @@ class ChatCompletionRequest(BaseModel):
 
 
 # a text or a list of texts; read as a list, so an error names the item ("input.2"), not a union branch
-Texts = Annotated[list[Annotated[str, Field(strict=True)]],
-                  WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]})]
+_INPUT_SCHEMA = {**_TEXT_SCHEMA, "maxLength": MAX_QUESTION_CHARS}
+Texts = Annotated[list[Annotated[str, Field(strict=True)]], WithJsonSchema({"anyOf": [
+    _INPUT_SCHEMA, {"type": "array", "items": _INPUT_SCHEMA, "minItems": 1, "maxItems": MAX_EMBEDDING_INPUTS}]})]
 
 
 class EmbeddingRequest(BaseModel):
