@@ -28,7 +28,7 @@ WHEEL_FILES = [
     "ragloop/serving/index.html",
 ]
 LICENSE_FILES = ["LICENSE", "NOTICE"]
-SDIST_FILES = ["pyproject.toml", "README.md", "rag_system.py", "src/ragloop/_version.py", "src/ragloop/py.typed",
+SDIST_FILES = ["pyproject.toml", "README.md", "rag_system.py", "src/ragloop/_version.py",
                *LICENSE_FILES, *(f"src/{name}" for name in WHEEL_FILES if name.startswith("ragloop/"))]
 
 
