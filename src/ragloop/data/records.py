@@ -227,7 +227,8 @@ def read_hub_dataset(name: str, split: str | None = None) -> Iterator[Row]:
     except ImportError:
         raise RagloopError(
             f"{name!r} is not a local file, so it is read as a Hugging Face dataset name, which needs the "
-            "`datasets` package: pip install 'ragloop[datasets]' (or pass a local .json/.jsonl/.csv/.tsv file)"
+            "`datasets` package: pip install 'ragloop[datasets]' (from a checkout: pip install -e '.[datasets]'), "
+            "or pass a local .json/.jsonl/.csv/.tsv file"
         ) from None
     try:
         ds = datasets.load_dataset(name, split=split)
