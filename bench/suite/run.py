@@ -165,7 +165,7 @@ def run_section(i: int, name: str, ctx: Context, run: dict) -> tuple[str, list[s
         result["goals"] = module.goals(result)
     elapsed = time.perf_counter() - t0
     record = {"section": name, "title": module.TITLE, "mode": run["mode"], "command": run["command"],
-              "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "machine": run["machine"],
+              "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "machine": run["machine"],
               "load_average_1min": {"start": load0, "end": load_average()}, "elapsed_s": elapsed, "result": result}
     out_dir = run["out_dir"]
     (out_dir / f"{name}.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
@@ -182,7 +182,7 @@ def run_section(i: int, name: str, ctx: Context, run: dict) -> tuple[str, list[s
 def header(args: argparse.Namespace, run: dict, load_start: float) -> list[str]:
     machine = run["machine"]
     return [f"# ragloop side by side ({run['mode']} run)", "", f"Machine: {machine_line(machine)}.", "",
-            f"Command: `{run['command']}`; {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}; "
+            f"Command: `{run['command']}`; {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}; "
             f"1-min load average at start {load_start:.1f} on {machine['cores']} cores.", ""]
 
 

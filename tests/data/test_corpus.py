@@ -3,6 +3,7 @@
 import json
 import logging
 import re
+import sys
 
 import pytest
 
@@ -107,6 +108,22 @@ def test_hub_dataset_unreachable_is_one_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(RagloopError, match="could not load dataset .squad.*use local files"):
         load_qa("squad")
+
+
+def test_hub_dataset_without_datasets_names_the_extra(monkeypatch):
+    """`datasets` is an optional extra: a hub name without it is one error that says what to install."""
+    monkeypatch.setitem(sys.modules, "datasets", None)  # `import datasets` raises ImportError
+    with pytest.raises(RagloopError, match=r"'squad'.*pip install 'ragloop\[datasets\]'"):
+        load_qa("squad")
+    with pytest.raises(RagloopError, match=r"'wiki_dpr'.*pip install 'ragloop\[datasets\]'"):
+        load_corpus(["wiki_dpr"])
+
+
+def test_local_files_load_without_datasets(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "datasets", None)
+    (tmp_path / "qa.jsonl").write_text(json.dumps({"question": "Who?", "context": "Ann did.", "answers": ["Ann"]}))
+    assert [ex.answers for ex in load_qa(tmp_path / "qa.jsonl")] == [["Ann"]]
+    assert [p.text for p in load_corpus([tmp_path / "qa.jsonl"])] == ["Ann did."]
 
 
 def test_dpr_passage_tsv_indexes_as_it_is(tmp_path):

@@ -220,9 +220,16 @@ def read_text_document(path: Path) -> dict:
 
 
 def read_hub_dataset(name: str, split: str | None = None) -> Iterator[Row]:
-    """Rows of a Hugging Face dataset by name (`squad`), all splits unless one is named."""
-    import datasets
-
+    """Rows of a Hugging Face dataset by name (`squad`), all splits unless one is named. Needs the
+    optional `datasets` package (`pip install 'ragloop[datasets]'`); local files do not."""
+    try:
+        import datasets
+    except ImportError:
+        raise RagloopError(
+            f"{name!r} is not a local file, so it is read as a Hugging Face dataset name, which needs the "
+            "`datasets` package: pip install 'ragloop[datasets]' (from a checkout: pip install -e '.[datasets]'), "
+            "or pass a local .json/.jsonl/.csv/.tsv file"
+        ) from None
     try:
         ds = datasets.load_dataset(name, split=split)
     except Exception as e:  # the hub raises many types: connection, offline mode, not found

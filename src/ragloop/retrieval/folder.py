@@ -101,7 +101,7 @@ def write_index(chunks: Iterable[tuple[list[Passage], np.ndarray]], dim: int, en
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "ragloop_version": __version__,
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "encoder": encoder,
             "index": {"factory": settings.factory, "metric": "inner_product", "dim": dim,
                       "search_params": params, "refine": refine},

@@ -131,7 +131,7 @@ class MicroBatcher:
                     break
                 try:
                     batch.append(await asyncio.wait_for(queue.get(), remaining))
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     break
             groups: dict[Hashable, list[_Pending]] = {}
             for pending in batch:
