@@ -23,10 +23,10 @@ def test_the_pinned_demo_recipe_trains_a_fixed_number_of_steps_in_fp32():
     recipe = load_recipe()
     assert recipe.path == pinned_recipe()
     assert recipe.steps == recipe.train["max_steps"] > 0
-    assert recipe.train["precision"] == "fp32" and recipe.train["rag_mode"] == "fid"
+    assert recipe.train["precision"] == "fp32" and recipe.train["rag_mode"] == "span"
     assert recipe.train_data.is_file() and recipe.dev_data.is_file() and recipe.holdout_every == 5
     cfg = demo.train_config(recipe, "t.jsonl", "idx", "out")
-    assert (cfg.max_steps, cfg.max_train_minutes, cfg.n_docs, cfg.batch_size) == (recipe.steps, None, 5, 8)
+    assert (cfg.max_steps, cfg.max_train_minutes, cfg.n_docs, cfg.batch_size) == (recipe.steps, None, 5, 16)
     assert (cfg.train_file, cfg.index, cfg.output_dir) == ("t.jsonl", "idx", "out")
     assert demo.train_config(recipe, "t.jsonl", "idx", "out", steps=7).max_steps == 7
 
