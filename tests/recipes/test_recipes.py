@@ -121,7 +121,7 @@ def test_with_train_changes_are_checked_like_a_file():
     recipe = load_recipe()
     token = recipe.with_train(rag_mode="token", n_docs=5, question_encoder_lr=0)
     assert (token.train["rag_mode"], token.train["n_docs"], token.steps) == ("token", 5, recipe.steps)
-    assert recipe.train["rag_mode"] == "fid"  # the original is unchanged
+    assert recipe.train["rag_mode"] == "span"  # the original is unchanged
     with pytest.raises(RagloopError, match="train.n_docs: expected a whole number"):
         recipe.with_train(n_docs="5")
     with pytest.raises(RagloopError, match="unknown key 'train.k'"):
