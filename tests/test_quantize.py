@@ -97,6 +97,16 @@ def test_lm_head_quantized_only_when_asked_and_copy_head_never(tiny_bert_dir):
     assert len(gen.generate(inputs, num_beams=2, max_new_tokens=4)) == 1
 
 
+def test_the_lm_head_is_one_flag_value_away_on_the_command_line(tiny_bert_dir):
+    from ragloop.cli import build_parser
+    from ragloop.generation import Generator
+
+    gen = Generator.from_encoder_decoder(tiny_bert_dir, tiny_bert_dir).quantize("int8-lm-head")
+    assert gen.quantization == "int8" and gen.lm_head_quantized  # what reports show: int8, LM head too
+    args = build_parser().parse_args(["answer", "model-dir", "a question", "--quantize", "int8-lm-head"])
+    assert args.quantize == "int8-lm-head"
+
+
 def test_unknown_quantization_is_refused(tiny_bert_dir, index, capsys):
     from ragloop.retrieval import Encoder
 

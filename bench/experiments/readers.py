@@ -5,7 +5,7 @@ experiment's recipe (recipes/readers.json) and the demo's split.
 
 Every run trains the recipe's fixed steps with only its reader mode (`rag_mode`), k (`n_docs`,
 settings.k), the variant's own "train" settings if it has any, and, for "frozen", a question encoder
-learning rate of 0 changed. The span-reader experiment runs through this module too. A mode the installed
+learning rate of 0 changed. A mode the installed
 ragloop does not know (not in `ragloop.constants.READER_MODES`) is skipped with a message. Each trained model is
 scored on evaluate.questions held-out questions of the training articles and as many of dev articles
 never trained on, each with retrieved passages (RAG), none (closed book) and the gold paragraph

@@ -8,6 +8,7 @@ problem the data is refused, since hit@k would be 0 by construction."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Sequence
 
@@ -92,7 +93,13 @@ def answers_not_in_context(examples: list[QAExample], refuse_all: bool = True) -
                            "hit@k would be 0 by construction: are the answers and contexts from the same file?")
     if missing:
         first = missing[0]
-        log.warning("%s: %d of %d questions have no answer in their context paragraph (first: %r, answer %r); "
-                    "hit@k cannot count them", first.source or "QA data", len(missing), len(with_context),
-                    first.id, first.answers[0])
+        _warn_once(first.source or "QA data", len(missing), len(with_context), first.id, first.answers[0])
     return len(missing)
+
+
+@functools.lru_cache(maxsize=64)
+def _warn_once(source: str, missing: int, total: int, first_id: str, answer: str) -> None:
+    """The warning of `answers_not_in_context`, said once for the same questions (a table of three search
+    modes scores them three times)."""
+    log.warning("%s: %d of %d questions have no answer in their context paragraph (first: %r, answer %r); "
+                "hit@k cannot count them", source, missing, total, first_id, answer)

@@ -11,14 +11,14 @@ cross-encoded input and scores every token as an answer's start and end, and the
     [Reading(text='Shakespeare', copied=[{'start': 0, 'end': 11, 'text': 'Shakespeare'}, None])]
 
 How much each passage counts, log p(z|x) = log_softmax over the k of (the retriever's log p(z|x) + the
-reader's passage score + the passage's span mass); a span's probability in its passage factorises into
-a start and an end softmax over the passage's tokens, so a span's joint probability is one softmax
-over the spans of all k passages (shared normalisation: scores compare across passages). Training
-maximises the marginal likelihood of the gold answer over the k passages and over every span of each
-that matches it (`span_marginal_nll`), so the retriever's question encoder learns from the reader
-through p(z|x), as in RAG. Answering scores the best spans of
-every passage by log p(z|x) + start + end (at most `max_answer_tokens` long) and adds up the
-probability of the same answer (normalised as SQuAD's metric does) found in several places.
+reader's passage score); a span's probability in its passage factorises into a start and an end
+softmax over the passage's tokens. When answering, each passage is also weighed by its span mass, so a
+span's joint probability is one softmax over the spans of all k passages (shared normalisation: scores
+compare across passages; `passage_logprobs`). Training maximises the marginal likelihood of the gold
+answer over the k passages and over every span of each that matches it (`span_marginal_nll`), so the
+retriever's question encoder learns from the reader through p(z|x), as in RAG. Answering scores the
+best spans of every passage by log p(z|x) + start + end (at most `max_answer_tokens` long) and adds up
+the probability of the same answer (normalised as SQuAD's metric does) found in several places.
 
 Saved as the encoder's own folder plus `span_heads.safetensors` and `ragloop_span_reader.json`.
 """
@@ -248,13 +248,13 @@ def span_marginal_nll(doc_logprobs: torch.Tensor, select: torch.Tensor, start: t
                       gold: torch.Tensor) -> torch.Tensor:
     """−log Σ_z p(z|x) Σ_{(i,j) gold in z} p_start(i|z) p_end(j|z), per question [B], float32.
 
-    doc_logprobs [B, K]: the retriever's log p(z|x); select [B, K]: the reader's passage scores; start,
-    end [B, K, L]: token logits; gold [B, K, L, L] bool: (i, j) spans the gold answer. p(z|x) =
-    softmax(doc_logprobs + select + logsumexp(start) + logsumexp(end)) over the k (`passage_logprobs`),
-    so that p(z|x) p(i|z) p(j|z) ∝ exp(doc + select + start_i + end_j) is one softmax over the spans of
-    all k passages: span scores compare across passages (shared normalisation, Clark & Gardner 2018).
-    A question whose passages hold no gold span gets 0 (and no gradient)."""
-    p_z = passage_logprobs(doc_logprobs, select, start, end)
+    doc_logprobs [B, K]: the retriever's log p(z|x); select [B, K]: the reader's passage scores, so
+    p(z|x) = softmax(doc_logprobs + select) over the k; start, end [B, K, L]: token logits; gold
+    [B, K, L, L] bool: (i, j) spans the gold answer. A question whose passages hold no gold span gets 0
+    (and no gradient). Spans are normalised per passage here (DPR, REALM); answering compares them
+    across passages (`passage_logprobs`): training with that shared normalisation measured worse (the
+    passages without the answer are encoded without gradient, so only the heads could lower their mass)."""
+    p_z = torch.log_softmax(doc_logprobs.float() + select.float(), dim=-1)
     ls, le = torch.log_softmax(start.float(), dim=-1), torch.log_softmax(end.float(), dim=-1)
     pair = (ls.unsqueeze(-1) + le.unsqueeze(-2)).masked_fill(~gold, MASKED * 1e5)  # [B, K, L, L]
     in_passage = pair.flatten(2).logsumexp(-1)  # [B, K]
@@ -264,8 +264,10 @@ def span_marginal_nll(doc_logprobs: torch.Tensor, select: torch.Tensor, start: t
 
 def passage_logprobs(doc_logprobs: torch.Tensor, select: torch.Tensor, start: torch.Tensor,
                      end: torch.Tensor) -> torch.Tensor:
-    """log p(z|x) [B, K] from the retriever's log p(z|x), the passage scores [B, K] and the span logits
-    [B, K, L]: each passage weighed by its share of the span mass of all k (`span_marginal_nll`)."""
+    """log p(z|x) [B, K] for answering, from the retriever's log p(z|x), the passage scores [B, K] and
+    the span logits [B, K, L]: each passage also weighed by its span mass, so that p(z|x) p(i|z) p(j|z)
+    ∝ exp(doc + select + start_i + end_j) is one softmax over the spans of all k passages and span scores
+    compare across passages (shared normalisation, Clark & Gardner 2018; +0.06 dev F1 in the demo)."""
     mass = start.float().logsumexp(-1) + end.float().logsumexp(-1)
     return torch.log_softmax(doc_logprobs.float() + select.float() + mass, dim=-1)
 
