@@ -290,11 +290,12 @@ class RAG(torch.nn.Module):
             got = self.reader.read(self.generator, questions, ctx.passages, ctx.doc_logprobs, max_new_tokens,
                                    self.config)
             return [r.text for r in got], [r.copied for r in got]
-        ids = self._generate_ids(questions, ctx, num_beams, max_new_tokens)
-        texts = self.generator.decode(ids)
-        if not spans:
-            return texts, []
-        return texts, copied_spans(self.generator, questions, ctx.passages, ids, fused=self.reader.fused)
+        with self.generator.reusing_encodings():  # the spans' pass reuses the decoder's encoding
+            ids = self._generate_ids(questions, ctx, num_beams, max_new_tokens)
+            texts = self.generator.decode(ids)
+            if not spans:
+                return texts, []
+            return texts, copied_spans(self.generator, questions, ctx.passages, ids, fused=self.reader.fused)
 
     def _generate_ids(self, questions: list[str], ctx: Contexts, num_beams: int,
                       max_new_tokens: int) -> list[list[int]]:
@@ -315,7 +316,7 @@ class RAG(torch.nn.Module):
         return answers[0] if single else answers
 
     def _answer(self, questions: list[str], k: int | None, num_beams: int, max_new_tokens: int) -> list[Answer]:
-        with torch.no_grad(), eval_mode(self), self.generator.reusing_encodings():  # spans reuse the encoding
+        with torch.no_grad(), eval_mode(self):
             ctx = self.retrieve(questions, k)
             texts, copied = self._read(questions, ctx, num_beams, max_new_tokens, spans=True)
         scores = ctx.doc_scores.float().cpu().tolist()

@@ -128,6 +128,11 @@ def iter_corpus(
     return iter_passages((doc for doc, _ in iter_documents(sources, split)), chunk_size, overlap)
 
 
+def passage_id(doc_id: str, i: int) -> str:
+    """The id of a document's `i`-th chunk: `{doc_id}-{i}`."""
+    return f"{doc_id}-{i}"
+
+
 def make_passages(documents: Iterable[dict], chunk_size: int = 100, overlap: int = 0) -> list[Passage]:
     """Chunk documents ({doc_id, title, text}, optionally source and where) into passages `{doc_id}-{i}`,
     dropping exact duplicates (a document seen before, or a passage with the same title and text as an
@@ -165,7 +170,7 @@ def iter_passages(documents: Iterable[dict], chunk_size: int = 100, overlap: int
                 continue
             seen_text.add(key)
             count += 1
-            yield Passage(id=f"{doc_id}-{i}", title=doc["title"], text=chunk, doc_id=doc_id,
+            yield Passage(id=passage_id(doc_id, i), title=doc["title"], text=chunk, doc_id=doc_id,
                           source=doc.get("source") or "")
     if repeated_docs:
         log.info("corpus: %d documents repeated with the same id and text were skipped", repeated_docs)

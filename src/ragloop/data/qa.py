@@ -16,7 +16,7 @@ import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ragloop.data.corpus import Passage, make_passages
+from ragloop.data.corpus import Passage, make_passages, passage_id
 from ragloop.data.corpus import chunk_words as chunk_text
 from ragloop.data.records import check_text, content_id, is_local, named_files, read_hub_dataset, read_rows
 from ragloop.errors import RagloopError
@@ -44,7 +44,7 @@ class QAExample:
         """The passage of its paragraph, chunked as an index chunks it (`context_passages`), that holds
         its first answer; the whole paragraph when no one chunk does (an answer across a chunk boundary)."""
         answer = self.answers[0].lower() if self.answers else ""
-        chunks = (Passage(f"{self.doc_id}-{i}", self.title, text, self.doc_id, self.source)
+        chunks = (Passage(passage_id(self.doc_id, i), self.title, text, self.doc_id, self.source)
                   for i, text in enumerate(chunk_text(self.context, chunk_words)))
         return next((p for p in chunks if answer and answer in p.text.lower()), self.context_passage())
 

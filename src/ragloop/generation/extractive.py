@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,10 +143,9 @@ class SpanReader(torch.nn.Module):
     def quantize(self, mode: str | None = "int8", lm_head: bool = False) -> SpanReader:
         """int8 dynamic quantization of the encoder's linear layers (the heads stay float; `lm_head`: no
         LM head here, ignored). None does nothing. Returns self."""
-        from ragloop.quantize import check_mode, quantize_linear
+        from ragloop.quantize import quantize_linear
 
-        if check_mode(mode) is not None and self.quantization is None:
-            quantize_linear(self.model, mode, what=f"span reader {self.name!r}")
+        quantize_linear(self.model, mode, what=f"span reader {self.name!r}")  # None, or done already: nothing
         return self
 
     @property
@@ -156,10 +154,7 @@ class SpanReader(torch.nn.Module):
 
         return quantization(self.model)
 
-    lm_head_quantized = False
-
-    def reusing_encodings(self):
-        return nullcontext(self)
+    lm_head_quantized = False  # no LM head: what reports read of any reader model
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -179,8 +174,7 @@ class SpanReader(torch.nn.Module):
     def forward(self, inputs: dict[str, torch.Tensor], hidden: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Start and end logits [N, L] (MASKED but where a passage word starts / ends) and passage scores
-        [N], float32; from
-        the encoder's `hidden` states [N, L, H] when given."""
+        [N], float32; from the encoder's `hidden` states [N, L, H] when given."""
         if hidden is None:
             hidden = self.model(**_model_inputs(inputs)).last_hidden_state
         start, end = self.span_head(hidden).float().unbind(-1)

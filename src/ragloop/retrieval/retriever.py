@@ -96,9 +96,12 @@ def check_questions(questions) -> list[str]:
 
 
 def passages_to_read(k, default: int, size: int, where: str | os.PathLike | None = None) -> int:
-    """The k a model reads: an explicit `k` checked against the index's `size` (larger is an error);
-    None is `default` (the model's n_docs), lowered to what a smaller index holds."""
-    return check_k(k, size, where) if k is not None else min(check_k(default, name="n_docs"), size)
+    """The k a search or a model reads: an explicit `k` checked against the index's `size` (larger is an
+    error); None is `default` (a model's n_docs, a search's DEFAULT_SEARCH_K), lowered to what a smaller
+    index holds."""
+    if k is not None:
+        return check_k(k, size, where)
+    return check_k(max(min(check_k(default, name="n_docs"), size), 1), size, where)  # an empty index: one error
 
 
 def check_k(k, size: int | None = None, where: str | os.PathLike | None = None, name: str = "k") -> int:
@@ -215,13 +218,11 @@ class Retriever:
         """k checked against the index: an explicit k larger than it is an error; None is DEFAULT_SEARCH_K,
         lowered to the index's size when it holds fewer passages (said once, in the log)."""
         size = len(self.index)
-        if k is not None or size >= DEFAULT_SEARCH_K:
-            return check_k(DEFAULT_SEARCH_K if k is None else k, size, self.index.path)
-        if not self._said_default_k:
+        if k is None and size < DEFAULT_SEARCH_K and not self._said_default_k:
             log.info("%s holds %d passage%s, fewer than the default k=%d: returning all of them", self.index.path,
                      size, "" if size == 1 else "s", DEFAULT_SEARCH_K)
             self._said_default_k = True
-        return check_k(max(size, 1), size, self.index.path)
+        return passages_to_read(k, DEFAULT_SEARCH_K, size, self.index.path)
 
     # -- the one way in -----------------------------------------------------------------------
 
