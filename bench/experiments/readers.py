@@ -9,8 +9,11 @@ learning rate of 0 changed. A mode the installed
 ragloop does not know (not in `ragloop.constants.READER_MODES`) is skipped with a message. Each trained model is
 scored on evaluate.questions held-out questions of the training articles and as many of dev articles
 never trained on, each with retrieved passages (RAG), none (closed book) and the gold paragraph
-(oracle): F1 and EM. Retrieval: dense hit@k of the untrained question encoder and of the trained one.
-Latency: p50 ms of `model.answer(question, k)`, one question per call, after two warm-up calls.
+(oracle): F1 and EM. A variant's "constrain" lists the decodings its model is scored with (null: free;
+"spans": held to the passages, `--constrain spans`), one result row each, from one training; closed book
+is scored free (with no passages there is nothing to hold an answer to) and is n/a for the extractive
+reader. Retrieval: hit@k (the recipe's search mode) before training and through the trained question
+encoder. Latency: p50 ms of `model.answer(question, k)`, one question per call, after two warm-up calls.
 """
 
 from __future__ import annotations
@@ -33,11 +36,11 @@ def short(name: str) -> str:
     return {demo.HELD_OUT: "held-out", demo.NEW_ARTICLES: "new articles"}[name]
 
 
-def dense_hits(retriever, sets: list, k: int) -> dict[str, float]:
-    """Dense hit@k of `retriever` on each set."""
+def hits(retriever, sets: list, k: int, mode: str) -> dict[str, float]:
+    """hit@k of `retriever` searching in `mode` on each set."""
     from ragloop.evaluation import evaluate_retrieval
 
-    return {short(name): evaluate_retrieval(retriever, questions, (k,), "dense")[f"hit@{k}"]
+    return {short(name): evaluate_retrieval(retriever, questions, (k,), mode)[f"hit@{k}"]
             for name, questions in sets}
 
 
@@ -53,7 +56,9 @@ def answer_latency_ms(model, questions: list[str], k: int) -> float:
     return round(statistics.median(times), 1)
 
 
-def run_one(recipe, variant: dict, k: int, prep: Prepared, work: Path, sets: list, latency_qs: list) -> dict:
+def run_one(recipe, variant: dict, k: int, prep: Prepared, work: Path, sets: list, latency_qs: list) -> list[dict]:
+    """Train one variant, then one result row per decoding in its "constrain" list."""
+    from ragloop.evaluation.answers import CONTEXTS
     from ragloop.model import RAG
     from ragloop.recipes import demo
 
@@ -63,27 +68,38 @@ def run_one(recipe, variant: dict, k: int, prep: Prepared, work: Path, sets: lis
     say(f"training {mode}, question encoder {encoder}: {cfg.max_steps} steps of {cfg.batch_size}, k={k} ...")
     run = demo.train_rag(cfg, progress=False)
     model = RAG.from_pretrained(run.best_dir)
-    scores: dict = {}
-    for row in demo.score(model, sets, k=k, progress=False):
-        scores.setdefault(short(row["set"]), {})[row["context"]] = {"f1": row["f1"], "em": row["em"]}
-    result = {"mode": mode, "question_encoder": encoder, "steps": run.steps, "train_s": round(run.seconds, 1),
-              "scores": scores, "hit_after": dense_hits(model.retriever, sets, k),
-              "answer_ms_p50": answer_latency_ms(model, latency_qs, k)}
-    say(f"  {json.dumps(result)}")
-    return result
+    closed = {}
+    if not model.reader.extractive:  # closed book has no passages to hold answers to: scored free, once
+        closed = {short(r["set"]): r for r in demo.score(model, sets, ("closed-book",), k=k, progress=False)}
+    rows = []
+    for constrain in variant.get("constrain", [None]):
+        model.config.constrain = constrain
+        scores: dict = {}
+        for row in demo.score(model, sets, ("rag", "oracle") if closed else CONTEXTS, k=k, progress=False):
+            scores.setdefault(short(row["set"]), {})[row["context"]] = {"f1": row["f1"], "em": row["em"]}
+        for name, row in closed.items():
+            scores[name]["closed-book"] = {"f1": row["f1"], "em": row["em"]}
+        rows.append({"mode": mode, "question_encoder": encoder, "constrain": constrain, "steps": run.steps,
+                     "batch_size": cfg.batch_size, "train_s": round(run.seconds, 1), "scores": scores,
+                     "hit_after": hits(model.retriever, sets, k, cfg.rag.search_mode),
+                     "answer_ms_p50": answer_latency_ms(model, latency_qs, k)})
+        say(f"  {json.dumps(rows[-1])}")
+    return rows
 
 
 def markdown(res: dict) -> str:
     k, sets = res["k"], ("held-out", "new articles")
-    head = ["reader", "question encoder", "steps", "train min"]
+    head = ["reader", "question encoder", "decoding", "steps", "train min"]
     head += [f"{s}: {c} F1 (EM)" for s in sets for c in ("RAG", "closed book", "oracle")]
-    head += [f"hit@{k} {s} (before → after)" for s in sets] + [f"ms/question p50 (k={k})"]
+    head += [f"{res.get('search_mode', 'dense')} hit@{k} {s} (before → after)" for s in sets] + [f"ms/question p50 (k={k})"]
     rows = []
     for r in res["runs"]:
-        row = [r["mode"], r["question_encoder"], r["steps"], f"{r['train_s'] / 60:.1f}"]
+        decoding = "extractive" if r["mode"] == "span" else ("held to spans" if r.get("constrain") else "free")
+        row = [r["mode"], r["question_encoder"], decoding, f"{r['steps']} of {r.get('batch_size', '?')}",
+               f"{r['train_s'] / 60:.1f}"]
         for s in sets:
             row += [f"{r['scores'][s][c]['f1']:.3f} ({r['scores'][s][c]['em']:.3f})"
-                    if r["scores"][s][c]["f1"] is not None else "n/a (extractive)"
+                    if r["scores"][s][c]["f1"] is not None else "n/a"
                     for c in ("rag", "closed-book", "oracle")]
         row += [f"{res['hit_before'][s]:.3f} → {r['hit_after'][s]:.3f}" for s in sets]
         rows.append(row + [r["answer_ms_p50"]])
@@ -107,8 +123,10 @@ def run(exp, results: Path) -> None:
         latency_qs = [e.question for e in demo.eval_sets(prep.data, settings["latency_questions"] + WARMUP)[1][1]]
         res = {**stamp(exp), "steps": recipe.steps, "k": k, "questions": recipe.questions,
                "latency_questions": len(latency_qs) - WARMUP, "skipped_modes": skipped,
-               "hit_before": dense_hits(Retriever.from_index(prep.index_dir), sets, k), "runs": []}
+               "search_mode": recipe.train["search_mode"],
+               "hit_before": hits(Retriever.from_index(prep.index_dir), sets, k, recipe.train["search_mode"]),
+               "runs": []}
         for variant in variants:
-            res["runs"].append(run_one(recipe, variant, k, prep, work, sets, latency_qs))
+            res["runs"].extend(run_one(recipe, variant, k, prep, work, sets, latency_qs))
             write_results(results, res)  # after every run, so an interrupted experiment keeps what it measured
     print(markdown(res))
