@@ -327,6 +327,17 @@ class RAG(torch.nn.Module):
         ]
         return answers
 
+    def token_usage(self, answer: Answer) -> dict[str, int]:
+        """What an answer cost, in the reader's tokens (OpenAI's `usage`): `prompt_tokens`, the tokens
+        the reader read (the question with each of the answer's passages, as its `build_inputs` gives them:
+        special tokens counted, what `max_source_length` cut not), `completion_tokens`, the answer's own
+        tokens (no special tokens), and `total_tokens`, their sum."""
+        passages = [Passage(p["id"], p["title"], p["text"]) for p in answer.passages]
+        prompt = int(self.generator.build_inputs([answer.question], [passages])["attention_mask"].sum()) \
+            if passages else 0
+        completion = len(self.generator.tokenizer(answer.answer, add_special_tokens=False)["input_ids"])
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
     # -- saving and loading ---------------------------------------------------------------------
 
     def save_pretrained(self, path: str | Path) -> None:

@@ -214,3 +214,23 @@ def test_squad_paragraphs_without_questions_are_passages_not_errors(tmp_path):
     (tmp_path / "squad.json").write_text(json.dumps(data))
     with pytest.raises(RagloopError, match=r"squad\.json: no answerable questions"):
         load_qa(tmp_path / "squad.json")
+
+
+def test_every_file_is_checked_when_a_corpus_stream_is_opened(tmp_path):
+    """`iter_corpus` reads each file's header and first document when called, before it yields a
+    passage: a bad last file fails before the good ones are read for their passages."""
+    from ragloop.data import iter_corpus
+    from ragloop.data.records import first_row
+
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"text": "one"}\n{"text": "two"}\n')
+    bad = tmp_path / "bad.csv"
+    bad.write_text("title,body\nx,y\n")
+    assert first_row(good) == ({"text": "one"}, f"{good}:1")
+    assert first_row(bad) == ({"title": "x", "body": "y"}, f"{bad}:2")
+    with pytest.raises(RagloopError, match=r"bad\.csv:2: a document needs a 'text' field"):
+        iter_corpus([good, bad])  # not consumed: the check is not deferred to the first passage
+    header_only = tmp_path / "header.tsv"
+    header_only.write_text("id\ttext\ttitle\n")
+    assert first_row(header_only) is None
+    assert [p.text for p in iter_corpus([good, header_only])] == ["one", "two"]

@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ragloop.data.corpus import Passage
 from ragloop.model import RAG
 from ragloop.serving import BackgroundServer, create_app
 from ragloop.serving.openai_api import EMBEDDING_SUFFIX, _cite
@@ -79,6 +80,30 @@ def test_chat_completion_streams_chunks_that_add_up_to_the_answer(client, ids):
     assert chunks[0].choices[0].delta.role == "assistant" and chunks[0].sources == whole.sources
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == whole.choices[0].message.content
     assert [c.choices[0].finish_reason for c in chunks][-1] == "stop"
+
+
+def test_usage_counts_the_tokens_the_reader_read_and_the_answer(client, ids, model):
+    """prompt_tokens: the question with each passage, as the reader's inputs hold them; completion_tokens:
+    the answer's tokens; streamed, in a last chunk without choices when stream_options asks for it."""
+    expected = model.answer(QUESTION, num_beams=1, max_new_tokens=32)
+    gen, k = model.generator, len(expected.passages)
+    read = gen.build_inputs([QUESTION], [[Passage(p["id"], p["title"], p["text"]) for p in expected.passages]])
+    assert read["input_ids"].shape[0] == k > 0
+    question_tokens = len(gen.tokenizer(QUESTION, add_special_tokens=False)["input_ids"])
+    answer_tokens = len(gen.tokenizer(expected.answer, add_special_tokens=False)["input_ids"])
+    messages = [{"role": "user", "content": QUESTION}]
+    usage = client.chat.completions.create(model=ids["chat"], messages=messages).usage
+    assert usage.prompt_tokens == int(read["attention_mask"].sum())
+    assert k * question_tokens < usage.prompt_tokens <= k * gen.max_source_length  # the question read k times
+    assert usage.completion_tokens == answer_tokens
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+    chunks = list(client.chat.completions.create(model=ids["chat"], messages=messages, stream=True,
+                                                 stream_options={"include_usage": True}))
+    assert chunks[-1].choices == [] and chunks[-1].usage == usage
+    assert all(c.usage is None and c.choices for c in chunks[:-1])
+    assert [c.choices[0].finish_reason for c in chunks[:-1]][-1] == "stop"
+    plain = list(client.chat.completions.create(model=ids["chat"], messages=messages, stream=True))
+    assert all(c.usage is None and c.choices for c in plain)  # without include_usage: no usage chunk
 
 
 def test_a_stream_is_server_sent_events_ending_with_done(server, ids):

@@ -62,7 +62,9 @@ def test_health_describes_the_model_the_index_and_batching(client, model):
     r = client.get("/health")
     assert r.status_code == 200
     h = r.json()
-    assert h["status"] == "ok" and h["serving"] == "rag" and h["endpoints"] == ["/answer", "/search"]
+    assert h["status"] == "ok" and h["serving"] == "rag"
+    assert h["endpoints"] == ["/answer", "/search", "/v1/models", "/v1/chat/completions", "/v1/embeddings"]
+    assert set(h["endpoints"]) == set(client.get("/openapi.json").json()["paths"]) - {"/health"}  # every route
     assert h["model"]["n_docs"] == 2 and h["model"]["rag_mode"] == "sequence"
     assert h["index"]["passages"] == len(model.index) and h["index"]["bm25"] is True
     assert h["batching"]["max_batch"] == 16 and h["batching"]["max_wait_ms"] == 10
@@ -133,7 +135,8 @@ def test_more_422s_mode_surrogates_and_bodies_that_are_not_objects(client):
 def test_an_index_folder_serves_search_only(rag_dir):
     with TestClient(create_app(rag_dir / "index", threads=1)) as c:
         h = c.get("/health").json()
-        assert h["serving"] == "index" and h["model"] is None and h["endpoints"] == ["/search"]
+        assert h["serving"] == "index" and h["model"] is None
+        assert h["endpoints"] == ["/search", "/v1/models", "/v1/embeddings"]  # not those that need a generator
         assert len(c.post("/search", json={"question": QUESTIONS[0], "k": 2}).json()["hits"]) == 2
         r = c.post("/answer", json={"question": QUESTIONS[0]})
         assert r.status_code == 503 and "serves an index, not a RAG model" in r.json()["detail"]

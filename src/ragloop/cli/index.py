@@ -53,8 +53,11 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> None:
+    """Every input is checked before a model loads: the flags, the build settings, --out (an index to
+    add to, or a place a new one may be written) and every file's header (`iter_corpus`)."""
     from ragloop.data import load_corpus
     from ragloop.retrieval import BiEncoder
+    from ragloop.retrieval.folder import check_target
     from ragloop.training.distributed import launched_world_size
 
     if args.merge_shards:
@@ -62,15 +65,17 @@ def run(args) -> None:
     sharded = args.num_shards is not None or args.shard_id is not None
     launched = launched_world_size() > 1
     _check_flags(args, sharded, launched)
-    if not (args.add or sharded or launched):  # one process: stream the corpus
-        return _index_streaming(args)
-    passages = load_corpus(args.corpus, args.chunk_words, args.chunk_overlap, split=args.split)
     if args.add:
-        return _add(args, passages)
+        return _add(args)
+    settings = index_settings(args)
+    check_target(args.out)
+    if not (sharded or launched):  # one process: stream the corpus
+        return _index_streaming(args, settings)
+    passages = load_corpus(args.corpus, args.chunk_words, args.chunk_overlap, split=args.split)
     encoder = BiEncoder.from_pretrained(args.encoder, args.question_encoder)
     if sharded:
-        return _index_shard(args, passages, encoder)
-    _index_distributed(args, passages, encoder)
+        return _index_shard(args, settings, passages, encoder)
+    _index_distributed(args, settings, passages, encoder)
 
 
 def _check_flags(args, sharded: bool, launched: bool) -> None:
@@ -121,39 +126,43 @@ def _merge(args) -> None:
           f"dim {index.dim})")
 
 
-def _add(args, passages) -> None:
+def _add(args) -> None:
+    """--add: the index at --out is opened first, then the corpus read whole, then its encoder loads."""
+    from ragloop.data import load_corpus
     from ragloop.retrieval import Index
 
-    index = Index.load(args.out)
-    encoder = None  # the manifest's, quantized as the build was
-    if args.quantize:
-        encoder = index.load_encoder()
-        encoder.passage.quantize(args.quantize)
-    added = index.add(passages, encoder, batch_size=args.batch_size, progress=progress(args))
-    print(f"added {counted(added, 'new passage')} to {args.out} ({len(index)} in all)")
+    with Index.load(args.out) as index:
+        passages = load_corpus(args.corpus, args.chunk_words, args.chunk_overlap, split=args.split)
+        encoder = None  # the manifest's, quantized as the build was
+        if args.quantize:
+            encoder = index.load_encoder()
+            encoder.passage.quantize(args.quantize)
+        added = index.add(passages, encoder, batch_size=args.batch_size, progress=progress(args))
+        print(f"added {counted(added, 'new passage')} to {args.out} ({len(index)} in all)")
 
 
-def _index_streaming(args) -> None:
+def _index_streaming(args, settings) -> None:
     """One process, a new index: passages read, encoded and written --chunk-size at a time."""
     import itertools
 
     from ragloop.data import iter_corpus
     from ragloop.retrieval import BiEncoder, Index
 
-    settings = index_settings(args)
-    passages = iter_corpus(args.corpus, args.chunk_words, args.chunk_overlap, split=args.split)
-    first = next(passages, None)  # an empty corpus is said before the model loads
-    if first is None:
+    passages = iter_corpus(args.corpus, args.chunk_words, args.chunk_overlap, split=args.split)  # headers read
+    # the first chunk is read before the model loads (a small corpus whole): a bad record in it, or an
+    # empty corpus, is said in a second; a bad record further on stops the build, and nothing is written
+    head = list(itertools.islice(passages, settings.chunk_size))
+    if not head:
         raise RagloopError(f"no passages found in {', '.join(args.corpus)} (is the corpus empty?)")
     encoder = BiEncoder.from_pretrained(args.encoder, args.question_encoder)
-    index = Index.build(itertools.chain([first], passages), encoder, args.out, settings, progress=progress(args),
+    index = Index.build(itertools.chain(head, passages), encoder, args.out, settings, progress=progress(args),
                         extra=_chunking(args))
     refine = f", refine {args.refine} x{index.refine['factor']}" if index.refine else ""
     print(f"indexed {counted(len(index), 'passage')} -> {args.out} ({args.index_type}{refine}, dim {index.dim}"
           f"{precision(encoder.passage.quantization)})")
 
 
-def _index_shard(args, passages, encoder) -> None:
+def _index_shard(args, settings, passages, encoder) -> None:
     """--num-shards N --shard-id I: this process encodes shard I (on the GPU if there is one)."""
     import torch
 
@@ -161,13 +170,13 @@ def _index_shard(args, passages, encoder) -> None:
 
     if torch.cuda.is_available():
         encoder.passage.to("cuda")
-    path = build_shard(passages, encoder, args.out, args.num_shards, args.shard_id, index_settings(args),
+    path = build_shard(passages, encoder, args.out, args.num_shards, args.shard_id, settings,
                        progress=progress(args), extra=_chunking(args))
     print(f"encoded shard {args.shard_id} of {args.num_shards} -> {path}; once all {args.num_shards} are "
           f"built: ragloop index --out {args.out} --merge-shards")
 
 
-def _index_distributed(args, passages, encoder) -> None:
+def _index_distributed(args, settings, passages, encoder) -> None:
     """Under torchrun / accelerate launch: process r encodes shard r of P on its device, then process 0
     merges the shards into --out (a folder every process can reach)."""
     from accelerate import PartialState
@@ -178,7 +187,7 @@ def _index_distributed(args, passages, encoder) -> None:
     state = PartialState(cpu=cpu_distributed())
     destroy_process_group_at_exit()
     encoder.passage.to(state.device)
-    build_shard(passages, encoder, args.out, state.num_processes, state.process_index, index_settings(args),
+    build_shard(passages, encoder, args.out, state.num_processes, state.process_index, settings,
                 progress=progress(args) if state.is_main_process else False, extra=_chunking(args))
     state.wait_for_everyone()
     if state.is_main_process:

@@ -34,12 +34,17 @@ def load_rag(args):
     """`args.model_dir` as a RAG model, searching `--index` if given, with the rerank, cache,
     --constrain and quantize flags applied and -k checked against the index."""
     from ragloop.model import RAG
+    from ragloop.retrieval import Index
 
-    model = RAG.from_pretrained(args.model_dir)
-    if getattr(args, "index", None):
-        from ragloop.retrieval import Index
-
-        model.index = Index.load(args.index)  # checked against the model's question encoder
+    index = Index.load(args.index) if getattr(args, "index", None) else None  # a bad --index: before the model loads
+    try:
+        model = RAG.from_pretrained(args.model_dir)
+    except BaseException:
+        if index is not None:
+            index.close()
+        raise
+    if index is not None:
+        model.index = index  # checked against the model's question encoder
     if args.rerank or args.rerank_depth:  # another reranker, or another depth for the model's own
         model.retriever.set_reranker(args.rerank or model.retriever.reranker, args.rerank_depth)
     model.retriever.cache = build_cache(args)

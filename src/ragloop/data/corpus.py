@@ -19,6 +19,7 @@ from pathlib import Path
 from ragloop.data.records import (
     DOC_SUFFIXES,
     content_id,
+    first_row,
     is_local,
     named_files,
     read_hub_dataset,
@@ -68,20 +69,41 @@ def chunk_words(text: str, size: int = 100, overlap: int = 0) -> list[str]:
 def iter_documents(sources: Iterable[str | Path], split: str | None = None) -> Iterator[tuple[dict, str]]:
     """(document, location) pairs: each document has doc_id, title, text, source (the file's name relative
     to what was named, see `named_files`, or the dataset name) and where (the file and line or record it
-    came from, as a path of this machine, for error messages).
+    came from, as a path of this machine, for error messages). Hugging Face datasets come first, then the
+    local files.
+
+    Every local file is checked when this is called, before a document is read (`check_files`): a
+    missing or bad file is an error naming it before anything is encoded, not after the files before
+    it were.
 
     A row with `text` is a document (its `id`, if any, becomes the doc id); a row with `context` is a
     QA example whose context is the document (its doc id is the context's content hash, so questions
     can be matched to their own paragraph).
     """
-    local: list[str | Path] = []
-    for src in sources:
-        if is_local(src):
-            local.append(src)
-        else:
-            for row, where in read_hub_dataset(str(src), split):
-                yield {**_document(row, where), "source": str(src), "where": where}, where
-    for path, name in named_files(local):
+    sources = list(sources)
+    files = named_files([src for src in sources if is_local(src)])
+    check_files(files)
+    return _documents([str(src) for src in sources if not is_local(src)], files, split)
+
+
+def check_files(files: list[tuple[Path, str]]) -> None:
+    """Each file (`named_files`) as far as its first document, read by the same readers as the documents
+    are: a text file whole (it is one document), a records file's header and first record
+    (`first_row`), which must be a document (`text`, or a QA row's `context`). A RagloopError names the
+    file (and line) of the first bad one."""
+    for path, _ in files:
+        if path.suffix.lower() in DOC_SUFFIXES:
+            read_text_document(path)
+        elif (first := first_row(path)) is not None:
+            _document(*first)
+
+
+def _documents(datasets: list[str], files: list[tuple[Path, str]],
+               split: str | None) -> Iterator[tuple[dict, str]]:
+    for name in datasets:
+        for row, where in read_hub_dataset(name, split):
+            yield {**_document(row, where), "source": name, "where": where}, where
+    for path, name in files:
         if path.suffix.lower() in DOC_SUFFIXES:
             doc = read_text_document(path)
             yield {"doc_id": content_id(doc["text"]), **doc, "source": name, "where": str(path)}, str(path)
@@ -123,7 +145,8 @@ def iter_corpus(
     """`load_corpus` as a stream, for `Index.build` over corpora too big for a list: the same passages
     in the same order, read as they are consumed. What stays O(corpus) is the duplicate check (a set of
     every passage's content id and a dict of document ids), not the passages. An empty corpus yields
-    nothing (`load_corpus` says so)."""
+    nothing (`load_corpus` says so). Every file's header is read when this is called (`check_files`):
+    a bad one fails here, before a model loads to encode the stream."""
     sources = list(sources)
     return iter_passages((doc for doc, _ in iter_documents(sources, split)), chunk_size, overlap)
 

@@ -122,6 +122,18 @@ def read_rows(path: Path) -> Iterator[Row]:
         raise RagloopError(f"{path}: unsupported file type {suffix!r} (use .json, .jsonl, .csv or .tsv)")
 
 
+def first_row(path: Path) -> Row | None:
+    """The first record of a .json/.jsonl/.csv/.tsv file (None when it has none), read by `read_rows`
+    itself and no further: what it checks before the first record is checked here too (a CSV's header
+    row, a JSONL file's first line, a JSON file's syntax and top-level shape: a .json file is parsed
+    whole, as reading it does). So a bad file can be named before any model loads."""
+    rows = read_rows(path)
+    try:
+        return next(rows, None)
+    finally:
+        rows.close()
+
+
 def _read_jsonl(path: Path) -> Iterator[Row]:
     with path.open("rb") as f:  # bytes, decoded line by line, so a bad byte is reported at its line
         for lineno, raw in enumerate(f, 1):

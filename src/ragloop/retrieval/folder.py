@@ -4,6 +4,7 @@
     >>> read_manifest(Path("runs/idx"))["passages"] == rows
     True
     >>> check_replaceable(Path("runs/idx"))   # an earlier index or an empty folder may be replaced
+    >>> check_target("runs/idx")              # that, or nothing there yet: checked before any encoding
 
 `Index` (index.py) builds, loads and searches through these; shards.py writes shards of the same kind.
 
@@ -158,3 +159,16 @@ def read_manifest(path: Path) -> dict:
 
 
 check_replaceable = only_replace(MANIFEST, "ragloop index")  # an earlier index or an empty folder
+
+
+def check_target(out_dir: str | Path) -> None:
+    """A new index may be written at `out_dir`: nothing is there yet (and the nearest existing path
+    above it is a folder), or an earlier index or an empty folder is (`check_replaceable`). Builds call it
+    before any encoding, the CLI before a model loads."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() or out_dir.is_symlink():
+        check_replaceable(out_dir)
+        return
+    above = next((p for p in out_dir.absolute().parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise RagloopError(f"{out_dir}: cannot be written, {above} is a file, not a folder")

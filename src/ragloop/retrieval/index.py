@@ -52,6 +52,7 @@ from ragloop.retrieval.folder import (
     MANIFEST,
     STORE_FILE,
     check_replaceable,
+    check_target,
     encoder_entry,
     finish,
     passage_inputs,
@@ -131,8 +132,7 @@ class Index:
         if isinstance(passages, list) and not passages:
             raise RagloopError("cannot build an index from an empty corpus")
         out_dir = Path(out_dir)
-        if out_dir.exists():
-            check_replaceable(out_dir)  # fail before the encoding work, not after
+        check_target(out_dir)  # fail before the encoding work, not after
         if settings.quantize:
             encoder.passage.quantize(settings.quantize)
         # a bad factory string fails before the encoding

@@ -33,7 +33,7 @@ from ragloop.retrieval.encoders import BiEncoder
 from ragloop.retrieval.folder import (
     FORMAT_VERSION,
     STORE_FILE,
-    check_replaceable,
+    check_target,
     encoder_entry,
     passage_inputs,
     same_weights,
@@ -64,8 +64,7 @@ def build_shard(passages: list[Passage], encoder: BiEncoder, out_dir: str | Path
         raise RagloopError(f"--shard-id must be in 0..{num_shards - 1} and --num-shards at least 1 "
                           f"(got shard {shard_id} of {num_shards})")
     out_dir = Path(out_dir)
-    if out_dir.exists():
-        check_replaceable(out_dir)  # the merge would refuse it: say so before the encoding work
+    check_target(out_dir)  # the merge would refuse it: say so before the encoding work
     FaissBackend.create(settings.factory, encoder.passage.dim)  # a bad factory string fails now, not at the merge
     if settings.quantize:
         encoder.passage.quantize(settings.quantize)
@@ -106,8 +105,7 @@ def merge_shards(out_dir: str | Path, num_shards: int | None = None, keep_shards
     from the same corpus with the same encoder and settings. The shards are removed afterwards
     unless `keep_shards`."""
     out_dir = Path(out_dir)
-    if out_dir.exists():
-        check_replaceable(out_dir)
+    check_target(out_dir)
     shards = _find_shards(out_dir, num_shards)
     metas = [_read_shard(path) for path in shards]
     _check_shards(shards, metas)

@@ -6,7 +6,8 @@
 
 Endpoints:
     GET  /         a small page: ask a question, read the answer and its sources (`/?q=...` asks at once)
-    GET  /health   status, the model and index it serves, batching and cache statistics (hits, hit rate)
+    GET  /health   status, the model and index it serves, the endpoints it offers (the /v1 ones too),
+                   batching and cache statistics (hits, hit rate)
     POST /answer   {"question": str, "k": int?}                      -> answer + passages (+ the span copied)
     POST /search   {"question": str, "k": int?, "mode": dense|bm25|hybrid} -> ranked passages
     GET  /docs     the API described on one self-contained page (from /openapi.json; no CDN)
@@ -62,6 +63,7 @@ from ragloop.serving.service import Service
 log = logging.getLogger(__name__)
 
 DEFAULT_CACHE_SIZE = CACHE_MAX_ENTRIES
+NEEDS_GENERATOR = {"/answer", openai_api.PREFIX + openai_api.CHAT_PATH}  # 503 when an index alone is served
 # declares the API key in /openapi.json; RequestGuard checks it (before a body is read), so no auto_error
 BEARER = HTTPBearer(auto_error=False, scheme_name="bearer",
                     description="the server's API key: `Authorization: Bearer KEY` (`ragloop serve --api-key`)")
@@ -199,6 +201,13 @@ def _add_pages(app: FastAPI, api_key: bool, max_body_bytes: int) -> None:
                             headers={"Content-Security-Policy": DOCS_CSP, **PAGE_HEADERS})
 
 
+def offered(app: FastAPI, service: Service) -> list[str]:
+    """The paths of the API the app serves, as /openapi.json lists them (the /v1 ones when mounted) but
+    /health, less those that need a generator when an index alone is served: what /health lists."""
+    return [path for path in app.openapi()["paths"]
+            if path != "/health" and (service.model is not None or path not in NEEDS_GENERATOR)]
+
+
 def _check_k(service: Service, k: int | None) -> None:
     if k is not None and k > service.passages:
         raise _invalid("k", f"k is {k} but the index holds only {service.passages} passages")
@@ -208,9 +217,9 @@ def _add_api(app: FastAPI, service: Service) -> None:
     """GET /health, POST /answer and POST /search (route handlers carry no docstring: FastAPI would
     publish it in /openapi.json)."""
 
-    @app.get("/health", summary="Status, the model and index served, batching statistics")
+    @app.get("/health", summary="Status, the model and index served, the endpoints offered, batching statistics")
     async def health() -> dict:
-        return service.info()
+        return service.info(endpoints=offered(app, service))
 
     app.add_api_route("/health", health, methods=["HEAD"], include_in_schema=False)
 

@@ -14,7 +14,9 @@ Endpoints:
                                answer, then its sources numbered "[n]" (cited inline: the passages the answer
                                copied from, else the best one), and `sources` (a ragloop field) on the
                                response, or on the first chunk with `stream: true` (server-sent events,
-                               OpenAI's chunk format, ending with `data: [DONE]`). OpenAI's sampling fields
+                               OpenAI's chunk format, ending with `data: [DONE]`); `usage` counts the
+                               reader's tokens (the question with its passages, and the answer), in a last
+                               chunk when streamed with stream_options.include_usage. OpenAI's sampling fields
                                (temperature, max_tokens, ...) are accepted and ignored: the server's decoding
                                settings answer. `n` must be 1.
     POST /v1/embeddings        the question encoder's vectors (the ones the index is searched with) for a
@@ -46,6 +48,7 @@ from ragloop.serving.schemas import MAX_QUESTION_CHARS, AnswerPassageOut, check_
 from ragloop.serving.service import Service
 
 PREFIX = "/v1"
+CHAT_PATH = "/chat/completions"  # under PREFIX: the route that needs a generator
 EMBEDDING_SUFFIX = "-question-encoder"  # the question encoder's model id: the served name and this
 MAX_MESSAGES = 256
 MAX_EMBEDDING_INPUTS = 256
@@ -96,6 +99,11 @@ class ChatMessage(BaseModel):
         return self.content if isinstance(self.content, str) else "".join(part.text for part in self.content)
 
 
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    include_usage: bool = Field(False, description="a last chunk (no choices) with the usage, before [DONE]")
+
+
 class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")  # OpenAI's sampling fields: accepted, not used
     model: str = Field(description="an id from GET /v1/models")
@@ -103,6 +111,7 @@ class ChatCompletionRequest(BaseModel):
         "minItems": 1, "maxItems": MAX_MESSAGES,
         "contains": {"type": "object", "properties": {"role": {"const": "user"}}, "required": ["role"]}})
     stream: bool = Field(False, description="server-sent events in OpenAI's chunk format")
+    stream_options: StreamOptions | None = Field(None, description="with stream: whether to send the usage")
     n: int = Field(1, ge=1, le=1, description="one choice only")
 
     @field_validator("messages")
@@ -178,6 +187,12 @@ class ChatChoice(BaseModel):
     logprobs: None = None
 
 
+class ChatUsage(BaseModel):
+    prompt_tokens: int = Field(description="the reader's tokens read: the question with each source passage")
+    completion_tokens: int = Field(description="the answer's tokens")
+    total_tokens: int
+
+
 class ChatCompletion(BaseModel):
     id: str
     object: Literal["chat.completion"] = "chat.completion"
@@ -186,7 +201,7 @@ class ChatCompletion(BaseModel):
     choices: list[ChatChoice]
     sources: list[SourceOut] = Field(description="ragloop's field: the passages the answer was drawn from, "
                                                  "best first, numbered as the text cites them")
-    usage: None = None
+    usage: ChatUsage = Field(description="in the reader's tokens (its tokenizer's)")
 
 
 class EmbeddingOut(BaseModel):
@@ -335,7 +350,7 @@ def _cite(answer: dict) -> tuple[str, list[dict]]:
     return (f"{text}\n\nSources:\n{listing}" if sources else text), sources
 
 
-@router.post("/chat/completions", response_model=ChatCompletion,
+@router.post(CHAT_PATH, response_model=ChatCompletion,
              summary="Answer the last user message, with its sources (OpenAI's chat API)",
              responses={200: {"content": {"text/event-stream": {}},
                               "description": "a chat.completion, or with stream: chunks as server-sent events"}})
@@ -346,21 +361,26 @@ async def chat_completions(body: ChatCompletionRequest, service: Annotated[Servi
     except ValueError as e:
         raise _fail(400, "invalid_question", "messages", str(e)) from None
     answer = await service.answers.submit(question, key=None)
+    usage = await service.usage(answer)
     content, sources = _cite(answer)
     head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": body.model}
     if body.stream:
-        return StreamingResponse(_chunks(head, content, sources), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache"})
+        with_usage = body.stream_options is not None and body.stream_options.include_usage
+        return StreamingResponse(_chunks(head, content, sources, usage if with_usage else None),
+                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
     return ChatCompletion(**head, choices=[ChatChoice(index=0, message=AssistantMessage(content=content))],
-                          sources=sources)
+                          sources=sources, usage=usage)
 
 
-async def _chunks(head: dict, content: str, sources: list[dict]) -> AsyncIterator[str]:
+async def _chunks(head: dict, content: str, sources: list[dict], usage: dict | None) -> AsyncIterator[str]:
     """The answer as OpenAI's chat.completion.chunk events: the role and the sources, the text a word
-    at a time (it is whole already: the generator decodes before the reply starts), the finish, [DONE]."""
+    at a time (it is whole already: the generator decodes before the reply starts), the finish, then
+    (with `usage`, as OpenAI does for stream_options.include_usage) a chunk without choices holding it
+    while the others say "usage": null, and [DONE]."""
+    null_usage = {"usage": None} if usage is not None else {}
 
     def event(delta: dict, finish: str | None = None, **extra) -> str:
-        chunk = {**head, "object": "chat.completion.chunk", **extra,
+        chunk = {**head, "object": "chat.completion.chunk", **extra, **null_usage,
                  "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
         return f"data: {json.dumps(chunk)}\n\n"
 
@@ -368,6 +388,8 @@ async def _chunks(head: dict, content: str, sources: list[dict]) -> AsyncIterato
     for piece in re.findall(r"\s*\S+|\s+$", content):  # every character, in order
         yield event({"content": piece})
     yield event({}, "stop")
+    if usage is not None:
+        yield f"data: {json.dumps({**head, 'object': 'chat.completion.chunk', 'choices': [], 'usage': usage})}\n\n"
     yield "data: [DONE]\n\n"
 
 

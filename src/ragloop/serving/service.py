@@ -17,6 +17,7 @@ question encoder is loaded and run once before `Service` is returned, so the fir
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import logging
 import os
@@ -25,7 +26,7 @@ from pathlib import Path
 
 from ragloop._version import __version__
 from ragloop.errors import RagloopError
-from ragloop.model import RAG
+from ragloop.model import RAG, Answer
 from ragloop.model_io import CONFIG_FILE
 from ragloop.retrieval.folder import MANIFEST
 from ragloop.retrieval.retriever import Retriever
@@ -144,13 +145,21 @@ class Service:
             start = end
         return out
 
+    async def usage(self, answer: dict) -> dict[str, int]:
+        """The reader's token counts of an answer from `answers` (`RAG.token_usage`), on the model thread:
+        the tokenizer is used from that thread alone."""
+        loop = asyncio.get_running_loop()
+        read = Answer(answer["question"], answer["answer"], answer["passages"])
+        return await loop.run_in_executor(self.executor, self.model.token_usage, read)
+
     async def stop(self) -> None:
         await self.answers.stop()
         await self.searches.stop()
         await self.embeddings.stop()
         self.executor.shutdown(wait=False, cancel_futures=True)
 
-    def info(self) -> dict:
+    def info(self, endpoints: list[str] | None = None) -> dict:
+        """What /health shows; `endpoints`: the paths the app offers (`app.offered`)."""
         index = self.retriever.index
         model = None
         if self.model is not None:
@@ -162,7 +171,7 @@ class Service:
             "status": "ok",
             "ragloop_version": __version__,
             "serving": "rag" if self.model is not None else "index",
-            "endpoints": ["/answer", "/search"] if self.model is not None else ["/search"],
+            "endpoints": endpoints,
             "model": model,
             "retrieval": self.retriever.describe(),
             "index": {"passages": self.passages, "dim": index.dim,
