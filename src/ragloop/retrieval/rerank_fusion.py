@@ -98,16 +98,19 @@ def fit_weights(mode: str, rerank: list[np.ndarray], first: list[np.ndarray], go
     if not len(rerank) == len(first) == len(gold) or not rerank:
         raise RagloopError(f"fitting the {mode} combination needs held-out questions with as many score lists as "
                            f"gold lists (got {len(rerank)}, {len(first)}, {len(gold)})")
-    feats, is_gold = _padded(rerank, first, gold)
+    feats, is_gold, empty = _padded(rerank, first, gold)
+
+    def ranked(w_rank: float, w_score: float) -> tuple[float, float, np.ndarray]:
+        return _gold1_mrr(np.where(empty, -np.inf, feats @ np.array([1.0, w_rank, w_score])), is_gold)
 
     def measure(w_rank: float, w_score: float) -> tuple[float, float]:
-        return _gold1_mrr(feats @ np.array([1.0, w_rank, w_score]), is_gold)[:2]
+        return ranked(w_rank, w_score)[:2]
 
     grid = {(b, c): measure(b, c) for b, c in itertools.product(RANK_WEIGHTS, SCORE_WEIGHTS)}
     (b, c), best = max(grid.items(), key=lambda kv: (kv[1], -(kv[0][0] + kv[0][1])))
     first_stage = (float(is_gold[:, 0].mean()), _mrr(is_gold))
     plain = grid[(0.0, 0.0)]
-    top_right = _gold1_mrr(feats @ np.array([1.0, b, c]), is_gold)[2]
+    top_right = ranked(b, c)[2]
     wins, losses = int((top_right & ~is_gold[:, 0]).sum()), int((~top_right & is_gold[:, 0]).sum())
     p_value = sign_test(wins, losses)
     use = "combination" if wins > losses and p_value < SIGN_TEST_P else "first_stage"
@@ -120,11 +123,12 @@ def fit_weights(mode: str, rerank: list[np.ndarray], first: list[np.ndarray], go
     return Combination(mode, use, dict(zip(FEATURES, (1.0, b, c))), held_out)
 
 
-def _padded(rerank, first, gold) -> tuple[np.ndarray, np.ndarray]:
-    """[Q, D, 3] features (-inf rows past a question's candidates) and [Q, D] gold flags."""
+def _padded(rerank, first, gold) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """[Q, D, 3] features, [Q, D] gold flags, and [Q, D] True past a question's candidates."""
     depth = max(len(g) for g in gold)
-    feats = np.full((len(gold), depth, len(FEATURES)), -np.inf)
+    feats = np.zeros((len(gold), depth, len(FEATURES)))
     is_gold = np.zeros((len(gold), depth), dtype=bool)
+    empty = np.ones((len(gold), depth), dtype=bool)
     for q, (r, f, g) in enumerate(zip(rerank, first, gold)):
         if not len(r) == len(f) == len(g):
             raise RagloopError(f"held-out question {q}: {len(r)} reranker scores, {len(f)} first-stage scores and "
@@ -132,7 +136,8 @@ def _padded(rerank, first, gold) -> tuple[np.ndarray, np.ndarray]:
         if len(g):
             feats[q, : len(g)] = features(r, f)
             is_gold[q, : len(g)] = np.asarray(g, dtype=bool)
-    return feats, is_gold
+            empty[q, : len(g)] = False
+    return feats, is_gold, empty
 
 
 def sign_test(wins: int, losses: int) -> float:
@@ -142,9 +147,8 @@ def sign_test(wins: int, losses: int) -> float:
 
 
 def _gold1_mrr(final: np.ndarray, is_gold: np.ndarray) -> tuple[float, float, np.ndarray]:
-    """gold@1 and mrr@10 of [Q, D] final scores (NaN from padding ranks last; ties in the first stage's
-    order), and per question whether gold is on top."""
-    final = np.nan_to_num(final, nan=-np.inf)
+    """gold@1 and mrr@10 of [Q, D] final scores (ties in the first stage's order), and per question whether
+    gold is on top."""
     order = np.argsort(-final, axis=1, kind="stable")
     ranked = np.take_along_axis(is_gold, order, axis=1)
     return float(ranked[:, 0].mean()), _mrr(ranked), ranked[:, 0]
