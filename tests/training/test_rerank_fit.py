@@ -83,3 +83,24 @@ def test_bad_inputs_are_one_clear_error(held_out, runs, tiny_ce_dir, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(RagloopError, match="not a reranker folder"):
         refit_folder(tmp_path / "empty", "unused.json")
+
+
+def test_the_rerank_fit_command(squad_small, tiny_ce_dir, tiny_bert_dir, tmp_path, capsys):
+    import argparse
+
+    from ragloop.cli import rerank_fit, run_guarded
+
+    parser = argparse.ArgumentParser()
+    rerank_fit.add_parser(parser.add_subparsers(), argparse.ArgumentParser(add_help=False))
+    folder = tmp_path / "ce"
+    Reranker.from_pretrained(tiny_ce_dir).save_pretrained(folder)
+    args = parser.parse_args(["rerank-fit", str(folder), "--data", str(squad_small), "--limit", "12", "--depth", "4",
+                              "--encoder", str(tiny_bert_dir)])
+    assert run_guarded(args.func, args) == 0
+    out = capsys.readouterr().out
+    saved = Reranker.from_pretrained(folder).combinations
+    assert set(saved) == {"dense", "bm25", "hybrid"} and all(c.held_out["questions"] == 12 for c in saved.values())
+    assert f"| bm25 | {saved['bm25'].use} |" in out
+    args = parser.parse_args(["rerank-fit", str(tmp_path / "nope"), "--data", str(squad_small)])
+    assert run_guarded(args.func, args) == 2
+    assert "not a reranker folder" in capsys.readouterr().err
