@@ -151,3 +151,16 @@ def test_a_bad_saved_combination_is_one_clear_error(entry, message, combined_dir
     (combined_dir / SETTINGS_FILE).write_text(json.dumps({**settings, "combination": entry}))
     with pytest.raises(RagloopError, match=message):
         Reranker.from_pretrained(combined_dir)
+
+
+def test_a_cached_result_follows_the_combination_in_effect(combined_dir, index):
+    from ragloop.retrieval.cache import RetrievalCache
+
+    reranker = Reranker.from_pretrained(combined_dir)
+    retriever = Retriever(index, mode="hybrid", reranker=reranker, rerank_depth=6, cache=RetrievalCache())
+    kept = retriever.retrieve(QUESTIONS, 6)
+    reranker.combinations = {}  # the same weights, now the cross-encoder's order: not served from the cache
+    plain = Retriever(index, mode="hybrid", reranker=Reranker.from_pretrained(combined_dir), rerank_depth=6)
+    plain.reranker.combinations = {}
+    assert retriever.retrieve(QUESTIONS, 6).rows.tolist() == plain.retrieve(QUESTIONS, 6).rows.tolist()
+    assert plain.retrieve(QUESTIONS, 6).rows.tolist() != kept.rows.tolist()
