@@ -221,8 +221,13 @@ class Retriever:
         held-out questions), or None without a reranker."""
         if self.reranker is None:
             return None
-        combination = getattr(self.reranker, "combination", lambda m: None)(mode)
+        combination = self._combination(mode)
         return "rerank" if combination is None else combination.use
+
+    def _combination(self, mode: str):
+        """The reranker's saved combination for `mode` (rerank_fusion.Combination), or None: a stand-in
+        reranker without `combination` has none."""
+        return getattr(self.reranker, "combination", lambda m: None)(mode)
 
     def depth_for(self, k: int) -> int:
         """How many first-stage candidates a reranker sees for a top-k request."""
@@ -349,7 +354,7 @@ class Retriever:
                 mode: str, progress: bool | None) -> tuple[np.ndarray, np.ndarray, list[list[Passage]]]:
         """The first stage's candidates reordered by the reranker, or by its saved combination for `mode`
         with the first stage's rank and score; kept as they are where the combination falls back."""
-        combination = getattr(self.reranker, "combination", lambda m: None)(mode)
+        combination = self._combination(mode)
         if combination is not None and combination.use == "first_stage":
             if mode not in self._said_fallback:
                 self._said_fallback.add(mode)
