@@ -1,11 +1,13 @@
 """`ragloop rerank-fit`: fit a trained reranker's combination with the first stage on held-out questions.
 
-    $ ragloop rerank-fit runs/reranker --data dev.json            # rewrites runs/reranker/ragloop_reranker.json
+    $ ragloop rerank-fit runs/reranker --data held_out.json           # rewrites runs/reranker/ragloop_reranker.json
     $ ragloop search runs/idx "who wrote hamlet?" --mode bm25 --rerank runs/reranker   # applies the bm25 one
 
 Per first-stage mode (dense, bm25, hybrid) the weights of the reranker's score, the first stage's rank
 and its score are fitted on the questions (ragloop/training/rerank_fit.py); a mode where no combination
-beats the first stage keeps the first stage's order. The reranker's weights are not changed.
+beats the first stage keeps the first stage's order. The reranker's weights are not changed. Give
+questions the reranker did not train on and that you will not evaluate on: fitting on the evaluation
+questions would flatter the combination.
 """
 
 from __future__ import annotations
