@@ -67,6 +67,8 @@ def test_questions_with_fewer_candidates_or_no_gold_count_as_misses():
     assert combo.held_out["depth"] == 3 and combo.use == "first_stage"  # one question's win is not evidence
     with pytest.raises(RagloopError, match="question 1: 1 reranker scores, 2 first-stage scores"):
         fit_weights("bm25", rerank, [first[0], first[0], first[2]], gold)
+    with pytest.raises(RagloopError, match="found no candidate for any question"):
+        fit_weights("bm25", [np.zeros(0)], [np.zeros(0)], [np.zeros(0, bool)])
 
 
 COMBINED = Combination("bm25", "combination", {"rerank": 1.0, "first_stage_rank": 2.0, "first_stage_score": 0.5},

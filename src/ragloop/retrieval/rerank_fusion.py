@@ -99,6 +99,8 @@ def fit_weights(mode: str, rerank: list[np.ndarray], first: list[np.ndarray], go
         raise RagloopError(f"fitting the {mode} combination needs held-out questions with as many score lists as "
                            f"gold lists (got {len(rerank)}, {len(first)}, {len(gold)})")
     feats, is_gold, empty = _padded(rerank, first, gold)
+    if not feats.shape[1]:
+        raise RagloopError(f"fitting the {mode} combination: the first stage found no candidate for any question")
 
     def ranked(w_rank: float, w_score: float) -> tuple[float, float, np.ndarray]:
         return _gold1_mrr(np.where(empty, -np.inf, feats @ np.array([1.0, w_rank, w_score])), is_gold)
