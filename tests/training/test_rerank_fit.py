@@ -13,7 +13,7 @@ from ragloop.evaluation.retrieval import gold_ranks, within
 from ragloop.retrieval.bm25 import BM25Index
 from ragloop.retrieval.folder import bm25_text
 from ragloop.retrieval.rerank import SETTINGS_FILE, Reranker
-from ragloop.training.rerank_fit import first_stage_runs, fit_combinations, refit_folder
+from ragloop.training.rerank_fit import first_stage_runs, fit_combinations, fit_held_out, refit_folder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -68,6 +68,15 @@ def test_refit_folder_rewrites_only_the_settings_and_reloads(squad_small, tiny_c
     assert Reranker.from_pretrained(folder).combinations == combos
     assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()
             if p.name != SETTINGS_FILE} == weights
+
+
+def test_fit_held_out_sets_what_the_reranker_saves(held_out, tiny_ce_dir, tiny_bert_dir, tmp_path):
+    examples, passages = held_out
+    reranker = Reranker.from_pretrained(tiny_ce_dir)
+    combos = fit_held_out(reranker, examples[:10], passages, depth=4, encoder=tiny_bert_dir)
+    assert reranker.combinations is combos and set(combos) == {"dense", "bm25", "hybrid"}
+    reranker.save_pretrained(tmp_path / "saved")
+    assert Reranker.from_pretrained(tmp_path / "saved").combinations == combos
 
 
 def test_bad_inputs_are_one_clear_error(held_out, runs, tiny_ce_dir, tmp_path):

@@ -1,7 +1,12 @@
 """Fit a reranker's combinations with the first stage's evidence (retrieval/rerank_fusion.py) on held-out
 questions, at the end of training or afterwards on a saved reranker folder.
 
-    >>> from ragloop.training.rerank_fit import fit_combinations, first_stage_runs, refit_folder
+    >>> from ragloop.training.rerank_fit import fit_combinations, fit_held_out, first_stage_runs, refit_folder
+    >>> fit_held_out(reranker, held_out, passages)     # all in one: sets reranker.combinations, returns them
+    >>> reranker.write_files(folder)                   # a trainer's output: "combination" in ragloop_reranker.json
+
+or step by step:
+
     >>> passages = context_passages(held_out, chunk_words=100)          # what the questions are searched in
     >>> runs = first_stage_runs(held_out, passages, depth=20)            # {mode: (scores, rows)}, rows into passages
     >>> reranker.combinations = fit_combinations(reranker, held_out, passages, runs)
@@ -110,6 +115,15 @@ def _positions(rows: np.ndarray, index: Index, passages: list[Passage]) -> np.nd
     return np.vectorize(lambda r: by_row.get(int(r), -1), otypes=[np.int64])(rows)
 
 
+def fit_held_out(reranker: Reranker, examples: list[QAExample], passages: list[Passage], depth: int = EVAL_DEPTH,
+                 encoder: str | os.PathLike = DEFAULT_ENCODER, progress: bool | None = None) -> dict[str, Combination]:
+    """`first_stage_runs` then `fit_combinations` for every mode; the result is also set as
+    `reranker.combinations`, so the reranker's next `write_files` / `save_pretrained` saves it."""
+    runs = first_stage_runs(examples, passages, depth, encoder=encoder, progress=progress)
+    reranker.combinations = fit_combinations(reranker, examples, passages, runs, progress=progress)
+    return reranker.combinations
+
+
 def refit_folder(folder: str | os.PathLike, qa_file: str | os.PathLike, max_questions: int = 300,
                  depth: int = EVAL_DEPTH, chunk_words: int = 100, encoder: str | os.PathLike = DEFAULT_ENCODER,
                  progress: bool | None = None) -> dict[str, Combination]:
@@ -125,9 +139,7 @@ def refit_folder(folder: str | os.PathLike, qa_file: str | os.PathLike, max_ques
         raise RagloopError(f"{qa_file}: no question has a context paragraph to fit a combination on")
     passages = context_passages(examples, chunk_words)
     held_out = sample_evenly(examples, max_questions)
-    combos = fit_combinations(reranker, held_out, passages, first_stage_runs(held_out, passages, depth,
-                                                                             encoder=encoder, progress=progress),
-                              progress=progress)
+    combos = fit_held_out(reranker, held_out, passages, depth, encoder=encoder, progress=progress)
     path = folder / SETTINGS_FILE
     settings = json.loads(path.read_text()) if path.is_file() else reranker.settings()
     atomic_write_json(path, {**settings, "combination": entries(combos)})
