@@ -105,10 +105,7 @@ def fit_weights(mode: str, rerank: list[np.ndarray], first: list[np.ndarray], go
     def ranked(w_rank: float, w_score: float) -> tuple[float, float, np.ndarray]:
         return _gold1_mrr(np.where(empty, -np.inf, feats @ np.array([1.0, w_rank, w_score])), is_gold)
 
-    def measure(w_rank: float, w_score: float) -> tuple[float, float]:
-        return ranked(w_rank, w_score)[:2]
-
-    grid = {(b, c): measure(b, c) for b, c in itertools.product(RANK_WEIGHTS, SCORE_WEIGHTS)}
+    grid = {(b, c): ranked(b, c)[:2] for b, c in itertools.product(RANK_WEIGHTS, SCORE_WEIGHTS)}
     (b, c), best = max(grid.items(), key=lambda kv: (kv[1], -(kv[0][0] + kv[0][1])))
     first_stage = (float(is_gold[:, 0].mean()), _mrr(is_gold))
     plain = grid[(0.0, 0.0)]
