@@ -274,7 +274,8 @@ def test_training_with_a_reranker_saves_it_and_the_server_reports_it(squad_small
     with TestClient(create_app(best)) as client:
         retrieval = client.get("/health").json()["retrieval"]
         assert retrieval == {"mode": "bm25", "fusion": None, "weight": None, "reranker": str(tiny_ce_dir),
-                             "rerank_depth": 4, "quantize": None}
+                             "rerank_depth": 4, "rerank_use": {"dense": "rerank", "bm25": "rerank", "hybrid": "rerank"},
+                             "rerank_quantize": None, "quantize": None}
         hits = client.post("/search", json={"question": "Where is the Vistula river?", "k": 2, "mode": "bm25"})
         assert hits.status_code == 200 and len(hits.json()["hits"]) == 2
 

@@ -38,7 +38,7 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
                    "(qid Q0 docid rank score tag; tag ragloop-MODE) for trec_eval, ranx or pytrec_eval")
     add_cache_dir_option(p)
     add_search_options(p)
-    add_quantize_option(p, "the question encoder")
+    add_quantize_option(p, "the question encoder and the reranker")
     p.set_defaults(func=run)
 
 

@@ -133,7 +133,7 @@ def add_model_options(p: argparse.ArgumentParser, cache) -> None:
     `add_cache_dir_option`), another reranker, and the precision of the encoder and the generator."""
     cache(p)
     add_rerank_options(p)
-    add_quantize_option(p, "the question encoder and the generator")
+    add_quantize_option(p, "the question encoder, the reranker and the generator")
 
 
 class _RefuseQuantize(argparse.Action):

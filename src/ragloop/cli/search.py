@@ -24,7 +24,7 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
                    help="dense: question encoder + FAISS; bm25: shared words, no model loaded; hybrid: both, fused")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     add_search_options(p)
-    add_quantize_option(p, "the question encoder")
+    add_quantize_option(p, "the question encoder and the reranker")
     p.set_defaults(func=run)
 
 
@@ -33,6 +33,8 @@ def run(args) -> None:
     hits = retriever.search([args.question], k=args.k, mode=args.mode)[0]
     if args.json:
         quantized = {"quantize": args.quantize} if args.quantize and reads_question_vectors(args.mode) else {}
+        if retriever.reranker is not None and retriever.reranker.quantization:
+            quantized["rerank_quantize"] = retriever.reranker.quantization
         print(json.dumps({"question": args.question, "mode": args.mode, **quantized,
                           "hits": [h.to_dict() for h in hits]}))
         return

@@ -31,10 +31,10 @@ def evaluate_retrieval(
     rankings: dict | None = None,
 ) -> dict:
     """Returns {"mode", "questions", "answers_not_in_context", "hit@k"..., "gold@k"..., "mrr@10"} (plus
-    "reranker" when there is one). A k beyond the index size scores the whole index (hit@20 of a
-    12-passage index is hit@12); with a reranker whose depth is set, k runs up to that depth: it can
-    only rank what it was given. A `rankings` dict is filled with {question id: the hits scored, best first}
-    (evaluation/files.py writes them as a TREC run)."""
+    "reranker", "rerank_use" and "rerank_quantize" when there is one). A k beyond the index size scores the
+    whole index (hit@20 of a 12-passage index is hit@12); with a reranker whose depth is set, k runs up to
+    that depth: it can only rank what it was given. A `rankings` dict is filled with {question id: the hits
+    scored, best first} (evaluation/files.py writes them as a TREC run)."""
     if not examples:
         raise RagloopError("no questions to evaluate")
     ks = tuple(check_k(k) for k in ks)
@@ -53,6 +53,10 @@ def evaluate_retrieval(
     stages = retriever.describe()
     if stages["reranker"] is not None:
         result["reranker"] = stages["reranker"]
+        if stages.get("rerank_use"):  # "rerank", "combination" or "first_stage" (a saved fallback) for this mode
+            result["rerank_use"] = stages["rerank_use"][mode]
+        if stages.get("rerank_quantize"):
+            result["rerank_quantize"] = stages["rerank_quantize"]
     if stages["quantize"] and reads_question_vectors(mode):  # the question encoder's precision (BM25 reads no model)
         result["quantize"] = stages["quantize"]
     result.update({f"hit@{k}": within(answer, k) for k in ks})

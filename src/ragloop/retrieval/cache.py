@@ -27,7 +27,7 @@ nothing stale is served:
                        change (`Index.add` reloads, `Index.reencode` bumps it); swapping
                        `retriever.index` swaps it too. And its FAISS search parameters.
     the encoder        `module_state` (ragloop/cache/fingerprint.py): changes with every in-place update
-    the reranker       its name, max length, depth, the object and `module_state` of its model
+    the reranker       its name, max length, depth, saved combinations, the object and `module_state` of its model
 
 On disk (`directory=`, for `ragloop eval --cache-dir` / `eval-retrieval --cache-dir`; a
 `ragloop.cache.DiskStore` of at most `max_disk_bytes`) results are keyed by content instead, so they
@@ -112,8 +112,14 @@ def _reranker_setup(retriever: Retriever, k: int) -> tuple | None:
     if r is None:
         return None
     model = getattr(r, "model", None)  # a stand-in without a torch model is known by its object alone
-    return (r.name, getattr(r, "max_length", None), retriever.depth_for(k), stamp(r),
+    return (r.name, getattr(r, "max_length", None), retriever.depth_for(k), _combinations(r), stamp(r),
             module_state(model) if model is not None else None)
+
+
+def _combinations(reranker) -> tuple:
+    """A reranker's saved combinations (rerank_fusion.py) as a key: they change what the rerank stage returns."""
+    saved = getattr(reranker, "combinations", None) or {}
+    return tuple(sorted((mode, c.use, *c.weights.values()) for mode, c in saved.items()))
 
 
 def search_setup(retriever: Retriever, k: int, mode: str) -> tuple:
@@ -146,7 +152,8 @@ def disk_setup(retriever: Retriever, k: int, mode: str) -> dict | None:
     index_id, r = index_digest(retriever.index), retriever.reranker
     if index_id is None or (r is not None and getattr(r, "model", None) is None):
         return None
-    reranker = None if r is None else [weights_digest(r.model), getattr(r, "max_length", None), retriever.depth_for(k)]
+    reranker = None if r is None else [weights_digest(r.model), getattr(r, "max_length", None), retriever.depth_for(k),
+                                       list(_combinations(r))]
     return {"index": index_id, "mode_setup": list(_mode_setup(retriever, mode)), "reranker": reranker}
 
 

@@ -15,6 +15,10 @@ As sentence-transformers' CrossEncoder is called, on plain (question, text) pair
     >>> reranker.rank("who wrote hamlet?", texts, top_k=3, return_documents=True)
     [{'corpus_id': 0, 'score': 7.1, 'text': 'Hamlet is ...'}, ...]                               # best first
 
+A folder written by ragloop may also hold, per first-stage mode, a fitted combination of the
+reranker's score with the first stage's rank and score (`reranker.combinations`, rerank_fusion.py),
+which `Retriever` applies; `reranker.quantize("int8")` makes it int8 for inference (quantize.py).
+
 Any Hugging Face sequence-classification model serves (`AutoModelForSequenceClassification`): with
 one label the score is its logit; with two, the logit of "relevant" (label 1) minus that of "not
 relevant" (label 0), the log-odds. The model reads "[CLS] question [SEP] title text [SEP]": the
@@ -24,6 +28,7 @@ passage reads the same to every stage. `ragloop train-reranker` trains one from 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -37,14 +42,17 @@ from ragloop.data.corpus import Passage
 from ragloop.errors import RagloopError
 from ragloop.io import atomic_dir, atomic_write_json
 from ragloop.manifest import only_replace
+from ragloop.quantize import quantization, quantize_linear, refuse_quantized
 from ragloop.quiet import bar_disabled, quiet_transformers
 from ragloop.retrieval.encoders import resolve_source
 from ragloop.retrieval.folder import bm25_text
+from ragloop.retrieval.rerank_fusion import Combination, entries, read_combinations
 
 log = logging.getLogger(__name__)
 
 SETTINGS_FILE = "ragloop_reranker.json"  # written beside the HF files; marks a folder ragloop may replace
 FORMAT = "ragloop-reranker"
+DEFAULT_MAX_LENGTH = 256  # tokens per pair for a model whose folder does not say what it was trained on
 
 
 def passage_text(passage: Passage | str) -> str:
@@ -79,13 +87,19 @@ class Reranker:
         self.max_length = min(max_length, limit)
         self.fresh_parameters: list[str] = []  # weights new to the checkpoint (`for_training` fills it)
         self.batch_size = batch_size
+        self.combinations: dict[str, Combination] = {}  # per first-stage mode; `from_pretrained` reads them
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, max_length: int = 256, batch_size: int = 32,
+    def from_pretrained(cls, name_or_path: str | os.PathLike, max_length: int | None = None, batch_size: int = 32,
                         device=None) -> Reranker:
         """Load a cross-encoder by hub name or local folder onto `device` (default: CUDA if there is
-        one), in eval mode. A folder whose weights have no classification head is an error, not a
-        reranker with a random head."""
+        one), in eval mode, with the combinations its ragloop_reranker.json holds. `max_length` None: the
+        length the folder says it was trained on, else 256. A folder whose weights have no classification
+        head is an error, not a reranker with a random head."""
+        settings = _saved_settings(name_or_path)
+        if max_length is None:
+            max_length = whole(settings.get("max_length"), f"{os.fspath(name_or_path)}/{SETTINGS_FILE}: max_length",
+                               low=1, optional=True) or DEFAULT_MAX_LENGTH
         model, tokenizer, missing = _load(name_or_path, fresh_head=False)
         if missing:
             arch = ", ".join(model.config.architectures or [model.config.model_type])
@@ -93,10 +107,13 @@ class Reranker:
                 f"reranker {os.fspath(name_or_path)!r} is a {arch} without a sequence-classification head "
                 f"({', '.join(missing[:4])} would be random); give a cross-encoder, or train one from it with "
                 f"`ragloop train-reranker --model {os.fspath(name_or_path)}`")
-        return cls._placed(model, tokenizer, name_or_path, max_length, batch_size, device)
+        reranker = cls._placed(model, tokenizer, name_or_path, max_length, batch_size, device)
+        reranker.combinations = read_combinations(settings.get("combination"), f"{os.fspath(name_or_path)}/"
+                                                  f"{SETTINGS_FILE}")
+        return reranker
 
     @classmethod
-    def for_training(cls, name_or_path: str | os.PathLike, max_length: int = 256, batch_size: int = 32,
+    def for_training(cls, name_or_path: str | os.PathLike, max_length: int = DEFAULT_MAX_LENGTH, batch_size: int = 32,
                      device=None) -> Reranker:
         """A cross-encoder to fine-tune: a model with a sequence-classification head keeps it; a plain
         encoder (the bundled MiniLM, `bert-base-uncased`) gets a fresh one-label head."""
@@ -123,10 +140,34 @@ class Reranker:
     def write_files(self, folder: Path) -> None:
         """Write the files `save_pretrained` writes into an existing folder, not atomically: for writers that
         own the folder and add files of their own (a RAG folder, a trainer's atomic output)."""
+        refuse_quantized(self.model, "save", f"reranker {self.name!r}")
         self.model.save_pretrained(folder)
         self.tokenizer.save_pretrained(folder)
-        atomic_write_json(Path(folder) / SETTINGS_FILE, {"format": FORMAT, "max_length": self.max_length,
-                                                         "source": self.name})
+        atomic_write_json(Path(folder) / SETTINGS_FILE, self.settings())
+
+    def settings(self) -> dict:
+        """What ragloop_reranker.json holds: the format, max length, source, and the combinations if any."""
+        out = {"format": FORMAT, "max_length": self.max_length, "source": self.name}
+        if self.combinations:
+            out["combination"] = entries(self.combinations)
+        return out
+
+    def combination(self, mode: str) -> Combination | None:
+        """The saved combination for first-stage `mode`, or None (the cross-encoder's order alone)."""
+        return self.combinations.get(mode)
+
+    def quantize(self, mode: str | None = "int8") -> Reranker:
+        """Quantize for inference (quantize.py: "int8" dynamic on CPU, bf16/fp16 weights on CUDA; None does
+        nothing). The classification head stays float32: one small layer that makes the score. Returns self."""
+        head = getattr(self.model, "classifier", None)
+        skip = (head,) if isinstance(head, torch.nn.Module) else ()
+        quantize_linear(self.model, mode, skip=skip, what=f"reranker {self.name!r}")
+        return self
+
+    @property
+    def quantization(self) -> str | None:
+        """What `quantize` applied ("int8", "bf16", "fp16"), or None at full precision."""
+        return quantization(self.model)
 
     @property
     def device(self) -> torch.device:
@@ -210,6 +251,20 @@ class Reranker:
                 logits = self.model(**{k: v.to(device) for k, v in batch.items()}).logits
                 out[idx] = relevance(logits.float()).cpu().numpy()
                 bar.update(len(idx))
+
+
+def _saved_settings(name_or_path: str | os.PathLike) -> dict:
+    """ragloop_reranker.json of a local folder, or {} (a hub name, a folder ragloop did not write)."""
+    path = Path(resolve_source(os.fspath(name_or_path))) / SETTINGS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        settings = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RagloopError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(settings, dict):
+        raise RagloopError(f"{path}: not a ragloop reranker settings file (a JSON object)")
+    return settings
 
 
 @quiet_transformers()  # no "Loading weights" bar, as for the encoders and the generator

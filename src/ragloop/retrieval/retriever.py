@@ -4,7 +4,10 @@ Every part of ragloop that retrieves (CLI search and eval, the RAG model in trai
 the server, `rag_system.py`, the benchmarks) calls `Retriever.retrieve`. It runs in stages:
 
     first stage   dense (FAISS), bm25, or hybrid (both, fused by rank or by normalised score)
-    reranker      optional: a cross-encoder rescores the first stage's top `rerank_depth`
+    reranker      optional: a cross-encoder rescores the first stage's top `rerank_depth`; where its folder
+                  saved a combination for the mode (rerank_fusion.py) the final score also weighs the first
+                  stage's rank and score, or, where none beat the first stage on held-out questions, the
+                  first stage's order is kept (`describe()["rerank_use"]` says which, per mode)
 
     >>> from ragloop import Retriever
     >>> r = Retriever.from_index("runs/squad-index", mode="hybrid")
@@ -16,9 +19,10 @@ the server, `rag_system.py`, the benchmarks) calls `Retriever.retrieve`. It runs
 An explicit k larger than the index is an error (the caller asked for more than there is); the default
 k is lowered to the index's size, and the retriever says so once in its log.
 
-Scores are the last stage's: inner products (dense), BM25 scores, fused scores (hybrid) or the
-reranker's logits. The RAG model passes its own question vectors (`vectors=`), so a question is
-encoded once, and recomputes q·d over the rows it gets back for p(z|x).
+Scores are the last stage's: inner products (dense), BM25 scores, fused scores (hybrid), the
+reranker's logits, or a saved combination's final scores (the first stage's where it falls back).
+The RAG model passes its own question vectors (`vectors=`), so a question is encoded once, and
+recomputes q·d over the rows it gets back for p(z|x).
 
 With a cache (`cache=RetrievalCache(...)` or `cache_size=N`), `retrieve` wraps its own search with it:
 results and question vectors are remembered per question under keys built in cache.py, and only the
@@ -140,14 +144,17 @@ class Retriever:
         self.set_reranker(reranker, rerank_depth)
 
     def quantize(self, mode: str | None = "int8") -> Retriever:
-        """Quantize the question encoder for inference ("int8"; None does nothing), now if it is loaded,
-        else when it is (BM25-only search never loads it). Returns self."""
+        """Quantize the question encoder and the reranker for inference ("int8"; None does nothing): now if
+        loaded, else when they are (BM25-only search never loads the encoder; a reranker set later is
+        quantized when set). Returns self."""
         from ragloop.quantize import check_mode
 
         if check_mode(mode) is not None:
             self._quantize = mode
             if self._question_encoder is not None:
                 self._question_encoder.quantize(mode)
+            if self.reranker is not None:
+                self.reranker.quantize(mode)
         return self
 
     @classmethod
@@ -155,7 +162,7 @@ class Retriever:
                    rerank: str | os.PathLike | None = None, quantize: str | None = None, **kwargs) -> Retriever:
         """Open an index folder. `encoder` overrides the question encoder recorded in its manifest and
         is checked against it (another model or dimension is an error); `rerank` names a cross-encoder;
-        `quantize="int8"` quantizes the question encoder for inference (ragloop/quantize.py)."""
+        `quantize="int8"` quantizes the question encoder and the reranker for inference (ragloop/quantize.py)."""
         index = Index.load(path, verify=verify)
         question = None
         if encoder is not None:
@@ -172,7 +179,7 @@ class Retriever:
 
     def set_reranker(self, reranker: Reranker | str | os.PathLike | None, depth: int | None = None) -> None:
         """Rerank the first stage's top `depth` (default max(k, 20)) with a cross-encoder: a loaded
-        `Reranker`, or a name or path to load one from. None removes the stage."""
+        `Reranker`, or a name or path to load one from (quantized as the retriever is). None removes the stage."""
         if depth is not None:
             check_k(depth, name="rerank depth")
             if reranker is None:
@@ -181,7 +188,10 @@ class Retriever:
             from ragloop.retrieval.rerank import Reranker
 
             reranker = Reranker.from_pretrained(reranker)
+        if reranker is not None and self._quantize is not None:
+            reranker.quantize(self._quantize)
         self.reranker, self.rerank_depth = reranker, depth
+        self._said_fallback: set[str] = set()
 
     @property
     def question_encoder(self) -> Encoder:
@@ -200,8 +210,24 @@ class Retriever:
                 "reranker": self.reranker.name if self.reranker else None,
                 "rerank_depth": (self.rerank_depth if self.rerank_depth is not None else f"max(k, {RERANK_DEPTH})")
                 if self.reranker else None,
+                "rerank_use": {m: self.rerank_use(m) for m in SEARCH_MODES} if self.reranker else None,
+                "rerank_quantize": getattr(self.reranker, "quantization", None) if self.reranker else None,
                 "quantize": (self._question_encoder.quantization if self._question_encoder is not None
                              else self._quantize)}
+
+    def rerank_use(self, mode: str) -> str | None:
+        """What the rerank stage does for first-stage `mode`: "rerank" (the cross-encoder's order), "combination"
+        (its saved combination with the first stage's evidence), "first_stage" (kept: nothing beat it on the
+        held-out questions), or None without a reranker."""
+        if self.reranker is None:
+            return None
+        combination = self._combination(mode)
+        return "rerank" if combination is None else combination.use
+
+    def _combination(self, mode: str):
+        """The reranker's saved combination for `mode` (rerank_fusion.Combination), or None: a stand-in
+        reranker without `combination` has none."""
+        return getattr(self.reranker, "combination", lambda m: None)(mode)
 
     def depth_for(self, k: int) -> int:
         """How many first-stage candidates a reranker sees for a top-k request."""
@@ -294,7 +320,7 @@ class Retriever:
             rows, scores = _fill_missing(rows, scores, self.index.search(vectors, depth)[1], self.index.path)
         passages = self.passages(rows)
         if self.reranker is not None:
-            scores, rows, passages = self._rerank(questions, passages, rows, progress)
+            scores, rows, passages = self._rerank(questions, passages, rows, scores, mode, progress)
         return Retrieved(rows[:, :k], scores[:, :k], [ps[:k] for ps in passages])
 
     def search(self, questions: str | list[str], k: int | None = None, mode: str | None = None) -> list[list[Hit]]:
@@ -324,8 +350,17 @@ class Retriever:
         by_row = dict(zip(wanted, self.index.store.get_rows(wanted)))
         return [[by_row[int(r)] for r in row if r >= 0] for row in rows]
 
-    def _rerank(self, questions: list[str], passages: list[list[Passage]], rows: np.ndarray,
-                progress: bool | None) -> tuple[np.ndarray, np.ndarray, list[list[Passage]]]:
+    def _rerank(self, questions: list[str], passages: list[list[Passage]], rows: np.ndarray, scores: np.ndarray,
+                mode: str, progress: bool | None) -> tuple[np.ndarray, np.ndarray, list[list[Passage]]]:
+        """The first stage's candidates reordered by the reranker, or by its saved combination for `mode`
+        with the first stage's rank and score; kept as they are where the combination falls back."""
+        combination = self._combination(mode)
+        if combination is not None and combination.use == "first_stage":
+            if mode not in self._said_fallback:
+                self._said_fallback.add(mode)
+                log.info("reranker %s: keeping the %s first stage's order (%s)", self.reranker.name, mode,
+                         combination.reason())
+            return scores, rows, passages
         scored = self.reranker.score(questions, passages, progress=progress)
         out_scores = np.full(rows.shape, -np.inf, dtype=np.float32)
         out_rows = np.full(rows.shape, -1, dtype=np.int64)
@@ -334,9 +369,11 @@ class Retriever:
             s = np.asarray(s, dtype=np.float32)
             if not np.isfinite(s).all():
                 raise RagloopError(f"reranker {self.reranker.name!r} gave a non-finite score for question {b}")
+            found = rows[b] >= 0
+            if combination is not None:
+                s = combination.final(s, scores[b][found])
             order = np.argsort(-s, kind="stable")
-            found = rows[b][rows[b] >= 0]
-            out_rows[b, : len(order)] = found[order]
+            out_rows[b, : len(order)] = rows[b][found][order]
             out_scores[b, : len(order)] = s[order]
             out_passages.append([ps[i] for i in order])
         return out_scores, out_rows, out_passages
