@@ -1,5 +1,5 @@
-"""`ragloop <command>`: index, search, eval-retrieval, train, train-retriever, train-reranker, eval, answer,
-serve, demo.
+"""`ragloop <command>`: index, search, eval-retrieval, train, train-retriever, train-reranker, rerank-fit, eval,
+answer, serve, demo.
 
 One module per command (`ragloop/cli/index.py` for `ragloop index` ...), each with `add_parser(sub,
 common)` and `run(args)`; shared option groups and argparse types in `options.py`, printing helpers in
@@ -23,6 +23,7 @@ from ragloop.cli import (
     eval_answers,
     eval_retrieval,
     index,
+    rerank_fit,
     search,
     serve,
     train,
@@ -35,8 +36,8 @@ from ragloop.cli.output import format_table, snippet
 from ragloop.errors import RagloopError
 
 # in the order `ragloop --help` lists them
-COMMANDS = (index, search, eval_retrieval, train, train_retriever, train_reranker, eval_answers, answer, serve,
-            demo)
+COMMANDS = (index, search, eval_retrieval, train, train_retriever, train_reranker, rerank_fit, eval_answers, answer,
+            serve, demo)
 _snippet = snippet  # its old name, kept for callers of ragloop.cli._snippet
 __all__ = ["COMMANDS", "build_parser", "format_table", "main", "quiet_libraries", "run_guarded"]
 
