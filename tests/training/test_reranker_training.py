@@ -66,3 +66,35 @@ def test_the_command_takes_the_recipe_options_and_prints_the_heldout_scores(squa
     assert "held out (2 articles, 5 questions, BM25 top 17)" in printed and "(step 1, saved)" in printed
     assert main(["train-reranker", "--negative_sources", "bm25,sparse", "--output_dir", str(tmp_path / "x")]) == 2
     assert "--negative_sources: 'bm25,sparse': unknown 'sparse'" in capsys.readouterr().err
+
+
+class GoldFirst:
+    """A stand-in reranker that knows the answer: 1 for a passage of the question's own paragraph."""
+
+    def __init__(self, examples, passages):
+        from ragloop.retrieval.rerank import passage_text
+
+        self.gold = {(ex.question, passage_text(p)) for ex in examples for p in passages if p.doc_id == ex.doc_id}
+
+    def predict(self, pairs, show_progress_bar=False):
+        import numpy as np
+
+        return np.array([float(tuple(pair) in self.gold) for pair in pairs], dtype=np.float32)
+
+
+def test_heldout_scores_before_and_after_reranking_each_first_stage(squad_small, tiny_bert_dir):
+    from ragloop import Encoder, load_qa
+    from ragloop.data.qa import context_passages
+    from ragloop.training.rankings import Rankings
+    from ragloop.training.reranker_eval import rerank_scores
+
+    examples = load_qa(squad_small)[::10]
+    passages = context_passages(load_qa(squad_small), 100)
+    rankings = Rankings([ex.question for ex in examples], passages, Encoder.from_pretrained(str(tiny_bert_dir)))
+    scores = rerank_scores(GoldFirst(examples, passages), examples, passages, rankings, ("bm25", "dense", "hybrid"))
+    assert set(scores) == {"bm25", "dense", "hybrid"}
+    for row in scores.values():
+        assert row["questions"] == len(examples) and row["candidates"] == len(passages) == 17
+        assert row["reranked gold@1"] == row["reranked mrr@10"] == 1.0  # the gold is always in all 17
+        assert row["gold@1"] <= row["gold@5"] <= 1.0 and row["mrr@10"] <= 1.0
+    assert scores["bm25"]["gold@1"] < 1.0  # BM25 alone misses some at rank 1 on these questions
