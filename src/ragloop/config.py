@@ -357,8 +357,8 @@ class RerankerTrainConfig(FlatConfig):
                                 "optimisation", above=0)
     num_epochs: int = opt(1, "passes over the training questions", "optimisation", low=1)
     max_steps: int = opt(150, "stop after N steps (0: --num_epochs passes); the defaults fit 20 min on 2 CPU "
-                              "cores: ~6 s a step, 3 held-out evaluations of ~1 min, ~1.5 min finding negatives",
-                         "optimisation", low=0)
+                              "cores: 4.3-5.2 s a step, 3 held-out evaluations of about a minute, 2-3 min finding "
+                              "negatives", "optimisation", low=0)
     warmup_steps: int = opt(20, "linear warmup steps, then linear decay to 0", "optimisation", low=0)
     weight_decay: float = opt(0.01, "AdamW weight decay (matrices only)", "optimisation", low=0)
     max_grad_norm: float = opt(1.0, "gradient clipping (0: off)", "optimisation", low=0)
