@@ -33,7 +33,10 @@ from ragloop.errors import RagloopError
 
 PRECISION_HELP = ("autocast dtype; auto: bf16 on a GPU that has it, else fp32 (on a CPU too, so that a run gives the "
                   "same numbers on any CPU; ask for bf16 on a CPU with AVX512-BF16 or AMX to train faster)")
-EVAL_DEPTH = 20  # BM25 candidates the reranker trainer reranks per validation question
+EVAL_DEPTH = 20  # first-stage candidates the reranker trainer reranks per held-out or validation question
+RERANKER_LOSSES = ("listwise", "bce")
+NEGATIVE_SOURCES = {"bm25": "BM25's top passages", "dense": "the dense encoder's", "hybrid": "RRF of the two",
+                    "random": "any passage"}  # the reranker trainer's negatives (training.negatives)
 
 
 def opt(default: Any, help: str, group: str, choices: list | tuple | None = None, *, cli_name: str | None = None,
@@ -321,37 +324,77 @@ class RerankerTrainConfig(FlatConfig):
 
     # data
     train_file: str | None = opt(None, "SQuAD-style .json/.jsonl/.csv with questions, answers and their context "
-                                       "paragraphs (default: the bundled SQuAD v1.1 train articles)", "data")
+                                       "paragraphs (default: every bundled training question, SQuAD v1.1 and v2.0; "
+                                       "unanswerable questions are negatives only)", "data")
     validation_file: str | None = opt(None, f"SQuAD-style file: its questions' BM25 top {EVAL_DEPTH} over its "
                                             "paragraphs, gold@1 / mrr@10 before and after reranking", "data")
+    heldout_every: int = opt(7, "hold out every N-th training article (their order shuffled by --seed) and save "
+                                f"the checkpoint with the best held-out gold@1 over BM25's top {EVAL_DEPTH}; 0: "
+                                "no held-out split, the last step is saved", "data", low=0)
     max_train_examples: int | None = opt(None, "use only the first N training questions", "data", low=0)
-    max_eval_examples: int = opt(200, "validation questions scored (spread over the file)", "data", low=0)
+    max_eval_examples: int = opt(100, "held-out (and validation) questions scored (spread over the articles)",
+                                 "data", low=1)
     chunk_words: int = opt(100, "words per passage, as `ragloop index --chunk-words`", "data", low=1)
-    negatives: int = opt(3, "hard negatives per question (group size - 1): half from BM25, half from the dense "
-                            "encoder", "data", low=1)
-    dense_encoder: str = opt(DEFAULT_ENCODER, "encoder that finds the dense hard negatives ('none': BM25 only)",
-                             "data")
+    negatives: int = opt(3, "negatives per question (group size - 1), split evenly among --negative_sources",
+                         "data", low=1)
+    negative_sources: str | None = opt(None, "where the negatives come from, comma-separated: " + ", ".join(
+        f"{k} ({v})" for k, v in NEGATIVE_SOURCES.items()) + " (default: bm25,dense; bm25 alone with "
+        "--dense_encoder none or --negatives 1)", "data")
+    dense_encoder: str = opt(DEFAULT_ENCODER, "encoder of the dense and hybrid negatives ('none': no dense or "
+                                              "hybrid negatives)", "data")
     # model
     model: str = opt(DEFAULT_ENCODER, "model to start from: an encoder (gets a fresh one-label head) or a "
                                       "cross-encoder, name or path", "model")
     max_length: int = opt(160, "tokens per (question, passage) pair", "model", low=1)
     # optimisation
+    loss: str = opt("listwise", "listwise: softmax cross-entropy of the positive in its group; bce: binary "
+                                "cross-entropy per pair, positives weighed by --negatives", "optimisation",
+                    RERANKER_LOSSES, what="loss")
     batch_size: int = opt(8, "questions per step (each brings 1 + --negatives passages)", "optimisation", low=1)
     learning_rate: float = opt(1e-4, "peak learning rate (AdamW)", "optimisation", above=0)
     head_lr: float | None = opt(None, "peak learning rate of a fresh classification head (default 10x "
                                       "--learning_rate): at the body's rate it barely moves in a CPU budget",
                                 "optimisation", above=0)
     num_epochs: int = opt(1, "passes over the training questions", "optimisation", low=1)
-    max_steps: int = opt(200, "stop after N steps (0: --num_epochs passes; the default took 17-20 min on 2 "
-                              "CPU cores)", "optimisation", low=0)
+    max_steps: int = opt(150, "stop after N steps (0: --num_epochs passes); 150 steps (4.3-5.2 s each), 3 "
+                              "held-out evaluations of about a minute and 2-3 min finding negatives fit 20 min on 2 "
+                              "CPU cores", "optimisation", low=0)
     warmup_steps: int = opt(20, "linear warmup steps, then linear decay to 0", "optimisation", low=0)
     weight_decay: float = opt(0.01, "AdamW weight decay (matrices only)", "optimisation", low=0)
     max_grad_norm: float = opt(1.0, "gradient clipping (0: off)", "optimisation", low=0)
     precision: str = opt("auto", PRECISION_HELP, "optimisation", ["auto", "bf16", "fp32"])
     # run
     output_dir: str = opt("runs/reranker", "folder for the trained cross-encoder, replaced atomically", "run")
-    seed: int = opt(42, "seed for data order, dropout and the new head", "run")
+    eval_steps: int = opt(50, "score the held-out articles every N steps (and after the last)", "run", low=1)
+    seed: int = opt(42, "seed for the held-out articles, data order, random negatives, dropout and the new head",
+                    "run")
     logging_steps: int = opt(10, "log the loss every N steps", "run", low=1)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.heldout_every == 1:
+            raise ConfigError("--heldout_every", "must be 0 (no held-out split) or at least 2 (got 1: every article "
+                              "would be held out)")
+        sources = self.sources()
+        if self.negatives < len(sources):
+            raise ConfigError("--negatives", f"({self.negatives}) is fewer than the --negative_sources "
+                              f"({len(sources)}: {','.join(sources)}): each source brings at least one")
+        dense = [s for s in sources if s in ("dense", "hybrid")]
+        if dense and self.dense_encoder.lower() == "none":
+            raise ConfigError("--negative_sources", f"{', '.join(dense)} needs a --dense_encoder (got 'none')")
+
+    def sources(self) -> list[str]:
+        """--negative_sources as a list, checked: known names, each once, at least one."""
+        if self.negative_sources is None:
+            return ["bm25", "dense"][: 1 if self.dense_encoder.lower() == "none" else self.negatives]
+        names = [s.strip() for s in self.negative_sources.split(",") if s.strip()]
+        unknown = [s for s in names if s not in NEGATIVE_SOURCES]
+        if unknown or not names or len(set(names)) < len(names):
+            why = (f"unknown {', '.join(map(repr, unknown))}" if unknown else "a source named twice" if names
+                   else "none given")
+            raise ConfigError("--negative_sources", f"{self.negative_sources!r}: {why}; give a comma-separated "
+                              f"list of {', '.join(NEGATIVE_SOURCES)}", kind="type")
+        return names
 
 
 # -- the command line: argparse parses each flag's type; the config checks the value ---------------

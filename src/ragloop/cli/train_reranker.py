@@ -1,6 +1,7 @@
 """`ragloop train-reranker`: fine-tune a cross-encoder reranker on QA data; flags from RerankerTrainConfig.
 
-    $ ragloop train-reranker --train_file train.jsonl --output_dir runs/reranker
+    $ ragloop train-reranker --output_dir runs/reranker          # every bundled training question
+    $ ragloop train-reranker --train_file train.jsonl --loss bce --negative_sources hybrid,random
     $ ragloop search runs/idx "who wrote hamlet?" --rerank runs/reranker      # then rerank with it
 """
 
@@ -15,7 +16,8 @@ from ragloop.config import RerankerTrainConfig, config_from_args
 
 def add_parser(sub, common: argparse.ArgumentParser) -> None:
     add_config_command(sub, common, "train-reranker",
-                       "fine-tune a cross-encoder reranker on QA data (BM25 + dense hard negatives)",
+                       "fine-tune a cross-encoder reranker on QA data (negatives from BM25, dense, hybrid or "
+                       "random; the checkpoint chosen on held-out articles)",
                        RerankerTrainConfig, run)
 
 
@@ -26,4 +28,11 @@ def run(args) -> None:
     result = train_reranker(cfg, progress=progress(args))
     report_training(result, f" ({result['seconds_per_step']:.2f}s a step, after {result['data_seconds']:.0f}s finding "
                             "negatives)", lambda v: f"{v['questions']} questions, BM25 top {v['candidates']}")
+    held = result["heldout"]
+    if held and held["best"]:
+        b = held["best"]
+        n = len(held["articles"])
+        print(f"held out ({n} article{'s' * (n != 1)}, {held['scored_questions']} questions, BM25 top "
+              f"{held['candidates']}): BM25 gold@1 {b['gold@1']} mrr@10 {b['mrr@10']}; reranked gold@1 "
+              f"{b['reranked gold@1']} mrr@10 {b['reranked mrr@10']} (step {b['step']}, saved)")
     print(f"reranker: {result['output_dir']} (Reranker.from_pretrained({result['output_dir']!r}))")

@@ -1,4 +1,4 @@
-"""The SQuAD v1.1 samples shipped inside the package (CC BY-SA 4.0, see _bundled/README.md), named
+"""The SQuAD v1.1 and v2.0 samples shipped inside the package (CC BY-SA 4.0, see _bundled/README.md), named
 `bundled:NAME` wherever ragloop reads a data file: the command line, recipes, `load_qa`, `load_corpus`.
 
     >>> resolve_bundled("bundled:squad-v1.1-dev.articles-00-31.json")   # the file inside the package
@@ -20,6 +20,8 @@ from ragloop.errors import RagloopError
 BUNDLED = "bundled:"
 SQUAD_DEV = "squad-v1.1-dev.articles-00-31.json"
 SQUAD_TRAIN = "squad-v1.1-train.first12articles.json"
+SQUAD_V2_TRAIN = "squad-v2.0-train.subset10articles.json"  # 731 answerable questions not in SQUAD_TRAIN
+SQUAD_TRAIN_FILES = (SQUAD_TRAIN, SQUAD_V2_TRAIN)  # every bundled training question (`ragloop train-reranker`)
 
 
 def bundled_folder() -> Path:

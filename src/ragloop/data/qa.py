@@ -81,7 +81,8 @@ def _answers(value, where: str) -> list[str]:
 
 def load_qa(source: str | Path, split: str | None = None, keep_unanswerable: bool = False) -> list[QAExample]:
     """Load QA examples. `source` is a file, a folder of files, `bundled:NAME` (the package's SQuAD
-    samples) or a dataset name (`squad`)."""
+    samples) or a dataset name (`squad`). Unanswerable questions (no answers, or SQuAD v2.0's
+    `is_impossible`) are left out, or with `keep_unanswerable` kept with `answers == []`."""
     if is_local(source):
         rows = ((r, name) for path, name in named_files([source]) for r in read_rows(path))
     else:
@@ -94,8 +95,10 @@ def load_qa(source: str | Path, split: str | None = None, keep_unanswerable: boo
         if not isinstance(question, str) or not question.strip():
             raise RagloopError(f"{where}: missing or empty 'question'")
         answers = _answers(row.get("answers", []), where)
+        if row.get("is_impossible") is True:  # SQuAD v2.0: unanswerable, whatever its answers say
+            answers = []
         if not answers and not keep_unanswerable:
-            continue  # SQuAD v2 unanswerable questions
+            continue
         context = row.get("context") or ""
         if not isinstance(context, str):
             raise RagloopError(f"{where}: 'context' must be a string")

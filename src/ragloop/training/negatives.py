@@ -1,15 +1,21 @@
-"""Training data for retrieval models: each question's positive passage and its hard negatives.
+"""Training data for retrieval models: each question's positive passage and its negatives.
 
     >>> passages, items = build_items(load_qa("train.json"), hard_negatives=2)            # BM25 only
     >>> passages, items = build_items(examples, hard_negatives=2, dense_negatives=2,
     ...                               dense_encoder=Encoder.from_pretrained())          # BM25 + dense
     >>> passages[items[0].positive], [passages[r] for r in items[0].negatives]
+    >>> passages, items = build_items(examples, sources={"hybrid": 2, "random": 1}, dense_encoder=encoder,
+    ...                               unanswerable=v2_unanswerable)                     # any mix of sources
 
 The passages are the examples' paragraphs chunked as `ragloop index` chunks them. A question's
-positive is the chunk of its own paragraph that holds the answer. A hard negative is a passage that
-the first stage ranks high for the question (BM25, or a dense encoder) but that comes from another
-paragraph and does not contain any answer string (DPR's has-answer test on "title text"). Shared by
-the retriever trainer (in-batch + BM25 negatives) and the reranker trainer (BM25 + dense groups).
+positive is the chunk of its own paragraph that holds the answer. A negative is a passage that a
+source (`training.rankings`: BM25, dense, their RRF hybrid, or random) ranks high for the question but
+that comes from another paragraph and does not contain any answer string (DPR's has-answer test on
+"title text"); each source adds its share, skipping what an earlier one chose. An unanswerable
+question (SQuAD v2.0's `is_impossible`) is an item with no positive (`positive is None`) whose one
+negative is the chunk of its own paragraph that BM25 ranks highest for it: a passage on the topic
+that does not answer it, so it is never a positive. Shared by the retriever trainer (BM25 negatives)
+and the reranker trainer (`--negative_sources`).
 """
 
 from __future__ import annotations
@@ -24,36 +30,45 @@ from ragloop.data.corpus import Passage
 from ragloop.data.qa import QAExample, context_passages
 from ragloop.errors import RagloopError
 from ragloop.evaluation.metrics import has_answer
-from ragloop.retrieval.bm25 import BM25Index
 from ragloop.retrieval.encoders import Encoder
 from ragloop.retrieval.folder import bm25_text
+from ragloop.training.rankings import Rankings
 
 log = logging.getLogger(__name__)
 
-BM25_DEPTH = 20  # passages looked at per question beyond the number of negatives wanted (BM25 and dense)
+BM25_DEPTH = 20  # passages looked at per question beyond the number of negatives wanted (every source)
 
 
 @dataclass
 class TrainItem:
-    """One training question: rows into the passage list for its positive and hard negatives."""
+    """One training question: rows into the passage list for its positive (None: an unanswerable
+    question, which brings negatives only) and its negatives."""
 
     question: str
     doc_id: str
-    positive: int
+    positive: int | None
     negatives: list[int]
+
+
+def split_evenly(n: int, sources: list[str]) -> dict[str, int]:
+    """`n` negatives shared among `sources` as evenly as can be, the first ones taking the remainder."""
+    return {s: n // len(sources) + (i < n % len(sources)) for i, s in enumerate(sources)}
 
 
 def build_items(examples: list[QAExample], chunk_words: int = 100, hard_negatives: int = 1,
                 where: str = "training data", dense_negatives: int = 0, dense_encoder: Encoder | None = None,
-                progress: bool | None = False) -> tuple[list[Passage], list[TrainItem]]:
-    """Passages of the examples' paragraphs, and per question its positive, then up to `hard_negatives`
-    BM25 negatives, then up to `dense_negatives` negatives ranked high by `dense_encoder` (ones BM25
-    already chose are skipped)."""
+                progress: bool | None = False, *, sources: dict[str, int] | None = None,
+                unanswerable: list[QAExample] = (), seed: int = 0) -> tuple[list[Passage], list[TrainItem]]:
+    """Passages of the examples' paragraphs (the unanswerable ones' too), and per question its positive,
+    then its negatives: `sources` ({source: how many}, in order), by default `hard_negatives` from BM25
+    then `dense_negatives` from `dense_encoder`. The unanswerable questions' items come last."""
     with_context = [ex for ex in examples if ex.context]
     if not with_context:
         raise RagloopError(f"{where}: no question has a context paragraph; training needs each question's own "
                           "paragraph as its positive")
-    passages = context_passages(with_context, chunk_words)
+    if any(not ex.answers for ex in with_context):
+        raise ValueError("an unanswerable question can never be a positive: pass it as `unanswerable`")
+    passages = context_passages(with_context + [ex for ex in unanswerable if ex.context], chunk_words)
     if len(passages) < 2:
         raise RagloopError(f"{where}: all {len(with_context)} questions share one paragraph; training needs "
                           "questions from at least two paragraphs (other paragraphs are the negatives)")
@@ -68,20 +83,32 @@ def build_items(examples: list[QAExample], chunk_words: int = 100, hard_negative
         positive = next((r for r in rows if has_answer(ex.answers, passages[r].text)), rows[0])
         items.append(TrainItem(ex.question, ex.doc_id, positive, []))
         answers.append(ex.answers)
+    sources = sources if sources is not None else {"bm25": hard_negatives, "dense": dense_negatives}
+    rankings = Rankings([it.question for it in items], passages, dense_encoder, seed, progress)
     texts = [bm25_text(p) for p in passages]
-    questions = [it.question for it in items]
-    if hard_negatives > 0:
-        _, ranked = BM25Index.build(texts).search(questions, min(len(passages), BM25_DEPTH + hard_negatives))
-        _take(items, answers, passages, texts, ranked, hard_negatives, "BM25")
-    if dense_negatives > 0:
-        if dense_encoder is None:
-            raise ValueError("dense_negatives needs a dense_encoder")
-        ranked = dense_ranking(dense_encoder, questions, passages, BM25_DEPTH + hard_negatives + dense_negatives,
-                               progress)
-        _take(items, answers, passages, texts, ranked, dense_negatives, f"dense ({dense_encoder.spec.name})")
+    depth = BM25_DEPTH + sum(sources.values())
+    for source, n in sources.items():
+        if n > 0:
+            _take(items, answers, passages, texts, rankings.rows(source, depth), n, source)
     log.info("training data: %d questions, %d passages (%d questions without a passage of their own)",
              len(items), len(passages), len(with_context) - len(items))
-    return passages, items
+    return passages, items + unanswerable_items(unanswerable, passages, rows_of)
+
+
+def unanswerable_items(examples: list[QAExample], passages: list[Passage],
+                       rows_of: dict[str, list[int]]) -> list[TrainItem]:
+    """An item per unanswerable question with a passage of its own: no positive, and as its negative
+    the chunk of its own paragraph that BM25 ranks highest for it (its first chunk if none matches)."""
+    asked = [ex for ex in examples if ex.context and rows_of.get(ex.doc_id)]
+    if not asked:
+        return []
+    ranked = Rankings([ex.question for ex in asked], passages).rows("bm25", BM25_DEPTH).tolist()
+    items = []
+    for ex, rows in zip(asked, ranked):
+        own = next((r for r in rows if r >= 0 and passages[r].doc_id == ex.doc_id), rows_of[ex.doc_id][0])
+        items.append(TrainItem(ex.question, ex.doc_id, None, [own]))
+    log.info("%d unanswerable questions, each with its own paragraph as a negative", len(items))
+    return items
 
 
 def _take(items: list[TrainItem], answers: list[list[str]], passages: list[Passage], texts: list[str],
@@ -99,20 +126,4 @@ def _take(items: list[TrainItem], answers: list[list[str]], passages: list[Passa
                 chosen.add(r)
         missing += len(it.negatives) < want
     if missing:
-        log.info("%d of %d questions have fewer than %d %s hard negatives", missing, len(items), n, source)
-
-
-def dense_ranking(encoder: Encoder, questions: list[str], passages: list[Passage], depth: int,
-                  progress: bool | None = False, chunk: int = 1024) -> np.ndarray:
-    """Rows of the `depth` passages with the highest q·d for each question (exact, in memory)."""
-    depth = min(depth, len(passages))
-    vectors = encoder.encode([p.title for p in passages], [p.text for p in passages], progress=progress,
-                             desc="encoding passages for dense negatives")
-    q = encoder.encode(questions, progress=progress, desc="encoding questions for dense negatives")
-    out = np.empty((len(questions), depth), dtype=np.int64)
-    for start in range(0, len(questions), chunk):
-        scores = q[start : start + chunk] @ vectors.T
-        top = np.argpartition(-scores, depth - 1, axis=1)[:, :depth]
-        order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
-        out[start : start + chunk] = np.take_along_axis(top, order, axis=1)
-    return out
+        log.info("%d of %d questions have fewer than %d %s negatives", missing, len(items), n, source)

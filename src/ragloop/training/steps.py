@@ -33,9 +33,11 @@ def total_steps(cfg, n_items: int) -> int:
 
 def run_steps(loss_fn: Callable[[list[int]], torch.Tensor], n_items: int, total: int, cfg, params: list,
               optimizer: torch.optim.Optimizer, scheduler, desc: str,
-              progress: bool | None = None) -> tuple[list[float], float]:
-    """Run `total` optimizer steps; each epoch is a fresh permutation seeded by (seed, epoch). Returns
-    (the loss of every step, seconds)."""
+              progress: bool | None = None, on_step: Callable[[int], None] | None = None
+              ) -> tuple[list[float], float]:
+    """Run `total` optimizer steps; each epoch is a fresh permutation seeded by (seed, epoch); `on_step(step)`
+    after each (the reranker trainer scores its held-out split there). Returns (the loss of every step,
+    seconds)."""
     steps_per_epoch = math.ceil(n_items / cfg.batch_size)
     losses: list[float] = []
     step, t0 = 0, time.time()
@@ -60,5 +62,7 @@ def run_steps(loss_fn: Callable[[list[int]], torch.Tensor], n_items: int, total:
             if step % cfg.logging_steps == 0 or step == total:
                 log.info("step %d/%d loss %.4f (mean of last %d: %.4f) lr %.2e, %.1fs", step, total, losses[-1],
                          min(cfg.logging_steps, step), np.mean(losses[-cfg.logging_steps:]), lr, time.time() - t0)
+            if on_step is not None:
+                on_step(step)
     bar.close()
     return losses, round(time.time() - t0, 1)
