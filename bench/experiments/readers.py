@@ -91,7 +91,8 @@ def markdown(res: dict) -> str:
     k, sets = res["k"], ("held-out", "new articles")
     head = ["reader", "question encoder", "decoding", "steps", "train min"]
     head += [f"{s}: {c} F1 (EM)" for s in sets for c in ("RAG", "closed book", "oracle")]
-    head += [f"{res.get('search_mode', 'dense')} hit@{k} {s} (before → after)" for s in sets] + [f"ms/question p50 (k={k})"]
+    head += [f"{res.get('search_mode', 'dense')} hit@{k} {s} (before → after)" for s in sets]
+    head += [f"ms/question p50 (k={k})"]
     rows = []
     for r in res["runs"]:
         decoding = "extractive" if r["mode"] == "span" else ("held to spans" if r.get("constrain") else "free")

@@ -64,6 +64,14 @@ def test_the_command_takes_the_recipe_options_and_prints_the_heldout_scores(squa
                  "--max_length", "48", "--max_eval_examples", "5", "--output_dir", str(out), "-q"]) == 0
     printed = capsys.readouterr().out
     assert "held out (2 articles, 5 questions, BM25 top 17)" in printed and "(step 1, saved)" in printed
+    # the combination with each first stage is fitted on the held-out questions, printed and saved with it
+    saved = json.loads((out / "ragloop_reranker.json").read_text())["combination"]
+    assert set(saved) == {"bm25", "dense", "hybrid"}
+    for mode, entry in saved.items():
+        assert entry["use"] in ("rerank", "combination", "first_stage") and entry["held_out"]["questions"] == 5
+        assert f"| {mode} | {entry['use']} |" in printed
+    assert {m: c.use for m, c in Reranker.from_pretrained(out).combinations.items()} == {
+        m: e["use"] for m, e in saved.items()}
     assert main(["train-reranker", "--negative_sources", "bm25,sparse", "--output_dir", str(tmp_path / "x")]) == 2
     assert "--negative_sources: 'bm25,sparse': unknown 'sparse'" in capsys.readouterr().err
 

@@ -63,3 +63,13 @@ def report_training(result: dict, speed: str, dev: str) -> None:
     if result["validation"]:
         v = result["validation"]
         print(f"dev ({dev(v) if callable(dev) else dev}): " + " ".join(f"{k}={v[k]}" for k in v if "@" in k))
+
+
+def print_combinations(combination: dict[str, dict]) -> None:
+    """A reranker's "combination" entry (`rerank_fusion.entries`) as a table: per first stage, what the
+    reranking stage uses and the held-out gold@1 behind that choice."""
+    print("| first stage | use | held-out gold@1: first stage | reranked | combined | questions |")
+    print("|---|---|---|---|---|---|")
+    for mode, c in combination.items():
+        g, n = c["held_out"]["gold@1"], c["held_out"]["questions"]
+        print(f"| {mode} | {c['use']} | {g['first_stage']:.3f} | {g['rerank']:.3f} | {g['combination']:.3f} | {n} |")

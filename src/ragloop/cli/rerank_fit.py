@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 
 from ragloop.cli.options import POSITIVE, HelpFormatter, progress
+from ragloop.cli.output import print_combinations
 from ragloop.constants import DEFAULT_ENCODER, RERANK_DEPTH
 
 
@@ -32,14 +33,11 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> None:
+    from ragloop.retrieval.rerank_fusion import entries
     from ragloop.training.rerank_fit import refit_folder
 
     combos = refit_folder(args.reranker_dir, args.data, max_questions=args.limit, depth=args.depth,
                           chunk_words=args.chunk_words, encoder=args.encoder, progress=progress(args))
-    print("| first stage | use | gold@1 first stage | reranked | combined | questions |")
-    print("|---|---|---|---|---|---|")
-    for mode, c in combos.items():
-        g = c.held_out["gold@1"]
-        print(f"| {mode} | {c.use} | {g['first_stage']:.3f} | {g['rerank']:.3f} | {g['combination']:.3f} | "
-              f"{c.held_out['questions']} |")
+    print_combinations(entries(combos))
     print(f"saved in {args.reranker_dir}: `--rerank {args.reranker_dir}` applies it")
+

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 
 from ragloop.cli.options import add_config_command, progress
-from ragloop.cli.output import report_training
+from ragloop.cli.output import print_combinations, report_training
 from ragloop.config import RerankerTrainConfig, config_from_args
 
 
@@ -35,4 +35,6 @@ def run(args) -> None:
         print(f"held out ({n} article{'s' * (n != 1)}, {held['scored_questions']} questions, BM25 top "
               f"{held['candidates']}): BM25 gold@1 {b['gold@1']} mrr@10 {b['mrr@10']}; reranked gold@1 "
               f"{b['reranked gold@1']} mrr@10 {b['reranked mrr@10']} (step {b['step']}, saved)")
+    if result["combination"]:
+        print_combinations(result["combination"])
     print(f"reranker: {result['output_dir']} (Reranker.from_pretrained({result['output_dir']!r}))")

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from ragloop.config import EVAL_DEPTH, RerankerTrainConfig
+from ragloop.constants import DEFAULT_ENCODER
 from ragloop.data.corpus import Passage
 from ragloop.data.qa import QAExample, context_passages, sample_evenly
 from ragloop.errors import RagloopError
@@ -45,9 +46,11 @@ from ragloop.io import atomic_dir, atomic_write_json
 from ragloop.manifest import only_replace
 from ragloop.retrieval.encoders import Encoder
 from ragloop.retrieval.rerank import Reranker, passage_text, relevance
+from ragloop.retrieval.rerank_fusion import entries
 from ragloop.training.negatives import TrainItem, build_items, split_evenly
 from ragloop.training.optim import adamw, autocast_dtype, linear_schedule, new_layer_lr, param_groups
 from ragloop.training.rankings import Rankings
+from ragloop.training.rerank_fit import fit_held_out
 from ragloop.training.reranker_data import HeldOutSplit, heldout_split, training_questions
 from ragloop.training.reranker_eval import evaluate_reranker, rerank_scores
 from ragloop.training.reranker_losses import batch_pairs, bce_loss, listwise_loss
@@ -177,6 +180,7 @@ def train_reranker(cfg: RerankerTrainConfig, progress: bool | None = None) -> di
     losses, seconds = _optimise(cfg, reranker, passages, items, total, best, progress)
     best.restore()
     reranker.model.eval()
+    combination = _fit_combination(cfg, reranker, heldout, progress)
     validation = evaluate_reranker(reranker, cfg.validation_file, cfg.max_eval_examples, cfg.chunk_words,
                                    progress) if cfg.validation_file else None
     step, final_loss = len(losses), float(np.mean(losses[-10:]))
@@ -187,7 +191,7 @@ def train_reranker(cfg: RerankerTrainConfig, progress: bool | None = None) -> di
                "losses": [round(x, 6) for x in losses], "seconds": seconds, "seconds_per_step": step_seconds / step,
                "data_seconds": data_seconds, "precision": precision, "train_questions": len(items),
                "train_unanswerable": sum(it.positive is None for it in items), "train_passages": len(passages),
-               "heldout": held, "validation": validation}
+               "heldout": held, "combination": combination, "validation": validation}
     reranker.name = str(out)
     with atomic_dir(out, may_replace=_check_replaceable) as tmp:
         reranker.write_files(tmp)
@@ -195,7 +199,20 @@ def train_reranker(cfg: RerankerTrainConfig, progress: bool | None = None) -> di
     log.info("saved -> %s%s", out, f" (the step {best.best['step']} checkpoint)" if best.best else "")
     return {"output_dir": str(out), "steps": step, "final_loss": final_loss, "losses": losses, "seconds": seconds,
             "seconds_per_step": step_seconds / step, "data_seconds": data_seconds, "heldout": held,
-            "validation": validation}
+            "combination": combination, "validation": validation}
+
+
+def _fit_combination(cfg: RerankerTrainConfig, reranker: Reranker, heldout: HeldOut | None,
+                     progress: bool | None) -> dict | None:
+    """Per first stage, the combination with its evidence fitted on the held-out questions (saved with the
+    reranker: `training.rerank_fit`), or None without a held-out split."""
+    if heldout is None:
+        return None
+    encoder = DEFAULT_ENCODER if cfg.dense_encoder == "none" else cfg.dense_encoder
+    combos = fit_held_out(reranker, heldout.examples, heldout.passages, EVAL_DEPTH, encoder, progress)
+    for mode, c in combos.items():
+        log.info("%s first stage: %s (held-out gold@1 %s)", mode, c.use, c.held_out["gold@1"])
+    return entries(combos)
 
 
 def _optimise(cfg: RerankerTrainConfig, reranker: Reranker, passages: list[Passage], items: list[TrainItem],
