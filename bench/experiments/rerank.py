@@ -9,8 +9,14 @@ defaults on the bundled train articles if that folder does not hold one; it neve
    dev index settings.index: dev articles, MiniLM, Flat, built if missing): gold@k, hit@k (evaluate.
    retrieval_k) and mrr@10 for dense, BM25 and hybrid, each with and without the reranker over its top
    settings.depth.
+   The reranker as its folder configures it: per first stage, the cross-encoder alone, its saved
+   combination with the first stage's evidence, or the first stage's own order where nothing beat it
+   on held-out questions (`rerank_use` in each row). Each settings.quantize entry is one pass (null:
+   fp32; "int8": `Reranker.quantize("int8")`).
 2. Cost: milliseconds the reranking stage adds per question (one question per call, k=5, hybrid first
-   stage) at each of settings.cost_depths; the median of settings.cost_questions calls, after a warm-up.
+   stage) at each of settings.cost_depths, for each settings.quantize entry, with the cross-encoder
+   scoring every candidate (a saved fallback would cost nothing); the median of settings.cost_questions
+   calls, after a warm-up.
 """
 
 from __future__ import annotations
@@ -51,21 +57,28 @@ def dev_questions(recipe, n: int) -> list:
     return sample_evenly(load_qa(recipe.dev_data), n)
 
 
-def quality(index, reranker, examples: list, ks: tuple[int, ...], depth: int) -> list[dict]:
+def loaded(folder: str, quantize: str | None):
+    from ragloop.retrieval.rerank import Reranker
+
+    return Reranker.from_pretrained(folder).quantize(quantize)
+
+
+def quality(index, reranker, examples: list, ks: tuple[int, ...], depth: int, plain: bool = True) -> list[dict]:
     from ragloop.constants import SEARCH_MODES as MODES
     from ragloop.evaluation import evaluate_retrieval
     from ragloop.retrieval import Retriever
 
     rows = []
+    tag = f" ({reranker.quantization})" if reranker.quantization else ""
     for mode in MODES:
-        for stage in (None, reranker):
+        for stage in ((None, reranker) if plain else (reranker,)):
             retriever = Retriever(index, mode=mode)
             if stage is not None:
                 retriever.set_reranker(stage, depth)
             start = time.perf_counter()
             result = evaluate_retrieval(retriever, examples, ks, mode, progress=None)
             result["seconds"] = round(time.perf_counter() - start, 1)
-            result["name"] = f"{mode} + rerank@{depth}" if stage is not None else mode
+            result["name"] = f"{mode} + rerank@{depth}{tag}" if stage is not None else mode
             say(f"  {result['name']}: gold@1 {result['gold@1']:.3f} ({result['seconds']} s)")
             rows.append(result)
     return rows
@@ -74,6 +87,7 @@ def quality(index, reranker, examples: list, ks: tuple[int, ...], depth: int) ->
 def cost(index, reranker, questions: list[str], depths: list[int]) -> list[dict]:
     from ragloop.retrieval import Retriever
 
+    reranker.combinations = {}  # the cross-encoder scores every candidate: a fallback would cost nothing
     plain = Retriever(index, mode="hybrid")
     out = []
     for depth in depths:
@@ -88,9 +102,10 @@ def cost(index, reranker, questions: list[str], depths: list[int]) -> list[dict]
             t1 = time.perf_counter()
             reranked.retrieve([q], 5)
             added.append(((time.perf_counter() - t1) - (t1 - t0)) * 1000)
-        out.append({"depth": depth, "questions": len(added), "added_ms_p50": round(statistics.median(added), 1),
+        out.append({"depth": depth, "precision": reranker.quantization or "fp32", "questions": len(added),
+                    "added_ms_p50": round(statistics.median(added), 1),
                     "added_ms_mean": round(statistics.fmean(added), 1)})
-        say(f"  depth {depth}: +{out[-1]['added_ms_p50']} ms per question (p50)")
+        say(f"  depth {depth}, {out[-1]['precision']}: +{out[-1]['added_ms_p50']} ms per question (p50)")
     return out
 
 
@@ -100,21 +115,27 @@ def rows_table(rows: list[dict], cols: list[str], head: list[str]) -> str:
 
 def run(exp, results: Path) -> None:
     from ragloop.cli import quiet_libraries
-    from ragloop.retrieval.rerank import Reranker
 
     quiet_libraries()
     recipe, s = exp.recipe(), exp.settings
     ensure_reranker(s["reranker"])
-    reranker = Reranker.from_pretrained(s["reranker"])
+    precisions = s.get("quantize", [None])
     index = dev_index(Path(s["index"]))
     res = {**stamp(exp), "reranker": s["reranker"], "index": s["index"], "passages": len(index)}
     examples = dev_questions(recipe, recipe.retrieval_questions)
-    res["quality"] = rows = quality(index, reranker, examples, recipe.retrieval_k, s["depth"])
-    cols = ["name"] + [f"{m}@{k}" for m in ("gold", "hit") for k in recipe.retrieval_k] + ["mrr@10", "seconds"]
+    res["quality"] = rows = [row for i, q in enumerate(precisions)
+                             for row in quality(index, loaded(s["reranker"], q), examples, recipe.retrieval_k,
+                                                s["depth"], plain=i == 0)]
+    for row in rows:
+        row.setdefault("rerank_use", "-")
+    cols = ["name"] + [f"{m}@{k}" for m in ("gold", "hit") for k in recipe.retrieval_k] + ["mrr@10", "rerank_use",
+                                                                                        "seconds"]
     print(f"Retrieval quality, {len(examples)} dev questions, rerank depth {s['depth']}\n")
-    print(rows_table(rows, cols, ["retrieval", *cols[1:-1], "seconds (all questions)"]))
+    print(rows_table(rows, cols, ["retrieval", *cols[1:-2], "reranking stage uses", "seconds (all questions)"]))
     timed = [e.question for e in dev_questions(recipe, s["cost_questions"] + 3)]
-    res["cost"] = rows = cost(index, reranker, timed, s["cost_depths"])
-    print("\nWhat reranking adds per question (hybrid first stage, k=5)\n")
-    print(rows_table(rows, ["depth", "added_ms_p50", "added_ms_mean"], ["depth", "ms added, p50", "ms added, mean"]))
+    res["cost"] = rows = [row for q in precisions
+                          for row in cost(index, loaded(s["reranker"], q), timed, s["cost_depths"])]
+    print("\nWhat reranking adds per question (hybrid first stage, k=5, every candidate scored)\n")
+    print(rows_table(rows, ["depth", "precision", "added_ms_p50", "added_ms_mean"],
+                     ["depth", "precision", "ms added, p50", "ms added, mean"]))
     write_results(results, res)
