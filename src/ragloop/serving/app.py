@@ -7,6 +7,8 @@
 Endpoints:
     GET  /         a small page: ask a question, read the answer and its sources (`/?q=...` asks at once)
     GET  /health   status, the model and index it serves, batching and cache statistics (hits, hit rate)
+    GET  /ready    200 {"status": "ready"} once it takes requests, 503 before and while it stops (open
+                   without the API key: the probe of a load balancer or an orchestrator)
     POST /answer   {"question": str, "k": int?}                      -> answer + passages (+ the span copied)
     POST /search   {"question": str, "k": int?, "mode": dense|bm25|hybrid} -> ranked passages
     GET  /docs     the API described on one self-contained page (from /openapi.json; no CDN)
@@ -53,6 +55,7 @@ from ragloop.serving.schemas import (
     MAX_BODY_BYTES,
     AnswerRequest,
     AnswerResponse,
+    ReadyResponse,
     SearchRequest,
     SearchResponse,
     limit_k,
@@ -145,6 +148,7 @@ def create_app(source: str | Path | RAG | Retriever, *, max_batch: int = 16, max
     app = FastAPI(title="ragloop", version=__version__, lifespan=_lifespan(service, quantize), docs_url=None,
                   redoc_url=None, description="Retrieval-augmented answers with their sources, and passage search.")
     app.state.service = service
+    _add_readiness(app)  # before the key: /ready is open
     if api_key is not None:  # every route added below declares the bearer key
         app.router.dependencies.append(Depends(BEARER))
     app.add_middleware(RequestGuard, api_key=api_key, max_body_bytes=max_body_bytes)
@@ -165,7 +169,9 @@ def _lifespan(service: Service, quantize: str | None):
     async def lifespan(app: FastAPI):
         log.info("serving %s (%d passages%s)", service.name, service.passages,
                  f", {quantize} quantized" if quantize else "")
+        app.state.readiness = "ready"
         yield
+        app.state.readiness = "stopping"
         await service.stop()
 
     return lifespan
@@ -197,6 +203,22 @@ def _add_pages(app: FastAPI, api_key: bool, max_body_bytes: int) -> None:
     async def docs() -> HTMLResponse:
         return HTMLResponse(docs_page(app.openapi(), api_key=api_key, max_body_bytes=max_body_bytes),
                             headers={"Content-Security-Policy": DOCS_CSP, **PAGE_HEADERS})
+
+
+def _add_readiness(app: FastAPI) -> None:
+    """GET (and HEAD) /ready: 200 once the server takes requests, 503 before its startup has run (the model
+    and index load before the app exists, and `ragloop serve` opens its port only after that) and from the
+    moment it begins to stop. The server loads one model and index for its lifetime: a new index is rolled
+    out by starting servers on it (docs/scaling.md), not swapped in."""
+    app.state.readiness = "starting"
+
+    @app.get("/ready", response_model=ReadyResponse, summary="Ready for traffic: the probe for load balancers",
+             responses={503: {"model": ReadyResponse, "description": "not taking requests: starting or stopping"}})
+    async def ready() -> JSONResponse:
+        status = app.state.readiness
+        return JSONResponse({"status": status}, status_code=200 if status == "ready" else 503)
+
+    app.add_api_route("/ready", ready, methods=["HEAD"], include_in_schema=False)
 
 
 def _check_k(service: Service, k: int | None) -> None:
