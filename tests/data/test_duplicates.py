@@ -93,6 +93,21 @@ def test_an_id_used_twice_with_other_text_is_one_error_after_the_passages_before
     assert got == ["a-0", "b-0", "c-0"]  # streamed: what came before the clash was yielded first
 
 
+def test_the_first_fault_of_a_corpus_is_the_one_said(tmp_path):
+    """Reading ahead does not change which error a corpus with two faults gives: the one met first."""
+    from ragloop import load_corpus
+
+    rows = [json.dumps({"id": "a", "text": "alpha"}), json.dumps({"id": "a", "text": "beta"}), '{"id": oops}']
+    (tmp_path / "c.jsonl").write_text("\n".join(rows) + "\n")
+    with pytest.raises(RagloopError, match="document id 'a' is used twice with different text"):
+        load_corpus([tmp_path / "c.jsonl"])
+    (tmp_path / "c.jsonl").write_text("\n".join([rows[0], rows[2], rows[1]]) + "\n")
+    got = []
+    with pytest.raises(RagloopError, match=r"c\.jsonl:2: not valid JSON"):
+        got.extend(p.id for p in corpus.iter_corpus([tmp_path / "c.jsonl"]))
+    assert got == ["a-0"]
+
+
 def test_what_the_check_logs(caplog):
     docs = [{"doc_id": "a", "title": "T", "text": "one two", "where": "x:1"},
             {"doc_id": "a", "title": "T", "text": "one  two", "where": "x:2"},  # same words: the same text

@@ -172,14 +172,21 @@ class _Tally:
 
 
 def _batches(documents: Iterable[dict]) -> Iterator[list[dict]]:
+    """DEDUP_BATCH documents at a time (fewer past DEDUP_BATCH_CHARS). A document that cannot be read is
+    raised after the batch read before it, so the faults of a corpus are met in the order they come."""
     batch: list[dict] = []
     chars = 0
-    for doc in documents:
-        batch.append(doc)
-        chars += len(doc["text"])
-        if len(batch) >= DEDUP_BATCH or chars >= DEDUP_BATCH_CHARS:
+    try:
+        for doc in documents:
+            batch.append(doc)
+            chars += len(doc["text"])
+            if len(batch) >= DEDUP_BATCH or chars >= DEDUP_BATCH_CHARS:
+                yield batch
+                batch, chars = [], 0
+    except Exception:
+        if batch:
             yield batch
-            batch, chars = [], 0
+        raise
     if batch:
         yield batch
 
