@@ -7,9 +7,10 @@ Each build runs alone in a fresh process (`python -m bench.suite.stream`, one JS
 RSS (VmHWM) is its own: `Index.build` over an iterator of passages, chunks of 4096, IVF-PQ48 with
 `refine="disk"`, no BM25 (bm25s builds in RAM from every text: O(N), measured elsewhere). Real rows
 encode real passages with all-MiniLM-L6-v2. Replayed rows are for sizes whose encoding would take hours
-on 2 cores: real passages' texts repeated under new ids, and as vectors the real passage vectors repeated
-with a small perturbation (N(0, 0.01^2) a dimension, renormalised) in place of the encoder; their build
-time adds the encoding time the real rows' passages/s would take (marked "est."). At the largest N the
+on 2 cores: real passages' texts repeated under new ids, each made unique by one word and passed through
+the duplicate check `ragloop index` runs (`iter_passages`), and as vectors the real passage vectors
+repeated with a small perturbation (N(0, 0.01^2) a dimension, renormalised) in place of the encoder; their
+build time adds the encoding time the real rows' passages/s would take (marked "est."). At the largest N the
 folder is loaded with verify="fast" (the default) and "full".
 """
 
@@ -126,15 +127,17 @@ def _status_mb(field: str) -> float:
 
 def _passages(corpus: Path, n: int, replay: bool):
     from ragloop.data import iter_corpus
-    from ragloop.data.corpus import Passage
+    from ragloop.data.corpus import iter_passages
 
     if not replay:
         yield from itertools.islice(iter_corpus([corpus]), n)
         return
     source = list(itertools.islice(iter_corpus([corpus]), 50_000))
-    for i in range(n):
-        p = source[i % len(source)]
-        yield Passage(id=f"replay-{i}", title=p.title, text=p.text, doc_id=f"replay-doc-{i}")
+    # every replayed passage a document of its own with a text of its own, through the duplicate check
+    # `ragloop index` runs (iter_passages), so what it keeps per passage is measured as N grows
+    documents = ({"doc_id": f"replay-doc-{i}", "title": source[i % len(source)].title,
+                  "text": f"{source[i % len(source)].text} r{i}"} for i in range(n))
+    yield from iter_passages(documents, chunk_size=10**6)
 
 
 def worker(argv: list[str]) -> None:

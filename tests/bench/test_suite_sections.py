@@ -57,3 +57,19 @@ def test_stored_records_render_and_give_goals(run, name):
     assert goals == record["result"]["goals"]
     part = run.earlier_part(RESULTS / f"{name}.json", 1, module)
     assert part.startswith(f"## 1. {module.TITLE}") and "cannot read" not in part
+
+
+def test_replayed_stream_passages_go_through_the_duplicate_check_and_none_is_dropped(tmp_path, caplog):
+    """Section "stream" replays a corpus past its size: every replayed passage is a document of its own, read
+    through `iter_passages` (what `ragloop index` runs), so the check's memory is measured and N is exact."""
+    import logging
+
+    from bench.suite.stream import _passages
+
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"id": f"d{i}", "title": "T", "text": f"same words {i % 2}"}) + "\n"
+                              for i in range(4)))
+    with caplog.at_level(logging.INFO, logger="ragloop.data.corpus"):
+        replayed = list(_passages(corpus, 25, replay=True))
+    assert len(replayed) == len({p.id for p in replayed}) == len({p.text for p in replayed}) == 25
+    assert caplog.records[-1].getMessage() == "corpus: 25 passages from 25 documents"

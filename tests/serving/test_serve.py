@@ -392,6 +392,23 @@ def test_with_an_api_key_the_page_and_docs_stay_open(keyed):
     assert docs.status_code == 200 and "needs an API key" in docs.text
 
 
+def test_ready_says_200_only_while_the_server_takes_requests(model):
+    """/ready, the load balancer's probe: 503 "starting" before the server's startup has run, 200 "ready"
+    while it serves, 503 "stopping" once it stops; open without the API key (health checks rarely send
+    headers), so the schema declares no key and no 401 for it."""
+    app = create_app(model, threads=1, api_key=KEY)
+    before = TestClient(app).get("/ready")  # no `with`: the app's startup has not run
+    assert (before.status_code, before.json()) == (503, {"status": "starting"})
+    with TestClient(app) as c:
+        r = c.get("/ready")
+        assert (r.status_code, r.json()) == (200, {"status": "ready"}) and c.head("/ready").status_code == 200
+        assert c.get("/health").status_code == 401  # the rest still needs the key
+        operation = c.get("/openapi.json").json()["paths"]["/ready"]["get"]
+        assert "security" not in operation and set(operation["responses"]) == {"200", "503"}
+    after = TestClient(app).get("/ready")
+    assert (after.status_code, after.json()) == (503, {"status": "stopping"})
+
+
 def test_which_servers_need_a_key(monkeypatch, model):
     monkeypatch.delenv("RAGLOOP_API_KEY", raising=False)
     assert all(is_loopback(h) for h in ("127.0.0.1", "127.0.0.2", "localhost", "::1"))

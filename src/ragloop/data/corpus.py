@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ragloop.data.records import (
@@ -26,9 +26,14 @@ from ragloop.data.records import (
     read_rows,
     read_text_document,
 )
+from ragloop.data.seen import SeenKeys
 from ragloop.errors import RagloopError
 
 log = logging.getLogger(__name__)
+
+DEDUP_BATCH = 1024  # documents the duplicate check reads ahead and looks up on disk at once
+DEDUP_BATCH_CHARS = 8_000_000  # or fewer, when they hold this much text
+EMPTY_SHOWN = 3  # empty documents named in the summary line
 
 
 @dataclass(frozen=True)
@@ -143,8 +148,8 @@ def iter_corpus(
     split: str | None = None,
 ) -> Iterator[Passage]:
     """`load_corpus` as a stream, for `Index.build` over corpora too big for a list: the same passages
-    in the same order, read as they are consumed. What stays O(corpus) is the duplicate check (a set of
-    every passage's content id and a dict of document ids), not the passages. An empty corpus yields
+    in the same order, read as they are consumed (a batch of documents ahead). The duplicate check keeps
+    what it has seen on disk (seen.py), so RAM does not grow with the corpus. An empty corpus yields
     nothing (`load_corpus` says so). Every file's header is read when this is called (`check_files`):
     a bad one fails here, before a model loads to encode the stream."""
     sources = list(sources)
@@ -164,51 +169,116 @@ def make_passages(documents: Iterable[dict], chunk_size: int = 100, overlap: int
 
 
 def iter_passages(documents: Iterable[dict], chunk_size: int = 100, overlap: int = 0) -> Iterator[Passage]:
-    """`make_passages` one passage at a time."""
-    count = 0
-    seen_text: set[str] = set()
-    seen_docs: dict[str, tuple[str, str]] = {}  # doc id -> (content id of its text, where it was read)
-    duplicates = repeated_docs = 0
-    empty: list[str] = []  # where each document without a word was read (an empty file, a blank row)
-    for doc in documents:
-        doc_id, where = doc["doc_id"], doc.get("where") or doc.get("source") or "?"
-        text_key = content_id(doc["text"])
-        if doc_id in seen_docs:  # a QA context repeats once per question; a file may be named twice
-            first_key, first_where = seen_docs[doc_id]
-            if first_key != text_key:
-                raise RagloopError(f"document id {doc_id!r} is used twice with different text: {first_where} "
-                                   f"and {where} (give each document its own id)")
-            if doc_id != text_key:  # a repeated QA context (id = its hash) is expected, not worth a line
-                repeated_docs += 1
-                log.debug("%s: document %r again, same text as %s: skipped", where, doc_id, first_where)
+    """`make_passages` one passage at a time. The check reads DEDUP_BATCH documents ahead (fewer when
+    they hold more than DEDUP_BATCH_CHARS of text) and asks the keys it has seen (seen.py, on disk) once
+    for them all: RAM holds one batch, whatever the corpus size. Passages come out in the same order, and
+    those before a clashing document are yielded before its error."""
+    tally = _Tally()
+    with SeenKeys() as seen:
+        for batch in _batches(documents):
+            yield from _batch_passages(batch, seen, tally, chunk_size, overlap)
+    if tally.repeated_docs:
+        log.info("corpus: %d documents repeated with the same id and text were skipped", tally.repeated_docs)
+    log.info("corpus: %s", _summary(tally))
+
+
+@dataclass
+class _Tally:
+    """What reading a corpus gave: counts, and where the first few empty documents were read."""
+
+    passages: int = 0
+    documents: int = 0  # distinct document ids, empty ones included
+    duplicates: int = 0
+    repeated_docs: int = 0
+    empty: int = 0
+    empty_shown: list[str] = field(default_factory=list)  # where the first EMPTY_SHOWN empty ones were read
+
+
+def _batches(documents: Iterable[dict]) -> Iterator[list[dict]]:
+    """DEDUP_BATCH documents at a time (fewer past DEDUP_BATCH_CHARS). A document that cannot be read is
+    raised after the batch read before it, so the faults of a corpus are met in the order they come."""
+    batch: list[dict] = []
+    chars = 0
+    try:
+        for doc in documents:
+            batch.append(doc)
+            chars += len(doc["text"])
+            if len(batch) >= DEDUP_BATCH or chars >= DEDUP_BATCH_CHARS:
+                yield batch
+                batch, chars = [], 0
+    except Exception:
+        if batch:
+            yield batch
+        raise
+    if batch:
+        yield batch
+
+
+def _batch_passages(batch: list[dict], seen: SeenKeys, tally: _Tally, size: int, overlap: int) -> Iterator[Passage]:
+    """The passages of one batch of documents, in order, checked against `seen` (and each other): a document
+    id seen before is skipped (the same text) or an error (another text); a passage whose title and text
+    were seen before is dropped. What is new is added to `seen` at the end."""
+    text_keys = [content_id(doc["text"]) for doc in batch]
+    on_disk = seen.documents([doc["doc_id"] for doc in batch])
+    first: dict[str, int] = {}  # doc id -> the batch's first document with it, for ids not seen before
+    for i, doc in enumerate(batch):
+        if doc["doc_id"] not in on_disk:
+            first.setdefault(doc["doc_id"], i)
+    chunks = {i: [(chunk, content_id(batch[i]["title"] + "\n" + chunk))
+                  for chunk in chunk_words(batch[i]["text"], size, overlap)] for i in first.values()}
+    known = seen.texts([key for pairs in chunks.values() for _, key in pairs])
+    new_keys: list[str] = []
+    for i, doc in enumerate(batch):
+        doc_id, where = doc["doc_id"], _where(doc)
+        earlier = on_disk.get(doc_id) or (None if first[doc_id] == i else
+                                          (text_keys[first[doc_id]], _where(batch[first[doc_id]])))
+        if earlier is not None:  # a QA context repeats once per question; a file may be named twice
+            _repeated(doc_id, text_keys[i], where, earlier, tally)
             continue
-        seen_docs[doc_id] = (text_key, where)
-        chunks = chunk_words(doc["text"], chunk_size, overlap)
-        if not chunks:
-            empty.append(where)
-        for i, chunk in enumerate(chunks):
-            key = content_id(doc["title"] + "\n" + chunk)
-            if key in seen_text:
-                duplicates += 1
+        tally.documents += 1
+        if not chunks[i]:
+            tally.empty += 1
+            if len(tally.empty_shown) < EMPTY_SHOWN:
+                tally.empty_shown.append(where)
+        for j, (chunk, key) in enumerate(chunks[i]):
+            if key in known:
+                tally.duplicates += 1
                 continue
-            seen_text.add(key)
-            count += 1
-            yield Passage(id=passage_id(doc_id, i), title=doc["title"], text=chunk, doc_id=doc_id,
+            known.add(key)
+            new_keys.append(key)
+            tally.passages += 1
+            yield Passage(id=passage_id(doc_id, j), title=doc["title"], text=chunk, doc_id=doc_id,
                           source=doc.get("source") or "")
-    if repeated_docs:
-        log.info("corpus: %d documents repeated with the same id and text were skipped", repeated_docs)
-    log.info("corpus: %s", _summary(count, len(seen_docs) - len(empty), empty, duplicates))
+    seen.add_documents([(doc_id, text_keys[i], _where(batch[i])) for doc_id, i in first.items()])
+    seen.add_texts(new_keys)
 
 
-def _summary(passages: int, documents: int, empty: list[str], duplicates: int) -> str:
+def _where(doc: dict) -> str:
+    return doc.get("where") or doc.get("source") or "?"
+
+
+def _repeated(doc_id: str, text_key: str, where: str, earlier: tuple[str, str], tally: _Tally) -> None:
+    """A document id seen before: the same text is skipped (said at debug level, unless it is a repeated QA
+    context, whose id is its text's hash); another text is an error naming both places."""
+    first_key, first_where = earlier
+    if first_key != text_key:
+        raise RagloopError(f"document id {doc_id!r} is used twice with different text: {first_where} "
+                           f"and {where} (give each document its own id)")
+    if doc_id != text_key:
+        tally.repeated_docs += 1
+        log.debug("%s: document %r again, same text as %s: skipped", where, doc_id, first_where)
+
+
+def _summary(tally: _Tally) -> str:
     """"3 passages from 3 documents (1 empty document skipped: docs/empty.txt)": what reading a corpus gave."""
     notes = []
-    if empty:
-        shown = ", ".join(empty[:3]) + (f" and {len(empty) - 3} more" if len(empty) > 3 else "")
-        notes.append(f"{_count(len(empty), 'empty document')} skipped: {shown}")
-    if duplicates:
-        notes.append(f"{_count(duplicates, 'exact duplicate')} dropped")
-    return (f"{_count(passages, 'passage')} from {_count(documents, 'document')}"
+    if tally.empty:
+        more = tally.empty - len(tally.empty_shown)
+        shown = ", ".join(tally.empty_shown) + (f" and {more} more" if more else "")
+        notes.append(f"{_count(tally.empty, 'empty document')} skipped: {shown}")
+    if tally.duplicates:
+        notes.append(f"{_count(tally.duplicates, 'exact duplicate')} dropped")
+    return (f"{_count(tally.passages, 'passage')} from {_count(tally.documents - tally.empty, 'document')}"
             + (f" ({'; '.join(notes)})" if notes else ""))
 
 

@@ -8,6 +8,8 @@ Endpoints:
     GET  /         a small page: ask a question, read the answer and its sources (`/?q=...` asks at once)
     GET  /health   status, the model and index it serves, the endpoints it offers (the /v1 ones too),
                    batching and cache statistics (hits, hit rate)
+    GET  /ready    200 {"status": "ready"} once it takes requests, 503 before and while it stops (open
+                   without the API key: the probe of a load balancer or an orchestrator)
     POST /answer   {"question": str, "k": int?}                      -> answer + passages (+ the span copied)
     POST /search   {"question": str, "k": int?, "mode": dense|bm25|hybrid} -> ranked passages
     GET  /docs     the API described on one self-contained page (from /openapi.json; no CDN)
@@ -54,6 +56,7 @@ from ragloop.serving.schemas import (
     MAX_BODY_BYTES,
     AnswerRequest,
     AnswerResponse,
+    ReadyResponse,
     SearchRequest,
     SearchResponse,
     limit_k,
@@ -147,6 +150,7 @@ def create_app(source: str | Path | RAG | Retriever, *, max_batch: int = 16, max
     app = FastAPI(title="ragloop", version=__version__, lifespan=_lifespan(service, quantize), docs_url=None,
                   redoc_url=None, description="Retrieval-augmented answers with their sources, and passage search.")
     app.state.service = service
+    _add_readiness(app)  # before the key: /ready is open
     if api_key is not None:  # every route added below declares the bearer key
         app.router.dependencies.append(Depends(BEARER))
     app.add_middleware(RequestGuard, api_key=api_key, max_body_bytes=max_body_bytes)
@@ -167,7 +171,9 @@ def _lifespan(service: Service, quantize: str | None):
     async def lifespan(app: FastAPI):
         log.info("serving %s (%d passages%s)", service.name, service.passages,
                  f", {quantize} quantized" if quantize else "")
+        app.state.readiness = "ready"
         yield
+        app.state.readiness = "stopping"
         await service.stop()
 
     return lifespan
@@ -206,6 +212,22 @@ def offered(app: FastAPI, service: Service) -> list[str]:
     /health, less those that need a generator when an index alone is served: what /health lists."""
     return [path for path in app.openapi()["paths"]
             if path != "/health" and (service.model is not None or path not in NEEDS_GENERATOR)]
+
+
+def _add_readiness(app: FastAPI) -> None:
+    """GET (and HEAD) /ready: 200 once the server takes requests, 503 before its startup has run (the model
+    and index load before the app exists, and `ragloop serve` opens its port only after that) and from the
+    moment it begins to stop. The server loads one model and index for its lifetime: a new index is rolled
+    out by starting servers on it (docs/scaling.md), not swapped in."""
+    app.state.readiness = "starting"
+
+    @app.get("/ready", response_model=ReadyResponse, summary="Ready for traffic: the probe for load balancers",
+             responses={503: {"model": ReadyResponse, "description": "not taking requests: starting or stopping"}})
+    async def ready() -> JSONResponse:
+        status = app.state.readiness
+        return JSONResponse({"status": status}, status_code=200 if status == "ready" else 503)
+
+    app.add_api_route("/ready", ready, methods=["HEAD"], include_in_schema=False)
 
 
 def _check_k(service: Service, k: int | None) -> None:

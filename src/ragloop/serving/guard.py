@@ -4,8 +4,8 @@
 
 In order, a request is refused with
     401  when the server has an API key and the request does not send it (`Authorization: Bearer KEY`;
-         compared with `hmac.compare_digest`). The page, its docs and HEAD / stay open: they hold
-         nothing but what every copy of ragloop serves.
+         compared with `hmac.compare_digest`). The page, its docs, HEAD / and /ready stay open: they
+         hold nothing but what every copy of ragloop serves, and whether this one takes requests.
     415  a body that is not declared `application/json`: a browser sends a cross-site form or a
          `text/plain` fetch without asking the server first (a "simple request"), so the type is
          what keeps another site's page from posting questions through a visitor's browser.
@@ -34,7 +34,9 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-OPEN_PATHS = frozenset({"/", "/docs", "/openapi.json"})  # served without the API key
+# served without the API key: the page, its docs, and /ready, which a load balancer's health check asks
+# (most cannot send a header) and which says only whether the server takes requests
+OPEN_PATHS = frozenset({"/", "/docs", "/openapi.json", "/ready"})
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 MAX_ECHO = 80  # characters of a client's input an error message may repeat
 
@@ -148,8 +150,9 @@ REFUSAL = {"type": "object", "required": ["detail"], "properties": {"detail": {"
 
 def document_refusals(openapi: dict, api_key: bool, shapes: dict[str, str] | None = None) -> dict:
     """`openapi` (the app's schema) with the guard's answers: 413 and 415 on every operation that takes a
-    body and, when the server has an API key, 401 on every operation. `shapes`: path prefix -> the schema
-    component its refusals are shaped as (another error body than "Refusal", e.g. OpenAI's under /v1/).
+    body and, when the server has an API key, 401 on every operation but the open ones (OPEN_PATHS).
+    `shapes`: path prefix -> the schema component its refusals are shaped as (another error body than
+    "Refusal", e.g. OpenAI's under /v1/).
     Changed in place, returned."""
     openapi.setdefault("components", {}).setdefault("schemas", {})["Refusal"] = REFUSAL
     for path, operations in openapi.get("paths", {}).items():
@@ -160,7 +163,7 @@ def document_refusals(openapi: dict, api_key: bool, shapes: dict[str, str] | Non
             if "requestBody" in operation:
                 responses.setdefault("413", {"description": "the body is over the server's limit", **refusal})
                 responses.setdefault("415", {"description": "the body is not sent as application/json", **refusal})
-            if api_key:
+            if api_key and path not in OPEN_PATHS:
                 responses.setdefault("401", {"description": "no API key, or a wrong one", **refusal})
     return openapi
 

@@ -125,6 +125,12 @@ class SearchResponse(BaseModel):
     batch_size: int = Field(description="questions in the search call that answered this one")
 
 
+class ReadyResponse(BaseModel):
+    status: Literal["ready", "starting", "stopping"] = Field(
+        description="ready (200): the model, the index and the question encoder are loaded and the server takes "
+                    "requests; starting or stopping (503): send traffic elsewhere")
+
+
 # -- what /openapi.json says that the models alone cannot -----------------------------------------
 
 
