@@ -63,7 +63,7 @@ def test_health_describes_the_model_the_index_and_batching(client, model):
     assert r.status_code == 200
     h = r.json()
     assert h["status"] == "ok" and h["serving"] == "rag"
-    assert h["endpoints"] == ["/answer", "/search", "/v1/models", "/v1/chat/completions", "/v1/embeddings"]
+    assert h["endpoints"] == ["/ready", "/answer", "/search", "/v1/models", "/v1/chat/completions", "/v1/embeddings"]
     assert set(h["endpoints"]) == set(client.get("/openapi.json").json()["paths"]) - {"/health"}  # every route
     assert h["model"]["n_docs"] == 2 and h["model"]["rag_mode"] == "sequence"
     assert h["index"]["passages"] == len(model.index) and h["index"]["bm25"] is True
@@ -136,7 +136,7 @@ def test_an_index_folder_serves_search_only(rag_dir):
     with TestClient(create_app(rag_dir / "index", threads=1)) as c:
         h = c.get("/health").json()
         assert h["serving"] == "index" and h["model"] is None
-        assert h["endpoints"] == ["/search", "/v1/models", "/v1/embeddings"]  # not those that need a generator
+        assert h["endpoints"] == ["/ready", "/search", "/v1/models", "/v1/embeddings"]  # not those that need a generator
         assert len(c.post("/search", json={"question": QUESTIONS[0], "k": 2}).json()["hits"]) == 2
         r = c.post("/answer", json={"question": QUESTIONS[0]})
         assert r.status_code == 503 and "serves an index, not a RAG model" in r.json()["detail"]
