@@ -136,7 +136,7 @@ def test_an_index_folder_serves_search_only(rag_dir):
     with TestClient(create_app(rag_dir / "index", threads=1)) as c:
         h = c.get("/health").json()
         assert h["serving"] == "index" and h["model"] is None
-        assert h["endpoints"] == ["/ready", "/search", "/v1/models", "/v1/embeddings"]  # not those that need a generator
+        assert h["endpoints"] == ["/ready", "/search", "/v1/models", "/v1/embeddings"]  # none needing a generator
         assert len(c.post("/search", json={"question": QUESTIONS[0], "k": 2}).json()["hits"]) == 2
         r = c.post("/answer", json={"question": QUESTIONS[0]})
         assert r.status_code == 503 and "serves an index, not a RAG model" in r.json()["detail"]
