@@ -137,6 +137,7 @@ class Reranker:
             self.write_files(tmp)
         log.info("saved reranker -> %s", path)
 
+    @quiet_transformers()  # no "Writing model shards" bar in output meant for a pipe
     def write_files(self, folder: Path) -> None:
         """Write the files `save_pretrained` writes into an existing folder, not atomically: for writers that
         own the folder and add files of their own (a RAG folder, a trainer's atomic output)."""
