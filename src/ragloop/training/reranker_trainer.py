@@ -5,7 +5,7 @@ the checkpoint chosen on held-out articles.
     >>> out = train_reranker(RerankerTrainConfig(output_dir="runs/reranker"))   # every bundled train question
     >>> Reranker.from_pretrained(out["output_dir"]).score(questions, passages)
 
-    $ ragloop train-reranker --output_dir runs/reranker          # about 20 min on 2 CPU cores
+    $ ragloop train-reranker --output_dir runs/reranker          # 13 min on 2 CPU cores (bench/README.md)
     $ ragloop train-reranker --loss bce --negative_sources hybrid,random --negatives 7 --head_lr 1e-3
     $ ragloop train-reranker --train_file train.json --model cross-encoder/ms-marco-MiniLM-L-6-v2
 
