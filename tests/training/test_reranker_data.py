@@ -115,18 +115,32 @@ def test_split_evenly():
     assert split_evenly(8, ["bm25", "dense", "random"]) == {"bm25": 3, "dense": 3, "random": 2}
 
 
+def assert_negatives_hold_no_answer(examples, passages, items, per_question: int) -> None:
+    """Each question's negatives: distinct, from other paragraphs, without an answer string; at most
+    `per_question`, and that many for at least 90% of the questions."""
+    answers = {ex.question: ex.answers for ex in examples}
+    for it in items:
+        assert len(set(it.negatives)) == len(it.negatives) <= per_question
+        for r in it.negatives:
+            assert passages[r].doc_id != it.doc_id
+            assert not has_answer(answers[it.question], bm25_text(passages[r]))
+    assert sum(len(it.negatives) == per_question for it in items) >= 0.9 * len(items)
+
+
 @pytest.mark.parametrize("source", ["bm25", "dense", "hybrid", "random"])
 def test_each_negative_source_gives_negatives_without_an_answer(source, squad_small, tiny_bert_dir):
     examples = load_qa(squad_small)
     encoder = Encoder.from_pretrained(str(tiny_bert_dir)) if source in ("dense", "hybrid") else None
     passages, items = build_items(examples, sources={source: 2}, dense_encoder=encoder, seed=1)
-    answers = {ex.question: ex.answers for ex in examples}
-    for it in items:
-        assert len(set(it.negatives)) == len(it.negatives) <= 2
-        for r in it.negatives:
-            assert passages[r].doc_id != it.doc_id
-            assert not has_answer(answers[it.question], bm25_text(passages[r]))
-    assert sum(len(it.negatives) == 2 for it in items) >= 0.9 * len(items)
+    assert_negatives_hold_no_answer(examples, passages, items, 2)
+
+
+def test_bm25_and_dense_negatives_are_never_gold_nor_hold_the_answer(squad_small, tiny_bert_dir):
+    """The older arguments (hard_negatives, dense_negatives) give the same guarantees."""
+    examples = load_qa(squad_small)
+    passages, items = build_items(examples, hard_negatives=2, dense_negatives=2,
+                                  dense_encoder=Encoder.from_pretrained(str(tiny_bert_dir)))
+    assert_negatives_hold_no_answer(examples, passages, items, 4)
 
 
 def test_a_mix_of_sources_shares_the_negatives(squad_small):
