@@ -13,6 +13,11 @@ vs 7), the fresh head's learning rate. A variant already trained with the same s
 back, not trained again, so an interrupted run picks up where it stopped; the results file is
 rewritten after each variant.
 
+One more row needs no reranker training: the span reader's passage score as the ranker (DPR's reader
+ranks its passages with the head that finds answers), from the trained model in settings.span_reader
+(default runs/demo/rag/best_model, what `make demo` trains; the row is skipped, with a message, where
+that folder holds no span reader). It reads each candidate as the cross-encoders do, "title text".
+
 Scoring: the trainer's held-out split (whole articles, the same for every variant, as the data
 settings are base's), up to base.max_eval_examples questions, over the passages of every training
 article: gold@1 and mrr@10 of BM25's, the dense encoder's and hybrid's top 20 (settings.stages), before
@@ -31,6 +36,42 @@ from bench.experiments.pipeline import stamp, write_results
 from bench.suite.tables import say, table
 
 FIRST_STAGE = "first stage alone"
+SPAN_ROW = "span reader's passage score (no reranker training)"
+
+
+class SpanRanker:
+    """A span reader's `passage_scores` behind the `predict` of a reranker (what the held-out scoring
+    calls): one relevance per (question, passage text) pair, `batch_size` pairs a forward."""
+
+    def __init__(self, reader, batch_size: int = 32) -> None:
+        self.reader, self.batch_size = reader, batch_size
+
+    def predict(self, pairs: list[tuple[str, str]], show_progress_bar: bool | None = False):
+        import numpy as np
+
+        from ragloop.data.corpus import Passage
+
+        out = [np.empty(0, dtype=np.float32)]
+        for i in range(0, len(pairs), self.batch_size):
+            chunk = pairs[i : i + self.batch_size]
+            texts = [[Passage(id="", title="", text=t)] for _, t in chunk]
+            scores = self.reader.passage_scores([q for q, _ in chunk], texts)
+            out.append(scores[:, 0].cpu().numpy())
+        return np.concatenate(out)
+
+
+def span_ranker(folder: str) -> SpanRanker | None:
+    """The span reader of the RAG model in `folder` as a ranker, or None (said) where there is none."""
+    from ragloop.model import RAG
+
+    if not (Path(folder) / "rag_config.json").is_file():
+        say(f"  no trained RAG model in {folder}: the span reader's row is skipped (`make demo` trains one)")
+        return None
+    model = RAG.from_pretrained(folder)
+    if model.config.mode != "span":
+        say(f"  {folder} reads with {model.config.mode!r}, not the span reader: its row is skipped")
+        return None
+    return SpanRanker(model.generator.eval())
 
 
 def variant_config(settings: dict, variant: dict):
@@ -98,6 +139,13 @@ def run(exp, results: Path) -> None:
         res["rows"].append({**score_row(variant["name"], scores, stages, "reranked "), "settings": variant,
                             "steps": summary["steps"], "train_minutes": round(summary["seconds"] / 60, 1),
                             "data_minutes": round(summary["data_seconds"] / 60, 1), "chosen_step": best.get("step")})
+        write_results(results, res)
+    ranker = span_ranker(s.get("span_reader", "runs/demo/rag/best_model"))
+    if ranker is not None:
+        say(f"== {SPAN_ROW} ==")
+        scores = heldout.scores(ranker, tuple(stages))
+        res["rows"].append({**score_row(SPAN_ROW, scores, stages, "reranked "), "settings": {"name": SPAN_ROW},
+                            "steps": 0, "train_minutes": 0.0})
         write_results(results, res)
     print(results_table(res["rows"], stages))
 

@@ -15,6 +15,7 @@ from ragloop.generation.extractive import (
     answer_char_spans,
     best_spans,
     gold_span_mask,
+    passage_logprobs,
     span_marginal_nll,
 )
 from ragloop.model import RAG, RAGConfig
@@ -161,3 +162,18 @@ def test_spans_start_and_end_on_word_boundaries(reader):
     words = lambda mask: [text[s:e] for (s, e), m in zip(offsets, mask[0].tolist()) if m]  # noqa: E731
     assert words(inputs["start_mask"]) == ["The", "can", "glow", "."]  # "canopies" is can ##op ##ies
     assert words(inputs["end_mask"]) == ["The", "ies", "glow", "."]
+
+
+def test_passage_scores_rank_as_answering_weighs_and_do_not_depend_on_the_other_passages(reader):
+    """The reader as a ranker (DPR's passage selection): its scores are the reader's part of p(z|x), so
+    adding the retriever's log p(z|x) and normalising gives answering's `passage_logprobs`; and a
+    passage scores the same alone as among others, so a reranker may score pairs one by one."""
+    doc = torch.log_softmax(torch.randn(1, 2), dim=-1)
+    inputs = reader.build_inputs([QUESTION], [passages()])
+    start, end, select = reader(inputs)
+    together = reader.passage_scores([QUESTION], [passages()])
+    assert together.shape == (1, 2)
+    assert torch.allclose(torch.log_softmax(doc + together, dim=-1),
+                          passage_logprobs(doc, select.view(1, 2), start.view(1, 2, -1), end.view(1, 2, -1)), atol=1e-5)
+    alone = torch.cat([reader.passage_scores([QUESTION], [[p]]) for p in passages()], dim=1)
+    assert torch.allclose(alone, together, atol=1e-4)

@@ -213,6 +213,15 @@ class SpanReader(torch.nn.Module):
         return hidden
 
     @torch.no_grad()
+    def passage_scores(self, questions: list[str], passages: list[list]) -> torch.Tensor:
+        """[B, K] how this reader ranks each question's passages, as DPR's reader does with its selection
+        head: the passage score plus the log of the passage's span mass (`reader_scores`), the part of
+        p(z|x) the reader adds to the retriever's when answering."""
+        inputs = self.build_inputs(questions, passages)
+        start, end, select = self(inputs)
+        return reader_scores(select, start, end).view(len(questions), -1)
+
+    @torch.no_grad()
     def read(self, questions: list[str], passages: list[list], doc_logprobs: torch.Tensor,
              max_answer_tokens: int | None = None) -> list[Reading]:
         """The best answer of each question over its k passages (module docstring)."""
@@ -262,8 +271,13 @@ def passage_logprobs(doc_logprobs: torch.Tensor, select: torch.Tensor, start: to
     the span logits [B, K, L]: each passage also weighed by its span mass, so that p(z|x) p(i|z) p(j|z)
     ∝ exp(doc + select + start_i + end_j) is one softmax over the spans of all k passages and span scores
     compare across passages (shared normalisation, Clark & Gardner 2018; +0.06 dev F1 in the demo)."""
-    mass = start.float().logsumexp(-1) + end.float().logsumexp(-1)
-    return torch.log_softmax(doc_logprobs.float() + select.float() + mass, dim=-1)
+    return torch.log_softmax(doc_logprobs.float() + reader_scores(select, start, end), dim=-1)
+
+
+def reader_scores(select: torch.Tensor, start: torch.Tensor, end: torch.Tensor) -> torch.Tensor:
+    """The reader's own log-weight of each passage [...]: its passage score plus the log of its span mass,
+    log Σ_i exp(start_i) + log Σ_j exp(end_j), from select [...] and start, end [..., L]."""
+    return select.float() + start.float().logsumexp(-1) + end.float().logsumexp(-1)
 
 
 def answer_char_spans(text: str, answer: str) -> list[tuple[int, int]]:
