@@ -14,6 +14,8 @@ never trained on, each with retrieved passages (RAG), none (closed book) and the
 is scored free (with no passages there is nothing to hold an answer to) and is n/a for the extractive
 reader. Retrieval: hit@k (the recipe's search mode) before training and through the trained question
 encoder. Latency: p50 ms of `model.answer(question, k)`, one question per call, after two warm-up calls.
+The trained models stay in settings.work (`<work>/<mode>-<encoder>/best_model`; null: a temporary
+folder, removed), where the "int8" experiment loads them.
 """
 
 from __future__ import annotations

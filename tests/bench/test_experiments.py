@@ -119,7 +119,7 @@ def test_shipped_experiments_load_and_their_stored_results_pass():
     """Every expected file reads, its recipe loads through ragloop's recipe loader, and the stored
     results in bench/results/ are within every tolerance (the expected figures came from them)."""
     exps = load_experiments()
-    assert set(exps) == {"readers", "rerank", "rerank-rag", "warm-start", "generator", "rerank-recipes"}
+    assert set(exps) == {"readers", "rerank", "rerank-rag", "warm-start", "generator", "rerank-recipes", "int8"}
     for exp in exps.values():
         assert exp.recipe().steps > 0
         if not exp.figures:  # not run yet: it says so, and there is nothing to check
@@ -142,5 +142,5 @@ def test_every_experiment_has_a_module_that_runs_it():
 def test_list_names_every_experiment(capsys):
     assert cli.main(["--list"]) == 0
     out = capsys.readouterr().out
-    for name in ("readers", "rerank", "rerank-rag", "warm-start", "generator", "rerank-recipes"):
+    for name in ("readers", "rerank", "rerank-rag", "warm-start", "generator", "rerank-recipes", "int8"):
         assert f"| {name} |" in out
