@@ -2,8 +2,12 @@
 
     python -m bench.experiments --only rerank
 
-The reranker (settings.reranker, default runs/reranker) is trained with `ragloop train-reranker`'s
-defaults on the bundled train articles if that folder does not hold one; it never sees the dev articles.
+Each reranker of settings.rerankers ({"name", "folder", "flags"}) is trained into its folder with
+`ragloop train-reranker` and its flags (its defaults otherwise) if that folder does not hold one: the
+defaults (from the bundled MiniLM), and the same started from the demo's trained span reader's encoder
+(`--model runs/demo/rag/best_model/generator`, which `make demo` writes). Both train on the bundled train
+articles only; neither sees the dev articles. A reranker's "quantize" list gives one pass each (null:
+fp32; "int8": `Reranker.quantize("int8")`). The cost is the first reranker's (they are the same size).
 
 1. Retrieval quality on the recipe's dev questions (evaluate.retrieval_questions, spread evenly; the
    dev index settings.index: dev articles, MiniLM, Flat, built if missing): gold@k, hit@k (evaluate.
@@ -11,10 +15,9 @@ defaults on the bundled train articles if that folder does not hold one; it neve
    settings.depth.
    The reranker as its folder configures it: per first stage, the cross-encoder alone, its saved
    combination with the first stage's evidence, or the first stage's own order where nothing beat it
-   on held-out questions (`rerank_use` in each row). Each settings.quantize entry is one pass (null:
-   fp32; "int8": `Reranker.quantize("int8")`).
+   on held-out questions (`rerank_use` in each row); one pass per reranker and entry of its "quantize".
 2. Cost: milliseconds the reranking stage adds per question (one question per call, k=5, hybrid first
-   stage) at each of settings.cost_depths, for each settings.quantize entry, with the cross-encoder
+   stage) at each of settings.cost_depths, for each "quantize" entry of the first reranker, with the cross-encoder
    scoring every candidate (a saved fallback would cost nothing); the median of settings.cost_questions
    calls, after a warm-up.
 """
@@ -31,12 +34,14 @@ from bench.experiments.pipeline import stamp, write_results
 from bench.suite.tables import say, table
 
 
-def ensure_reranker(folder: str) -> None:
-    """Train a reranker into `folder` with `ragloop train-reranker`'s defaults unless one is there."""
+def ensure_reranker(folder: str, flags: list[str] | None = None) -> None:
+    """Train a reranker into `folder` with `ragloop train-reranker` and `flags` (its defaults where a flag
+    is not given) unless one is there."""
     if (Path(folder) / "config.json").is_file():
         return
-    say(f"training a reranker into {folder} (ragloop train-reranker, its defaults) ...")
-    subprocess.run([sys.executable, "-m", "ragloop", "train-reranker", "--output_dir", folder], check=True)
+    say(f"training a reranker into {folder} (ragloop train-reranker {' '.join(flags or [])}) ...")
+    subprocess.run([sys.executable, "-m", "ragloop", "train-reranker", "--output_dir", folder, *(flags or [])],
+                   check=True)
 
 
 def dev_index(path: Path):
@@ -63,13 +68,15 @@ def loaded(folder: str, quantize: str | None):
     return Reranker.from_pretrained(folder).quantize(quantize)
 
 
-def quality(index, reranker, examples: list, ks: tuple[int, ...], depth: int, plain: bool = True) -> list[dict]:
+def quality(index, reranker, examples: list, ks: tuple[int, ...], depth: int, plain: bool = True,
+            label: str = "") -> list[dict]:
     from ragloop.constants import SEARCH_MODES as MODES
     from ragloop.evaluation import evaluate_retrieval
     from ragloop.retrieval import Retriever
 
     rows = []
-    tag = f" ({reranker.quantization})" if reranker.quantization else ""
+    tag = ", ".join(t for t in (label, reranker.quantization) if t)
+    tag = f" ({tag})" if tag else ""
     for mode in MODES:
         for stage in ((None, reranker) if plain else (reranker,)):
             retriever = Retriever(index, mode=mode)
@@ -118,14 +125,15 @@ def run(exp, results: Path) -> None:
 
     quiet_libraries()
     recipe, s = exp.recipe(), exp.settings
-    ensure_reranker(s["reranker"])
-    precisions = s.get("quantize", [None])
+    for r in s["rerankers"]:
+        ensure_reranker(r["folder"], r.get("flags"))
     index = dev_index(Path(s["index"]))
-    res = {**stamp(exp), "reranker": s["reranker"], "index": s["index"], "passages": len(index)}
+    res = {**stamp(exp), "rerankers": s["rerankers"], "index": s["index"], "passages": len(index)}
     examples = dev_questions(recipe, recipe.retrieval_questions)
-    res["quality"] = rows = [row for i, q in enumerate(precisions)
-                             for row in quality(index, loaded(s["reranker"], q), examples, recipe.retrieval_k,
-                                                s["depth"], plain=i == 0)]
+    runs = [(r, q) for r in s["rerankers"] for q in r.get("quantize", [None])]
+    res["quality"] = rows = [row for i, (r, q) in enumerate(runs)
+                             for row in quality(index, loaded(r["folder"], q), examples, recipe.retrieval_k,
+                                                s["depth"], plain=i == 0, label=r["name"])]
     for row in rows:
         row.setdefault("rerank_use", "-")
     cols = ["name"] + [f"{m}@{k}" for m in ("gold", "hit") for k in recipe.retrieval_k] + ["mrr@10", "rerank_use",
@@ -133,8 +141,9 @@ def run(exp, results: Path) -> None:
     print(f"Retrieval quality, {len(examples)} dev questions, rerank depth {s['depth']}\n")
     print(rows_table(rows, cols, ["retrieval", *cols[1:-2], "reranking stage uses", "seconds (all questions)"]))
     timed = [e.question for e in dev_questions(recipe, s["cost_questions"] + 3)]
-    res["cost"] = rows = [row for q in precisions
-                          for row in cost(index, loaded(s["reranker"], q), timed, s["cost_depths"])]
+    first = s["rerankers"][0]
+    res["cost"] = rows = [row for q in first.get("quantize", [None])
+                          for row in cost(index, loaded(first["folder"], q), timed, s["cost_depths"])]
     print("\nWhat reranking adds per question (hybrid first stage, k=5, every candidate scored)\n")
     print(rows_table(rows, ["depth", "precision", "added_ms_p50", "added_ms_mean"],
                      ["depth", "precision", "ms added, p50", "ms added, mean"]))

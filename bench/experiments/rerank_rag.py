@@ -5,7 +5,8 @@
 The reader is the trained model in settings.model (default runs/demo/rag/best_model, what `make demo`
 trains: the span reader, hybrid top 5); where that folder holds none, the experiment's recipe (the
 demo's, recipes/readers.json) is trained into settings.work first (~17 min on 2 cores). The reranker is
-settings.reranker, which the "rerank" experiment trains with `ragloop train-reranker`'s defaults.
+settings.reranker, trained with `ragloop train-reranker` and settings.reranker_flags where missing
+(the "rerank" experiment's reranker started from the demo's reader).
 
 Scored on settings.questions questions of dev articles the reader and the reranker never trained on
 (the reranker trains on the training articles, so their held-out questions would not be fair to it),
@@ -64,7 +65,7 @@ def run(exp, results: Path) -> None:
 
     quiet_libraries()
     recipe, s = exp.recipe(), exp.settings
-    ensure_reranker(s["reranker"])
+    ensure_reranker(s["reranker"], s.get("reranker_flags"))
     folder = trained_model(recipe, s)
     model = RAG.from_pretrained(folder)
     examples = demo.eval_sets(demo.load_data(recipe), s["questions"])[1][1]  # dev articles never trained on
