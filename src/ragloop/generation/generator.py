@@ -13,6 +13,7 @@ The generation package, one concept a module:
     copy_head.py   `CopyHead`, the pointer-generator output, and its file
     warm_start.py  BERT2BERT from encoder checkpoints, its new layers started from them
     decoding.py    beam search / greedy, RAG-Token and RAG-Sequence decoding
+    pruning.py     greedy RAG-Token leaving out the passages a bound proves cannot change the answer
     constrain.py   answers held to the passages (`RAGConfig.constrain`): the tokens a search may write next
     fusion.py      Fusion-in-Decoder: the k passages' encoder states fused, one decoder pass reads them
     spans.py       the characters of each passage an answer copied (from the copy head's attention)
