@@ -32,6 +32,17 @@ model whose next-token distributions are flat (an untrained one) prunes nothing 
 top-2 per step; a confident one drops the passages the retriever barely trusts. A question whose
 answer is finished drops all its rows. Without a cache that rows can be taken out of (a legacy tuple
 cache), every change of rows reruns the prefix; the answer is the same.
+
+RAG-Sequence ("thorough": a greedy candidate from every passage, the best by
+s(y) = Σ_z p(z|x) p(y|x,z) over all K) is not pruned. The bound that would allow it: with candidates C
+from the kept passages K' and their terms computed, each c in C has
+s'(c) <= s(c) <= s'(c) + eps (s' over K'); a candidate y' that a left-out passage would add (y' not in C)
+has s(y') <= eps + Σ_{z∈K'} p(z|x) (1 - Σ_{c∈C} p(c|x,z)), since p(y'|x,z) can take at most the mass z
+leaves outside C. So if max s' beats every other candidate's s' + eps and that bound, the answer is
+exact without decoding or re-scoring the left-out passages. Unlike RAG-Token's, the test comes only
+after the kept passages' candidates are decoded and cross-scored (all of the work but the left-out
+rows), and it needs the candidates to hold most of each passage's sequence probability, which
+sequence probabilities (products over tokens) rarely do; not implemented.
 """
 
 from __future__ import annotations
