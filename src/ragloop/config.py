@@ -28,7 +28,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ragloop.checks import ConfigError, choice, flag, number, text, whole
-from ragloop.constants import ANSWER_CONSTRAINTS, DEFAULT_ENCODER, DEFAULT_GENERATOR, READER_MODES, SEARCH_MODES
+from ragloop.constants import (
+    ANSWER_CONSTRAINTS,
+    DEFAULT_ENCODER,
+    DEFAULT_GENERATOR,
+    PRUNE_MASS,
+    READER_MODES,
+    SEARCH_MODES,
+)
 from ragloop.errors import RagloopError
 
 PRECISION_HELP = ("autocast dtype; auto: bf16 on a GPU that has it, else fp32 (on a CPU too, so that a run gives the "
@@ -103,6 +110,9 @@ class RAGConfig:
     doc_score_scale: float | None = opt(None, "similarity scale", "model", hidden=True)
     rescore_batch_size: int = opt(64, "generator rows per forward when RAG-Sequence re-scores candidates", "model",
                                   hidden=True, low=1)
+    prune_mass: float = opt(PRUNE_MASS, "greedy RAG-Token: passages of at most this much p(z|x) in all are left out "
+                            "of decoding while a bound proves they cannot change the answer (0: never)", "model",
+                            hidden=True, low=0, high=1)
     distill_temperature: float = opt(1.0, "--rag_mode fid: temperature of the retriever's target, softmax over "
                                      "passages of the answer's log-likelihood given each one alone / T", "model",
                                      above=0)

@@ -44,6 +44,7 @@ READER_MODES = {
 # What answers may be held to (`RAGConfig.constrain`, generation/constrain.py); None: nothing.
 # spans: only token sequences that occur in the question's k passages.
 ANSWER_CONSTRAINTS = ("spans",)
+PRUNE_MASS = 0.1  # greedy RAG-Token: the most p(z|x) of passages left out while a bound proves them idle
 
 # -- scores ----------------------------------------------------------------------------------------
 # Multiplier on q·d before a softmax over passages: L2-normalised encoders give cosines in [-1, 1], which

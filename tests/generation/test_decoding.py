@@ -77,3 +77,38 @@ def test_token_search_with_cache_equals_recomputing_every_step(generators, passa
                 assert all(len(ids) <= 12 for ids in got)
     finally:
         gen.model.config.eos_token_id, gen.model.generation_config.eos_token_id = saved
+
+
+@pytest.mark.parametrize("constrain", [None, "spans"])
+def test_greedy_sequence_rescoring_reuses_each_passages_own_score(generators, passages, constrain):
+    """RAG-Sequence greedy: a candidate's log p(y|x,z) in the passage that wrote it comes from the
+    search, the other passages' from a forward; the scores are those of a forward over every
+    (candidate, passage) pair, to rounding (candidates of the passages and one none of them wrote),
+    and the answers are the same."""
+    from ragloop.generation.constrain import answer_constraint
+    from ragloop.generation.decoding import _rescore, _sequence_candidates, sequence_decode
+
+    gen = generators["t5"]
+    pool = [p for ps in passages for p in ps]
+    other = tuple(gen.tokenizer("Santa Clara", add_special_tokens=False)["input_ids"]) + (gen.eos_token_id,)
+    for seed in range(3):
+        torch.manual_seed(seed)
+        chosen = [[pool[i] for i in torch.randperm(len(pool))[:4].tolist()] for _ in QUESTIONS]
+        inputs = gen.build_inputs(QUESTIONS, chosen)
+        doc_logprobs = torch.log_softmax(torch.randn(len(QUESTIONS), 4) * 2, dim=-1)
+        constraint = answer_constraint(gen, inputs, 4, constrain)
+        with torch.no_grad():
+            encoded = gen.encode(inputs["input_ids"], inputs["attention_mask"])
+            per_question, known = _sequence_candidates(gen, inputs, encoded, len(QUESTIONS), 4, 1, 6, constraint)
+            pairs = [(b, c) for b in range(len(QUESTIONS)) for c in [*per_question[b], other]]
+            reused = _rescore(gen, inputs, encoded, doc_logprobs, pairs, 64, known)
+            forward = _rescore(gen, inputs, encoded, doc_logprobs, pairs, 5)
+            got = sequence_decode(gen, inputs, doc_logprobs, 1, 6, constraint=constraint)
+        assert sorted(known) == list(range(len(QUESTIONS) * 4))
+        assert any(own in per_question[row // 4] for row, (own, _) in known.items())
+        torch.testing.assert_close(reused, forward, rtol=1e-4, atol=1e-4)
+        want = []
+        for b in range(len(QUESTIONS)):
+            idx = [i for i, (owner, c) in enumerate(pairs) if owner == b and c != other]
+            want.append(list(pairs[max(idx, key=lambda i: forward[i].item())][1]))
+        assert got == want

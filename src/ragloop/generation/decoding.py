@@ -26,6 +26,7 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from ragloop._torch import eval_mode
 from ragloop.generation.constrain import PassageSpans, SpanProcessor, beam_mask
+from ragloop.generation.lm_head import weight_first
 
 
 class Decodable(Protocol):
@@ -182,14 +183,16 @@ def sequence_decode(gen: Decodable, inputs: dict, doc_logprobs: torch.Tensor, nu
                     constraint: Sequence[PassageSpans] | None = None) -> list[list[int]]:
     """RAG-Sequence ("thorough") decoding: beam (or greedy) candidates from each passage, each
     candidate re-scored as log Σ_z p(z|x) p(y|x,z) over all k passages, `rescore_batch_size`
-    generator rows a forward; the best one wins. With a `constraint` (one a question), every
-    passage's candidates are written under its question's."""
+    generator rows a forward; the best one wins. Greedy candidates bring log p(y|x,z) of the passage
+    that wrote them from the search, so only the other passages' terms take a forward. With a
+    `constraint` (one a question), every passage's candidates are written under its question's."""
     batch_size, k = doc_logprobs.shape
     encoded = gen.encode(inputs["input_ids"], inputs["attention_mask"])  # once, for generating and re-scoring
-    per_question = _sequence_candidates(gen, inputs, encoded, batch_size, k, num_beams, max_new_tokens, constraint)
+    per_question, known = _sequence_candidates(gen, inputs, encoded, batch_size, k, num_beams, max_new_tokens,
+                                               constraint)
     # a question whose passages all gave the same candidate needs no re-scoring
     pairs = [(b, c) for b in range(batch_size) if len(per_question[b]) > 1 for c in per_question[b]]
-    scores = _rescore(gen, inputs, encoded, doc_logprobs, pairs, rescore_batch_size)
+    scores = _rescore(gen, inputs, encoded, doc_logprobs, pairs, rescore_batch_size, known)
     best: list[list[int]] = []
     for b in range(batch_size):
         idx = [i for i, (owner, _) in enumerate(pairs) if owner == b]
@@ -199,17 +202,23 @@ def sequence_decode(gen: Decodable, inputs: dict, doc_logprobs: torch.Tensor, nu
 
 def _sequence_candidates(gen: Decodable, inputs: dict, encoded, batch_size: int, k: int, num_beams: int,
                          max_new_tokens: int, constraint: Sequence[PassageSpans] | None = None
-                         ) -> list[list[tuple[int, ...]]]:
-    """Each question's distinct candidates, in the order its passages gave them. Under a `constraint`,
-    a candidate it does not accept is dropped (transformers' `generate` fills its beams up with such
-    where the constraint allows fewer); a question left with none gets the empty answer."""
+                         ) -> tuple[list[list[tuple[int, ...]]], dict[int, tuple[tuple[int, ...], float]]]:
+    """Each question's distinct candidates, in the order its passages gave them, and for greedy
+    candidates from `generate` each row's own (candidate, log p(candidate|x,z)) by row b*k + z. Under a
+    `constraint`, a candidate it does not accept is dropped (transformers' `generate` fills its beams
+    up with such where the constraint allows fewer); a question left with none gets the empty answer."""
     row_spans = None if constraint is None else [constraint[row // k] for row in range(batch_size * k)]
+    known: dict[int, tuple[tuple[int, ...], float]] = {}
     if gen.copy_head is None:
         processors = None if row_spans is None else LogitsProcessorList([SpanProcessor(row_spans, num_beams)])
-        out = gen.model.generate(encoder_outputs=encoded, attention_mask=inputs["attention_mask"],
-                                 num_beams=num_beams, num_return_sequences=num_beams,
-                                 max_new_tokens=max_new_tokens, do_sample=False, logits_processor=processors)
-        candidates, per_row = out[:, 1:].tolist(), k * num_beams  # drop the decoder start token
+        with weight_first(gen.model):
+            out = gen.model.generate(encoder_outputs=encoded, attention_mask=inputs["attention_mask"],
+                                     num_beams=num_beams, num_return_sequences=num_beams,
+                                     max_new_tokens=max_new_tokens, do_sample=False, logits_processor=processors,
+                                     return_dict_in_generate=True, output_logits=num_beams == 1)
+        candidates, per_row = out.sequences[:, 1:].tolist(), k * num_beams  # drop the decoder start token
+        if num_beams == 1:
+            known = _own_scores(out.logits, candidates, gen.eos_token_id)
     else:  # transformers' generate knows nothing of the copy head: the best beam of each passage
         with torch.no_grad():
             candidates = beam_search(gen, inputs, num_beams, max_new_tokens, encoded=encoded, constraint=row_spans)
@@ -220,26 +229,50 @@ def _sequence_candidates(gen: Decodable, inputs: dict, encoded, batch_size: int,
         bucket = per_question[i // per_row]
         if cand not in bucket and (constraint is None or constraint[i // per_row].accepts(cand)):
             bucket.append(cand)
-    return [bucket or [(gen.eos_token_id,)] for bucket in per_question]
+    return [bucket or [(gen.eos_token_id,)] for bucket in per_question], known
+
+
+def _own_scores(logits: Sequence[torch.Tensor], candidates: list[list[int]], eos: int
+                ) -> dict[int, tuple[tuple[int, ...], float]]:
+    """Row -> (its greedy candidate, log p(candidate|x,z)) from `generate`'s raw logits (one [rows, V]
+    a step): the same log-probs the re-scoring forward would compute, to rounding."""
+    ids = torch.tensor(candidates, device=logits[0].device)[:, : len(logits)]
+    steps = torch.stack([torch.log_softmax(step.float(), dim=-1).gather(-1, ids[:, t : t + 1]).squeeze(-1)
+                         for t, step in enumerate(logits)], dim=1)  # [rows, steps]
+    known = {}
+    for row, tokens in enumerate(candidates):
+        cand = tuple(cut_at_eos(tokens, eos))
+        known[row] = (cand, float(steps[row, : len(cand)].sum()))
+    return known
 
 
 def _rescore(gen: Decodable, inputs: dict, encoded, doc_logprobs: torch.Tensor,
-             pairs: list[tuple[int, tuple[int, ...]]], batch_size: int) -> torch.Tensor:
-    """log Σ_z p(z|x) p(y|x,z) of each (question, candidate) pair [P], reusing the encoder's states."""
+             pairs: list[tuple[int, tuple[int, ...]]], batch_size: int,
+             known: dict[int, tuple[tuple[int, ...], float]] | None = None) -> torch.Tensor:
+    """log Σ_z p(z|x) p(y|x,z) of each (question, candidate) pair [P], reusing the encoder's states; a
+    term of `known` (row b*k + z -> (candidate, log p)) is taken as it is, the others `batch_size`
+    generator rows a forward."""
     k = doc_logprobs.shape[1]
-    scores = torch.empty(len(pairs), device=gen.device)
-    step = max(1, batch_size // k)
-    for start in range(0, len(pairs), step):
-        chunk = pairs[start : start + step]
-        rows = torch.tensor([b * k + z for b, _ in chunk for z in range(k)], device=gen.device)
-        labels = gen.pad_labels([c for _, c in chunk for _ in range(k)]).to(gen.device)
+    known = known or {}
+    seq = torch.zeros(len(pairs), k, device=gen.device)
+    todo = []  # (pair, row) whose log p(y|x,z) needs a forward
+    for p, (b, cand) in enumerate(pairs):
+        for z in range(k):
+            own = known.get(b * k + z)
+            if own is not None and own[0] == cand:
+                seq[p, z] = own[1]
+            else:
+                todo.append((p, b * k + z))
+    for start in range(0, len(todo), max(1, batch_size)):
+        chunk = todo[start : start + max(1, batch_size)]
+        rows = torch.tensor([r for _, r in chunk], device=gen.device)
+        labels = gen.pad_labels([pairs[p][1] for p, _ in chunk]).to(gen.device)
         hidden = BaseModelOutput(last_hidden_state=encoded.last_hidden_state.index_select(0, rows))
-        seq = gen(inputs["input_ids"].index_select(0, rows), inputs["attention_mask"].index_select(0, rows),
-                  labels, encoder_outputs=hidden)
-        seq = seq.sum(-1).view(len(chunk), k)
-        owners = torch.tensor([b for b, _ in chunk], device=gen.device)
-        scores[start : start + len(chunk)] = torch.logsumexp(doc_logprobs[owners] + seq, dim=1)
-    return scores
+        got = gen(inputs["input_ids"].index_select(0, rows), inputs["attention_mask"].index_select(0, rows),
+                  labels, encoder_outputs=hidden).sum(-1)
+        seq[[p for p, _ in chunk], [r % k for _, r in chunk]] = got
+    owners = torch.tensor([b for b, _ in pairs], device=gen.device, dtype=torch.long)
+    return torch.logsumexp(doc_logprobs[owners] + seq, dim=1)
 
 
 def cut_at_eos(tokens: list[int], eos: int) -> list[int]:

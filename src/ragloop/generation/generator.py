@@ -13,6 +13,8 @@ The generation package, one concept a module:
     copy_head.py   `CopyHead`, the pointer-generator output, and its file
     warm_start.py  BERT2BERT from encoder checkpoints, its new layers started from them
     decoding.py    beam search / greedy, RAG-Token and RAG-Sequence decoding
+    lm_head.py     the LM head of a decoding step computed weight first (the same logits, faster)
+    pruning.py     greedy RAG-Token leaving out the passages a bound proves cannot change the answer
     constrain.py   answers held to the passages (`RAGConfig.constrain`): the tokens a search may write next
     fusion.py      Fusion-in-Decoder: the k passages' encoder states fused, one decoder pass reads them
     spans.py       the characters of each passage an answer copied (from the copy head's attention)
@@ -49,6 +51,7 @@ from ragloop.generation.inputs import (
     is_wordpiece,
     join_wordpiece_punctuation,
 )
+from ragloop.generation.lm_head import weight_first
 from ragloop.generation.warm_start import bert2bert, warm_start_new_layers, warm_started_parameters
 from ragloop.manifest import legacy_name
 from ragloop.quiet import quiet_transformers
@@ -276,9 +279,10 @@ class Generator(GeneratorInputs, torch.nn.Module):
         A generator with a copy head needs the source `input_ids` [N, S], and takes `copy_keys`
         (from `copy_keys`, for the same rows) to skip recomputing them."""
         name = self._cache_arg
-        out = self.model(encoder_outputs=encoder_outputs, attention_mask=attention_mask, decoder_input_ids=tokens,
-                         use_cache=True, return_dict=True, output_hidden_states=self.copy_head is not None,
-                         **{name: past})
+        with weight_first(self.model):  # the same logits, faster for a step's few rows (lm_head.py)
+            out = self.model(encoder_outputs=encoder_outputs, attention_mask=attention_mask,
+                             decoder_input_ids=tokens, use_cache=True, return_dict=True,
+                             output_hidden_states=self.copy_head is not None, **{name: past})
         cache = out[name]
         logits = out.logits[:, -1:]
         if self.copy_head is None:

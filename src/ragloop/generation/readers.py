@@ -41,6 +41,7 @@ from ragloop.generation.decoding import sequence_decode, token_beam_search
 from ragloop.generation.extractive import Reading, SpanReader
 from ragloop.generation.fusion import fid_decode, fused_token_logprobs
 from ragloop.generation.generator import IGNORE_INDEX, Generator
+from ragloop.generation.pruning import greedy_token_decode
 
 if TYPE_CHECKING:
     from ragloop.config import RAGConfig
@@ -186,8 +187,11 @@ def _decode_sequence(gen: Generator, inputs: dict, doc_logprobs: torch.Tensor, n
 
 def _decode_token(gen: Generator, inputs: dict, doc_logprobs: torch.Tensor, num_beams: int,
                   max_new_tokens: int, config: RAGConfig) -> list[list[int]]:
-    return token_beam_search(gen, inputs, doc_logprobs, num_beams, max_new_tokens,
-                             constraint=answer_constraint(gen, inputs, doc_logprobs.shape[1], config.constrain))
+    """Greedy: the same answers, leaving out the passages a bound proves idle (pruning.py)."""
+    constraint = answer_constraint(gen, inputs, doc_logprobs.shape[1], config.constrain)
+    if num_beams == 1:
+        return greedy_token_decode(gen, inputs, doc_logprobs, max_new_tokens, constraint, config.prune_mass)
+    return token_beam_search(gen, inputs, doc_logprobs, num_beams, max_new_tokens, constraint=constraint)
 
 
 def _decode_fid(gen: Generator, inputs: dict, doc_logprobs: torch.Tensor, num_beams: int,
