@@ -16,7 +16,8 @@ compare recipes with each other; dev-article figures are the "rerank" experiment
 issue 23's recipes, one setting changed at a time from the first: listwise vs binary cross-entropy,
 negatives from BM25, dense or hybrid each mixed with random ones, group size 4 vs 8 (--negatives 3
 vs 7), the fresh head's learning rate. A variant already trained with the same settings is read
-back, not trained again, so an interrupted run picks up where it stopped; the results file is
+back, not trained again, and not scored again where the results file already holds its row from the
+same split, steps and base settings, so an interrupted run picks up where it stopped; the results file is
 rewritten after each variant.
 
 One more row needs no reranker training: the span reader's passage score as the ranker (DPR's reader
@@ -121,6 +122,17 @@ def heldout_for(cfg):
     return HeldOut.build(split, everything, cfg, Encoder.from_pretrained(cfg.dense_encoder)), split
 
 
+def rows_scored_earlier(results: Path, res: dict) -> dict[str, dict]:
+    """The rows of an earlier run's results file, by variant, where it scored the same held-out split with
+    the same steps and base settings (an interrupted or shortened run goes on without scoring them again)."""
+    try:
+        old = json.loads(Path(results).read_text())
+    except (OSError, ValueError):
+        return {}
+    same = all(old.get(k) == res[k] for k in ("steps", "base", "heldout_articles", "heldout_questions"))
+    return {r["variant"]: r for r in old.get("rows", [])} if same else {}
+
+
 def score_row(name: str, scores: dict, stages: list[str], prefix: str = "") -> dict:
     return {"variant": name, **{f"{s} {m}": scores[s][prefix + m] for s in stages for m in ("gold@1", "mrr@10")}}
 
@@ -135,8 +147,14 @@ def run(exp, results: Path) -> None:
     heldout, split = heldout_for(configs[0])
     res = {**stamp(exp), "steps": s["steps"], "base": s["base"], "heldout_articles": split.heldout_titles,
            "heldout_questions": len(heldout.examples), "passages": len(heldout.passages), "rows": []}
+    earlier = rows_scored_earlier(results, res)
     for variant, cfg in zip(s["variants"], configs):
         say(f"== {variant['name']}: {s['steps']} steps ==")
+        if variant["name"] in earlier and trained_earlier(cfg) is not None:
+            say("  trained and scored earlier with these settings: its row is read back")
+            res["rows"] += [earlier[n] for n in (FIRST_STAGE, variant["name"]) if n in earlier and not any(
+                r["variant"] == n for r in res["rows"])]
+            continue
         summary = train_variant(cfg)
         scores = heldout.scores(Reranker.from_pretrained(cfg.output_dir, max_length=cfg.max_length), tuple(stages))
         if not res["rows"]:
