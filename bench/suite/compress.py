@@ -33,6 +33,13 @@ K = 10
 GOAL_RATIO, GOAL_RECALL_POINTS, GOAL_HIT_POINTS = 10.0, 3.0, 1.0
 QUICK_PASSAGES, QUICK_QUESTIONS, FULL_QUESTIONS = 20_000, 200, 1000
 NPROBES = (DEFAULT_SEARCH_PARAMS["nprobe"], 64)  # refine rows at the default IVF probe and a wider one
+WIDE_REFINE = 32  # a refine over more candidates, with every list probed (issue 25: hit@10 within 1 point)
+
+
+def refine_variants(nlist: int) -> list[tuple[int, int]]:
+    """(refine factor, nprobe) of the refine rows of an IVF factory: the default factor at the default probe,
+    a wider one and every list; then WIDE_REFINE x with every list."""
+    return [*((REFINE_FACTOR, p) for p in (*NPROBES, nlist)), (WIDE_REFINE, nlist)]
 
 
 def factories(n: int, dim: int, quick: bool) -> list[str]:
@@ -73,15 +80,16 @@ def run(ctx) -> dict:
             backend.add(corpus.vectors[s : s + 4096])
         build_s = time.perf_counter() - start
         # with refine, also a wider IVF probe: refine re-ranks only what the probed lists hold
-        variants = [(None, None)] if factory == "Flat" else [(None, None), *((factor, p) for p in NPROBES)]
+        ivf = "IVF" in factory
+        variants = ([(None, None)] if factory == "Flat" else
+                    [(None, None), *(refine_variants(nlist_for(n)) if ivf else [(factor, None)])])
         for refine, nprobe in variants:
             if refine:
-                params = dict(DEFAULT_SEARCH_PARAMS, nprobe=nprobe)
+                params = dict(DEFAULT_SEARCH_PARAMS, nprobe=nprobe or DEFAULT_SEARCH_PARAMS["nprobe"])
                 backend = FaissBackend(backend.index, factory, params, exact=exact, refine_factor=refine)
-            wider = refine and "IVF" in factory and nprobe != DEFAULT_SEARCH_PARAMS["nprobe"]
-            if refine and not wider and nprobe != DEFAULT_SEARCH_PARAMS["nprobe"]:
-                continue  # no IVF: the probe setting changes nothing
-            name = factory + (f" + refine disk x{refine}" if refine else "") + (f", nprobe {nprobe}" if wider else "")
+            wider = refine and ivf and nprobe != DEFAULT_SEARCH_PARAMS["nprobe"]
+            probe = "every list" if nprobe == nlist_for(n) else f"nprobe {nprobe}"
+            name = factory + (f" + refine disk x{refine}" if refine else "") + (f", {probe}" if wider else "")
             _, found = backend.search(queries, K)
             lat = single_query_seconds(backend.search, queries, K)
             if truth is None:

@@ -73,3 +73,26 @@ def test_replayed_stream_passages_go_through_the_duplicate_check_and_none_is_dro
         replayed = list(_passages(corpus, 25, replay=True))
     assert len(replayed) == len({p.id for p in replayed}) == len({p.text for p in replayed}) == 25
     assert caplog.records[-1].getMessage() == "corpus: 25 passages from 25 documents"
+
+
+def test_serving_recall_is_against_the_exact_top_k_over_every_block():
+    """Section "stream" scores the 3M folder's recall against brute force read in blocks: the blocks' merge
+    must give the true top k (the best row may sit in any block), best first."""
+    import numpy as np
+
+    from bench.suite.stream import exact_top_k
+
+    rng = np.random.default_rng(1)
+    vectors, queries = rng.standard_normal((1000, 8), dtype=np.float32), rng.standard_normal((5, 8), dtype=np.float32)
+    truth = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
+    assert np.array_equal(exact_top_k(vectors, queries, 10, block=64), truth)
+
+
+def test_compressed_index_rows_include_every_list_probed_with_a_wider_refine():
+    """Section "compress" tries the two levers issue 25 names for hit@10: a probe of every IVF list and a
+    refine over more candidates."""
+    from bench.suite.compress import REFINE_FACTOR, WIDE_REFINE, refine_variants
+
+    variants = refine_variants(256)
+    assert (REFINE_FACTOR, 256) in variants and (WIDE_REFINE, 256) in variants
+    assert len(set(variants)) == len(variants)
