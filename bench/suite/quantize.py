@@ -100,9 +100,12 @@ def retrieval(ctx, fp32) -> dict:
 
 @contextlib.contextmanager
 def fixed_length(rags: list):
-    """Every generator's eos set to a token it never produces, so each answer is exactly max_new_tokens."""
+    """Every generator's eos set to a token it never produces, so each answer is exactly max_new_tokens (a span
+    reader extracts: its work does not depend on an answer's length)."""
     saved = []
     for rag in rags:
+        if rag.reader.extractive:
+            continue
         gen = rag.generator
         unused = gen.tokenizer.convert_tokens_to_ids("[unused0]")
         if unused is None or unused == gen.tokenizer.unk_token_id:
@@ -120,7 +123,8 @@ def fixed_length(rags: list):
 
 def rag_variants(ctx, fp32) -> dict:
     """Three copies of one model: `ctx.rag_model` loaded three times, or else one untrained
-    `RAG(dev index, fp32 encoder, bundled:minilm-bert2bert)` copied; then two of them quantized."""
+    `RAG(dev index, fp32 encoder, bundled:minilm-bert2bert)` copied; then two of them quantized. A span
+    reader has no LM head: two copies, fp32 and int8."""
     from ragloop.generation import Generator
     from ragloop.model import RAG, RAGConfig
 
@@ -131,7 +135,10 @@ def rag_variants(ctx, fp32) -> dict:
         loaded = {name: RAG(ctx.dev_index, copy.deepcopy(fp32), copy.deepcopy(gen), RAGConfig(n_docs=K))
                   for name in VARIANTS}
     loaded["int8"].quantize("int8")
-    loaded["int8 + LM head"].quantize("int8", lm_head=True)
+    if loaded["int8 + LM head"].reader.extractive:
+        del loaded["int8 + LM head"]
+    else:
+        loaded["int8 + LM head"].quantize("int8", lm_head=True)
     return loaded
 
 
