@@ -1,2 +1,3 @@
-"""Data preparation for the benchmarks: `python -m bench.scripts.make_corpus --out DIR` (the >= 100k-passage
-corpus the compress and stream sections read). Scripts here make data; they measure nothing."""
+"""Scripts beside the suite; they measure nothing. `python -m bench.scripts.make_corpus --out DIR` makes the
+>= 100k-passage corpus the compress and stream sections read; `python -m bench.scripts.project` projects DPR's
+21M-passage Wikipedia from a full run's search.json and stream.json."""
