@@ -41,11 +41,7 @@ def fit(points: list[tuple[float, float]], growth, at: float) -> float:
 
 
 def load(results: Path) -> tuple[dict, dict, str]:
-    out = []
-    for name in ("search", "stream"):
-        record = json.loads((results / f"{name}.json").read_text())
-        out.append(record)
-    search, stream = out
+    search, stream = (json.loads((results / f"{name}.json").read_text()) for name in ("search", "stream"))
     where = f"search.json {search['date'][:10]}, stream.json {stream['date'][:10]}"
     return search["result"]["scale"], stream["result"], where
 
